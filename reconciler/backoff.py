@@ -1,0 +1,52 @@
+"""How long to wait before the next attempt: pure arithmetic, shared by plan and execute.
+
+Jitter is derived from a hash of the job id and the attempt number instead of a random
+generator, so `plan` stays a pure function (same input, same steps) while many jobs that
+crash together still spread their restarts out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from reconciler.spec.model import Backoff
+
+JITTER = 0.2
+
+
+def restart_delay(consecutive_failures: int, backoff: Backoff, job_id: str) -> float:
+    """Seconds to wait before restarting after `consecutive_failures` failures in a row.
+
+    The first failure restarts at once (a process that ran fine for a long time and crashed
+    once should be back immediately); each further one waits initial × factor^(n−2), capped at
+    `max`, with ±20 % jitter.
+    """
+    if consecutive_failures <= 1:
+        return 0.0
+    return retry_delay(consecutive_failures - 1, backoff, job_id)
+
+
+def retry_delay(attempt: int, backoff: Backoff, job_id: str) -> float:
+    """Seconds before retry number `attempt` (1-based) of something that must wait each time,
+    such as a blocked start or a failed one-shot."""
+    capped = _grown(backoff.initial, backoff.factor, max(attempt - 1, 0), backoff.max)
+    return capped * (1.0 + JITTER * _unit_jitter(job_id, attempt))
+
+
+def _grown(initial: float, factor: float, times: int, cap: float) -> float:
+    """initial × factor^times, capped, without overflowing: a crash loop never gives up, so
+    `times` grows without bound."""
+    if factor <= 1.0 or initial >= cap:
+        return min(initial, cap)
+    delay = initial
+    for _ in range(times):
+        delay *= factor
+        if delay >= cap:
+            return cap
+    return delay
+
+
+def _unit_jitter(job_id: str, attempt: int) -> float:
+    """A deterministic number in [-1, 1) for this job and attempt."""
+    digest = hashlib.blake2b(f"{job_id}:{attempt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**63 - 1.0

@@ -1,0 +1,146 @@
+"""Desired state: the loaded specs, with every path resolved, ready for `plan`.
+
+Path resolution lives here (not in the spec model, not in the planner) because it needs the
+settings: relative `pidfile`/`sockets` are resolved against `<state-dir>/run/` and relative
+`cwd` against the specs dir, so an example spec works wherever the state dir is.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reconciler.settings import Settings
+from reconciler.spec.model import Action, Health, Service, UnixHealth
+
+if TYPE_CHECKING:
+    from reconciler.spec.load import LoadResult
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredAction:
+    service: str
+    spec: Action
+    generation: str
+    argv: tuple[str, ...]
+    cwd: str
+    env: tuple[tuple[str, str], ...]
+    pidfile: str | None  # process actions only
+    sockets: tuple[str, ...]
+    log_path: str
+    health: Health | None  # with a relative unix probe path resolved like `sockets`
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.service, self.spec.name)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def stop_signal(self) -> int:
+        return int(signal.Signals[self.spec.stop.signal])
+
+    def record_spec(self) -> dict[str, Any]:
+        """What a job must remember to be stopped and cleaned correctly after its spec is gone."""
+        return {
+            "argv": list(self.argv),
+            "pidfile": self.pidfile,
+            "sockets": list(self.sockets),
+            "tcp_ports": list(self.spec.tcp_ports),
+            "stop_signal": self.spec.stop.signal,
+            "stop_timeout": self.spec.stop.timeout,
+            "log_path": self.log_path,
+            "health": self.spec.health is not None,
+            "keep_logs": self.spec.logs.keep,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    actions: tuple[DesiredAction, ...]  # services in name order, actions in dependency order
+
+    @property
+    def services(self) -> frozenset[str]:
+        return frozenset(a.service for a in self.actions)
+
+    def get(self, service: str, action: str) -> DesiredAction | None:
+        for candidate in self.actions:
+            if candidate.key == (service, action):
+                return candidate
+        return None
+
+
+def build_desired(loaded: LoadResult, settings: Settings) -> Desired:
+    return desired_from_services(loaded.services.values(), settings)
+
+
+def desired_from_services(services: Iterable[Service], settings: Settings) -> Desired:
+    actions: list[DesiredAction] = []
+    for service in sorted(services, key=lambda s: s.name):
+        for action in dependency_order(service):
+            actions.append(_resolve(service, action, settings))
+    return Desired(actions=tuple(actions))
+
+
+def dependency_order(service: Service) -> list[Action]:
+    """Actions sorted so every action comes after those it waits for (spec order otherwise)."""
+    by_name = {a.name: a for a in service.actions}
+    done: list[Action] = []
+    seen: set[str] = set()
+
+    def visit(action: Action) -> None:
+        if action.name in seen:
+            return
+        seen.add(action.name)
+        for dep in action.after:
+            if dep in by_name:
+                visit(by_name[dep])
+        done.append(action)
+
+    for action in service.actions:
+        visit(action)
+    return done
+
+
+def _resolve(service: Service, action: Action, settings: Settings) -> DesiredAction:
+    run_dir = settings.run_dir
+    pidfile = None
+    if action.process:
+        pidfile = _under(run_dir, action.pidfile or f"{service.name}.{action.name}.pid")
+    cwd = _under(settings.specs_dir, action.cwd) if action.cwd else str(settings.specs_dir)
+    log_path = settings.logs_dir / service.name / f"{action.name}.log"
+    env = {
+        **action.env,
+        "RECONCILER_SERVICE": service.name,
+        "RECONCILER_ACTION": action.name,
+        "RECONCILER_STATE_DIR": str(settings.state_dir),
+        "RECONCILER_RUN_DIR": str(run_dir),
+    }
+    return DesiredAction(
+        service=service.name,
+        spec=action,
+        generation=action.generation(),
+        argv=tuple(action.argv),
+        cwd=cwd,
+        env=tuple(sorted(env.items())),
+        pidfile=pidfile,
+        sockets=tuple(_under(run_dir, s) for s in action.sockets),
+        log_path=str(log_path),
+        health=_resolve_health(action.health, run_dir),
+    )
+
+
+def _resolve_health(health: Health | None, run_dir: Path) -> Health | None:
+    if isinstance(health, UnixHealth):
+        return health.model_copy(update={"unix": _under(run_dir, health.unix)})
+    return health
+
+
+def _under(base: Path, path: str) -> str:
+    return os.path.normpath(os.path.join(base, os.path.expanduser(path)))

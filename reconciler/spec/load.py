@@ -1,0 +1,727 @@
+"""Spec files → validated services, every problem reported as `file:line:column: message`.
+
+We compose YAML node trees and build the plain data ourselves instead of calling
+`yaml.safe_load`, because only the nodes know where things are: each pydantic error `loc` is
+walked back through the tree to the key or value it is about. The same walk catches duplicate
+keys (PyYAML would silently keep the last one) and refuses any tag that is not plain data.
+
+A broken file never takes running services down: its last good content (kept by the caller)
+stays in force and the errors are reported next to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from reconciler.spec.model import (
+    ENV_NAME_PATTERN,
+    NAME_PATTERN,
+    UNION_TAGS,
+    Service,
+    did_you_mean,
+)
+
+_WITH_LIBYAML = bool(getattr(yaml, "__with_libyaml__", False))
+_LOADER: Any = yaml.CSafeLoader if _WITH_LIBYAML else yaml.SafeLoader
+
+SPEC_SUFFIXES = (".yaml", ".yml")
+MAX_SPEC_BYTES = 1024 * 1024  # a spec is a page of YAML; anything near this is a mistake
+# libyaml's composer recurses in C and crashes the interpreter past ~30k levels; the event
+# parser does not, so suspicious files are measured with it before they are composed.
+MAX_DEPTH = 1000
+_DEPTH_SCAN_THRESHOLD = 2000  # fewer "[{-:?" characters than this cannot nest that deep
+
+_Y = "tag:yaml.org,2002:"
+_MAP, _SEQ, _MERGE, _NULL = f"{_Y}map", f"{_Y}seq", f"{_Y}merge", f"{_Y}null"
+_SCALAR_TAGS = frozenset(f"{_Y}{t}" for t in ("null", "bool", "int", "float", "str", "timestamp"))
+_READ_AS = {f"{_Y}bool": "a boolean", f"{_Y}int": "a number", f"{_Y}float": "a number",
+            f"{_Y}timestamp": "a date", _NULL: "null"}
+# Errors where "you wrote a bare yes/0755, quote it" is the right advice.
+_HINTED_ERRORS = frozenset({"string_type", "literal_error", "text_type", "command_type"})
+_NO_LAST_GOOD: Mapping[str, str] = MappingProxyType({})
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass(frozen=True, order=True)
+class SpecError:
+    file: str
+    line: int  # 1-based
+    column: int  # 1-based
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class SpecErrors(Exception):
+    """Raised by `parse_text`; carries every problem found, not just the first."""
+
+    def __init__(self, errors: list[SpecError]) -> None:
+        super().__init__("\n".join(str(e) for e in errors))
+        self.errors = list(errors)
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    name: str  # relative to the specs dir
+    content: str | None  # current content, only if it is good
+    hash: str | None  # sha256 of `content`
+    errors: tuple[SpecError, ...]
+    used_last_good: bool  # the file is broken and its last good content is in force
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    services: dict[str, Service]
+    sources: dict[str, str]  # service name -> file name
+    files: dict[str, FileOutcome]
+    errors: tuple[SpecError, ...]
+    dir_error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.dir_error is None
+
+
+# --- the directory --------------------------------------------------------------------------
+
+def load_specs(specs_dir: Path, last_good: Mapping[str, str] = _NO_LAST_GOOD) -> LoadResult:
+    """Every spec file in `specs_dir`; never raises."""
+    specs_dir = Path(specs_dir)
+    names, dir_error = _spec_file_names(specs_dir)
+    if dir_error is not None:
+        return LoadResult({}, {}, {}, (), dir_error)
+    services: dict[str, Service] = {}
+    sources: dict[str, str] = {}
+    files: dict[str, FileOutcome] = {}
+    for name in names:
+        try:
+            outcome, chosen = _load_file(specs_dir, name, last_good.get(name), sources)
+        except Exception as exc:  # one odd file must not stop the others from loading
+            error = SpecError(str(specs_dir / name), 1, 1, f"cannot load: {exc!r}")
+            outcome, chosen = FileOutcome(name, None, None, (error,), False), []
+        files[name] = outcome
+        for service in chosen:
+            services[service.name] = service
+            sources[service.name] = name
+    errors = tuple(sorted(e for outcome in files.values() for e in outcome.errors))
+    return LoadResult(services, sources, files, errors, None)
+
+
+def _spec_file_names(specs_dir: Path) -> tuple[list[str], str | None]:
+    try:
+        with os.scandir(specs_dir) as entries:
+            names = [e.name for e in entries
+                     if e.name.endswith(SPEC_SUFFIXES) and not e.name.startswith(".")]
+    except FileNotFoundError:
+        return [], f"specs dir {specs_dir} does not exist"
+    except NotADirectoryError:
+        return [], f"specs dir {specs_dir} is not a directory"
+    except PermissionError:
+        return [], f"cannot read specs dir {specs_dir}: permission denied"
+    except OSError as err:
+        return [], f"cannot read specs dir {specs_dir}: {err.strerror or err}"
+    return sorted(names), None
+
+
+def _load_file(specs_dir: Path, name: str, previous: str | None,
+               claimed: Mapping[str, str]) -> tuple[FileOutcome, list[Service]]:
+    """One file's services: its current content if that is wholly good, else its last good."""
+    path = specs_dir / name
+    display = str(path)
+    content, errors = _read_spec_file(path)
+    found: list[_Found] = []
+    if content is not None:
+        parsed = _parse(content, display)
+        found = parsed.found
+        errors = parsed.errors or _claimed_elsewhere(found, claimed, display)
+    if not errors and content is not None:
+        digest = hashlib.sha256(content.encode()).hexdigest()
+        return FileOutcome(name, content, digest, (), False), [f.service for f in found]
+    fallback = _last_good_services(previous, display, claimed)
+    outcome = FileOutcome(name, None, None, tuple(sorted(errors)), fallback is not None)
+    return outcome, fallback or []
+
+
+def _last_good_services(previous: str | None, display: str,
+                        claimed: Mapping[str, str]) -> list[Service] | None:
+    """The last good content is re-checked: another file may have claimed a name since."""
+    if previous is None:
+        return None
+    parsed = _parse(previous, display)
+    if parsed.errors or _claimed_elsewhere(parsed.found, claimed, display):
+        return None
+    return [f.service for f in parsed.found]
+
+
+def _claimed_elsewhere(found: list[_Found], claimed: Mapping[str, str],
+                       display: str) -> list[SpecError]:
+    return [SpecError(display, f.line, f.column,
+                      f"service '{f.service.name}' is already defined in "
+                      f"{claimed[f.service.name]}")
+            for f in found if f.service.name in claimed]
+
+
+def _read_spec_file(path: Path) -> tuple[str | None, list[SpecError]]:
+    refused = check_file_safety(path)
+    if refused is not None:
+        return None, [refused]
+    display = str(path)
+    try:
+        raw = _read_regular_file(path)
+    except OSError as err:
+        return None, [SpecError(display, 1, 1, f"cannot read {path}: {err.strerror or err}")]
+    if raw is None:
+        return None, [SpecError(display, 1, 1, f"refusing {path}: not a regular file")]
+    if len(raw) > MAX_SPEC_BYTES:
+        return None, [SpecError(display, 1, 1, f"refusing {path}: larger than "
+                                               f"{MAX_SPEC_BYTES // 1024} KiB")]
+    try:
+        return raw.decode("utf-8"), []
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        return None, [SpecError(display, 1, 1, f"not valid UTF-8 (bad byte at line {line}, "
+                                               f"column {column}); save the file as UTF-8")]
+
+
+def _read_regular_file(path: Path) -> bytes | None:
+    """Read without blocking on a FIFO and re-check the type on the open descriptor, so a
+    file swapped after `check_file_safety` cannot slip through."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return None
+        return handle.read(MAX_SPEC_BYTES + 1)
+
+
+# --- file safety ----------------------------------------------------------------------------
+
+def check_file_safety(path: Path) -> SpecError | None:
+    """Specs decide what runs on the host (as us, maybe root): refuse files that someone
+    other than root or us could have written."""
+    path = Path(path)
+    reason = _unsafe_reason(path)
+    return SpecError(str(path), 1, 1, f"refusing {path}: {reason}") if reason else None
+
+
+def _unsafe_reason(path: Path) -> str | None:
+    try:
+        link = path.lstat()
+    except OSError as err:
+        return f"cannot stat it ({err.strerror or err})"
+    if stat.S_ISLNK(link.st_mode):
+        target = Path(os.path.realpath(path))
+        if not target.is_relative_to(os.path.realpath(path.parent)):
+            return (f"symlink to {target}, outside the specs dir; "
+                    f"copy the file into the specs dir instead")
+    try:
+        info = path.stat()
+    except OSError as err:
+        return f"broken symlink ({err.strerror or err}); fix or remove it"
+    if not stat.S_ISREG(info.st_mode):
+        return f"not a regular file ({_file_kind(info.st_mode)}); rename or remove it"
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022:
+        return f"writable by group or others (mode {mode:04o}); run: chmod go-w {path}"
+    me = os.geteuid()
+    if info.st_uid not in (0, me):
+        return (f"owned by {_user(info.st_uid)}, not by root or {_user(me)}; "
+                f"run: chown {_user(me)} {path}")
+    return None
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket",
+             stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}
+    return next((name for test, name in kinds.items() if test(mode)), "special file")
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+# --- one file's text ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Found:
+    service: Service
+    line: int  # of the service's `name` value, where a cross-file duplicate is reported
+    column: int
+
+
+@dataclass
+class _Parsed:
+    found: list[_Found] = field(default_factory=list)
+    errors: list[SpecError] = field(default_factory=list)
+
+
+def parse_text(text: str, filename: str) -> list[Service]:
+    """All services in one file's text (one per non-empty YAML document).
+
+    Raises `SpecErrors` listing every problem; never anything else.
+    """
+    parsed = _parse(text, filename)
+    if parsed.errors:
+        raise SpecErrors(parsed.errors)
+    return [f.service for f in parsed.found]
+
+
+def _parse(text: str, filename: str) -> _Parsed:
+    """`_parse_text` behind the promise that no input produces a traceback."""
+    try:
+        return _parse_text(text, filename)
+    except RecursionError:
+        return _Parsed(errors=[SpecError(filename, 1, 1, "nested too deeply")])
+    except Exception as exc:  # the promise: a bad spec is an error message, not a crash
+        message = f"cannot read this file: {type(exc).__name__}: {exc}"
+        return _Parsed(errors=[SpecError(filename, 1, 1, message)])
+
+
+def _parse_text(text: str, filename: str) -> _Parsed:
+    surrogate = _SURROGATE.search(text)  # only reachable through parse_text, not from a file
+    if surrogate is not None:
+        line, column = _char_position(text, surrogate.start())
+        return _Parsed(errors=[SpecError(filename, line, column, "not valid Unicode "
+                                         "(an unpaired surrogate)")])
+    too_deep = _nesting_error(text, filename)
+    if too_deep is not None:
+        return _Parsed(errors=[too_deep])
+    try:
+        roots = _compose_all(text)
+    except yaml.YAMLError as exc:
+        return _Parsed(errors=[_syntax_error(exc, text, filename)])
+    result = _Parsed()
+    for root in roots:
+        if isinstance(root, ScalarNode) and root.tag == _NULL:
+            continue  # an empty document
+        found, errors = _parse_document(root, filename)
+        result.errors.extend(errors)
+        if found is not None:
+            result.found.append(found)
+    result.errors.extend(_duplicates_in_file(result.found, filename))
+    if result.errors:
+        return _Parsed(errors=sorted(set(result.errors)))
+    return result
+
+
+def _compose_all(text: str) -> list[Node]:
+    loader = _LOADER(text)
+    try:
+        roots = []
+        while loader.check_node():
+            roots.append(loader.get_node())
+        return roots
+    finally:
+        loader.dispose()
+
+
+def _nesting_error(text: str, filename: str) -> SpecError | None:
+    if sum(text.count(c) for c in "[{-:?") < _DEPTH_SCAN_THRESHOLD:
+        return None
+    loader = _LOADER(text)
+    depth = 0
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    return _error_at(event.start_mark, filename,
+                                     f"nested more than {MAX_DEPTH} levels deep")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return None  # composing reports it, at a depth we now know is safe
+    finally:
+        loader.dispose()
+    return None
+
+
+def _syntax_error(exc: yaml.YAMLError, text: str, filename: str) -> SpecError:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        message = f"YAML syntax error: {exc.problem or exc.context or 'invalid YAML'}"
+        context = exc.context_mark
+        if exc.problem and exc.context and context is not None:
+            message += f" ({exc.context} at line {context.line + 1})"
+        if mark is not None:
+            return _error_at(mark, filename, message)
+        return SpecError(filename, 1, 1, message)
+    if isinstance(exc, yaml.reader.ReaderError):
+        line, column = _position(text, exc.position)
+        character = exc.character
+        character = chr(character) if isinstance(character, int) else character  # libyaml
+        message = f"character {character!r} is not allowed in YAML: {exc.reason}"
+        return SpecError(filename, line, column, message)
+    return SpecError(filename, 1, 1, f"YAML error: {exc}")
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    """libyaml reports byte offsets, the pure-Python reader character offsets."""
+    if _LOADER is not yaml.SafeLoader:
+        offset = len(text.encode("utf-8", "surrogatepass")[:offset].decode("utf-8", "replace"))
+    return _char_position(text, offset)
+
+
+def _char_position(text: str, offset: int) -> tuple[int, int]:
+    offset = max(0, min(offset, len(text)))
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def _duplicates_in_file(found: list[_Found], filename: str) -> list[SpecError]:
+    first: dict[str, _Found] = {}
+    errors = []
+    for item in found:
+        earlier = first.setdefault(item.service.name, item)
+        if earlier is not item:
+            errors.append(SpecError(filename, item.line, item.column,
+                                    f"service '{item.service.name}' is already defined "
+                                    f"in this file (line {earlier.line})"))
+    return errors
+
+
+# --- one document ---------------------------------------------------------------------------
+
+def _parse_document(root: Node, filename: str) -> tuple[_Found | None, list[SpecError]]:
+    if not isinstance(root, MappingNode):
+        message = (f"a spec document must be a mapping (a service with name and actions), "
+                   f"not {_node_kind(root)}")
+        return None, [_error_at(root.start_mark, filename, message)]
+    tree = _Tree(filename)
+    data = tree.build(root)
+    if tree.fatal:
+        return None, tree.errors
+    try:
+        service = Service.model_validate(data)
+    except ValidationError as exc:
+        return None, tree.errors + [_translate(err, root, tree, filename)
+                                    for err in exc.errors(include_url=False)]
+    errors = tree.errors + _number_traps(root, tree, filename)
+    if errors:
+        return None, errors
+    name = tree.locate(root, ("name",))
+    return _Found(service, name.start_mark.line + 1, name.start_mark.column + 1), []
+
+
+def _node_kind(node: Node) -> str:
+    if isinstance(node, SequenceNode):
+        return "a list"
+    return f"the value {_short(str(node.value))!r}" if isinstance(node, ScalarNode) else "that"
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _error_at(mark: Any, filename: str, message: str) -> SpecError:
+    return SpecError(filename, mark.line + 1, mark.column + 1, message)
+
+
+class _Tree:
+    """Plain data built from a node tree, remembering which key and value node every mapping
+    entry came from, so that a validation error's `loc` can be walked back to a position."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.errors: list[SpecError] = []
+        self.fatal = False  # the data is not worth validating: only the errors so far count
+        self.entries: dict[int, dict[str, tuple[Node, Node]]] = {}
+        self._built: dict[int, Any] = {}  # aliases share nodes: build each once
+        self._building: set[int] = set()
+
+    def error(self, node: Node, message: str, *, fatal: bool = False) -> None:
+        self.errors.append(_error_at(node.start_mark, self.filename, message))
+        self.fatal = self.fatal or fatal
+
+    def build(self, node: Node) -> Any:
+        key = id(node)
+        if key in self._built:
+            return self._built[key]
+        if key in self._building:
+            self.error(node, "an alias refers to the collection that contains it", fatal=True)
+            return None
+        self._building.add(key)
+        try:
+            if isinstance(node, MappingNode):
+                value: Any = self._mapping(node)
+            elif isinstance(node, SequenceNode):
+                value = self._sequence(node)
+            else:
+                value = self._scalar(node)
+        finally:
+            self._building.discard(key)
+        self._built[key] = value
+        return value
+
+    def _mapping(self, node: MappingNode) -> dict[str, Any]:
+        if node.tag != _MAP:
+            self.error(node, f"unsupported tag '{_tag_name(node.tag)}' (specs are plain data)",
+                       fatal=True)
+            return {}
+        entries: dict[str, tuple[Node, Node]] = {}
+        merged: list[tuple[str, Node, Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                merged.extend(self._merge_sources(value_node))
+                continue
+            key = self._key(key_node)
+            if key is None:
+                continue
+            if key in entries:
+                first = entries[key][0].start_mark.line + 1
+                self.error(key_node, f"duplicate key '{key}' (first at line {first})")
+            entries[key] = (key_node, value_node)
+        for key, key_node, value_node in merged:
+            entries.setdefault(key, (key_node, value_node))  # explicit keys win over `<<`
+        self.entries[id(node)] = entries
+        return {key: self.build(value) for key, (_, value) in entries.items()}
+
+    def _merge_sources(self, node: Node) -> list[tuple[str, Node, Node]]:
+        """`<<: *defaults` entries; with a list of mappings the earlier one wins."""
+        sources = node.value if isinstance(node, SequenceNode) else [node]
+        found: list[tuple[str, Node, Node]] = []
+        for source in sources:
+            if not isinstance(source, MappingNode):
+                self.error(source, "a merge (<<) needs a mapping or a list of mappings",
+                           fatal=True)
+                continue
+            self.build(source)
+            found.extend((k, kn, vn) for k, (kn, vn) in self.entries.get(id(source), {}).items())
+        return found
+
+    def _key(self, node: Node) -> str | None:
+        if not isinstance(node, ScalarNode):
+            self.error(node, "mapping keys must be plain strings")
+            return None
+        key = self._scalar(node)
+        if isinstance(key, str):
+            return key
+        self.error(node, f"mapping keys must be strings{_read_as_hint(node)}")
+        return None
+
+    def _sequence(self, node: SequenceNode) -> list[Any]:
+        if node.tag != _SEQ:
+            self.error(node, f"unsupported tag '{_tag_name(node.tag)}' (specs are plain data)",
+                       fatal=True)
+            return []
+        return [self.build(item) for item in node.value]
+
+    def _scalar(self, node: Node) -> Any:
+        if node.tag not in _SCALAR_TAGS:
+            self.error(node, f"unsupported tag '{_tag_name(node.tag)}' (specs are plain data)",
+                       fatal=True)
+            return None
+        construct = yaml.constructor.SafeConstructor.yaml_constructors[node.tag]
+        try:
+            return construct(_SCALARS, node)
+        except (ValueError, TypeError, ArithmeticError, yaml.YAMLError):
+            self.error(node, f"cannot read {_short(str(node.value))!r} as "
+                             f"'{_tag_name(node.tag)}'", fatal=True)
+            return None
+
+    def value_node(self, mapping: Node, key: str) -> Node | None:
+        entry = self.entries.get(id(mapping), {}).get(key)
+        return entry[1] if entry else None
+
+    def locate(self, root: Node, loc: tuple[Any, ...], *, key: bool = False) -> Node:
+        """The node `loc` points at, or the deepest existing ancestor. With `key`, the key
+        node of the last step (for unknown keys); `"[key]"` in `loc` means the same."""
+        node, key_node = root, None
+        for index, part in enumerate(loc):
+            if part == "[key]":
+                return key_node or node
+            if isinstance(node, MappingNode):
+                entry = self.entries.get(id(node), {}).get(part)
+                if entry is None:
+                    return node
+                key_node, node = entry
+                if key and index == len(loc) - 1:
+                    return key_node
+            elif (isinstance(node, SequenceNode) and isinstance(part, int)
+                  and 0 <= part < len(node.value)):
+                node, key_node = node.value[part], None
+            else:
+                return node
+        return node
+
+
+_SCALARS = yaml.constructor.SafeConstructor()
+
+
+def _tag_name(tag: str) -> str:
+    return f"!!{tag.removeprefix(_Y)}" if tag.startswith(_Y) else tag
+
+
+def _read_as_hint(node: Node) -> str:
+    """YAML 1.1 reads `yes`/`on` as booleans and `0755` as a number; say so, it is baffling."""
+    if not isinstance(node, ScalarNode) or node.style not in (None, ""):
+        return ""
+    kind = _READ_AS.get(node.tag)
+    if kind is None:
+        return ""
+    if node.tag == _NULL and node.value in ("", "~"):
+        return "; the value is empty (YAML null); write '' for an empty string"
+    return f"; YAML read `{node.value}` as {kind}; quote it"
+
+
+def _number_traps(root: Node, tree: _Tree, filename: str) -> list[SpecError]:
+    """Env values may be numbers, but `MODE: 0755` arrives as 493 and `V: 1.10` as 1.1:
+    refuse any number whose text would not survive the trip."""
+    errors: list[SpecError] = []
+    actions = tree.value_node(root, "actions")
+    for index, action in enumerate(actions.value if isinstance(actions, SequenceNode) else []):
+        env = tree.value_node(action, "env")
+        for name, (_, value) in tree.entries.get(id(env), {}).items():
+            if not isinstance(value, ScalarNode) or value.style not in (None, ""):
+                continue
+            number = tree.build(value)
+            if value.tag in (f"{_Y}int", f"{_Y}float") and str(number) != value.value:
+                errors.append(_error_at(value.start_mark, filename,
+                                        f"actions[{index}].env.{name}: YAML read `{value.value}`"
+                                        f" as the number {number}; quote it"))
+    return errors
+
+
+# --- pydantic errors → messages -------------------------------------------------------------
+
+def _translate(err: Any, root: Node, tree: _Tree, filename: str) -> SpecError:
+    raw = tuple(err["loc"])
+    loc = _strip_union_tags(raw)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        node = tree.locate(root, loc, key=True)
+        name = node.value if isinstance(node, ScalarNode) else loc[-1]
+        hint = did_you_mean(str(name), _allowed_keys(raw[:-1]))
+        return _error_at(node.start_mark, filename,
+                         _with_path(loc[:-1], f"unknown key '{name}'{hint}"))
+    if kind == "missing":
+        node = tree.locate(root, loc[:-1])
+        return _error_at(node.start_mark, filename,
+                         _with_path(loc[:-1], f"missing required key '{loc[-1]}'"))
+    ctx = err.get("ctx") or {}
+    full = loc + tuple(ctx.get("at", ()))
+    node = tree.locate(root, full)
+    message = _describe(err)
+    if kind in _HINTED_ERRORS and _quoting_helps(kind, node, ctx):
+        message += _read_as_hint(node)
+    return _error_at(node.start_mark, filename,
+                     _with_path(tuple(p for p in full if p != "[key]"), message))
+
+
+def _quoting_helps(kind: str, node: Node, ctx: Mapping[str, Any]) -> bool:
+    """`restart: no` is wrong either way; only hint when the quoted text would be valid."""
+    if kind != "literal_error":
+        return True
+    allowed = re.findall(r"'([^']*)'", str(ctx.get("expected")))
+    return isinstance(node, ScalarNode) and node.value in allowed
+
+
+def _strip_union_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """pydantic puts the chosen member's tag into `loc` (`health.tcp.interval`); users never
+    wrote it, so drop it."""
+    out: list[Any] = []
+    skip = False
+    for index, part in enumerate(loc):
+        if skip:
+            skip = False
+            continue
+        out.append(part)
+        tags = UNION_TAGS.get(part, ()) if isinstance(part, str) else ()
+        skip = index + 1 < len(loc) and loc[index + 1] in tags
+    return tuple(out)
+
+
+def _with_path(loc: tuple[Any, ...], message: str) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return f"{path}: {message}" if path else message
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model at `loc` (with union tags still in it), for "did you mean"."""
+    models: list[type[BaseModel]] = [Service]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        inner = [m for model in models if part in model.model_fields
+                 for m in _models_in(model.model_fields[part].annotation)]
+        tagged = [m for m in models if getattr(m, "kind", None) == part]
+        models = inner or tagged
+        if not models:
+            return []
+    return sorted({name for model in models for name in model.model_fields})
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+_TEMPLATES = {
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "greater_than": "must be greater than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be at most {le}",
+    "string_too_short": "must not be empty",
+    "string_too_long": "must be at most {max_length} characters",
+    "too_long": "must have at most {max_length} items",
+}
+_PATTERN_HELP = {
+    NAME_PATTERN: "invalid name '{input}': use lowercase letters, digits, '_', '.' and '-', "
+                  "starting with a letter or digit",
+    ENV_NAME_PATTERN: "invalid environment variable name '{input}': use letters, digits and "
+                      "'_', not starting with a digit",
+}
+
+
+def _describe(err: Any) -> str:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind == "literal_error":
+        return "must be one of " + ", ".join(re.findall(r"'([^']*)'", str(ctx.get("expected"))))
+    if kind == "too_short":
+        size = ctx.get("min_length", 1)
+        return "must not be empty" if size == 1 else f"needs at least {size} items"
+    if kind == "string_pattern_mismatch":
+        template = _PATTERN_HELP.get(ctx.get("pattern"), "must match {pattern}")
+        return template.replace("{input}", _short(str(err.get("input")))).replace(
+            "{pattern}", str(ctx.get("pattern")))
+    if kind in _TEMPLATES:
+        try:
+            return _TEMPLATES[kind].format(**ctx)
+        except (KeyError, IndexError, ValueError):
+            pass
+    message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    return message[:1].lower() + message[1:]

@@ -1,0 +1,497 @@
+"""The spec format (DESIGN §2) as pydantic models: the single source of truth for what a
+valid spec is, for the JSON Schema editors use, and for an action's generation.
+
+Every model forbids unknown keys, because a silently ignored typo (`restrat: never`) is a
+production incident waiting to happen. Validators that know more precisely where a problem
+sits than pydantic's `loc` does pass an `at` path in the error context; `spec.load` uses it to
+point at the exact line and column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+from difflib import get_close_matches
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    Tag,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from reconciler.spec.units import (
+    DURATION_PATTERN,
+    SIZE_PATTERN,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+)
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+PROBE_KINDS = ("tcp", "unix", "http", "exec")
+# A one-shot runs and exits: it holds no pidfile, socket or port between passes, so these
+# keys on a one-shot are a misunderstanding worth reporting, not something to ignore.
+PROCESS_ONLY = ("singleton", "pidfile", "sockets", "tcp_ports", "kill_others")
+JSON_SCHEMA_DRAFT = "http://json-schema.org/draft-07/schema#"
+
+Loc = tuple[str | int, ...]
+
+
+def spec_error(message: str, at: Loc = (), kind: str = "spec") -> PydanticCustomError:
+    """A validation error whose text is shown to users verbatim.
+
+    The message goes through the context rather than the template so that user text with
+    braces in it is never mistaken for a placeholder.
+    """
+    return PydanticCustomError(kind, "{message}", {"at": at, "message": message})
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    close = get_close_matches(word, choices, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# --- scalar types ---------------------------------------------------------------------------
+
+def _reject_bool(value: Any) -> Any:
+    """pydantic's lax mode turns `true` into 1; in a spec that is always a mistake."""
+    if isinstance(value, bool):
+        raise spec_error("must be a number, not true/false")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise spec_error("must not contain a NUL character")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise spec_error("must not be empty")
+    return value
+
+
+# Constraints go before the validators: pydantic then folds them into the schema
+# (`minimum`, `maximum`) instead of leaking raw `ge`/`le` keys into the JSON Schema.
+Port = Annotated[int, Field(ge=1, le=65535), BeforeValidator(_reject_bool)]
+Text = Annotated[str, AfterValidator(_no_nul)]
+PathText = Annotated[str, AfterValidator(_no_nul), AfterValidator(_not_blank)]
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=64)]
+
+
+def _duration_input(value: Any) -> float:
+    if isinstance(value, bool):
+        raise spec_error("must be a duration such as '5s', not true/false")
+    if isinstance(value, int | float):
+        raise spec_error(f"durations need a unit, e.g. '{value:g}s'")
+    if not isinstance(value, str):
+        raise spec_error("must be a duration such as '250ms', '5s' or '1m30s'")
+    try:
+        return parse_duration(value)
+    except ValueError as err:
+        raise spec_error(str(err)) from None
+
+
+def _size_input(value: Any) -> int:
+    if isinstance(value, bool):
+        raise spec_error("must be a size such as '10MiB', not true/false")
+    if isinstance(value, int | float):
+        raise spec_error(f"sizes need a unit, e.g. '{value:g}B' or '10MiB'")
+    if not isinstance(value, str):
+        raise spec_error("must be a size such as '512KiB' or '10MiB'")
+    try:
+        return parse_size(value)
+    except ValueError as err:
+        raise spec_error(str(err)) from None
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(_duration_input),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN,
+                    "examples": ["250ms", "5s", "2m", "1m30s"]}),
+]
+PositiveDuration = Annotated[Duration, Field(gt=0)]
+Size = Annotated[
+    int,
+    Field(gt=0),
+    BeforeValidator(_size_input),
+    PlainSerializer(format_size, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": SIZE_PATTERN, "examples": ["512KiB", "10MiB"]}),
+]
+
+
+def _signal_name(value: Any) -> str:
+    """Accept `SIGTERM`, `TERM`, `term` or 15; store the canonical name (`SIGTERM`)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return signal.Signals(value).name
+        except ValueError:
+            raise spec_error(f"unknown signal number {value}") from None
+    if not isinstance(value, str):
+        raise spec_error("must be a signal name such as SIGTERM")
+    name = value.strip().upper()
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    try:
+        return signal.Signals[name].name
+    except KeyError:
+        hint = did_you_mean(name, [s.name for s in signal.Signals])
+        raise spec_error(f"unknown signal '{value}'{hint}") from None
+
+
+_SIGNAL_NAMES = sorted({s.name for s in signal.Signals})
+SignalName = Annotated[
+    str,
+    BeforeValidator(_signal_name),
+    WithJsonSchema({"type": "string",
+                    "enum": _SIGNAL_NAMES + [n.removeprefix("SIG") for n in _SIGNAL_NAMES]}),
+]
+
+
+def _env_value(value: Any) -> Any:
+    """Numbers are fine as env values (`PORT: 8080`); a YAML 1.1 boolean never is."""
+    if isinstance(value, bool):
+        raise spec_error("must be a string, not a boolean", kind="text_type")
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN)]
+EnvValue = Annotated[
+    str,
+    BeforeValidator(_env_value),
+    AfterValidator(_no_nul),
+    WithJsonSchema({"type": ["string", "number"]}),
+]
+
+
+# --- commands -------------------------------------------------------------------------------
+
+def _command_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "shell"
+    if isinstance(value, list | tuple):
+        return "argv"
+    return None
+
+
+def _program_given(argv: list[str]) -> list[str]:
+    if not argv[0].strip():
+        raise spec_error("the program (first item) must not be empty", at=(0,))
+    return argv
+
+
+Command = Annotated[
+    Annotated[list[Text], Field(min_length=1), AfterValidator(_program_given), Tag("argv")]
+    | Annotated[Text, AfterValidator(_not_blank), Tag("shell")],
+    Discriminator(
+        _command_kind,
+        custom_error_type="command_type",
+        custom_error_message="must be a list of strings (argv) or a string (run with /bin/sh -c)",
+    ),
+]
+# Tags pydantic inserts into error locations; `spec.load` strips them again.
+UNION_TAGS: dict[str, tuple[str, ...]] = {
+    "cmd": ("argv", "shell"),
+    "exec": ("argv", "shell"),
+    "health": PROBE_KINDS,
+}
+
+
+# --- models ---------------------------------------------------------------------------------
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Backoff(_Spec):
+    """Delays between restarts of a failing action: initial × factor^(n−1), capped at max."""
+
+    initial: PositiveDuration = 0.2
+    max: PositiveDuration = 30.0
+    factor: Annotated[float, Field(ge=1), BeforeValidator(_reject_bool)] = 2.0
+    reset_after: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _max_not_below_initial(self) -> Backoff:
+        if self.max < self.initial:
+            raise spec_error("must not be shorter than initial", at=("max",))
+        return self
+
+
+class StopSpec(_Spec):
+    """How to stop: this signal to the process group, then SIGKILL after timeout."""
+
+    signal: SignalName = "SIGTERM"
+    timeout: Duration = 10.0
+
+
+class LogsSpec(_Spec):
+    """Log rotation: `<action>.log` plus `keep` previous runs."""
+
+    keep: Annotated[int, Field(ge=0), BeforeValidator(_reject_bool)] = 5
+    max_size: Size = 10 * 1024 * 1024
+
+
+class _Probe(_Spec):
+    kind: ClassVar[str]
+
+    interval: PositiveDuration = 2.0
+    timeout: PositiveDuration = 1.0
+    failures: Annotated[int, Field(ge=1), BeforeValidator(_reject_bool)] = 3
+    start_period: Duration = 0.0
+
+
+class TcpHealth(_Probe):
+    """Healthy when 127.0.0.1:<tcp> accepts a connection."""
+
+    kind: ClassVar[str] = "tcp"
+    tcp: Port
+
+
+class UnixHealth(_Probe):
+    """Healthy when the unix socket accepts a connection (relative: under <state-dir>/run/)."""
+
+    kind: ClassVar[str] = "unix"
+    unix: PathText
+
+
+def _http_url(url: str) -> str:
+    message = "must be an http:// URL such as http://127.0.0.1:8080/health (no https)"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a malformed port
+    except ValueError:
+        raise spec_error(message) from None
+    if parts.scheme != "http" or not parts.hostname:
+        raise spec_error(message)
+    return url
+
+
+class HttpHealth(_Probe):
+    """Healthy when GET <http> answers 2xx."""
+
+    kind: ClassVar[str] = "http"
+    http: Annotated[str, AfterValidator(_http_url)]
+
+
+class ExecHealth(_Probe):
+    """Healthy when the command exits 0 (a string runs with /bin/sh -c)."""
+
+    kind: ClassVar[str] = "exec"
+    exec: Command
+
+
+_PROBE_KEYS = (*PROBE_KINDS, *_Probe.model_fields)
+
+
+def _one_probe(value: Any) -> Any:
+    """One clear error for a malformed probe instead of one per union member."""
+    if isinstance(value, _Probe):
+        return value
+    if not isinstance(value, dict):
+        raise spec_error("must be a mapping with one of tcp, unix, http, exec")
+    found = [kind for kind in PROBE_KINDS if kind in value]
+    if len(found) == 1:
+        return value
+    if found:
+        found_text = " and ".join(found)
+        raise spec_error(f"needs exactly one of tcp, unix, http, exec (found {found_text})")
+    unknown = [k for k in value if isinstance(k, str) and k not in _PROBE_KEYS]
+    hint = f"; unknown key '{unknown[0]}'{did_you_mean(unknown[0], PROBE_KINDS)}" if unknown else ""
+    raise spec_error(f"needs exactly one of tcp, unix, http, exec{hint}")
+
+
+def _probe_kind(value: Any) -> str | None:
+    if isinstance(value, _Probe):
+        return value.kind
+    if isinstance(value, dict):
+        found = [kind for kind in PROBE_KINDS if kind in value]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+Health = Annotated[
+    Annotated[TcpHealth, Tag("tcp")]
+    | Annotated[UnixHealth, Tag("unix")]
+    | Annotated[HttpHealth, Tag("http")]
+    | Annotated[ExecHealth, Tag("exec")],
+    Discriminator(_probe_kind, custom_error_type="health_probe",
+                  custom_error_message="needs exactly one of tcp, unix, http, exec"),
+    BeforeValidator(_one_probe),
+]
+
+
+def _unique_ports(ports: list[int]) -> list[int]:
+    seen: set[int] = set()
+    for index, port in enumerate(ports):
+        if port in seen:
+            raise spec_error(f"port {port} is listed twice", at=(index,))
+        seen.add(port)
+    return ports
+
+
+RestartPolicy = Literal["always", "on-failure", "never"]
+
+
+class Action(_Spec):
+    """One thing to keep done: a long-running process, or a one-shot that must exit 0."""
+
+    name: Name
+    cmd: Command
+    process: bool = False
+    after: list[str] = []
+    cwd: PathText | None = None
+    env: dict[EnvName, EnvValue] = {}
+    singleton: bool = False
+    pidfile: PathText | None = None
+    sockets: list[PathText] = []
+    tcp_ports: Annotated[list[Port], AfterValidator(_unique_ports)] = []
+    kill_others: bool = False
+    restart: RestartPolicy | None = None
+    backoff: Backoff = Backoff()
+    stop: StopSpec = StopSpec()
+    health: Health | None = None
+    logs: LogsSpec = LogsSpec()
+
+    # Only these change what runs; editing anything else must keep the job (DESIGN §2).
+    GENERATION_FIELDS: ClassVar[tuple[str, ...]] = (
+        "cmd", "cwd", "env", "sockets", "tcp_ports", "pidfile", "process")
+
+    @model_validator(mode="after")
+    def _process_only_fields(self) -> Action:
+        if self.process:
+            return self
+        if self.health is not None:
+            raise spec_error("only process actions can have a health check "
+                             "(add process: true)", at=("health",))
+        for field in PROCESS_ONLY:
+            if getattr(self, field):
+                raise spec_error(f"only process actions can set {field} (add process: true); "
+                                 "a one-shot owns no resources", at=(field,))
+        return self
+
+    @property
+    def argv(self) -> list[str]:
+        return ["/bin/sh", "-c", self.cmd] if isinstance(self.cmd, str) else list(self.cmd)
+
+    @property
+    def effective_restart(self) -> RestartPolicy:
+        if self.restart is not None:
+            return self.restart
+        return "always" if self.process else "on-failure"
+
+    def generation(self) -> str:
+        """Hash of what runs. Ports and sockets are sets, so their order does not count."""
+        fields = self.model_dump(include=set(self.GENERATION_FIELDS), mode="json")
+        fields["tcp_ports"] = sorted(fields["tcp_ports"])
+        fields["sockets"] = sorted(fields["sockets"])
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class Service(_Spec):
+    """A named group of actions; one YAML document, the unit people add, edit and delete."""
+
+    name: Name
+    description: str = ""
+    actions: Annotated[list[Action], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _actions_consistent(self) -> Service:
+        _check_unique_names(self.actions)
+        _check_dependencies_known(self.actions)
+        _check_no_cycle(self.actions)
+        return self
+
+    def action(self, name: str) -> Action | None:
+        return next((a for a in self.actions if a.name == name), None)
+
+
+def _check_unique_names(actions: list[Action]) -> None:
+    first: dict[str, int] = {}
+    for index, action in enumerate(actions):
+        if action.name in first:
+            raise spec_error(f"duplicate action name '{action.name}' "
+                             f"(first at actions[{first[action.name]}])",
+                             at=("actions", index, "name"))
+        first[action.name] = index
+
+
+def _check_dependencies_known(actions: list[Action]) -> None:
+    names = [a.name for a in actions]
+    for index, action in enumerate(actions):
+        for position, dep in enumerate(action.after):
+            at: Loc = ("actions", index, "after", position)
+            if dep == action.name:
+                raise spec_error(f"action '{dep}' cannot wait for itself", at=at)
+            if dep not in names:
+                others = [n for n in names if n != action.name]
+                raise spec_error(f"unknown action '{dep}'{did_you_mean(dep, others)}", at=at)
+
+
+def _check_no_cycle(actions: list[Action]) -> None:
+    """Peel off actions whose dependencies are all peeled; whatever remains holds a cycle."""
+    pending = {a.name: set(a.after) for a in actions}
+    progress = True
+    while progress:
+        ready = [name for name, deps in pending.items() if not deps & pending.keys()]
+        progress = bool(ready)
+        for name in ready:
+            del pending[name]
+    if not pending:
+        return
+    order = [a.name for a in actions]
+    path = [next(n for n in order if n in pending)]
+    while True:
+        action = next(a for a in actions if a.name == path[-1])
+        step = next(dep for dep in action.after if dep in pending)
+        if step in path:
+            cycle = [*path[path.index(step):], step]
+            index = order.index(cycle[0])
+            raise spec_error(f"cycle {' -> '.join(cycle)}", at=("actions", index, "after"))
+        path.append(step)
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """Schema for editors (`# yaml-language-server: $schema=…`)."""
+    schema = Service.model_json_schema()
+    schema.pop("title", None)
+    _defaults_as_written(schema)
+    return {"$schema": JSON_SCHEMA_DRAFT, "title": "reconciler service spec", **schema}
+
+
+def _defaults_as_written(node: Any) -> None:
+    """pydantic emits a field's default as the stored number (0.2); an editor should offer
+    what a user would write ("200ms"), which also matches the property's own pattern."""
+    if isinstance(node, list):
+        for item in node:
+            _defaults_as_written(item)
+        return
+    if not isinstance(node, dict):
+        return
+    default = node.get("default")
+    if isinstance(default, int | float) and not isinstance(default, bool):
+        if node.get("pattern") == DURATION_PATTERN:
+            node["default"] = format_duration(default)
+        elif node.get("pattern") == SIZE_PATTERN:
+            node["default"] = format_size(int(default))
+    for value in node.values():
+        _defaults_as_written(value)

@@ -1,0 +1,175 @@
+"""Enrollment files: the proof, written the moment a process is spawned, that it is ours.
+
+SQLite is written at the end of a pass; if the controller dies between spawning and
+recording, only this file lets the next controller adopt the process instead of treating it
+as an alien (or starting a duplicate). So it is written atomically and durably (temp file,
+fsync, rename, fsync of the dir): after a crash it is either complete or absent, never torn.
+
+Reading is forgiving: a corrupt file is skipped and logged, never raised. A missing
+enrollment only costs adoption (the process is then handled as alien), while a crash here
+would stop every pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from reconciler.host.identity import Identity
+from reconciler.state.records import Enrollment
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".enroll.json"
+FORMAT = 1
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def enrollment_path(run_dir: Path, job_id: str) -> Path:
+    _check_job_id(job_id)
+    return run_dir / f"{job_id}{SUFFIX}"
+
+
+def enroll(run_dir: Path, enrollment: Enrollment) -> Path:
+    """Write `<run_dir>/<job_id>.enroll.json` atomically and durably; returns its path."""
+    target = enrollment_path(run_dir, enrollment.job_id)
+    _private_dir(run_dir)
+    _remove_stale_temps(run_dir, enrollment.job_id)
+    data = json.dumps(_to_json(enrollment), indent=1).encode()
+    tmp = run_dir / f".{enrollment.job_id}{SUFFIX}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 FILE_MODE)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(run_dir)
+    return target
+
+
+def read_enrollments(run_dir: Path) -> dict[str, Enrollment]:
+    """Every readable enrollment by job id; a missing dir is simply "none yet"."""
+    try:
+        paths = sorted(run_dir.glob(f"*{SUFFIX}"))
+    except OSError as err:
+        log.warning("cannot list enrollments in %s: %s", run_dir, err)
+        return {}
+    found: dict[str, Enrollment] = {}
+    for path in paths:
+        enrollment = _read_one(path)
+        if enrollment is not None:
+            found[enrollment.job_id] = enrollment
+    return found
+
+
+def unenroll(run_dir: Path, job_id: str) -> None:
+    """Forget a job's process (it was stopped); already gone is fine."""
+    enrollment_path(run_dir, job_id).unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        _fsync_dir(run_dir)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _check_job_id(job_id: str) -> None:
+    """Job ids become file names: refuse anything that could escape the run dir."""
+    if not job_id or job_id in (".", "..") or "/" in job_id or "\0" in job_id:
+        raise ValueError(f"invalid job id for an enrollment file: {job_id!r}")
+
+
+def _to_json(enrollment: Enrollment) -> dict[str, Any]:
+    identity = enrollment.identity
+    return {
+        "format": FORMAT,
+        "job_id": enrollment.job_id,
+        "service": enrollment.service,
+        "action": enrollment.action,
+        "generation": enrollment.generation,
+        "identity": {"boot_id": identity.boot_id, "pid": identity.pid,
+                     "starttime_ticks": identity.starttime_ticks},
+        "cmdline": list(enrollment.cmdline),
+        "enrolled_at": enrollment.enrolled_at,
+    }
+
+
+def _from_json(data: Any) -> Enrollment:
+    """Strict: a half-valid enrollment is worse than none, since it decides what we signal."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    ident = data["identity"]
+    identity = Identity(boot_id=_typed(ident["boot_id"], str),
+                        pid=_typed(ident["pid"], int),
+                        starttime_ticks=_typed(ident["starttime_ticks"], int))
+    cmdline = data["cmdline"]
+    if not isinstance(cmdline, list) or not all(isinstance(arg, str) for arg in cmdline):
+        raise ValueError("cmdline is not a list of strings")
+    return Enrollment(
+        job_id=_typed(data["job_id"], str), service=_typed(data["service"], str),
+        action=_typed(data["action"], str), generation=_typed(data["generation"], str),
+        identity=identity, cmdline=tuple(cmdline),
+        enrolled_at=float(_typed(data["enrolled_at"], (int, float))),
+    )
+
+
+def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ValueError(f"unexpected value {value!r}")
+    return value
+
+
+def _read_one(path: Path) -> Enrollment | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            enrollment = _from_json(json.loads(handle.read()))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("skipping unreadable enrollment %s: %s", path, err)
+        return None
+    if path.name != f"{enrollment.job_id}{SUFFIX}":
+        # unenroll() could never remove it, and it may describe another job: distrust it
+        log.warning("skipping enrollment %s: it names job %s", path, enrollment.job_id)
+        return None
+    return enrollment
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the rename/unlink itself durable, not only the file's bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _private_dir(path: Path) -> None:
+    if path.is_dir():
+        return
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(path, DIR_MODE)  # mkdir's mode is masked by the umask
+
+
+def _remove_stale_temps(run_dir: Path, job_id: str) -> None:
+    """A controller killed mid-write leaves its temp file behind; the next write for that job
+    (serialized by the state lock) sweeps it."""
+    for stale in run_dir.glob(f".{glob.escape(job_id)}{SUFFIX}.*.tmp"):
+        stale.unlink(missing_ok=True)

@@ -1,0 +1,410 @@
+"""The controller's durable memory: jobs, events and last-good specs in SQLite (sqlite-utils).
+
+Backoff counters, job ids and identities live here so that a restart of the controller is not
+an outage: the next controller continues exactly where the last one stopped.
+
+Threading: a `Store` wraps ONE `sqlite3` connection, and a connection belongs to the thread
+that opened it (sqlite3's `check_same_thread` stays on, so misuse raises `ProgrammingError`
+instead of silently losing writes). The pass owns one Store; anything else that wants to read
+(the CLI, another thread) opens its own Store on the same file. WAL lets readers run while
+the pass writes.
+
+Schema changes are additive migrations (new tables, columns, indexes; never drop or rename),
+so a database written by any older version opens without loss, and one written by a newer
+version still reads (unknown columns are ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database, Migrations
+from sqlite_utils.db import Table
+
+from reconciler.state.records import BlockedBy, Event, JobRecord, SpecRecord
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 5000
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+MIGRATIONS = Migrations("reconciler")
+
+
+# --- migrations ---------------------------------------------------------------------------
+# Each migration is frozen as it shipped: it spells out its own columns instead of deriving
+# them from today's dataclasses, so replaying history always builds the same schema. Each is
+# idempotent too, because a database may predate the migrations table ("unknown old
+# version"): then every migration runs against tables that may already be (partly) there.
+
+
+@MIGRATIONS()
+def m001_initial(db: Database) -> None:
+    """The schema of the first release."""
+    _ensure_table(
+        db, "jobs",
+        {
+            "id": str, "service": str, "action": str, "generation": str, "phase": str,
+            "process": int, "pid": int, "boot_id": str, "starttime_ticks": int,
+            "restart_count": int, "last_exit_code": int, "last_exit_at": float,
+            "started_at": float, "next_start_at": float, "consecutive_failures": int,
+            "health": str, "reason": str, "blocked_by": str, "spec": str, "updated_at": float,
+        },
+        pk="id",
+        not_null=("service", "action", "generation", "phase", "process", "restart_count",
+                  "consecutive_failures", "reason", "blocked_by", "spec"),
+        defaults={"phase": "pending", "process": 1, "restart_count": 0,
+                  "consecutive_failures": 0, "reason": "", "blocked_by": "[]", "spec": "{}"},
+    )
+    _table(db, "jobs").create_index(["service", "action"], index_name="idx_jobs_service_action",
+                                    if_not_exists=True)
+    _ensure_events_table(db)
+    _ensure_table(
+        db, "specs",
+        {"file": str, "content": str, "hash": str, "error": str, "updated_at": float},
+        pk="file",
+    )
+
+
+@MIGRATIONS()
+def m002_job_failure_class_ready(db: Database) -> None:
+    """Failure classes and readiness for `status`; old rows read as "no failure, not ready"."""
+    jobs = _table(db, "jobs")
+    columns = jobs.columns_dict
+    if "failure_class" not in columns:
+        jobs.add_column("failure_class", str)
+    if "ready" not in columns:
+        jobs.add_column("ready", int, not_null_default=0)
+    if "created_at" not in columns:
+        jobs.add_column("created_at", float)
+
+
+def _ensure_events_table(db: Database) -> None:
+    """Raw SQL because sqlite-utils cannot say AUTOINCREMENT, and event ids are shown to users:
+    they must never be reused, even after old events are pruned."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS events ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, job_id TEXT,"
+        " service TEXT, action TEXT, kind TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',"
+        " detail TEXT NOT NULL DEFAULT '{}')"
+    )
+    _add_missing_columns(
+        _table(db, "events"),
+        {"at": float, "job_id": str, "service": str, "action": str, "kind": str, "reason": str,
+         "detail": str},
+        {"reason": "", "detail": "{}"},
+    )
+    events = _table(db, "events")
+    events.create_index(["service"], index_name="idx_events_service", if_not_exists=True)
+    events.create_index(["job_id"], index_name="idx_events_job_id", if_not_exists=True)
+
+
+def _ensure_table(db: Database, name: str, columns: dict[str, type], *, pk: str,
+                  not_null: Iterable[str] = (), defaults: dict[str, Any] | None = None) -> None:
+    """Create the table, or bring an existing one of unknown age up to these columns."""
+    table = _table(db, name)
+    if not table.exists():
+        table.create(columns, pk=pk, not_null=set(not_null), defaults=defaults or {},
+                     if_not_exists=True)
+        return
+    _add_missing_columns(table, columns, defaults or {})
+
+
+def _add_missing_columns(table: Table, columns: dict[str, type],
+                         defaults: dict[str, Any]) -> None:
+    existing = table.columns_dict
+    for name, col_type in columns.items():
+        if name not in existing:
+            table.add_column(name, col_type, not_null_default=defaults.get(name))
+
+
+def _table(db: Database, name: str) -> Table:
+    return db.table(name)
+
+
+def migrate(db: Database) -> None:
+    """Apply pending migrations, all in one IMMEDIATE transaction.
+
+    Taking the write lock before looking at what is pending serializes two processes that
+    open a fresh database at once (daemon and CLI): the second waits, then sees nothing to do.
+    """
+    if not MIGRATIONS.pending(db):
+        return  # the common case takes no write lock at all
+    with _immediate(db):
+        MIGRATIONS.apply(db)
+
+
+@contextmanager
+def _immediate(db: Database) -> Iterator[None]:
+    """A transaction that takes the write lock up front (waiting up to busy_timeout).
+
+    A deferred BEGIN that reads first and writes later fails at once with SQLITE_BUSY under
+    WAL when another connection committed in between; IMMEDIATE waits instead.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.rollback()
+        raise
+    try:
+        db.execute("COMMIT")
+    except BaseException:
+        db.rollback()
+        raise
+
+
+# --- conversions: the only place that knows how records look as rows -----------------------
+
+_JOB_FIELDS = fields(JobRecord)
+
+
+def job_to_row(job: JobRecord) -> dict[str, Any]:
+    row = {f.name: getattr(job, f.name) for f in _JOB_FIELDS}
+    row["process"] = int(job.process)
+    row["ready"] = int(job.ready)
+    row["blocked_by"] = json.dumps([b.to_dict() for b in job.blocked_by])
+    row["spec"] = json.dumps(job.spec, sort_keys=True)
+    return row
+
+
+def job_from_row(row: dict[str, Any]) -> JobRecord:
+    """Tolerant on purpose: columns from a newer version are ignored, NULLs (from a database of
+    unknown age) fall back to the field's default, bad JSON degrades to empty with a warning."""
+    values: dict[str, Any] = {}
+    for f in _JOB_FIELDS:
+        if f.name not in row:
+            continue
+        value = row[f.name]
+        if value is None:
+            value = _null_default(f)
+        values[f.name] = value
+    values["process"] = bool(values.get("process", True))
+    values["ready"] = bool(values.get("ready", False))
+    values["blocked_by"] = _blocked_by_from_json(values.get("blocked_by"), row.get("id"))
+    values["spec"] = _dict_from_json(values.get("spec"), "spec", row.get("id"))
+    return JobRecord(**values)
+
+
+def _null_default(f: Any) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return ""  # required text fields (id, service, action, generation)
+
+
+def _blocked_by_from_json(raw: Any, job_id: Any) -> tuple[BlockedBy, ...]:
+    if raw is None or isinstance(raw, tuple):
+        return raw or ()  # column absent, or already the dataclass default
+    try:
+        items = json.loads(raw)
+        return tuple(BlockedBy(resource=str(item["resource"]), pid=item.get("pid"),
+                               cmd=str(item.get("cmd", ""))) for item in items)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        log.warning("job %s: unreadable blocked_by %r, treated as empty", job_id, raw)
+        return ()
+
+
+def _dict_from_json(raw: Any, what: str, owner: Any) -> dict[str, Any]:
+    if raw is None or isinstance(raw, dict):
+        return raw or {}  # column absent, or already the dataclass default
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        value = None
+    if not isinstance(value, dict):
+        log.warning("%s of %s: unreadable JSON %r, treated as empty", what, owner, raw)
+        return {}
+    return value
+
+
+def event_to_row(event: Event) -> dict[str, Any]:
+    return {"at": event.at, "job_id": event.job_id, "service": event.service,
+            "action": event.action, "kind": event.kind, "reason": event.reason,
+            "detail": json.dumps(event.detail, sort_keys=True)}
+
+
+def event_from_row(row: dict[str, Any]) -> Event:
+    return Event(at=row["at"], kind=row["kind"], reason=row.get("reason") or "",
+                 job_id=row.get("job_id"), service=row.get("service"),
+                 action=row.get("action"),
+                 detail=_dict_from_json(row.get("detail") or "{}", "detail", row.get("id")))
+
+
+def spec_to_row(record: SpecRecord) -> dict[str, Any]:
+    return {"file": record.file, "content": record.content, "hash": record.hash,
+            "error": record.error, "updated_at": record.updated_at}
+
+
+def spec_from_row(row: dict[str, Any]) -> SpecRecord:
+    return SpecRecord(file=row["file"], content=row.get("content"), hash=row.get("hash"),
+                      error=row.get("error"), updated_at=row.get("updated_at"))
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def _private_dir(path: Path) -> None:
+    """Create the state dir 0700 (mkdir's mode is masked by umask, hence the chmod). An
+    existing dir is left alone: its mode is the operator's choice."""
+    if path.is_dir():
+        return
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(path, DIR_MODE)
+
+
+def _precreate(path: Path) -> None:
+    """Create the db file 0600 ourselves, so it is never readable by others, not even for the
+    moment before the chmod; O_NOFOLLOW refuses a planted symlink."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    os.close(fd)
+
+
+def _restrict_modes(path: Path) -> None:
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            st = os.lstat(candidate)
+        except FileNotFoundError:
+            continue
+        if candidate.is_symlink() or st.st_mode & 0o777 == FILE_MODE:
+            continue
+        try:
+            os.chmod(candidate, FILE_MODE)
+        except PermissionError:
+            log.warning("cannot chmod %s to 0600 (owned by another user?)", candidate)
+
+
+def _connect(path: Path) -> Database:
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000)
+    db = Database(conn, execute_plugins=False)
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    db.enable_wal()  # persistent in the file; a no-op read after the first time
+    db.execute("PRAGMA synchronous=NORMAL")  # per connection; safe under WAL
+    return db
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+
+class Store:
+    """Jobs, events and spec records of one state dir. One thread per Store (see module doc)."""
+
+    def __init__(self, db: Database, path: Path) -> None:
+        self.db = db
+        self.path = path
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        path = Path(path)
+        _private_dir(path.parent)
+        _precreate(path)
+        db = _connect(path)
+        try:
+            migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        _restrict_modes(path)
+        return cls(db, path)
+
+    def close(self) -> None:
+        """Close (twice is fine); an unfinished `atomic()` block is rolled back, never
+        half-committed."""
+        if self._closed:
+            return
+        self._closed = True
+        self.db.rollback()
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """One transaction (a savepoint when nested): a pass's writes land all or none.
+
+        The outermost level is BEGIN IMMEDIATE so it waits for another writer instead of
+        failing halfway with SQLITE_BUSY.
+        """
+        if self.db.conn.in_transaction:
+            with self.db.atomic():
+                yield
+            return
+        with _immediate(self.db):
+            yield
+
+    # jobs
+
+    def jobs(self, *, include_removed: bool = False) -> list[JobRecord]:
+        where = "" if include_removed else "WHERE phase != 'removed'"
+        rows = self.db.query(f"SELECT * FROM jobs {where} ORDER BY service, action, rowid")
+        return [job_from_row(row) for row in rows]
+
+    def job(self, job_id: str) -> JobRecord | None:
+        rows = list(self.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]))
+        return job_from_row(rows[0]) if rows else None
+
+    def upsert_jobs(self, jobs: Iterable[JobRecord]) -> None:
+        """Persist as given: the caller owns every field, timestamps included."""
+        rows = [job_to_row(job) for job in jobs]
+        if rows:
+            with self.atomic():
+                _table(self.db, "jobs").upsert_all(rows, pk="id")
+
+    # events
+
+    def append_events(self, events: Iterable[Event]) -> None:
+        rows = [event_to_row(event) for event in events]
+        if rows:
+            with self.atomic():
+                _table(self.db, "events").insert_all(rows)
+
+    def events(self, *, service: str | None = None,
+               limit: int | None = 100) -> list[tuple[int, Event]]:
+        """The newest `limit` events (None: all), returned oldest first like a log."""
+        where, params = ("WHERE service = ?", [service]) if service is not None else ("", [])
+        sql = (f"SELECT * FROM (SELECT * FROM events {where} ORDER BY id DESC LIMIT ?)"
+               " ORDER BY id")
+        rows = self.db.query(sql, [*params, -1 if limit is None else max(limit, 0)])
+        return [(row["id"], event_from_row(row)) for row in rows]
+
+    def prune_events(self, keep: int) -> int:
+        """Drop all but the newest `keep` events, so a crash loop cannot grow the db forever.
+        Returns how many were deleted."""
+        with self.atomic():
+            cursor = self.db.execute(
+                "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC"
+                " LIMIT 1 OFFSET ?)", [max(keep, 0)])
+        return cursor.rowcount
+
+    # spec records
+
+    def spec_records(self) -> dict[str, SpecRecord]:
+        rows = self.db.query("SELECT * FROM specs ORDER BY file")
+        return {row["file"]: spec_from_row(row) for row in rows}
+
+    def save_spec_records(self, records: Iterable[SpecRecord]) -> None:
+        rows = [spec_to_row(record) for record in records]
+        if rows:
+            with self.atomic():
+                _table(self.db, "specs").upsert_all(rows, pk="file")
+
+    def delete_spec_records(self, files: Iterable[str]) -> None:
+        params = [(file,) for file in files]
+        if params:
+            with self.atomic():
+                self.db.conn.executemany("DELETE FROM specs WHERE file = ?", params)
