@@ -545,7 +545,7 @@ def plan_down(observed: Observed, records: list[JobRecord], now: float,
               services: frozenset[str] | None = None) -> Plan:
     """Stop the jobs of `services` (all when None) and keep them stopped until their spec
     changes or an operator restarts them, like `systemctl stop`."""
-    live = [r for r in records if r.phase not in ("removed", "stopped")]
+    live = [r for r in records if r.phase not in ("removed", "stopped", "succeeded")]
     ctx = _Pass(Desired(actions=()), observed, now, {}, {r.key: r for r in live})
     for job in live:
         if services is None or job.service in services:

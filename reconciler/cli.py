@@ -1,0 +1,339 @@
+"""`reconcile`: argument parsing and output. No reconciling logic lives here.
+
+Exit codes follow `kubectl diff` / `flux diff`: 0 clean, 1 differences or not converged,
+2 errors (invalid specs, refused configuration). No traceback reaches a user: expected
+failures print one line; anything unexpected prints one line and how to get the details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from reconciler import __version__, logs
+from reconciler.controller import PassResult, Reconciler, dry_run, prepare_state_dir
+from reconciler.plan import Plan
+from reconciler.settings import Settings, SettingsError, resolve
+from reconciler.spec.load import LoadResult, load_specs
+from reconciler.spec.model import spec_json_schema
+from reconciler.spec.units import parse_duration
+from reconciler.state.lock import LockTimeout
+from reconciler.state.records import JobRecord
+from reconciler.state.store import Store
+
+EXIT_OK, EXIT_CHANGES, EXIT_ERROR = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (SettingsError, LockTimeout, UsageError) as err:
+        print(f"reconcile: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # the last line of defence: one line, never a traceback
+        if os.environ.get("RECONCILER_DEBUG"):
+            raise
+        print(f"reconcile: internal error: {type(err).__name__}: {err} "
+              "(set RECONCILER_DEBUG=1 for a traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--specs", metavar="DIR", default=argparse.SUPPRESS,
+                        help="specs directory (default: $RECONCILER_SPECS or ./specs)")
+    common.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS,
+                        help="state directory (default: $RECONCILER_STATE_DIR or per-user)")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    parser = argparse.ArgumentParser(
+        prog="reconcile", parents=[common, output],
+        description="Make this host run what the specs dir says, and keep it that way.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--once", action="store_true",
+                        help="converge once, print a table and exit (0 ok, 1 not converged, "
+                             "2 invalid specs)")
+    parser.add_argument("--wait", default="60s", help="with --once: how long to wait")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="let an empty specs dir prune every running service")
+    parser.set_defaults(func=cmd_run)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, func: Any, help_text: str, *parents: argparse.ArgumentParser
+            ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common, *parents], help=help_text,
+                           description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    diff = add("diff", cmd_diff, "print the steps a pass would take, change nothing", output)
+    diff.add_argument("--allow-empty", action="store_true")
+    add("status", cmd_status, "show services, jobs, phases and why", output)
+    validate = add("validate", cmd_validate, "check specs: file:line:column: message", output)
+    validate.add_argument("dir", nargs="?", help="specs dir to check")
+    add("schema", cmd_schema, "print the JSON Schema of the spec format")
+    down = add("down", cmd_down, "stop a service (all when none is named)")
+    down.add_argument("service", nargs="?")
+    events = add("events", cmd_events, "what was killed, cleaned, spawned, adopted, and why",
+                 output)
+    events.add_argument("service", nargs="?")
+    events.add_argument("-n", "--limit", type=int, default=50)
+    log_cmd = add("logs", cmd_logs, "show a job's log")
+    log_cmd.add_argument("target", metavar="SERVICE[.ACTION]")
+    log_cmd.add_argument("--previous", action="store_true", help="the previous run's log")
+    log_cmd.add_argument("-n", "--lines", type=int, default=100)
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return resolve(getattr(args, "specs", None), getattr(args, "state_dir", None))
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    wait = _duration(args.wait, "--wait")
+    with Reconciler(settings, allow_empty=args.allow_empty) as reconciler:
+        if args.once:
+            result = reconciler.converge(wait)
+            return report_pass(result, args.output)
+        return run_until_signalled(reconciler)
+
+
+def run_until_signalled(reconciler: Reconciler, resync: float = 2.0) -> int:
+    """A plain resync loop until SIGTERM/SIGINT; managed processes keep running after it."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set():
+        result = reconciler.reconcile()
+        _print_problems(result.loaded, result.plan)
+        nap = resync if not result.plan.changes else 0.05
+        reconciler.children.wait(nap)
+    return EXIT_OK
+
+
+def report_pass(result: PassResult, output: str) -> int:
+    _print_problems(result.loaded, result.plan)
+    jobs = [j for j in result.jobs if j.phase != "removed"]
+    if output == "json":
+        print(json.dumps([job_json(j) for j in jobs], indent=2))
+    else:
+        print(status_table(jobs))
+    if not result.loaded.ok or result.plan.prune_held:
+        return EXIT_ERROR
+    return EXIT_OK if result.converged else EXIT_CHANGES
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    loaded, steps = dry_run(settings, allow_empty=args.allow_empty)
+    _print_problems(loaded, steps)
+    changes = steps.changes
+    if args.output == "json":
+        print(json.dumps([{"step": s.verb, "description": s.describe(), "reason": s.reason}
+                          for s in changes], indent=2))
+    else:
+        for step in changes:
+            print(step.describe())
+        if not changes:
+            print("no changes")
+    if not loaded.ok or steps.prune_held:
+        return EXIT_ERROR
+    return EXIT_CHANGES if changes else EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    specs_dir = args.dir or getattr(args, "specs", None) or os.environ.get("RECONCILER_SPECS")
+    loaded = load_specs(resolve_specs_dir(specs_dir))
+    if args.output == "json":
+        print(json.dumps({"errors": [str(e) for e in loaded.errors],
+                          "dir_error": loaded.dir_error,
+                          "services": sorted(loaded.services)}, indent=2))
+    else:
+        _print_problems(loaded, None)
+        if loaded.ok:
+            print(f"{len(loaded.services)} services in {len(loaded.files)} files: valid")
+    return EXIT_OK if loaded.ok else EXIT_ERROR
+
+
+def resolve_specs_dir(value: str | None) -> Path:
+    return Path(value or "specs")
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(spec_json_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    jobs = read_jobs(settings)
+    if args.output == "json":
+        print(json.dumps([job_json(j) for j in jobs], indent=2))
+    else:
+        print(status_table(jobs) if jobs else "no jobs")
+    return EXIT_OK
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    services = frozenset([args.service]) if args.service else None
+    with Reconciler(settings) as reconciler:
+        steps = reconciler.down(services)
+    for step in steps.steps:
+        print(step.describe())
+    if not steps.steps:
+        print("nothing to stop")
+    return EXIT_OK
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    if not settings.db_path.exists():
+        print("[]" if args.output == "json" else "no events")
+        return EXIT_OK
+    store = Store.open(settings.db_path)
+    try:
+        events = store.events(service=args.service, limit=args.limit)
+    finally:
+        store.close()
+    if args.output == "json":
+        print(json.dumps([{"id": i, "at": e.at, "kind": e.kind, "service": e.service,
+                           "action": e.action, "job_id": e.job_id, "reason": e.reason,
+                           "detail": e.detail} for i, e in events], indent=2))
+        return EXIT_OK
+    for _, event in events:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.at))
+        target = f"{event.service}.{event.action}" if event.service else "-"
+        print(f"{when}  {event.kind:<12} {target:<24} {event.reason}")
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    service, _, action = args.target.partition(".")
+    jobs = [j for j in read_jobs(settings) if j.service == service
+            and (not action or j.action == action)]
+    if not jobs:
+        raise UsageError(f"no job named {args.target}")
+    for job in jobs:
+        path = logs.log_path(settings.logs_dir, job.service, job.action)
+        if args.previous:
+            path = logs.previous_path(path)
+        if len(jobs) > 1:
+            print(f"==> {job.service}.{job.action} <==")
+        for line in logs.tail(path, args.lines):
+            print(line.rstrip("\n"))
+    return EXIT_OK
+
+
+# --- output helpers -----------------------------------------------------------------------
+
+
+def read_jobs(settings: Settings) -> list[JobRecord]:
+    if not settings.db_path.exists():
+        return []
+    prepare_state_dir(settings)
+    store = Store.open(settings.db_path)
+    try:
+        return store.jobs()
+    finally:
+        store.close()
+
+
+def job_json(job: JobRecord, now: float | None = None) -> dict[str, Any]:
+    return {
+        "service": job.service,
+        "action": job.action,
+        "job_id": job.id,
+        "phase": job.phase,
+        "ready": job.ready,
+        "pid": job.pid,
+        "restart_count": job.restart_count,
+        "last_exit_code": job.last_exit_code,
+        "reason": describe_reason(job, now),
+        "failure_class": job.failure_class,
+        "blocked_by": [b.to_dict() for b in job.blocked_by],
+        "started_at": job.started_at,
+        "next_start_at": job.next_start_at,
+        "generation": job.generation,
+    }
+
+
+def describe_reason(job: JobRecord, now: float | None = None) -> str:
+    """The stored reason plus how long until the next attempt, computed at display time."""
+    now = time.time() if now is None else now
+    if job.phase in ("backoff", "blocked") and job.next_start_at is not None:
+        wait = max(job.next_start_at - now, 0.0)
+        return f"{job.reason}, next start in {wait:.0f}s"
+    return job.reason
+
+
+def status_table(jobs: Sequence[JobRecord]) -> str:
+    now = time.time()
+    rows = [("SERVICE", "ACTION", "PHASE", "READY", "PID", "RESTARTS", "UPTIME", "REASON")]
+    for job in jobs:
+        uptime = _age(now - job.started_at) if job.pid and job.started_at else "-"
+        rows.append((job.service, job.action, job.phase, "yes" if job.ready else "no",
+                     str(job.pid or "-"), str(job.restart_count), uptime,
+                     describe_reason(job, now)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows)
+
+
+def _age(seconds: float) -> str:
+    rest = int(max(seconds, 0))
+    days, rest = divmod(rest, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def _print_problems(loaded: LoadResult, steps: Plan | None) -> None:
+    if loaded.dir_error:
+        print(f"reconcile: {loaded.dir_error}", file=sys.stderr)
+    for error in loaded.errors:
+        print(str(error), file=sys.stderr)
+    for name, outcome in loaded.files.items():
+        if outcome.used_last_good:
+            print(f"reconcile: {name} is invalid; its last good version stays in force",
+                  file=sys.stderr)
+    for note in steps.notes if steps else ():
+        print(f"reconcile: {note}", file=sys.stderr)
+
+
+def _duration(text: str, flag: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise UsageError(f"{flag}: {err}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

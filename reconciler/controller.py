@@ -1,0 +1,263 @@
+"""One reconcile pass, and the `--once` convergence loop built from passes.
+
+A pass is: load specs (last-good per file) → observe the host → plan (pure) → execute →
+record everything in one SQLite transaction. It holds the state dir's lock for its duration,
+so a daemon and a `reconcile --once` never run passes at the same time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from reconciler import health
+from reconciler.desired import Desired, build_desired
+from reconciler.execute import Executor, Outcome
+from reconciler.host.observe import observe
+from reconciler.host.observed import Observed
+from reconciler.host.spawn import Children
+from reconciler.plan import Plan, plan, plan_down
+from reconciler.settings import Settings
+from reconciler.spec.load import LoadResult, load_specs
+from reconciler.state.enrollment import read_enrollments
+from reconciler.state.lock import StateLock
+from reconciler.state.records import Enrollment, Event, JobRecord, SpecRecord
+from reconciler.state.store import Store
+
+SETTLED_PHASES = ("succeeded", "stopped")
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    loaded: LoadResult
+    desired: Desired
+    plan: Plan
+    jobs: tuple[JobRecord, ...]  # every non-removed job after the pass
+
+    @property
+    def converged(self) -> bool:
+        """Nothing left to do: no host changes planned, and every desired action is ready
+        (process), succeeded (one-shot) or deliberately stopped."""
+        if self.plan.changes or self.plan.prune_held:
+            return False
+        by_key = {j.key: j for j in self.jobs}
+        for action in self.desired.actions:
+            job = by_key.get(action.key)
+            if job is None:
+                return False
+            if job.phase in SETTLED_PHASES:
+                continue
+            if not (job.phase == "running" and job.ready):
+                return False
+        return True
+
+    def next_due(self) -> float | None:
+        """The earliest time a waiting job (backoff, blocked) becomes due."""
+        times = [j.next_start_at for j in self.jobs if j.next_start_at is not None]
+        return min(times) if times else None
+
+
+class Reconciler:
+    """Owns what outlives a single pass: the writer connection and the handles on our
+    children (their exit codes can only be collected by us, exactly once)."""
+
+    def __init__(self, settings: Settings, *, allow_empty: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.allow_empty = allow_empty
+        self.clock = clock
+        self.children = Children()
+        prepare_state_dir(settings)
+        self.store = Store.open(settings.db_path)
+        self.executor = Executor(settings.run_dir, self.children, clock)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Reconciler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- passes ---------------------------------------------------------------------------
+
+    def reconcile(self) -> PassResult:
+        """One full pass: observe, plan, execute, record."""
+        with StateLock(self.settings.lock_path):
+            loaded, spec_records = self._load()
+            desired = build_desired(loaded, self.settings)
+            records, enrollments = self._records()
+            observed = self._observe(desired, records, enrollments, self.children)
+            steps = plan(desired, observed, records, self.clock(), enrollments=enrollments,
+                         allow_empty=self.allow_empty)
+            outcome = self.executor.run(steps.steps)
+            self._save(outcome, spec_records, loaded)
+            return PassResult(loaded, desired, steps, tuple(self.store.jobs()))
+
+    def down(self, services: frozenset[str] | None = None) -> Plan:
+        with StateLock(self.settings.lock_path):
+            records, enrollments = self._records()
+            observed = self._observe(Desired(actions=()), records, enrollments, self.children)
+            steps = plan_down(observed, records, self.clock(), services)
+            self._save(self.executor.run(steps.steps), [], None)
+            return steps
+
+    def converge(self, wait: float) -> PassResult:
+        """Pass after pass until converged or `wait` seconds ran out (`reconcile --once`)."""
+        deadline = time.monotonic() + wait
+        while True:
+            result = self.reconcile()
+            remaining = deadline - time.monotonic()
+            if result.converged or remaining <= 0 or result.plan.prune_held:
+                return result
+            self.children.wait(self._nap(result, remaining))
+
+    def _nap(self, result: PassResult, remaining: float) -> float:
+        """How long to wait for a child to exit before the next pass."""
+        nap = 0.05 if result.plan.changes else 0.25
+        due = result.next_due()
+        if due is not None:
+            nap = min(nap, max(due - self.clock(), 0.0)) if due > self.clock() else 0.0
+        return min(nap, remaining)
+
+    # --- load, observe, record ------------------------------------------------------------
+
+    def _load(self) -> tuple[LoadResult, list[SpecRecord]]:
+        previous = self.store.spec_records()
+        last_good = {name: r.content for name, r in previous.items() if r.content is not None}
+        loaded = load_specs(self.settings.specs_dir, last_good)
+        return loaded, spec_record_updates(loaded, previous, self.clock())
+
+    def _records(self) -> tuple[list[JobRecord], dict[str, Enrollment]]:
+        records = self.store.jobs()
+        enrollments = read_enrollments(self.settings.run_dir)
+        return with_unrecorded_enrollments(records, enrollments, self.clock()), enrollments
+
+    def _observe(self, desired: Desired, records: list[JobRecord],
+                 enrollments: dict[str, Enrollment], children: Children | None) -> Observed:
+        return observe_for(desired, records, enrollments, children, self.settings)
+
+    def _save(self, outcome: Outcome, spec_records: list[SpecRecord],
+              loaded: LoadResult | None) -> None:
+        with self.store.atomic():
+            self.store.upsert_jobs(outcome.jobs.values())
+            self.store.append_events([*outcome.events, *spec_events(spec_records, self.clock())])
+            if loaded is not None:
+                self.store.save_spec_records(spec_records)
+                gone = set(self.store.spec_records()) - set(loaded.files)
+                if loaded.dir_error is None:
+                    self.store.delete_spec_records(gone)
+
+
+def dry_run(settings: Settings, *, allow_empty: bool = False,
+            clock: Callable[[], float] = time.time) -> tuple[LoadResult, Plan]:
+    """The plan a pass would execute now (`reconcile diff`). Writes nothing, reaps nothing."""
+    prepare_state_dir(settings)
+    store = Store.open(settings.db_path)
+    try:
+        previous = store.spec_records()
+        last_good = {n: r.content for n, r in previous.items() if r.content is not None}
+        loaded = load_specs(settings.specs_dir, last_good)
+        desired = build_desired(loaded, settings)
+        enrollments = read_enrollments(settings.run_dir)
+        records = with_unrecorded_enrollments(store.jobs(), enrollments, clock())
+        observed = observe_for(desired, records, enrollments, None, settings)
+        return loaded, plan(desired, observed, records, clock(), enrollments=enrollments,
+                            allow_empty=allow_empty)
+    finally:
+        store.close()
+
+
+def prepare_state_dir(settings: Settings) -> None:
+    for path in (settings.state_dir, settings.run_dir, settings.logs_dir):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(settings.state_dir, 0o700)
+
+
+def observe_for(desired: Desired, records: list[JobRecord], enrollments: dict[str, Enrollment],
+                children: Children | None, settings: Settings) -> Observed:
+    """Observe what this pass needs, cheapest first.
+
+    Liveness of our jobs comes first; declared sockets and ports are inspected only for
+    actions that are not running, because only a start needs to know who holds them.
+    """
+    pids = {r.pid for r in records if r.pid} | {e.identity.pid for e in enrollments.values()}
+    pidfiles = [a.pidfile for a in desired.actions if a.pidfile]
+    first = observe(pids=pids, pidfiles=pidfiles, children=children)
+    alive = {r.key for r in records if first.alive(r.identity)}
+    starting = [a for a in desired.actions if a.key not in alive]
+    sockets = {s for a in starting for s in a.sockets}
+    ports = {p for a in starting for p in a.spec.tcp_ports}
+    if not sockets and not ports:
+        resources = first
+    else:
+        resources = observe(sockets=sockets, ports=ports, candidates=pids)
+    ready = probe_readiness(desired, records, first)
+    return replace(first, procs={**first.procs, **resources.procs}, sockets=resources.sockets,
+                   ports=resources.ports, ready=ready)
+
+
+def probe_readiness(desired: Desired, records: list[JobRecord],
+                    observed: Observed) -> dict[str, bool]:
+    """Probe running jobs that have a health check and are not ready yet."""
+    ready: dict[str, bool] = {}
+    by_key = {a.key: a for a in desired.actions}
+    for job in records:
+        action = by_key.get(job.key)
+        if action is None or action.health is None or job.ready:
+            continue
+        if job.generation == action.generation and observed.alive(job.identity):
+            ready[job.id] = health.probe(action.health, cwd=action.cwd, env=dict(action.env))
+    return ready
+
+
+def with_unrecorded_enrollments(records: list[JobRecord], enrollments: dict[str, Enrollment],
+                                now: float) -> list[JobRecord]:
+    """Enrollments are written at spawn, before the pass commits its records. An enrollment
+    with no job record means we crashed in between: rebuild the record so that plan adopts
+    (or prunes) the process instead of starting a second instance."""
+    known = {r.id for r in records}
+    rebuilt = [
+        JobRecord(id=e.job_id, service=e.service, action=e.action, generation=e.generation,
+                  phase="starting", pid=e.identity.pid, boot_id=e.identity.boot_id,
+                  starttime_ticks=e.identity.starttime_ticks, started_at=e.enrolled_at,
+                  created_at=e.enrolled_at, updated_at=now,
+                  reason="recovered from enrollment")
+        for e in enrollments.values() if e.job_id not in known
+    ]
+    return [*records, *rebuilt]
+
+
+def spec_record_updates(loaded: LoadResult, previous: dict[str, SpecRecord],
+                        now: float) -> list[SpecRecord]:
+    """What the specs table should say after this load: new good content, or the error next
+    to the content that stays in force."""
+    updates: list[SpecRecord] = []
+    for name, outcome in loaded.files.items():
+        old = previous.get(name)
+        if not outcome.errors and outcome.content is not None:
+            record = SpecRecord(name, outcome.content, outcome.hash, None, now)
+        else:
+            error = "\n".join(str(e) for e in outcome.errors)
+            record = SpecRecord(name, old.content if old else None, old.hash if old else None,
+                                error, now)
+        if old is None or (old.content, old.hash, old.error) != (
+                record.content, record.hash, record.error):
+            updates.append(record)
+    return updates
+
+
+def spec_events(updates: Iterable[SpecRecord], now: float) -> list[Event]:
+    return [
+        Event(at=now, kind="spec-error" if r.error else "spec-loaded",
+              reason=r.error or f"{r.file} loaded", detail={"file": r.file})
+        for r in updates
+    ]
+
+
+def state_exists(settings: Settings) -> bool:
+    return Path(settings.db_path).exists()

@@ -1,0 +1,56 @@
+"""One snapshot of the host for one pass: the only entry point `plan` depends on.
+
+Read-only, with one deliberate exception: our own exited children are reaped first. That
+is not a change to the host anyone could observe, it keeps them from lingering as zombies,
+and it is the only moment their exit codes can be collected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from reconciler.host.identity import proc_info
+from reconciler.host.observed import Observed, PidfileState, ProcInfo
+from reconciler.host.pidfile import read_pidfile
+from reconciler.host.ports import inspect_tcp_ports
+from reconciler.host.procfs import read_boot_id
+from reconciler.host.sockets import inspect_unix_sockets
+from reconciler.host.spawn import Children
+
+
+def observe(*, pids: Iterable[int] = (), pidfiles: Iterable[str] = (),
+            sockets: Iterable[str] = (), ports: Iterable[int] = (),
+            candidates: Iterable[int] = (), children: Children | None = None) -> Observed:
+    """Snapshot the processes, pidfiles, sockets and ports a pass asks about.
+
+    `procs` holds every live process named by `pids`, by a pidfile, or holding a declared
+    socket/port. Holders are looked for first among `candidates`, `pids` and pidfile pids
+    (cheap), and only then in a full /proc scan.
+    """
+    exits = children.reap() if children is not None else {}
+    procs: dict[int, ProcInfo] = {}
+    for pid in dict.fromkeys(pids):
+        _remember(procs, pid)
+    pidfile_states = {}
+    for path in dict.fromkeys(os.fspath(p) for p in pidfiles):
+        pid = read_pidfile(path)
+        proc = _remember(procs, pid) if pid is not None else None
+        pidfile_states[path] = PidfileState(path, pid, proc)
+    suspects = list(dict.fromkeys([*candidates, *procs]))
+    socket_states = inspect_unix_sockets(sockets, suspects)
+    port_states = inspect_tcp_ports(ports, suspects)
+    for state in (*socket_states.values(), *port_states.values()):
+        for holder in state.holders:
+            procs.setdefault(holder.pid, holder)
+    return Observed(boot_id=read_boot_id(), procs=procs, sockets=socket_states,
+                    ports=port_states, pidfiles=pidfile_states, exits=exits)
+
+
+def _remember(procs: dict[int, ProcInfo], pid: int) -> ProcInfo | None:
+    if pid not in procs:
+        info = proc_info(pid)
+        if info is None:
+            return None
+        procs[pid] = info
+    return procs[pid]

@@ -1,0 +1,115 @@
+"""Pidfiles: read defensively, written atomically, removed only when they are still ours.
+
+A pidfile sits in a directory other users may be able to write (`/run/<service>/`), so it is
+never followed through a symlink: reading one could leak a file's content into our decisions,
+and writing through one would let anyone clobber an arbitrary file as root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+
+_MAX_PIDFILE_BYTES = 64  # a pid and a newline; anything longer is not a pidfile
+
+
+def parse_pid(raw: bytes) -> int | None:
+    """`b"1234\\n"` → 1234. Empty, garbage, zero or negative → None."""
+    text = raw.strip()
+    if not text.isdigit() or len(text) > 10:
+        return None
+    pid = int(text)
+    return pid if pid > 0 else None
+
+
+def _open_regular(path: str | os.PathLike[str]) -> int | None:
+    """A read fd on `path` if it is a regular file reached without following a final
+    symlink; O_NONBLOCK so a FIFO planted at the path cannot hang the pass."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # missing, symlink (ELOOP), no permission, …
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def read_pidfile(path: str | os.PathLike[str]) -> int | None:
+    """The pid the file names, or None when it is missing, empty, garbage or a symlink."""
+    fd = _open_regular(path)
+    if fd is None:
+        return None
+    try:
+        return parse_pid(os.read(fd, _MAX_PIDFILE_BYTES + 1))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _make_private_dirs(directory: str) -> None:
+    """Create missing directories 0700; existing ones are left as their owner set them."""
+    if not directory or os.path.isdir(directory):
+        return
+    _make_private_dirs(os.path.dirname(directory.rstrip("/")))
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make the rename itself durable, so a crash cannot leave the old pidfile behind."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_pidfile(path: str | os.PathLike[str], pid: int) -> None:
+    """Readers see the old content or the new one, never a half-written file. `os.replace`
+    swaps whatever sits at `path` (including a symlink) for our file; it never writes
+    through a symlink."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    _make_private_dirs(directory)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        try:
+            os.write(fd, f"{int(pid)}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def remove_pidfile(path: str | os.PathLike[str], pid: int) -> bool:
+    """Remove the pidfile only if it is a regular file that still names `pid`: a successor
+    may already have written its own pid there, and that file must survive our cleanup."""
+    fd = _open_regular(path)
+    if fd is None:
+        return False
+    try:
+        opened = os.fstat(fd)
+        if parse_pid(os.read(fd, _MAX_PIDFILE_BYTES + 1)) != pid:
+            return False
+        current = os.lstat(path)
+        if (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
+            return False  # replaced between our read and now
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -1,0 +1,307 @@
+"""Every byte of /proc text this project reads is parsed here, and only here.
+
+Modelled on psutil's `_pslinux.py`: pure `parse_*` functions over text (easy to test and to
+fuzz, because they either return a value or raise `ValueError`, never anything else) and thin
+`read_*` functions that do the I/O and turn "the process went away" into `None` or an empty
+result. A process can vanish between any two reads, so no reader may raise for that.
+
+`/proc/net/*` shows only the reader's network namespace; sockets in other namespaces are
+invisible here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+PROC = "/proc"
+TCP_LISTEN = "0A"  # TCP_LISTEN in include/net/tcp_states.h, as printed by /proc/net/tcp
+UNIX_LISTENING_FLAG = 0x00010000  # __SO_ACCEPTCON: the socket called listen()
+
+_HEX = frozenset(string.hexdigits)
+_FS_ENCODING = "utf-8"
+
+
+# --- strict number parsing: int() also accepts "0x1f", " 1_0 ", and non-ASCII digits ---------
+
+
+def _dec(token: str) -> int:
+    if not (token.isascii() and token.isdigit()):
+        raise ValueError(f"not a decimal number: {token!r}")
+    return int(token)
+
+
+def _hex(token: str) -> int:
+    if not token or not _HEX.issuperset(token):
+        raise ValueError(f"not a hex number: {token!r}")
+    return int(token, 16)
+
+
+def _lines(text: str) -> list[str]:
+    """Split on newlines only: `str.splitlines` also splits on \\x0b, \\x1c, U+2028, …, which
+    may legitimately appear inside a socket path."""
+    return [line for line in text.split("\n") if line.strip()]
+
+
+# --- boot id ---------------------------------------------------------------------------------
+
+
+@functools.cache
+def read_boot_id() -> str:
+    """The boot id never changes while this process lives (a reboot ends it), so read once."""
+    with open(f"{PROC}/sys/kernel/random/boot_id", encoding="ascii") as f:
+        return f.read().strip()
+
+
+# --- /proc/<pid>/stat ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    pid: int
+    comm: str
+    state: str  # one letter: R S D Z T t X I …
+    ppid: int
+    pgrp: int
+    session: int
+    starttime: int  # clock ticks after boot (field 22)
+
+    @property
+    def zombie(self) -> bool:
+        """Zombies and dead tasks keep their pid but cannot run or be signalled."""
+        return self.state in ("Z", "X", "x")
+
+
+def parse_stat(text: str) -> Stat:
+    """Parse /proc/<pid>/stat. The command name sits in parentheses and may itself contain
+    spaces and parentheses, so everything numeric is read after the LAST `)`."""
+    lparen, rparen = text.find("("), text.rfind(")")
+    if lparen < 0 or rparen < lparen:
+        raise ValueError("stat: no (comm) field")
+    pid = _dec(text[:lparen].strip())
+    rest = text[rparen + 1:].split()
+    if len(rest) < 20:
+        raise ValueError(f"stat: {len(rest)} fields after comm, need at least 20")
+    state = rest[0]
+    if len(state) != 1 or not state.isascii() or not state.isalpha():
+        raise ValueError(f"stat: bad state {state!r}")
+    return Stat(pid=pid, comm=text[lparen + 1:rparen], state=state, ppid=_dec(rest[1]),
+                pgrp=_dec(rest[2]), session=_dec(rest[3]), starttime=_dec(rest[19]))
+
+
+def parse_cmdline(raw: bytes) -> tuple[str, ...]:
+    """NUL-separated argv. Programs that rewrite their argv (nginx, postgres, sshd) often
+    leave one space-separated string instead; split that on spaces as psutil does."""
+    if not raw:
+        return ()
+    if raw.endswith(b"\0"):
+        raw = raw[:-1]
+        parts = raw.split(b"\0")
+    elif b"\0" in raw:
+        parts = raw.split(b"\0")
+    else:
+        parts = raw.split(b" ")
+    return tuple(p.decode(_FS_ENCODING, "replace") for p in parts)
+
+
+@contextlib.contextmanager
+def _proc_dir(pid: int) -> Iterator[int | None]:
+    """A directory fd on /proc/<pid>. Files opened through it belong to THAT process even if
+    the pid is recycled meanwhile (reads then fail with ESRCH instead of returning another
+    process's data), so several files read through one dir fd are a consistent snapshot."""
+    try:
+        fd = os.open(f"{PROC}/{int(pid)}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _read_at(dir_fd: int, name: str) -> bytes | None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:  # ESRCH: the process died (or the pid moved on) while we read
+        return None
+    finally:
+        os.close(fd)
+
+
+def _stat_at(dir_fd: int) -> Stat | None:
+    raw = _read_at(dir_fd, "stat")
+    if raw is None:
+        return None
+    try:
+        return parse_stat(raw.decode(_FS_ENCODING, "replace"))
+    except ValueError:
+        return None
+
+
+def read_stat(pid: int) -> Stat | None:
+    """None when the process does not exist (any more)."""
+    with _proc_dir(pid) as dir_fd:
+        return None if dir_fd is None else _stat_at(dir_fd)
+
+
+def read_cmdline(pid: int) -> tuple[str, ...]:
+    """Empty for kernel threads, zombies, and processes that are gone."""
+    with _proc_dir(pid) as dir_fd:
+        raw = None if dir_fd is None else _read_at(dir_fd, "cmdline")
+    return parse_cmdline(raw or b"")
+
+
+def read_process(pid: int) -> tuple[Stat, tuple[str, ...]] | None:
+    """stat and cmdline of the SAME process (one dir fd), or None if it is gone."""
+    with _proc_dir(pid) as dir_fd:
+        if dir_fd is None:
+            return None
+        stat = _stat_at(dir_fd)
+        raw = _read_at(dir_fd, "cmdline")
+        if stat is None or raw is None:
+            return None
+        return stat, parse_cmdline(raw)
+
+
+def iter_pids() -> Iterator[int]:
+    """Thread-group ids only: /proc lists processes, threads live under /proc/<pid>/task."""
+    for name in os.listdir(PROC):
+        if name.isascii() and name.isdigit():
+            yield int(name)
+
+
+def iter_stats() -> Iterator[Stat]:
+    """Every process's stat, skipping those that vanish during the scan."""
+    for pid in iter_pids():
+        stat = read_stat(pid)
+        if stat is not None:
+            yield stat
+
+
+# --- /proc/<pid>/fd --------------------------------------------------------------------------
+
+
+def parse_socket_link(target: str) -> int | None:
+    """`socket:[12345]` → 12345; anything else (files, pipes, anon inodes) → None."""
+    if target.startswith("socket:[") and target.endswith("]"):
+        try:
+            return _dec(target[8:-1])
+        except ValueError:
+            return None
+    return None
+
+
+def read_socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets this process holds. Empty if it is gone, a zombie, or not ours
+    to look at (PermissionError): callers must treat "not found" as "unknown", not "free"."""
+    try:
+        dir_fd = os.open(f"{PROC}/{int(pid)}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return set()
+    inodes: set[int] = set()
+    try:
+        for name in os.listdir(dir_fd):
+            try:
+                inode = parse_socket_link(os.readlink(name, dir_fd=dir_fd))
+            except FileNotFoundError:  # the fd was closed since listdir
+                continue
+            if inode is not None:
+                inodes.add(inode)
+    except OSError:  # EACCES on every link (not ours to inspect), ESRCH (exited)
+        return set()
+    finally:
+        os.close(dir_fd)
+    return inodes
+
+
+# --- /proc/net/unix --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UnixEntry:
+    inode: int
+    listening: bool
+    path: str  # "" when unbound; abstract names start with "@"
+
+
+def parse_net_unix(text: str) -> list[UnixEntry]:
+    """Parse /proc/net/unix:
+    `Num: RefCount Protocol Flags Type St Inode [Path]` (Path may contain spaces)."""
+    entries = []
+    for line in _lines(text):
+        fields = line.split(None, 7)
+        if fields[0] == "Num":
+            continue
+        if len(fields) < 7 or not fields[0].endswith(":"):
+            raise ValueError(f"net/unix: malformed line {line!r}")
+        _hex(fields[0][:-1])
+        flags = _hex(fields[3])
+        entries.append(UnixEntry(inode=_dec(fields[6]),
+                                 listening=bool(flags & UNIX_LISTENING_FLAG),
+                                 path=fields[7] if len(fields) == 8 else ""))
+    return entries
+
+
+def read_net_unix() -> list[UnixEntry]:
+    with open(f"{PROC}/net/unix", "rb") as f:
+        return parse_net_unix(os.fsdecode(f.read()))  # paths compare equal to os paths
+
+
+# --- /proc/net/tcp, /proc/net/tcp6 -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TcpEntry:
+    local_port: int
+    state: str  # two upper-case hex digits; "0A" is LISTEN
+    inode: int  # 0 for sockets no process holds any more (TIME_WAIT, …)
+
+    @property
+    def listening(self) -> bool:
+        return self.state == TCP_LISTEN
+
+
+def parse_net_tcp(text: str) -> list[TcpEntry]:
+    """Parse /proc/net/tcp or tcp6 (same columns; tcp6 addresses are 32 hex digits):
+    `sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode …`."""
+    entries = []
+    for line in _lines(text):
+        fields = line.split()
+        if fields[0] == "sl":
+            continue
+        if len(fields) < 10 or not fields[0].endswith(":"):
+            raise ValueError(f"net/tcp: malformed line {line!r}")
+        _dec(fields[0][:-1])
+        address, sep, port = fields[1].rpartition(":")
+        if not sep or len(address) not in (8, 32) or len(port) != 4 or len(fields[3]) != 2:
+            raise ValueError(f"net/tcp: malformed address or state in {line!r}")
+        _hex(address)
+        _hex(fields[3])
+        entries.append(TcpEntry(local_port=_hex(port), state=fields[3].upper(),
+                                inode=_dec(fields[9])))
+    return entries
+
+
+def read_net_tcp() -> list[TcpEntry]:
+    """IPv4 and IPv6 together; tcp6 is missing when IPv6 is disabled."""
+    entries: list[TcpEntry] = []
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"{PROC}/net/{name}", "rb") as f:
+                text = f.read().decode("ascii", "replace")
+        except FileNotFoundError:
+            continue
+        entries.extend(parse_net_tcp(text))
+    return entries

@@ -1,0 +1,201 @@
+"""Starting processes, and keeping the handles only a parent has.
+
+Every job runs in its own session (`start_new_session`), so it survives the controller and
+can be stopped as a whole by its session id. Only the parent can collect a child's exit
+status, exactly once; `Children` is the single owner of our `Popen` objects so that nothing
+else reaps them (reaping twice reports a wrong status).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import select
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from reconciler.host import procfs
+from reconciler.host.identity import Identity
+from reconciler.host.observed import Exit
+
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+_INHERITED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR"})
+_FALLBACK_POLL_SECONDS = 0.02  # only where the kernel has no pidfds
+
+
+def minimal_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """The controller's own environment (credentials, sockets of the shell that started it,
+    …) must not leak into services, and a service must not behave differently depending on
+    who restarted the controller: inherit only locale, identity and search path."""
+    env = {k: v for k, v in os.environ.items() if k in _INHERITED or k.startswith("LC_")}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.update(extra)
+    return env
+
+
+class SpawnError(Exception):
+    """The process could not be started; the message says why, for the job's status."""
+
+
+@dataclass(slots=True)
+class _Child:
+    popen: subprocess.Popen[bytes]
+    identity: Identity
+    pidfd: int | None  # readable once the child exits; None where the kernel lacks pidfds
+
+
+def _make_private_dirs(directory: str) -> None:
+    if not directory or os.path.isdir(directory):
+        return
+    _make_private_dirs(os.path.dirname(directory.rstrip("/")))
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+
+
+def _open_log(log_path: str) -> int:
+    """Append-only and never through a symlink: the log lives in a directory a service
+    could write to, and we open it as root."""
+    try:
+        _make_private_dirs(os.path.dirname(os.path.abspath(log_path)))
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(log_path, flags, 0o600)
+    except OSError as err:
+        reason = "is a symlink" if err.errno == errno.ELOOP else err.strerror
+        raise SpawnError(f"cannot open log {log_path}: {reason}") from err
+
+
+def _spawn_error(err: OSError, argv: Sequence[str], cwd: str | None) -> SpawnError:
+    """Turn the child's exec/chdir failure (re-raised in the parent by subprocess) into
+    words an operator can act on."""
+    in_cwd = cwd is not None and err.filename == cwd
+    if in_cwd and isinstance(err, FileNotFoundError):
+        return SpawnError(f"working directory missing: {cwd}")
+    if in_cwd and isinstance(err, NotADirectoryError):
+        return SpawnError(f"working directory is not a directory: {cwd}")
+    if in_cwd:
+        return SpawnError(f"cannot enter working directory {cwd}: {err.strerror}")
+    if isinstance(err, FileNotFoundError):
+        return SpawnError(f"command not found: {argv[0]}")
+    if isinstance(err, PermissionError):
+        return SpawnError(f"permission denied: {argv[0]}")
+    return SpawnError(f"cannot execute {argv[0]}: {err.strerror or err}")
+
+
+def _open_pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):  # ENOSYS (kernel < 5.3), or no os.pidfd_open
+        return None
+
+
+class Children:
+    """Registry of the processes WE started and have not reaped yet. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._children: dict[int, _Child] = {}
+        self._lock = threading.Lock()
+
+    def spawn(self, argv: Sequence[str], *, cwd: str | os.PathLike[str] | None,
+              env: Mapping[str, str], log_path: str | os.PathLike[str]) -> Identity:
+        """Start `argv` in a new session with stdout+stderr appended to `log_path`.
+        Returns once the program has been exec'd (or raises SpawnError)."""
+        argv = [os.fspath(a) for a in argv]
+        cwd_str = os.fspath(cwd) if cwd is not None else None
+        if not argv:
+            raise SpawnError("empty command")
+        if cwd_str is not None and not os.path.isdir(cwd_str):
+            raise SpawnError(f"working directory missing: {cwd_str}")
+        log_fd = _open_log(os.fspath(log_path))
+        try:
+            popen = subprocess.Popen(argv, cwd=cwd_str, env=dict(env), stdin=subprocess.DEVNULL,
+                                     stdout=log_fd, stderr=subprocess.STDOUT,
+                                     start_new_session=True, close_fds=True)
+        except OSError as err:
+            raise _spawn_error(err, argv, cwd_str) from err
+        finally:
+            os.close(log_fd)
+        return self._register(popen)
+
+    def _register(self, popen: subprocess.Popen[bytes]) -> Identity:
+        """Read the identity now: the child cannot be reaped before we poll it, so its
+        /proc entry exists even if it already exited (a zombie's stat still has its start
+        time)."""
+        stat = procfs.read_stat(popen.pid)
+        if stat is None:  # someone else reaped it (SIGCHLD ignored?): we cannot track it
+            popen.poll()
+            raise SpawnError(f"{popen.args!r} exited and was reaped before it could be tracked")
+        identity = Identity(procfs.read_boot_id(), popen.pid, stat.starttime)
+        with self._lock:
+            self._children[popen.pid] = _Child(popen, identity, _open_pidfd(popen.pid))
+        return identity
+
+    def reap(self) -> dict[int, Exit]:
+        """Collect every own child that has exited, each exactly once; never blocks.
+        (If something else reaped a child first, subprocess reports returncode 0.)"""
+        exits: dict[int, Exit] = {}
+        with self._lock:
+            for pid, child in list(self._children.items()):
+                code = child.popen.poll()
+                if code is None:
+                    continue
+                exits[pid] = Exit(child.identity, code)
+                self._drop(pid)
+        return exits
+
+    def forget(self, pid: int) -> None:
+        """Stop tracking `pid` (its exit code will not be reported). If it is still running,
+        subprocess reaps it later in the background, so it cannot linger as a zombie."""
+        with self._lock:
+            self._drop(pid)
+
+    def _drop(self, pid: int) -> None:
+        child = self._children.pop(pid, None)
+        if child is not None and child.pidfd is not None:
+            os.close(child.pidfd)
+
+    def pids(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._children)
+
+    def identity(self, pid: int) -> Identity | None:
+        with self._lock:
+            child = self._children.get(pid)
+            return child.identity if child else None
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to `timeout` seconds until some own child has exited (it is not reaped
+        here: `reap` does that). True if one has; with no children this just waits, so a
+        polling loop does not spin."""
+        with self._lock:
+            children = list(self._children.values())
+        if any(c.pidfd is None for c in children):
+            return self._wait_polling(children, timeout)
+        poller = select.poll()
+        for child in children:
+            poller.register(child.pidfd, select.POLLIN)  # type: ignore[arg-type]
+        return bool(poller.poll(max(0, math.ceil(timeout * 1000))))
+
+    @staticmethod
+    def _wait_polling(children: list[_Child], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            for child in children:
+                with contextlib.suppress(ChildProcessError):
+                    flags = os.WEXITED | os.WNOHANG | os.WNOWAIT  # look, do not reap
+                    if os.waitid(os.P_PID, child.popen.pid, flags) is not None:
+                        return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(remaining, _FALLBACK_POLL_SECONDS))
+
+    def close(self) -> None:
+        """Release the pidfds; the children themselves keep running in their sessions."""
+        with self._lock:
+            for pid in list(self._children):
+                self._drop(pid)

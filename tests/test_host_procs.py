@@ -1,0 +1,211 @@
+"""Signalling and stopping real processes: never the wrong one, never one that survives."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from reconciler.host import procfs, procs
+from reconciler.host.identity import Identity, identity_of
+from reconciler.host.observed import ProcInfo
+from reconciler.host.procs import (
+    StopResult,
+    is_protected,
+    session_members,
+    signal_identity,
+    stop_process,
+    stop_session,
+)
+from reconciler.host.spawn import Children, minimal_env
+from tests.conftest import Foreign
+from tests.helpers import wait_for
+
+SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
+IGNORE_TERM = ("import signal, sys, time\n"
+               "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+               "open(sys.argv[1], 'w').close()\n"
+               "time.sleep(600)\n")
+# Leader with: a child that ignores SIGTERM, and an orphaned grandchild that left the
+# process group (setpgid) but stays in the session.
+TREE = f"""
+import os, subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", {IGNORE_TERM!r}, sys.argv[1]])
+pid = os.fork()
+if pid == 0:
+    if os.fork() == 0:
+        os.setpgid(0, 0)
+        os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(600)"])
+    os._exit(0)
+os.waitpid(pid, 0)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def sessions() -> Iterator[list[int]]:
+    """Session ids a test created; whatever is left in them is SIGKILLed at teardown, which
+    also catches members that left the process group the `foreign` fixture kills."""
+    sids: list[int] = []
+    yield sids
+    for sid in sids:
+        if sid in (0, 1, os.getsid(0)):
+            continue
+        for stat in procfs.iter_stats():
+            if stat.session == sid and not stat.zombie:
+                with contextlib.suppress(OSError):
+                    os.kill(stat.pid, signal.SIGKILL)
+
+
+def start_sleeper(foreign: Foreign, argv: list[str] = SLEEP) -> Identity:
+    proc = foreign.start(argv)
+    return wait_for(lambda: identity_of(proc.pid), message="sleeper running")
+
+
+def gone(member: ProcInfo) -> bool:
+    return identity_of(member.pid) != member.identity
+
+
+# --- protection ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pid", [-1, 0, 1])
+def test_low_pids_are_protected(pid: int) -> None:
+    assert is_protected(pid)
+
+
+def test_self_and_ancestors_are_protected(foreign: Foreign) -> None:
+    assert is_protected(os.getpid())
+    assert is_protected(os.getppid())
+    assert not is_protected(start_sleeper(foreign).pid)
+
+
+def test_protected_pids_are_never_signalled() -> None:
+    """Signal 0 only probes, so even a broken guard could not hurt the test run."""
+    for pid in (1, os.getpid(), os.getppid()):
+        identity = identity_of(pid)
+        if identity is None:
+            continue
+        assert signal_identity(identity, 0) is False
+    me = identity_of(os.getpid())
+    assert me is not None
+    assert stop_process(me, 0, 0.1) == StopResult(refused=[os.getpid()])
+
+
+def test_own_session_is_never_swept() -> None:
+    boot = procfs.read_boot_id()
+    assert not procs._session_still_ours(Identity(boot, os.getsid(0), 0))
+    parent = identity_of(os.getppid())
+    assert parent is not None and not procs._session_still_ours(parent)
+
+
+# --- identity checks before signalling -------------------------------------------------------
+
+
+def test_matching_identity_is_signalled(foreign: Foreign) -> None:
+    identity = start_sleeper(foreign)
+    assert signal_identity(identity, signal.SIGKILL) is True
+    wait_for(lambda: identity_of(identity.pid) is None, message="sleeper killed")
+    assert signal_identity(identity, signal.SIGKILL) is False  # now a zombie, then gone
+
+
+def test_mismatched_identity_is_not_signalled(foreign: Foreign) -> None:
+    identity = start_sleeper(foreign)
+    recycled = replace(identity, starttime_ticks=identity.starttime_ticks + 1)
+    other_boot = replace(identity, boot_id="00000000-0000-0000-0000-000000000000")
+    for wrong in (recycled, other_boot):
+        assert signal_identity(wrong, signal.SIGKILL) is False
+        assert stop_process(wrong, signal.SIGKILL, 0.1) == StopResult()
+        assert stop_session(wrong, signal.SIGKILL, 0.1) == StopResult()
+    assert identity_of(identity.pid) == identity  # untouched
+
+
+# --- stop_process ----------------------------------------------------------------------------
+
+
+def test_stop_process_stops_only_that_process(foreign: Foreign) -> None:
+    code = (f"import subprocess, sys, time; subprocess.Popen({SLEEP!r}); time.sleep(600)")
+    proc = foreign.start([sys.executable, "-c", code])
+    members = wait_for(lambda: len(m := session_members(proc.pid)) == 2 and m,
+                       message="parent and child running")
+    [child] = [m for m in members if m.pid != proc.pid]
+    [parent] = [m for m in members if m.pid == proc.pid]
+    result = stop_process(parent.identity, signal.SIGTERM, 0.5)
+    assert result == StopResult(signalled=[proc.pid])
+    assert gone(parent)
+    assert not gone(child)  # same process group and session, but not the target
+
+
+def test_stop_process_kills_what_ignores_sigterm(foreign: Foreign, tmp_path: Path) -> None:
+    marker = tmp_path / "ready"
+    identity = start_sleeper(foreign, [sys.executable, "-c", IGNORE_TERM, str(marker)])
+    wait_for(marker.exists, message="SIGTERM ignored")
+    result = stop_process(identity, signal.SIGTERM, 0.2)
+    assert result == StopResult(signalled=[identity.pid], killed=[identity.pid])
+    assert identity_of(identity.pid) is None
+
+
+# --- stop_session ----------------------------------------------------------------------------
+
+
+def test_stop_session_kills_leader_strays_and_term_ignorers(
+        foreign: Foreign, sessions: list[int], tmp_path: Path) -> None:
+    marker = tmp_path / "ignoring"
+    leader = foreign.start([sys.executable, "-c", TREE, str(marker)])
+    sessions.append(leader.pid)
+    wait_for(marker.exists, message="SIGTERM ignored")
+    members = wait_for(lambda: len(m := session_members(leader.pid)) == 3 and m,
+                       message="leader, child and grandchild running")
+    assert len({m.pgrp for m in members}) == 2  # the grandchild left the process group
+    [ignorer] = [m for m in members if m.cmdline[2:3] == (IGNORE_TERM,)]
+    leader_identity = identity_of(leader.pid)
+    assert leader_identity is not None
+
+    result = stop_session(leader_identity, signal.SIGTERM, 0.5)
+
+    assert sorted(result.signalled) == sorted(m.pid for m in members)
+    assert result.killed == [ignorer.pid]
+    assert result.survivors == [] and result.refused == []
+    assert session_members(leader.pid) == []
+    assert all(gone(m) for m in members)
+
+
+def test_stop_session_sweeps_after_the_leader_exited(sessions: list[int],
+                                                     tmp_path: Path) -> None:
+    """The leader is dead and reaped; what it left behind in its session is still swept."""
+    children = Children()
+    code = f"import subprocess; subprocess.Popen({SLEEP!r})"
+    leader = children.spawn([sys.executable, "-c", code], cwd=tmp_path, env=minimal_env({}),
+                            log_path=tmp_path / "leader.log")
+    sessions.append(leader.pid)
+    wait_for(lambda: children.reap().get(leader.pid), message="leader exited")
+    [orphan] = wait_for(lambda: session_members(leader.pid), message="orphan running")
+
+    result = stop_session(leader, signal.SIGTERM, 0.5)
+
+    assert result == StopResult(signalled=[orphan.pid])
+    assert gone(orphan)
+    children.close()
+
+
+def test_stop_session_of_an_empty_session_does_nothing(tmp_path: Path) -> None:
+    children = Children()
+    leader = children.spawn([sys.executable, "-c", "pass"], cwd=tmp_path,
+                            env=minimal_env({}), log_path=tmp_path / "leader.log")
+    wait_for(lambda: children.reap().get(leader.pid), message="leader exited")
+    assert stop_session(leader, signal.SIGTERM, 0.5) == StopResult()
+    children.close()
+
+
+def test_session_members_skips_zombies_and_others(foreign: Foreign) -> None:
+    identity = start_sleeper(foreign)
+    assert [m.identity for m in session_members(identity.pid)] == [identity]
+    assert session_members(0) == []
+    os.kill(identity.pid, signal.SIGKILL)
+    wait_for(lambda: session_members(identity.pid) == [], message="zombie skipped")

@@ -1,0 +1,185 @@
+"""Spawning our own children: logs, identity, exactly-once reaping, clear errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.host import procfs
+from reconciler.host.identity import identity_of
+from reconciler.host.observed import Exit
+from reconciler.host.spawn import DEFAULT_PATH, Children, SpawnError, minimal_env
+from tests.helpers import wait_for
+
+SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
+
+
+@pytest.fixture
+def children() -> Iterator[Children]:
+    """Every child (and its session's group) is killed and reaped at teardown."""
+    registry = Children()
+    yield registry
+    for pid in registry.pids():
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+
+    def all_reaped() -> bool:
+        registry.reap()
+        return not registry.pids()
+
+    wait_for(all_reaped, message="children reaped")
+    registry.close()
+
+
+def spawn(children: Children, tmp_path: Path, argv: list[str], **env: str) -> int:
+    return children.spawn(argv, cwd=tmp_path, env=minimal_env(env),
+                          log_path=tmp_path / "logs" / "svc" / "main.log").pid
+
+
+def reaped(children: Children, pid: int) -> Exit:
+    """Wait for `pid` to exit, through Children.wait, and return its reaped exit."""
+    def collect() -> Exit | None:
+        children.wait(0.5)
+        return children.reap().get(pid)
+    return wait_for(collect, message=f"exit of {pid}")
+
+
+# --- environment -----------------------------------------------------------------------------
+
+
+def test_minimal_env_inherits_only_the_basics(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
+    monkeypatch.setenv("LC_TIME", "C")
+    monkeypatch.setenv("HOME", "/root")
+    monkeypatch.setenv("PATH", "/opt/bin:/usr/bin")
+    env = minimal_env({"PYTHONUNBUFFERED": "1", "HOME": "/srv"})
+    assert "SECRET_TOKEN" not in env
+    assert env["LC_TIME"] == "C"
+    assert env["PATH"] == "/opt/bin:/usr/bin"
+    assert env["HOME"] == "/srv"  # extra wins
+    assert env["PYTHONUNBUFFERED"] == "1"
+    allowed = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "PYTHONUNBUFFERED"}
+    assert all(k in allowed or k.startswith("LC_") for k in env)
+
+
+def test_minimal_env_default_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PATH", raising=False)
+    assert minimal_env({})["PATH"] == DEFAULT_PATH
+
+
+def test_child_gets_exactly_the_minimal_env(children: Children, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
+    pid = spawn(children, tmp_path, SLEEP, APP_MODE="test")
+    raw = wait_for(lambda: Path(f"/proc/{pid}/environ").read_bytes(), message="environ")
+    environ = dict(item.split(b"=", 1) for item in raw.split(b"\0") if item)
+    assert {k.decode(): v.decode() for k, v in environ.items()} == minimal_env(
+        {"APP_MODE": "test"})
+
+
+# --- spawning --------------------------------------------------------------------------------
+
+
+def test_spawn_identity_session_and_stdin(children: Children, tmp_path: Path) -> None:
+    identity = children.spawn(SLEEP, cwd=tmp_path, env=minimal_env({}),
+                              log_path=tmp_path / "main.log")
+    assert identity == identity_of(identity.pid)
+    assert identity.boot_id == procfs.read_boot_id()
+    assert children.pids() == {identity.pid}
+    assert children.identity(identity.pid) == identity
+    stat_ = procfs.read_stat(identity.pid)
+    assert stat_ is not None and stat_.session == identity.pid and stat_.ppid == os.getpid()
+    assert os.readlink(f"/proc/{identity.pid}/fd/0") == "/dev/null"
+    assert os.readlink(f"/proc/{identity.pid}/cwd") == str(tmp_path)
+
+
+def test_spawn_appends_stdout_and_stderr_to_the_log(children: Children, tmp_path: Path) -> None:
+    code = "import sys; print('to stdout', flush=True); print('to stderr', file=sys.stderr)"
+    log = tmp_path / "logs" / "svc" / "main.log"
+    for _ in range(2):
+        pid = spawn(children, tmp_path, [sys.executable, "-c", code])
+        assert reaped(children, pid).returncode == 0
+    assert log.read_text().splitlines() == ["to stdout", "to stderr"] * 2
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert stat.S_IMODE(log.parent.stat().st_mode) == 0o700
+
+
+def test_spawn_refuses_a_symlinked_log(children: Children, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    log = tmp_path / "main.log"
+    log.symlink_to(victim)
+    with pytest.raises(SpawnError, match="symlink"):
+        children.spawn(SLEEP, cwd=tmp_path, env=minimal_env({}), log_path=log)
+    assert victim.read_text() == "precious"
+
+
+def test_exit_code_is_reaped_exactly_once(children: Children, tmp_path: Path) -> None:
+    identity = children.spawn([sys.executable, "-c", "raise SystemExit(3)"], cwd=tmp_path,
+                              env=minimal_env({}), log_path=tmp_path / "main.log")
+    assert reaped(children, identity.pid) == Exit(identity, 3)
+    assert children.reap() == {}
+    assert identity.pid not in children.pids()
+    assert procfs.read_stat(identity.pid) is None  # no zombie left behind
+
+
+def test_killed_child_reports_the_signal(children: Children, tmp_path: Path) -> None:
+    pid = spawn(children, tmp_path, SLEEP)
+    os.kill(pid, signal.SIGKILL)
+    assert reaped(children, pid).returncode == -signal.SIGKILL
+
+
+def test_wait_wakes_on_exit_and_times_out_otherwise(children: Children, tmp_path: Path) -> None:
+    assert children.wait(0.01) is False  # no children: just waits
+    pid = spawn(children, tmp_path, SLEEP)
+    assert children.wait(0.05) is False
+    os.kill(pid, signal.SIGTERM)
+    assert children.wait(10) is True
+    assert children.wait(0) is True  # not reaped yet: still reported
+    assert pid in children.reap()
+
+
+def test_forget(children: Children, tmp_path: Path) -> None:
+    pid = spawn(children, tmp_path, [sys.executable, "-c", "pass"])
+    children.forget(pid)
+    assert children.pids() == frozenset()
+    assert children.reap() == {}
+    with contextlib.suppress(ChildProcessError):  # subprocess may reap it in the background
+        os.waitpid(pid, 0)
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def test_missing_command(children: Children, tmp_path: Path) -> None:
+    with pytest.raises(SpawnError, match="command not found: no-such-command-xyz"):
+        spawn(children, tmp_path, ["no-such-command-xyz"])
+    with pytest.raises(SpawnError, match="command not found"):
+        spawn(children, tmp_path, [str(tmp_path / "missing")])
+    assert children.pids() == frozenset()
+
+
+def test_missing_cwd(children: Children, tmp_path: Path) -> None:
+    with pytest.raises(SpawnError, match="working directory missing"):
+        children.spawn(SLEEP, cwd=tmp_path / "gone", env=minimal_env({}),
+                       log_path=tmp_path / "main.log")
+
+
+def test_permission_denied(children: Children, tmp_path: Path) -> None:
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    with pytest.raises(SpawnError, match="permission denied"):
+        spawn(children, tmp_path, [str(script)])
+
+
+def test_empty_command(children: Children, tmp_path: Path) -> None:
+    with pytest.raises(SpawnError, match="empty command"):
+        spawn(children, tmp_path, [])

@@ -1,0 +1,459 @@
+"""End-to-end passes with real processes, sockets and SQLite, each test in its own dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler import cli
+from reconciler.controller import Reconciler
+from reconciler.host.identity import identity_of
+from reconciler.host.procs import session_members
+from reconciler.settings import Settings
+from tests.conftest import Foreign
+from tests.helpers import wait_for
+
+PY = sys.executable
+SLEEPER = [PY, "-c", "import time; time.sleep(3600)"]
+
+
+def listener_code(port: int) -> str:
+    return ("import socket,time; s=socket.socket(); "
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            f"s.bind(('127.0.0.1',{port})); s.listen(); time.sleep(3600)")
+
+
+UNIX_SERVER = ("import os,socket,sys,time; s=socket.socket(socket.AF_UNIX); "
+               "s.bind(os.path.join(os.environ['RECONCILER_RUN_DIR'], sys.argv[1])); "
+               "s.listen(); time.sleep(3600)")
+
+
+def unix_server(name: str) -> str:
+    """A YAML flow list running a unix-socket listener on <run-dir>/<name>."""
+    return json.dumps([PY, "-c", UNIX_SERVER, name])
+
+
+@pytest.fixture
+def settings(specs_dir: Path, state_dir: Path) -> Settings:
+    return Settings(specs_dir=specs_dir, state_dir=state_dir)
+
+
+@pytest.fixture
+def reconciler(settings: Settings) -> Iterator[Reconciler]:
+    with Reconciler(settings) as rec:
+        yield rec
+
+
+def write_spec(specs_dir: Path, name: str, text: str) -> Path:
+    path = specs_dir / name
+    path.write_text(textwrap.dedent(text))
+    os.chmod(path, 0o644)
+    return path
+
+
+def yaml_list(argv: list[str]) -> str:
+    return json.dumps(argv)
+
+
+def status(settings: Settings, capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
+    capsys.readouterr()
+    assert run_cli(settings, "status", "-o", "json") == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def run_cli(settings: Settings, *args: str) -> int:
+    return cli.main([*args, "--specs", str(settings.specs_dir),
+                     "--state-dir", str(settings.state_dir)])
+
+
+def job(settings: Settings, capsys: pytest.CaptureFixture[str], name: str) -> dict[str, object]:
+    service, action = name.split(".")
+    rows = [r for r in status(settings, capsys)
+            if r["service"] == service and r["action"] == action]
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def alive(pid: object) -> bool:
+    return isinstance(pid, int) and identity_of(pid) is not None
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def full_spec(port: int) -> str:
+    return f"""\
+    name: web
+    actions:
+      - name: prepare
+        cmd: "echo prepared > $RECONCILER_RUN_DIR/prepared"
+      - name: http
+        process: true
+        after: [prepare]
+        cmd: {yaml_list([PY, "-c", listener_code(port)])}
+        tcp_ports: [{port}]
+        health: {{tcp: {port}}}
+        stop: {{timeout: 2s}}
+      - name: sock
+        process: true
+        sockets: [web.sock]
+        cmd: {unix_server("web.sock")}
+        health: {{unix: web.sock}}
+    """
+
+
+def test_converges_then_a_second_pass_changes_nothing(
+        settings: Settings, reconciler: Reconciler, free_port: Callable[[], int],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    write_spec(settings.specs_dir, "web.yaml", full_spec(port))
+    assert run_cli(settings, "diff") == 1
+    result = reconciler.converge(wait=30)
+    assert result.converged, [(j.action, j.phase, j.reason) for j in result.jobs]
+    assert (settings.run_dir / "prepared").read_text() == "prepared\n"
+    assert port_open(port)
+    assert (settings.run_dir / "web.sock").exists()
+    again = reconciler.reconcile()
+    assert again.plan.steps == ()
+    capsys.readouterr()
+    assert run_cli(settings, "diff") == 0
+    assert "no changes" in capsys.readouterr().out
+    rows = {r["action"]: r for r in status(settings, capsys)}
+    assert rows["prepare"]["phase"] == "succeeded"
+    assert rows["http"]["phase"] == "running" and rows["http"]["ready"] is True
+    assert alive(rows["http"]["pid"]) and alive(rows["sock"]["pid"])
+
+
+def test_status_json_has_the_documented_fields(
+        settings: Settings, reconciler: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
+    write_spec(settings.specs_dir, "a.yaml", f"""\
+    name: a
+    actions:
+      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
+    """)
+    assert reconciler.converge(wait=20).converged
+    row = job(settings, capsys, "a.main")
+    for field in ("service", "action", "job_id", "phase", "ready", "pid", "restart_count",
+                  "last_exit_code", "reason", "blocked_by", "started_at", "generation"):
+        assert field in row
+    assert row["phase"] == "running" and row["restart_count"] == 0 and row["blocked_by"] == []
+    assert alive(row["pid"])
+
+
+def test_once_exit_codes(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    write_spec(settings.specs_dir, "ok.yaml", f"""\
+    name: ok
+    actions:
+      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
+    """)
+    assert run_cli(settings, "--once", "--wait", "20s") == 0
+    assert "running" in capsys.readouterr().out
+    write_spec(settings.specs_dir, "bad.yaml", "name: bad\nactions:\n  - name: x\n    cmdd: [a]\n")
+    assert run_cli(settings, "--once", "--wait", "5s") == 2
+    assert "bad.yaml:4:5:" in capsys.readouterr().err
+    (settings.specs_dir / "bad.yaml").unlink()
+    write_spec(settings.specs_dir, "never.yaml", """\
+    name: never
+    actions:
+      - {name: fails, cmd: "exit 3"}
+    """)
+    assert run_cli(settings, "--once", "--wait", "1s") == 1
+
+
+def test_broken_file_keeps_its_last_good_version_running(
+        settings: Settings, reconciler: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = f"""\
+    name: a
+    actions:
+      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
+    """
+    path = write_spec(settings.specs_dir, "a.yaml", spec)
+    assert reconciler.converge(wait=20).converged
+    pid = job(settings, capsys, "a.main")["pid"]
+    path.write_text("name: a\nactions: [\n")
+    result = reconciler.reconcile()
+    assert result.plan.steps == ()
+    assert [str(e).split(":")[0] for e in result.loaded.errors] == [str(path)]
+    assert job(settings, capsys, "a.main")["pid"] == pid and alive(pid)
+    capsys.readouterr()
+    assert run_cli(settings, "validate") == 2
+    assert re.search(rf"^{re.escape(str(path))}:\d+:\d+: ", capsys.readouterr().err, re.M)
+
+
+def test_validate_prints_file_line_column(settings: Settings,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    write_spec(settings.specs_dir, "a.yaml", "name: a\nactions:\n  - name: x\n    cmd: [a]\n"
+               "    restart: sometimes\n")
+    capsys.readouterr()
+    assert cli.main(["validate", str(settings.specs_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{settings.specs_dir / 'a.yaml'}:5:" in err
+    write_spec(settings.specs_dir, "a.yaml", "name: a\nactions:\n  - {name: x, cmd: [a]}\n")
+    assert cli.main(["validate", str(settings.specs_dir)]) == 0
+
+
+def test_stale_socket_is_removed_before_start(
+        settings: Settings, reconciler: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    stale = settings.run_dir / "s.sock"
+    leftover = socket.socket(socket.AF_UNIX)
+    leftover.bind(str(stale))
+    leftover.close()  # the file stays, nobody listens: stale
+    write_spec(settings.specs_dir, "s.yaml", f"""\
+    name: s
+    actions:
+      - name: server
+        process: true
+        sockets: [s.sock]
+        cmd: {unix_server("s.sock")}
+        health: {{unix: s.sock}}
+    """)
+    assert reconciler.converge(wait=20).converged
+    kinds = [e["kind"] for e in events(settings, capsys)]
+    assert "cleanup" in kinds
+    probe = socket.socket(socket.AF_UNIX)
+    probe.connect(str(stale))  # our server listens there now
+    probe.close()
+
+
+def events(settings: Settings, capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
+    capsys.readouterr()
+    assert run_cli(settings, "events", "-o", "json", "-n", "500") == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def port_spec(port: int, extra: str = "") -> str:
+    return f"""\
+    name: p
+    actions:
+      - name: server
+        process: true
+        cmd: {yaml_list([PY, "-c", listener_code(port)])}
+        tcp_ports: [{port}]
+        backoff: {{initial: 50ms, max: 200ms}}
+        {extra}
+    """
+
+
+def test_foreign_port_holder_blocks_without_kill_others(
+        settings: Settings, reconciler: Reconciler, foreign: Foreign,
+        free_port: Callable[[], int], capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    squatter = foreign.listen_tcp(port)
+    write_spec(settings.specs_dir, "p.yaml", port_spec(port))
+    result = reconciler.converge(wait=0.5)
+    assert not result.converged
+    row = job(settings, capsys, "p.server")
+    assert row["phase"] == "blocked"
+    assert row["blocked_by"] == [{"pid": squatter.pid, "cmd": " ".join(
+        [PY, "-c", foreign_listener_code(port)]), "resource": f":{port}"}]
+    assert f"held by pid {squatter.pid}" in str(row["reason"])
+    assert squatter.poll() is None  # never touched
+
+
+def foreign_listener_code(port: int) -> str:
+    return ("import socket,time\n"
+            "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            f"s.bind(('127.0.0.1',{port})); s.listen()\n"
+            "while True: time.sleep(3600)\n")
+
+
+def test_foreign_port_holder_is_reclaimed_with_kill_others(
+        settings: Settings, reconciler: Reconciler, foreign: Foreign,
+        free_port: Callable[[], int], capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    squatter = foreign.listen_tcp(port)
+    write_spec(settings.specs_dir, "p.yaml", port_spec(port, "kill_others: true"))
+    assert reconciler.converge(wait=20).converged
+    squatter.wait(timeout=10)
+    row = job(settings, capsys, "p.server")
+    assert row["phase"] == "running" and alive(row["pid"]) and row["pid"] != squatter.pid
+    assert wait_for(lambda: port_open(port), message="our listener")
+
+
+def test_singleton_replaces_a_foreign_instance_of_its_own_command(
+        settings: Settings, reconciler: Reconciler, foreign: Foreign,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    twin = foreign.start(SLEEPER)
+    wait_for(lambda: identity_of(twin.pid), message="twin running")
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    (settings.run_dir / "one.main.pid").write_text(f"{twin.pid}\n")
+    write_spec(settings.specs_dir, "one.yaml", f"""\
+    name: one
+    actions:
+      - {{name: main, process: true, singleton: true, cmd: {yaml_list(SLEEPER)},
+          stop: {{timeout: 2s}}}}
+    """)
+    assert reconciler.converge(wait=20).converged
+    twin.wait(timeout=10)
+    row = job(settings, capsys, "one.main")
+    assert alive(row["pid"]) and row["pid"] != twin.pid
+    assert (settings.run_dir / "one.main.pid").read_text().strip() == str(row["pid"])
+
+
+def test_pidfile_naming_an_unrelated_process_never_gets_it_killed(
+        settings: Settings, reconciler: Reconciler, foreign: Foreign,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    stranger = foreign.start([PY, "-c", "import time; time.sleep(3601)"])
+    wait_for(lambda: identity_of(stranger.pid), message="stranger running")
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    (settings.run_dir / "one.main.pid").write_text(f"{stranger.pid}\n")
+    write_spec(settings.specs_dir, "one.yaml", f"""\
+    name: one
+    actions:
+      - {{name: main, process: true, singleton: true, cmd: {yaml_list(SLEEPER)}}}
+    """)
+    assert reconciler.converge(wait=20).converged
+    assert stranger.poll() is None
+    row = job(settings, capsys, "one.main")
+    assert (settings.run_dir / "one.main.pid").read_text().strip() == str(row["pid"])
+
+
+TREE = ("trap '' TERM; "
+        f"{PY} -c 'import os,time; os.setpgid(0,0); time.sleep(3600)' & "
+        "(sleep 3600 &) ; "
+        "sleep 3600 & wait")
+
+
+def test_prune_stops_the_whole_tree_even_a_grandchild_and_a_term_ignorer(
+        settings: Settings, reconciler: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
+    write_spec(settings.specs_dir, "keep.yaml", f"""\
+    name: keep
+    actions:
+      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
+    """)
+    tree = write_spec(settings.specs_dir, "tree.yaml", f"""\
+    name: tree
+    actions:
+      - name: main
+        process: true
+        cmd: {json.dumps(TREE)}
+        stop: {{timeout: 300ms}}
+    """)
+    assert reconciler.converge(wait=20).converged
+    leader = job(settings, capsys, "tree.main")["pid"]
+    assert isinstance(leader, int)
+    members = wait_for(lambda: len(session_members(leader)) >= 4 and session_members(leader),
+                       message="the whole tree started")
+    pgrps = {m.pgrp for m in members}
+    assert len(pgrps) >= 2  # one of them left the process group
+    tree.unlink()
+    result = reconciler.reconcile()
+    assert any(s.verb == "kill" for s in result.plan.steps)
+    for member in members:
+        assert identity_of(member.pid) is None or identity_of(member.pid) != member.identity
+    removed = [r for r in status(settings, capsys) if r["service"] == "tree"]
+    assert removed == []  # removed jobs are not listed
+    assert alive(job(settings, capsys, "keep.main")["pid"])
+
+
+def test_empty_specs_dir_prunes_nothing_without_allow_empty(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(settings.specs_dir, "a.yaml", f"""\
+    name: a
+    actions:
+      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
+    """)
+    assert run_cli(settings, "--once", "--wait", "20s") == 0
+    pid = job(settings, capsys, "a.main")["pid"]
+    spec.unlink()
+    capsys.readouterr()
+    assert run_cli(settings, "--once", "--wait", "1s") == 2
+    assert "--allow-empty" in capsys.readouterr().err
+    assert alive(pid)
+    assert run_cli(settings, "diff") == 2
+    assert run_cli(settings, "--once", "--wait", "5s", "--allow-empty") == 0
+    assert not alive(pid)
+
+
+def test_crashed_process_restarts_with_same_job_and_rotated_log(
+        settings: Settings, reconciler: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
+    write_spec(settings.specs_dir, "a.yaml", f"""\
+    name: a
+    actions:
+      - name: main
+        process: true
+        cmd: "echo run-$$; exec {PY} -c 'import time; time.sleep(3600)'"
+    """)
+    assert reconciler.converge(wait=20).converged
+    before = job(settings, capsys, "a.main")
+    pid = before["pid"]
+    assert isinstance(pid, int)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: identity_of(pid) is None, message="process gone")
+    assert reconciler.converge(wait=20).converged
+    after = job(settings, capsys, "a.main")
+    assert after["job_id"] == before["job_id"]
+    assert after["restart_count"] == 1 and after["pid"] != pid and alive(after["pid"])
+    assert after["last_exit_code"] == -9
+    log_dir = settings.logs_dir / "a"
+    assert f"run-{pid}" in (log_dir / "main.log.1").read_text()
+    assert f"run-{after['pid']}" in (log_dir / "main.log").read_text()
+
+
+def test_down_stops_a_service_and_it_stays_stopped(
+        settings: Settings, reconciler: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
+    write_spec(settings.specs_dir, "a.yaml", f"""\
+    name: a
+    actions:
+      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
+    """)
+    assert reconciler.converge(wait=20).converged
+    pid = job(settings, capsys, "a.main")["pid"]
+    assert run_cli(settings, "down", "a") == 0
+    assert not alive(pid)
+    assert job(settings, capsys, "a.main")["phase"] == "stopped"
+    assert reconciler.reconcile().plan.steps == ()
+
+
+def test_edit_that_changes_what_runs_restarts_and_others_do_not(
+        settings: Settings, reconciler: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
+    base = f"""\
+    name: a
+    description: DESC
+    actions:
+      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}, env: {{X: "1"}}}}
+    """
+    write_spec(settings.specs_dir, "a.yaml", base.replace("DESC", "first"))
+    assert reconciler.converge(wait=20).converged
+    first = job(settings, capsys, "a.main")
+    write_spec(settings.specs_dir, "a.yaml", base.replace("DESC", "second"))
+    assert reconciler.reconcile().plan.steps == ()
+    write_spec(settings.specs_dir, "a.yaml", base.replace('"1"', '"2"'))
+    assert reconciler.converge(wait=20).converged
+    second = job(settings, capsys, "a.main")
+    assert second["job_id"] != first["job_id"] and not alive(first["pid"])
+    assert second["restart_count"] == 0
+
+
+def test_state_dir_and_files_are_private(settings: Settings, reconciler: Reconciler) -> None:
+    write_spec(settings.specs_dir, "a.yaml", f"""\
+    name: a
+    actions:
+      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
+    """)
+    assert reconciler.converge(wait=20).converged
+    assert settings.state_dir.stat().st_mode & 0o777 == 0o700
+    for path in (settings.db_path, settings.logs_dir / "a" / "main.log",
+                 settings.run_dir / "a.main.pid"):
+        assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_world_writable_spec_is_refused(settings: Settings,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_spec(settings.specs_dir, "a.yaml", "name: a\nactions:\n  - {name: x, cmd: [a]}\n")
+    os.chmod(path, 0o666)
+    capsys.readouterr()
+    assert cli.main(["validate", str(settings.specs_dir)]) == 2
+    assert "chmod" in capsys.readouterr().err
