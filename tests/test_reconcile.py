@@ -457,3 +457,54 @@ def test_world_writable_spec_is_refused(settings: Settings,
     capsys.readouterr()
     assert cli.main(["validate", str(settings.specs_dir)]) == 2
     assert "chmod" in capsys.readouterr().err
+
+
+def test_a_new_controller_adopts_running_processes_without_restarting_them(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    write_spec(settings.specs_dir, "a.yaml", f"""\
+    name: a
+    actions:
+      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
+    """)
+    with Reconciler(settings) as first:
+        assert first.converge(wait=20).converged
+    before = job(settings, capsys, "a.main")
+    with Reconciler(settings) as second:
+        result = second.reconcile()
+    assert result.plan.steps == () and result.converged
+    after = job(settings, capsys, "a.main")
+    assert (after["pid"], after["job_id"], after["restart_count"]) == (
+        before["pid"], before["job_id"], 0)
+
+
+def test_enrollment_proves_ownership_when_the_record_was_never_committed(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """A controller that died between spawning and committing its pass left only the
+    enrollment: the next one adopts that process instead of starting a second instance."""
+    write_spec(settings.specs_dir, "a.yaml", f"""\
+    name: a
+    actions:
+      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
+    """)
+    with Reconciler(settings) as first:
+        assert first.converge(wait=20).converged
+        pid = first.store.jobs()[0].pid
+        first.store.db.execute("DELETE FROM jobs")
+    with Reconciler(settings) as second:
+        result = second.reconcile()
+    assert [s.verb for s in result.plan.steps] == ["record"]  # recovered, nothing spawned
+    assert job(settings, capsys, "a.main")["pid"] == pid and alive(pid)
+
+
+def test_schema_is_json_schema_for_editors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["$schema"].startswith("http://json-schema.org/draft-07")
+    assert "actions" in schema["properties"]
+
+
+def test_bad_wait_duration_is_a_clear_error(settings: Settings,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(settings, "--once", "--wait", "soon") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("reconcile: --wait:") and "Traceback" not in err
