@@ -16,6 +16,7 @@ from pathlib import Path
 from reconciler import health
 from reconciler.desired import Desired, build_desired
 from reconciler.execute import Executor, Outcome
+from reconciler.files import PRIVATE_DIR, make_private_dirs
 from reconciler.host.observe import observe
 from reconciler.host.observed import Observed
 from reconciler.host.spawn import Children
@@ -173,9 +174,11 @@ def dry_run(settings: Settings, *, allow_empty: bool = False,
 
 
 def prepare_state_dir(settings: Settings) -> None:
+    """The state dir holds proof of ownership and logs that may carry secrets: 0700, always,
+    even when an operator created it with a looser mode."""
     for path in (settings.state_dir, settings.run_dir, settings.logs_dir):
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(settings.state_dir, 0o700)
+        make_private_dirs(path)
+    os.chmod(settings.state_dir, PRIVATE_DIR)
 
 
 def observe_for(desired: Desired, records: list[JobRecord], enrollments: dict[str, Enrollment],

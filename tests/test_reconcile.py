@@ -64,6 +64,15 @@ def yaml_list(argv: list[str]) -> str:
     return json.dumps(argv)
 
 
+def write_sleeper(specs_dir: Path, name: str) -> Path:
+    """A service `<name>` with one long-running action `main` that just sleeps."""
+    return write_spec(specs_dir, f"{name}.yaml", f"""\
+    name: {name}
+    actions:
+      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
+    """)
+
+
 def status(settings: Settings, capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
     capsys.readouterr()
     assert run_cli(settings, "status", "-o", "json") == 0
@@ -137,11 +146,7 @@ def test_converges_then_a_second_pass_changes_nothing(
 
 def test_status_json_has_the_documented_fields(
         settings: Settings, reconciler: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
-    write_spec(settings.specs_dir, "a.yaml", f"""\
-    name: a
-    actions:
-      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
-    """)
+    write_sleeper(settings.specs_dir, "a")
     assert reconciler.converge(wait=20).converged
     row = job(settings, capsys, "a.main")
     for field in ("service", "action", "job_id", "phase", "ready", "pid", "restart_count",
@@ -152,11 +157,7 @@ def test_status_json_has_the_documented_fields(
 
 
 def test_once_exit_codes(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
-    write_spec(settings.specs_dir, "ok.yaml", f"""\
-    name: ok
-    actions:
-      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
-    """)
+    write_sleeper(settings.specs_dir, "ok")
     assert run_cli(settings, "--once", "--wait", "20s") == 0
     assert "running" in capsys.readouterr().out
     write_spec(settings.specs_dir, "bad.yaml", "name: bad\nactions:\n  - name: x\n    cmdd: [a]\n")
@@ -173,12 +174,7 @@ def test_once_exit_codes(settings: Settings, capsys: pytest.CaptureFixture[str])
 
 def test_broken_file_keeps_its_last_good_version_running(
         settings: Settings, reconciler: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = f"""\
-    name: a
-    actions:
-      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
-    """
-    path = write_spec(settings.specs_dir, "a.yaml", spec)
+    path = write_sleeper(settings.specs_dir, "a")
     assert reconciler.converge(wait=20).converged
     pid = job(settings, capsys, "a.main")["pid"]
     path.write_text("name: a\nactions: [\n")
@@ -328,11 +324,7 @@ TREE = ("trap '' TERM; "
 
 def test_prune_stops_the_whole_tree_even_a_grandchild_and_a_term_ignorer(
         settings: Settings, reconciler: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
-    write_spec(settings.specs_dir, "keep.yaml", f"""\
-    name: keep
-    actions:
-      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
-    """)
+    write_sleeper(settings.specs_dir, "keep")
     tree = write_spec(settings.specs_dir, "tree.yaml", f"""\
     name: tree
     actions:
@@ -360,11 +352,7 @@ def test_prune_stops_the_whole_tree_even_a_grandchild_and_a_term_ignorer(
 
 def test_empty_specs_dir_prunes_nothing_without_allow_empty(
         settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = write_spec(settings.specs_dir, "a.yaml", f"""\
-    name: a
-    actions:
-      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
-    """)
+    spec = write_sleeper(settings.specs_dir, "a")
     assert run_cli(settings, "--once", "--wait", "20s") == 0
     pid = job(settings, capsys, "a.main")["pid"]
     spec.unlink()
@@ -404,11 +392,7 @@ def test_crashed_process_restarts_with_same_job_and_rotated_log(
 
 def test_down_stops_a_service_and_it_stays_stopped(
         settings: Settings, reconciler: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
-    write_spec(settings.specs_dir, "a.yaml", f"""\
-    name: a
-    actions:
-      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
-    """)
+    write_sleeper(settings.specs_dir, "a")
     assert reconciler.converge(wait=20).converged
     pid = job(settings, capsys, "a.main")["pid"]
     assert run_cli(settings, "down", "a") == 0
@@ -438,11 +422,7 @@ def test_edit_that_changes_what_runs_restarts_and_others_do_not(
 
 
 def test_state_dir_and_files_are_private(settings: Settings, reconciler: Reconciler) -> None:
-    write_spec(settings.specs_dir, "a.yaml", f"""\
-    name: a
-    actions:
-      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
-    """)
+    write_sleeper(settings.specs_dir, "a")
     assert reconciler.converge(wait=20).converged
     assert settings.state_dir.stat().st_mode & 0o777 == 0o700
     for path in (settings.db_path, settings.logs_dir / "a" / "main.log",
@@ -461,11 +441,7 @@ def test_world_writable_spec_is_refused(settings: Settings,
 
 def test_a_new_controller_adopts_running_processes_without_restarting_them(
         settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
-    write_spec(settings.specs_dir, "a.yaml", f"""\
-    name: a
-    actions:
-      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
-    """)
+    write_sleeper(settings.specs_dir, "a")
     with Reconciler(settings) as first:
         assert first.converge(wait=20).converged
     before = job(settings, capsys, "a.main")
@@ -481,11 +457,7 @@ def test_enrollment_proves_ownership_when_the_record_was_never_committed(
         settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     """A controller that died between spawning and committing its pass left only the
     enrollment: the next one adopts that process instead of starting a second instance."""
-    write_spec(settings.specs_dir, "a.yaml", f"""\
-    name: a
-    actions:
-      - {{name: main, process: true, cmd: {yaml_list(SLEEPER)}}}
-    """)
+    write_sleeper(settings.specs_dir, "a")
     with Reconciler(settings) as first:
         assert first.converge(wait=20).converged
         pid = first.store.jobs()[0].pid

@@ -7,10 +7,10 @@ and writing through one would let anyone clobber an arbitrary file as root.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import stat
+
+from reconciler.files import write_atomic
 
 _MAX_PIDFILE_BYTES = 64  # a pid and a newline; anything longer is not a pidfile
 
@@ -51,47 +51,9 @@ def read_pidfile(path: str | os.PathLike[str]) -> int | None:
         os.close(fd)
 
 
-def _make_private_dirs(directory: str) -> None:
-    """Create missing directories 0700; existing ones are left as their owner set them."""
-    if not directory or os.path.isdir(directory):
-        return
-    _make_private_dirs(os.path.dirname(directory.rstrip("/")))
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(directory, 0o700)
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make the rename itself durable, so a crash cannot leave the old pidfile behind."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_pidfile(path: str | os.PathLike[str], pid: int) -> None:
-    """Readers see the old content or the new one, never a half-written file. `os.replace`
-    swaps whatever sits at `path` (including a symlink) for our file; it never writes
-    through a symlink."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    _make_private_dirs(directory)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, 0o600)
-    try:
-        try:
-            os.write(fd, f"{int(pid)}\n".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
+    """Atomic and never through a symlink (see `files.write_atomic`)."""
+    write_atomic(path, f"{int(pid)}\n".encode())
 
 
 def remove_pidfile(path: str | os.PathLike[str], pid: int) -> bool:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from reconciler.files import make_private_dirs
 from reconciler.host import procfs
 from reconciler.host.identity import Identity
 from reconciler.host.observed import Exit
@@ -49,19 +50,11 @@ class _Child:
     pidfd: int | None  # readable once the child exits; None where the kernel lacks pidfds
 
 
-def _make_private_dirs(directory: str) -> None:
-    if not directory or os.path.isdir(directory):
-        return
-    _make_private_dirs(os.path.dirname(directory.rstrip("/")))
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(directory, 0o700)
-
-
 def _open_log(log_path: str) -> int:
     """Append-only and never through a symlink: the log lives in a directory a service
     could write to, and we open it as root."""
     try:
-        _make_private_dirs(os.path.dirname(os.path.abspath(log_path)))
+        make_private_dirs(os.path.dirname(os.path.abspath(log_path)))
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         return os.open(log_path, flags, 0o600)
     except OSError as err:

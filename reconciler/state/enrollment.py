@@ -12,15 +12,14 @@ would stop every pass.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import logging
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
+from reconciler.files import fsync_dir, make_private_dirs, write_atomic
 from reconciler.host.identity import Identity
 from reconciler.state.records import Enrollment
 
@@ -40,23 +39,9 @@ def enrollment_path(run_dir: Path, job_id: str) -> Path:
 def enroll(run_dir: Path, enrollment: Enrollment) -> Path:
     """Write `<run_dir>/<job_id>.enroll.json` atomically and durably; returns its path."""
     target = enrollment_path(run_dir, enrollment.job_id)
-    _private_dir(run_dir)
+    make_private_dirs(run_dir)
     _remove_stale_temps(run_dir, enrollment.job_id)
-    data = json.dumps(_to_json(enrollment), indent=1).encode()
-    tmp = run_dir / f".{enrollment.job_id}{SUFFIX}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 FILE_MODE)
-    try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(run_dir)
+    write_atomic(target, json.dumps(_to_json(enrollment), indent=1).encode(), FILE_MODE)
     return target
 
 
@@ -78,8 +63,7 @@ def read_enrollments(run_dir: Path) -> dict[str, Enrollment]:
 def unenroll(run_dir: Path, job_id: str) -> None:
     """Forget a job's process (it was stopped); already gone is fine."""
     enrollment_path(run_dir, job_id).unlink(missing_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        _fsync_dir(run_dir)
+    fsync_dir(run_dir)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -144,28 +128,6 @@ def _read_one(path: Path) -> Enrollment | None:
         log.warning("skipping enrollment %s: it names job %s", path, enrollment.job_id)
         return None
     return enrollment
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the rename/unlink itself durable, not only the file's bytes."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _private_dir(path: Path) -> None:
-    if path.is_dir():
-        return
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    os.chmod(path, DIR_MODE)  # mkdir's mode is masked by the umask
 
 
 def _remove_stale_temps(run_dir: Path, job_id: str) -> None:

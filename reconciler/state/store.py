@@ -29,13 +29,13 @@ from typing import Any
 from sqlite_utils import Database, Migrations
 from sqlite_utils.db import Table
 
+from reconciler.files import make_private_dirs
 from reconciler.state.records import BlockedBy, Event, JobRecord, SpecRecord
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
 FILE_MODE = 0o600
-DIR_MODE = 0o700
 
 MIGRATIONS = Migrations("reconciler")
 
@@ -254,15 +254,6 @@ def spec_from_row(row: dict[str, Any]) -> SpecRecord:
 # --- files ------------------------------------------------------------------------------------
 
 
-def _private_dir(path: Path) -> None:
-    """Create the state dir 0700 (mkdir's mode is masked by umask, hence the chmod). An
-    existing dir is left alone: its mode is the operator's choice."""
-    if path.is_dir():
-        return
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    os.chmod(path, DIR_MODE)
-
-
 def _precreate(path: Path) -> None:
     """Create the db file 0600 ourselves, so it is never readable by others, not even for the
     moment before the chmod; O_NOFOLLOW refuses a planted symlink."""
@@ -307,7 +298,7 @@ class Store:
     @classmethod
     def open(cls, path: Path) -> Store:
         path = Path(path)
-        _private_dir(path.parent)
+        make_private_dirs(path.parent)
         _precreate(path)
         db = _connect(path)
         try:
