@@ -79,8 +79,9 @@ class Foreign:
 
     def cleanup(self) -> None:
         for proc in self.procs:
-            with contextlib.suppress(OSError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            if proc.poll() is None:  # once reaped, its pid may be someone else's group
+                with contextlib.suppress(OSError):
+                    os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 
