@@ -530,7 +530,11 @@ def _block(ctx: _Pass, action: DesiredAction, job: JobRecord, blocked: list[Bloc
 
 
 def _cmd_of(proc: ProcInfo | None) -> str:
-    return " ".join(proc.cmdline) if proc is not None and proc.cmdline else ""
+    """A process's command on one short line, for reasons, events and `blocked_by`."""
+    if proc is None or not proc.cmdline:
+        return ""
+    text = " ".join(" ".join(proc.cmdline).split())
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _stop_signal(job: JobRecord) -> int:

@@ -308,3 +308,12 @@ def test_restart_delay_grows_is_capped_and_jittered(failures: int) -> None:
 def test_restart_delay_never_overflows_in_an_endless_crash_loop() -> None:
     backoff = Backoff.model_validate({"initial": "200ms", "max": "30s", "factor": 10})
     assert 24.0 <= restart_delay(1_000_000, backoff, "job") <= 36.0
+
+
+def test_commands_in_reasons_are_one_short_line() -> None:
+    want = desired(service(tcp_ports=[8080]))
+    script = "import time\n" + "x = 1\n" * 100 + "time.sleep(9)"
+    squatter = proc(4070, cmd=("python3", "-c", script))
+    ports = {8080: PortState(8080, True, (squatter,))}
+    job = plan(want, observed(squatter, ports=ports), [], NOW).steps[0].job  # type: ignore[union-attr]
+    assert "\n" not in job.reason and len(job.blocked_by[0].cmd) <= 120
