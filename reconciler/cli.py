@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("schema", cmd_schema, "print the JSON Schema of the spec format")
     down = add("down", cmd_down, "stop a service (all when none is named)")
     down.add_argument("service", nargs="?")
+    restart = add("restart", cmd_restart,
+                  "stop a job and start it again now (counts in restart_count)")
+    restart.add_argument("target", metavar="SERVICE[.ACTION]")
     events = add("events", cmd_events, "what was killed, cleaned, spawned, adopted, and why",
                  output)
     events.add_argument("service", nargs="?")
@@ -204,6 +207,20 @@ def cmd_down(args: argparse.Namespace) -> int:
         print(step.describe())
     if not steps.steps:
         print("nothing to stop")
+    return EXIT_OK
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    service, _, action = args.target.partition(".")
+    known = {(j.service, j.action) for j in read_jobs(settings)}
+    if not any(s == service and (not action or a == action) for s, a in known):
+        raise UsageError(f"no job named {args.target}")
+    with Reconciler(settings) as reconciler:
+        stopped = reconciler.restart(frozenset({(service, action or None)}))
+        started = reconciler.reconcile()
+    for step in (*stopped.steps, *started.plan.changes):
+        print(step.describe())
     return EXIT_OK
 
 

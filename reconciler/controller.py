@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from reconciler.files import PRIVATE_DIR, make_private_dirs
 from reconciler.host.observe import observe
 from reconciler.host.observed import Observed
 from reconciler.host.spawn import Children
-from reconciler.plan import Plan, plan, plan_down
+from reconciler.plan import Plan, plan, plan_down, plan_restart
 from reconciler.settings import Settings
 from reconciler.spec.load import LoadResult, load_specs
 from reconciler.state.enrollment import read_enrollments
@@ -29,6 +29,7 @@ from reconciler.state.records import Enrollment, Event, JobRecord, SpecRecord
 from reconciler.state.store import Store
 
 SETTLED_PHASES = ("succeeded", "stopped")
+HealthResults = Mapping[str, "health.HealthState"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +87,18 @@ class Reconciler:
 
     # --- passes ---------------------------------------------------------------------------
 
-    def reconcile(self) -> PassResult:
-        """One full pass: observe, plan, execute, record."""
+    def reconcile(self, health: HealthResults | None = None) -> PassResult:
+        """One full pass: observe, plan, execute, record.
+
+        `health` carries probe results from a running `HealthMonitor` (the daemon); without
+        it, jobs that are not ready yet are probed once, synchronously (`--once`).
+        """
         with StateLock(self.settings.lock_path):
             loaded, spec_records = self._load()
             desired = build_desired(loaded, self.settings)
             records, enrollments = self._records()
             observed = self._observe(desired, records, enrollments, self.children)
+            observed = with_health(observed, desired, records, health)
             steps = plan(desired, observed, records, self.clock(), enrollments=enrollments,
                          allow_empty=self.allow_empty)
             outcome = self.executor.run(steps.steps)
@@ -104,6 +110,15 @@ class Reconciler:
             records, enrollments = self._records()
             observed = self._observe(Desired(actions=()), records, enrollments, self.children)
             steps = plan_down(observed, records, self.clock(), services)
+            self._save(self.executor.run(steps.steps), [], None)
+            return steps
+
+    def restart(self, targets: frozenset[tuple[str, str | None]]) -> Plan:
+        """Stop the targeted jobs and mark them due; the next pass starts them."""
+        with StateLock(self.settings.lock_path):
+            records, enrollments = self._records()
+            observed = self._observe(Desired(actions=()), records, enrollments, self.children)
+            steps = plan_restart(observed, records, self.clock(), targets)
             self._save(self.executor.run(steps.steps), [], None)
             return steps
 
@@ -199,9 +214,16 @@ def observe_for(desired: Desired, records: list[JobRecord], enrollments: dict[st
         resources = first
     else:
         resources = observe(sockets=sockets, ports=ports, candidates=pids)
-    ready = probe_readiness(desired, records, first)
     return replace(first, procs={**first.procs, **resources.procs}, sockets=resources.sockets,
-                   ports=resources.ports, ready=ready)
+                   ports=resources.ports)
+
+
+def with_health(observed: Observed, desired: Desired, records: list[JobRecord],
+                health: HealthResults | None) -> Observed:
+    if health is None:
+        return replace(observed, ready=probe_readiness(desired, records, observed))
+    return replace(observed, ready={job_id: st.ready for job_id, st in health.items()},
+                   failing={job_id: st.consecutive_failures for job_id, st in health.items()})
 
 
 def probe_readiness(desired: Desired, records: list[JobRecord],

@@ -233,7 +233,7 @@ def _forget_previous_boot(ctx: _Pass, job: JobRecord) -> JobRecord:
 
 def _plan_process(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
     proc = ctx.observed.alive(job.identity)
-    if proc is not None:
+    if proc is not None and not _unhealthy(ctx, action, job):
         _keep_running(ctx, job)
         return
     adopted = _adoptable(ctx, action, job)
@@ -242,12 +242,20 @@ def _plan_process(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
                        "enrolled by us for this job and still running"))
         return
     if job.identity is not None:
-        job = _record_process_exit(ctx, action, job)
+        job = _record_process_exit(ctx, action, job, unhealthy=proc is not None)
         if job.phase == "stopped":
             return
     if _waiting(ctx, job):
         return
     _start(ctx, action, job)
+
+
+def _unhealthy(ctx: _Pass, action: DesiredAction, job: JobRecord) -> bool:
+    """Ready once, then `failures` probes in a row failed: the process runs but does not
+    serve, which is an outage just like a crash."""
+    if action.health is None or not job.ready:
+        return False
+    return ctx.observed.failing.get(job.id, 0) >= action.health.failures
 
 
 def _keep_running(ctx: _Pass, job: JobRecord) -> None:
@@ -281,19 +289,24 @@ def _adoptable(ctx: _Pass, action: DesiredAction, job: JobRecord) -> ProcInfo | 
     return ctx.observed.alive(enrollment.identity)
 
 
-def _record_process_exit(ctx: _Pass, action: DesiredAction, job: JobRecord) -> JobRecord:
-    """The job's process is gone: record how it ended and decide when it comes back."""
-    exit_code = _exit_code(ctx.observed.exits.get(job.pid or -1), job.identity)
+def _record_process_exit(ctx: _Pass, action: DesiredAction, job: JobRecord, *,
+                         unhealthy: bool = False) -> JobRecord:
+    """The job's process is gone (or is unhealthy and must go): stop what is left of its
+    session, record how it ended and decide when it comes back."""
+    exit_code = None if unhealthy else _exit_code(ctx.observed.exits.get(job.pid or -1),
+                                                  job.identity)
     lived = ctx.now - job.started_at if job.started_at is not None else 0.0
     reset = lived >= action.spec.backoff.reset_after
     failures = 1 if reset else job.consecutive_failures + 1
-    failure_class = "crash-after-ready" if job.ready else "crash-before-ready"
+    failure_class = ("unhealthy" if unhealthy
+                     else "crash-after-ready" if job.ready else "crash-before-ready")
     policy = action.spec.effective_restart
     clean_exit = exit_code == 0
+    why = (f"unhealthy: {ctx.observed.failing.get(job.id, 0)} health checks failed in a row"
+           if unhealthy else "sweep what is left of the exited run's session")
     ctx.emit(Stop(target=job.identity, scope="session", signal=action.stop_signal,  # type: ignore[arg-type]
-                  timeout=action.spec.stop.timeout,
-                  reason="sweep what is left of the exited run's session",
-                  pidfile=action.pidfile))
+                  timeout=action.spec.stop.timeout, reason=why, pidfile=action.pidfile,
+                  cmd=" ".join(action.argv)[:120] if unhealthy else ""))
     base = replace(job.with_identity(None), last_exit_code=exit_code, last_exit_at=ctx.now,
                    ready=False, blocked_by=(), updated_at=ctx.now)
     if policy == "never" or (policy == "on-failure" and clean_exit):
@@ -304,7 +317,7 @@ def _record_process_exit(ctx: _Pass, action: DesiredAction, job: JobRecord) -> J
     if clean_exit and reset:
         failures = 0
     delay = restart_delay(max(failures, 1), action.spec.backoff, job.id) if failures else 0.0
-    what = _exit_text(exit_code)
+    what = "stopped as unhealthy" if unhealthy else _exit_text(exit_code)
     if delay > 0:
         waiting = replace(base, phase="backoff", consecutive_failures=failures,
                           failure_class=failure_class, next_start_at=ctx.now + delay,
@@ -555,3 +568,32 @@ def plan_down(observed: Observed, records: list[JobRecord], now: float,
         if services is None or job.service in services:
             _retire(ctx, job, "stopped", "stopped by operator (reconcile down)")
     return Plan(tuple(ctx.steps), tuple(ctx.notes))
+
+
+def plan_restart(observed: Observed, records: list[JobRecord], now: float,
+                 targets: frozenset[tuple[str, str | None]]) -> Plan:
+    """Stop the named jobs and mark them due, so the next pass starts them again at once.
+
+    `targets` holds (service, action) pairs, action None meaning the whole service. A manual
+    restart counts in `restart_count` (it happens at the spawn), and clears any backoff: an
+    operator asking for a restart wants it now. A one-shot runs again.
+    """
+    ctx = _Pass(Desired(actions=()), observed, now, {}, {})
+    for job in records:
+        if job.phase == "removed" or not _targeted(job, targets):
+            continue
+        due = replace(job.with_identity(None), phase="pending", ready=False, blocked_by=(),
+                      next_start_at=None, consecutive_failures=0,
+                      reason="restarted by operator (reconcile restart)")
+        proc = observed.alive(job.identity)
+        if proc is not None:
+            ctx.emit(Stop(target=proc.identity, scope="session", signal=_stop_signal(job),
+                          timeout=float(job.spec.get("stop_timeout", 10.0)), reason=due.reason,
+                          job=due, pidfile=job.spec.get("pidfile"), cmd=_cmd_of(proc)))
+        else:
+            ctx.emit(Record(due, "restart", due.reason))
+    return Plan(tuple(ctx.steps), tuple(ctx.notes))
+
+
+def _targeted(job: JobRecord, targets: frozenset[tuple[str, str | None]]) -> bool:
+    return (job.service, job.action) in targets or (job.service, None) in targets

@@ -317,3 +317,41 @@ def test_commands_in_reasons_are_one_short_line() -> None:
     ports = {8080: PortState(8080, True, (squatter,))}
     job = plan(want, observed(squatter, ports=ports), [], NOW).steps[0].job  # type: ignore[union-attr]
     assert "\n" not in job.reason and len(job.blocked_by[0].cmd) <= 120
+
+
+def test_unhealthy_process_is_stopped_and_restarted_with_its_class() -> None:
+    want = desired(service(health={"tcp": 8080, "failures": 3}))
+    job = running_job(want, started_at=NOW - 3600)
+    still_failing = observed(proc(500), failing={job.id: 2})
+    assert plan(want, still_failing, [job], NOW).steps == ()
+    result = plan(want, observed(proc(500), failing={job.id: 3}), [job], NOW)
+    assert kinds(result) == ["Stop", "Record", "Spawn"]
+    stop, record, spawn = result.steps
+    assert isinstance(stop, Stop) and stop.target == job.identity and "unhealthy" in stop.reason
+    assert record.job.failure_class == "unhealthy"  # type: ignore[union-attr]
+    assert isinstance(spawn, Spawn) and spawn.job.id == job.id and spawn.job.restart_count == 1
+
+
+def test_failures_before_ready_are_not_unhealthy() -> None:
+    want = desired(service(health={"tcp": 8080, "failures": 1}))
+    job = running_job(want, ready=False, phase="starting")
+    assert plan(want, observed(proc(500), failing={job.id: 5}), [job], NOW).steps == ()
+
+
+def test_restart_stops_running_jobs_and_reruns_stopped_ones() -> None:
+    from reconciler.plan import plan_restart
+
+    want = desired(service())
+    job = running_job(want)
+    result = plan_restart(observed(proc(500)), [job], NOW, frozenset({("web", None)}))
+    assert kinds(result) == ["Stop"]
+    due = result.steps[0].job  # type: ignore[union-attr]
+    assert due.phase == "pending" and due.identity is None
+    again = plan(want, observed(), [due], NOW)
+    assert kinds(again) == ["Spawn"]
+    assert again.steps[0].job.restart_count == 1  # type: ignore[union-attr]
+    stopped = replace(job, phase="stopped", pid=None)
+    rerun = plan_restart(observed(), [stopped], NOW, frozenset({("web", "api")}))
+    assert kinds(rerun) == ["Record"] and rerun.steps[0].job.phase == "pending"  # type: ignore[union-attr]
+    other = plan_restart(observed(proc(500)), [job], NOW, frozenset({("other", None)}))
+    assert other.steps == ()

@@ -474,3 +474,20 @@ def test_bad_wait_duration_is_a_clear_error(settings: Settings,
     assert run_cli(settings, "--once", "--wait", "soon") == 2
     err = capsys.readouterr().err
     assert err.startswith("reconcile: --wait:") and "Traceback" not in err
+
+
+def test_restart_command_restarts_a_running_job_and_counts_it(
+        settings: Settings, reconciler: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
+    write_sleeper(settings.specs_dir, "a")
+    assert reconciler.converge(wait=20).converged
+    before = job(settings, capsys, "a.main")
+    assert run_cli(settings, "restart", "a.main") == 0
+    after = job(settings, capsys, "a.main")
+    assert after["job_id"] == before["job_id"] and after["restart_count"] == 1
+    assert alive(after["pid"]) and not alive(before["pid"])
+    assert run_cli(settings, "down", "a") == 0
+    assert run_cli(settings, "restart", "a") == 0  # brings a stopped service back
+    assert job(settings, capsys, "a.main")["phase"] == "running"
+    capsys.readouterr()
+    assert run_cli(settings, "restart", "nope") == 2
+    assert "no job named nope" in capsys.readouterr().err

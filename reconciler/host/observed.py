@@ -87,6 +87,7 @@ class Observed:
     pidfiles: dict[str, PidfileState] = field(default_factory=dict)
     exits: dict[int, Exit] = field(default_factory=dict)  # pid -> reaped exit of an own child
     ready: dict[str, bool] = field(default_factory=dict)  # job id -> health probe passed
+    failing: dict[str, int] = field(default_factory=dict)  # job id -> failed probes since ready
 
     def alive(self, identity: Identity | None) -> ProcInfo | None:
         """The live process if `identity` still names it (same boot, pid and start time)."""
