@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from reconciler import __version__, logs
 from reconciler.controller import PassResult, Reconciler, dry_run, prepare_state_dir
+from reconciler.daemon import Daemon
 from reconciler.plan import Plan
 from reconciler.settings import Settings, SettingsError, resolve
 from reconciler.spec.load import LoadResult, load_specs
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wait", default="60s", help="with --once: how long to wait")
     parser.add_argument("--allow-empty", action="store_true",
                         help="let an empty specs dir prune every running service")
+    parser.add_argument("--resync", default="5s", help="daemon: full resync interval")
     parser.set_defaults(func=cmd_run)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -115,24 +116,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     wait = _duration(args.wait, "--wait")
-    with Reconciler(settings, allow_empty=args.allow_empty) as reconciler:
-        if args.once:
-            result = reconciler.converge(wait)
-            return report_pass(result, args.output)
-        return run_until_signalled(reconciler)
-
-
-def run_until_signalled(reconciler: Reconciler, resync: float = 2.0) -> int:
-    """A plain resync loop until SIGTERM/SIGINT; managed processes keep running after it."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.is_set():
-        result = reconciler.reconcile()
-        _print_problems(result.loaded, result.plan)
-        nap = resync if not result.plan.changes else 0.05
-        reconciler.children.wait(nap)
-    return EXIT_OK
+    if args.once:
+        with Reconciler(settings, allow_empty=args.allow_empty) as reconciler:
+            return report_pass(reconciler.converge(wait), args.output)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    daemon = Daemon(settings, allow_empty=args.allow_empty,
+                    resync=_duration(args.resync, "--resync"))
+    daemon.install_signal_handlers()
+    return daemon.run()
 
 
 def report_pass(result: PassResult, output: str) -> int:

@@ -1,15 +1,21 @@
 """Job log files: `<logs_dir>/<service>/<action>.log`, previous runs at `.log.1`, `.log.2`, ...
 
-Rotation happens between runs (before a respawn), never under a live writer, so it is plain
-renames: no copy-truncate, no lost lines. Every operation here works on directory entries
-(rename, unlink) or opens with O_NOFOLLOW, so a symlink planted in the logs dir can never make
-the controller (often root) clobber or disclose the file it points to.
+Rotation between runs (before a respawn) is plain renames: no copy-truncate, no lost lines.
+Only `cap_size`, which bounds the log of a process that is still running, has to copy and
+truncate under a live writer (see its docstring for the cost). Every operation here works on
+directory entries (rename, unlink) or opens with O_NOFOLLOW, so a symlink planted in the logs
+dir can never make the controller (often root) clobber or disclose the file it points to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,180 @@ def rotate(path: Path, keep: int) -> None:
         if os.path.lexists(older):
             os.replace(older, previous_path(path, n + 1))
     os.replace(path, previous_path(path, 1))
+
+
+def cap_size(path: Path, max_size: int, keep: int) -> bool:
+    """If the live log is over `max_size`, move its content to `.log.1` (older runs shift
+    like `rotate`) and truncate it in place. Returns whether it rotated.
+
+    copytruncate, because the child holds the log open with O_APPEND and we cannot make it
+    reopen: after the truncate its next write lands at the new end (offset 0). The price, as
+    with logrotate's copytruncate: lines written between the end of the copy and the truncate
+    are lost. The window is one short copy of at most `max_size` (plus what arrives during it).
+    A symlink or anything but a regular file is left alone.
+    """
+    if keep < 0:
+        raise ValueError(f"keep must be >= 0, got {keep}")
+    fd = _open_live(path)
+    if fd is None:
+        return False
+    try:
+        if os.fstat(fd).st_size <= max_size:
+            return False
+        if keep > 0:
+            _shift_history(path, keep)
+            _copy_to(fd, previous_path(path, 1))
+        else:
+            _remove_beyond(path, 0)
+        os.ftruncate(fd, 0)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _open_live(path: Path) -> int | None:
+    """The live log opened read-write, or None if it is missing, a symlink or not a regular
+    file (checked before opening so a planted FIFO or device is never opened at all)."""
+    try:
+        before = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(before.st_mode):
+        if stat.S_ISLNK(before.st_mode):
+            log.warning("not capping %s: it is a symlink", path)
+        return None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, OSError):
+        return None  # swapped or removed since the lstat
+    opened = os.fstat(fd)
+    if (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _shift_history(path: Path, keep: int) -> None:
+    """Make room for a new `.log.1`, exactly as `rotate` numbers runs."""
+    _remove_beyond(path, keep)
+    for n in range(keep - 1, 0, -1):
+        older = previous_path(path, n)
+        if os.path.lexists(older):
+            os.replace(older, previous_path(path, n + 1))
+
+
+def _copy_to(src_fd: int, dest: Path) -> None:
+    """Copy into a private temp file, then rename: `.log.1` is never half-written, and the
+    rename replaces whatever entry is there (even a symlink) instead of writing through it."""
+    out_fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    try:
+        offset = 0
+        while chunk := os.pread(src_fd, _BLOCK * 16, offset):
+            offset += len(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(out_fd, view):]
+        os.close(out_fd)
+        out_fd = -1
+        os.replace(tmp, dest)
+    except BaseException:
+        if out_fd >= 0:
+            os.close(out_fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def follow(path: Path, *, poll: float = 0.2,
+           stop: Callable[[], bool] = lambda: False) -> Iterator[str]:
+    """Yield lines (without their newline) appended to the log from now on, like `tail -F`.
+
+    Survives a rotation (the name now points at another inode: finish the old file, then read
+    the new one from its start) and a truncation (size below our offset: read from 0). A
+    truncation followed by growth past our offset within one `poll` goes unnoticed, as with
+    `tail -F`. A log that does not exist yet is waited for; a symlink raises ELOOP. Stops
+    when stop() is true, checked at least every `poll` seconds while the log is quiet.
+    """
+    reader = _Follower(path)
+    try:
+        while not stop():
+            lines, progressed = reader.step()
+            yield from lines
+            if not progressed:
+                time.sleep(poll)
+    finally:
+        reader.close()
+
+
+class _Follower:
+    """One open log and our offset in it. Bytes are split on newlines before decoding, so a
+    multi-byte character split across two reads is not mangled; reads are bounded, so a burst
+    of gigabytes between two polls is streamed, not loaded."""
+
+    _READ = 1024 * 1024
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.offset = 0
+        self.pending = b""
+        if self._open():
+            self.offset = self._size()
+
+    def step(self) -> tuple[list[str], bool]:
+        """Lines ready now, and whether anything happened (if not, the caller may sleep)."""
+        if self.fd is None and not self._open():
+            return [], False
+        if self._size() < self.offset:
+            self.offset = 0  # truncated in place (copytruncate)
+            return self._flush_pending(), True
+        data = os.pread(self._fd(), self._READ, self.offset)
+        if data:
+            self.offset += len(data)
+            *complete, self.pending = (self.pending + data).split(b"\n")
+            return [_decode(line) for line in complete], True
+        if self._replaced():
+            lines = self._flush_pending()  # the old file is drained: its unfinished last line
+            self.close()
+            self._open()
+            return lines, True
+        return [], False
+
+    def _replaced(self) -> bool:
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False  # renamed away, the new one not created yet: keep the old one
+        mine = os.fstat(self._fd())
+        return (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino)
+
+    def _open(self) -> bool:
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        self.offset = 0
+        return True
+
+    def _fd(self) -> int:
+        assert self.fd is not None
+        return self.fd
+
+    def _size(self) -> int:
+        return os.fstat(self._fd()).st_size
+
+    def _flush_pending(self) -> list[str]:
+        line, self.pending = self.pending, b""
+        return [_decode(line)] if line else []
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _decode(line: bytes) -> str:
+    return line.decode("utf-8", errors="replace")
 
 
 def tail(path: Path, lines: int) -> list[str]:
