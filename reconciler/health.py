@@ -138,7 +138,6 @@ class _Entry:
     ready: bool = False
     failures: int = 0
     last_error: str | None = None
-    in_flight: bool = False
 
 
 class HealthMonitor:
@@ -158,6 +157,7 @@ class HealthMonitor:
         self._max_workers = max_workers
         self._cond = threading.Condition()
         self._entries: dict[str, _Entry] = {}
+        self._busy: set[str] = set()  # job ids with a probe in flight, even a superseded one
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -211,32 +211,38 @@ class HealthMonitor:
         with self._cond:
             while not self._stopping:
                 now = time.monotonic()
-                for entry in self._entries.values():
-                    if not entry.in_flight and entry.due <= now:
+                for job_id, entry in self._entries.items():
+                    if job_id not in self._busy and entry.due <= now:
                         self._submit(entry, now)
                 self._cond.wait(self._next_wait(now))
 
     def _submit(self, entry: _Entry, now: float) -> None:
         assert self._pool is not None
-        entry.in_flight = True
-        entry.due = now + entry.target.health.interval
+        self._busy.add(entry.target.job_id)
+        entry.due = now + entry.target.health.interval  # the interval counts from probe start
         try:
             self._pool.submit(self._probe_once, entry)
         except RuntimeError:  # pool shut down under us: stop() is on its way
-            entry.in_flight = False
+            self._busy.discard(entry.target.job_id)
 
     def _next_wait(self, now: float) -> float | None:
-        dues = [e.due for e in self._entries.values() if not e.in_flight]
+        dues = [e.due for job_id, e in self._entries.items() if job_id not in self._busy]
         return max(0.0, min(dues) - now) if dues else None
 
     def _probe_once(self, entry: _Entry) -> None:
+        """A result for an entry that was replaced meanwhile (the job respawned) or dropped
+        describes a process that no longer matters: it is discarded."""
         target = entry.target
-        reason = probe_reason(target.health, cwd=target.cwd, env=target.env)
-        with self._cond:
-            entry.in_flight = False
-            current = self._entries.get(target.job_id) is entry and not self._stopping
-            changed = current and self._record(entry, reason)
-            self._cond.notify_all()
+        changed = False
+        try:
+            reason = probe_reason(target.health, cwd=target.cwd, env=target.env)
+            with self._cond:
+                current = self._entries.get(target.job_id) is entry and not self._stopping
+                changed = current and self._record(entry, reason)
+        finally:
+            with self._cond:
+                self._busy.discard(target.job_id)
+                self._cond.notify_all()
         if changed:
             self._notify()
 

@@ -153,7 +153,11 @@ def follow(path: Path, *, poll: float = 0.2,
     `tail -F`. A log that does not exist yet is waited for; a symlink raises ELOOP. Stops
     when stop() is true, checked at least every `poll` seconds while the log is quiet.
     """
-    reader = _Follower(path)
+    reader = _Follower(path)  # opened now, not at the first next(): "from now on" means now
+    return _follow(reader, poll, stop)
+
+
+def _follow(reader: _Follower, poll: float, stop: Callable[[], bool]) -> Iterator[str]:
     try:
         while not stop():
             lines, progressed = reader.step()

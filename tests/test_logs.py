@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from reconciler import logs
+from tests.conftest import Foreign
+from tests.helpers import wait_for
 
 
 @pytest.fixture
@@ -143,3 +149,174 @@ def test_tail_refuses_symlink(log: Path, tmp_path: Path) -> None:
     log.symlink_to(secret)
     with pytest.raises(OSError):
         logs.tail(log, 5)
+
+
+# --- cap_size: bounding the log of a live process -------------------------------------------
+
+def test_cap_size_leaves_a_small_log_alone(log: Path) -> None:
+    log.write_text("short\n")
+    assert logs.cap_size(log, max_size=100, keep=3) is False
+    assert names(log.parent) == ["api.log"]
+    assert log.read_text() == "short\n"
+
+
+def test_cap_size_missing_log(log: Path) -> None:
+    assert logs.cap_size(log, max_size=0, keep=3) is False
+    assert names(log.parent) == []
+
+
+def test_cap_size_rotates_when_over_and_shifts_history(log: Path) -> None:
+    logs.previous_path(log, 1).write_text("older run\n")
+    logs.previous_path(log, 2).write_text("oldest run\n")
+    log.write_text("x" * 200 + "\n")
+    assert logs.cap_size(log, max_size=100, keep=2) is True
+    assert names(log.parent) == ["api.log", "api.log.1", "api.log.2"]
+    assert log.read_text() == ""
+    assert logs.previous_path(log, 1).read_text() == "x" * 200 + "\n"
+    assert logs.previous_path(log, 2).read_text() == "older run\n"
+    assert logs.previous_path(log).stat().st_mode & 0o777 == 0o600  # logs may hold secrets
+
+
+def test_cap_size_keep_0_only_truncates(log: Path) -> None:
+    logs.previous_path(log, 1).write_text("old\n")
+    log.write_text("x" * 200)
+    assert logs.cap_size(log, max_size=100, keep=0) is True
+    assert names(log.parent) == ["api.log"]
+    assert log.read_text() == ""
+
+
+def test_cap_size_append_writer_continues_at_the_new_end(log: Path) -> None:
+    """The child's O_APPEND fd survives copytruncate: its next line starts the live file,
+    with no hole of NUL bytes where the old content was."""
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"before\n" * 40)
+        assert logs.cap_size(log, max_size=100, keep=1) is True
+        os.write(fd, b"after\n")
+    finally:
+        os.close(fd)
+    assert log.read_bytes() == b"after\n"
+    assert logs.previous_path(log).read_bytes() == b"before\n" * 40
+
+
+def test_cap_size_with_a_real_child_writing(log: Path, foreign: Foreign) -> None:
+    code = ("import sys, time\n"
+            "for i in range(100000):\n"
+            "    print(f'line {i}', flush=True); time.sleep(0.001)\n")
+    log.touch(mode=0o600)
+    foreign.start(["/bin/sh", "-c", 'exec "$0" -c "$1" >> "$2"', sys.executable, code, str(log)])
+    wait_for(lambda: log.stat().st_size > 2000, message="the child to write")
+    assert logs.cap_size(log, max_size=1000, keep=1) is True
+    wait_for(lambda: len(logs.tail(log, 5)) == 5, message="the child to keep writing")
+    assert log.read_bytes().startswith(b"line ")  # no NUL hole: O_APPEND wrote at offset 0
+    assert logs.previous_path(log).read_bytes().startswith(b"line 0\n")
+
+
+def test_cap_size_never_follows_a_symlink(log: Path, tmp_path: Path) -> None:
+    precious = tmp_path / "precious"
+    precious.write_text("do not touch\n" * 100)
+    log.symlink_to(precious)
+    assert logs.cap_size(log, max_size=10, keep=2) is False
+    assert log.is_symlink()
+    assert precious.read_text() == "do not touch\n" * 100
+    assert names(log.parent) == ["api.log"]
+
+
+# --- follow: new lines as they come, across rotation and truncation --------------------------
+
+class Follower:
+    """Runs logs.follow in a thread and collects what it yields."""
+
+    def __init__(self, path: Path) -> None:
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        lines = logs.follow(path, poll=0.01, stop=self._stop.is_set)  # "now" starts here
+        self._thread = threading.Thread(target=self._run, args=(lines,), daemon=True)
+        self._thread.start()
+
+    def _run(self, lines: Iterator[str]) -> None:
+        for line in lines:
+            self.lines.append(line)
+
+    def sees(self, *expected: str) -> None:
+        wait_for(lambda: self.lines[-len(expected):] == list(expected),
+                 message=f"follow to yield {expected}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        assert not self._thread.is_alive()
+
+
+@pytest.fixture
+def following() -> Iterator[Callable[[Path], Follower]]:
+    made: list[Follower] = []
+
+    def start(path: Path) -> Follower:
+        made.append(Follower(path))
+        return made[-1]
+
+    yield start
+    for follower in made:
+        follower.stop()
+
+
+def append(path: Path, text: str) -> None:
+    with path.open("a") as handle:
+        handle.write(text)
+
+
+def test_follow_yields_only_new_lines(log: Path,
+                                      following: Callable[[Path], Follower]) -> None:
+    log.write_text("old 1\nold 2\n")
+    follower = following(log)
+    append(log, "new 1\n")
+    follower.sees("new 1")
+    append(log, "half")
+    append(log, " a line\nnew 3\n")
+    follower.sees("new 1", "half a line", "new 3")
+    assert "old 1" not in follower.lines
+
+
+def test_follow_waits_for_a_log_that_does_not_exist_yet(
+        log: Path, following: Callable[[Path], Follower]) -> None:
+    follower = following(log)
+    append(log, "first\n")
+    follower.sees("first")
+
+
+def test_follow_survives_rotation(log: Path, following: Callable[[Path], Follower]) -> None:
+    log.write_text("")
+    follower = following(log)
+    append(log, "run 1\n")
+    follower.sees("run 1")
+    with log.open("a") as old_writer:  # a writer still holding the old file
+        logs.rotate(log, keep=2)
+        old_writer.write("run 1 last words\n")
+        old_writer.flush()
+        append(log, "run 2\n")
+        follower.sees("run 1", "run 1 last words", "run 2")
+    append(log, "run 2 more\n")
+    follower.sees("run 2", "run 2 more")
+
+
+def test_follow_survives_truncation(log: Path, following: Callable[[Path], Follower]) -> None:
+    log.write_text("")
+    follower = following(log)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, b"a long line before the cap\n")
+        follower.sees("a long line before the cap")
+        assert logs.cap_size(log, max_size=1, keep=1) is True
+        os.write(fd, b"short\n")  # shorter than our offset, so the shrink is visible
+        follower.sees("a long line before the cap", "short")
+    finally:
+        os.close(fd)
+
+
+def test_follow_stops_when_asked(log: Path) -> None:
+    log.write_text("")
+    stop = threading.Event()
+    lines = logs.follow(log, poll=0.01, stop=stop.is_set)
+    stop.set()
+    assert list(lines) == []

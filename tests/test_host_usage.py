@@ -1,0 +1,63 @@
+"""CPU and memory of real processes through host.usage."""
+
+from __future__ import annotations
+
+import sys
+
+import psutil
+
+from reconciler.host import usage as usage_module
+from reconciler.host.usage import Usage, usage
+from tests.conftest import Foreign
+from tests.helpers import wait_for
+
+
+def test_busy_child_shows_cpu_on_a_later_call(foreign: Foreign) -> None:
+    busy = foreign.start([sys.executable, "-c", "while True: pass"])
+    first = usage(busy.pid)
+    assert first is not None
+    assert first.cpu_percent == 0.0  # no earlier sample to compare with
+    assert first.rss_bytes > 0
+    later = wait_for(lambda: _cpu_above(busy.pid, 0.0), interval=0.1, message="busy cpu > 0")
+    assert later.rss_bytes > 0
+
+
+def test_idle_child_has_rss_and_little_cpu(foreign: Foreign) -> None:
+    idle = foreign.start(["sleep", "60"])
+    wait_for(lambda: psutil.Process(idle.pid).status() == psutil.STATUS_SLEEPING,
+             message="sleep to be sleeping")
+    first = usage(idle.pid)
+    assert first is not None
+    assert first.cpu_percent == 0.0
+    assert first.rss_bytes > 0
+    second = usage(idle.pid)
+    assert second is not None
+    assert second.cpu_percent < 50.0  # a sleeping process; generous for a loaded CI host
+
+
+def test_zombie_and_gone_processes_have_no_usage(foreign: Foreign) -> None:
+    child = foreign.start(["true"])
+    wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE,
+             message="an unreaped child")
+    assert usage(child.pid) is None
+    child.wait()
+    assert usage(child.pid) is None
+
+
+def test_recycled_pid_does_not_reuse_the_old_sample(foreign: Foreign) -> None:
+    """A cache keyed by pid alone would measure a new process against a dead one's counters."""
+    child = foreign.start(["sleep", "60"])
+    created = psutil.Process(child.pid).create_time()
+    with usage_module._lock:
+        usage_module._forget_locked(child.pid)
+        previous = psutil.Process(child.pid)
+        previous.cpu_percent(interval=None)  # primed, as an earlier process would have been
+        usage_module._cache[(child.pid, created - 1000.0)] = previous
+    sample = usage(child.pid)
+    assert sample is not None and sample.cpu_percent == 0.0  # a first sample, not a delta
+    assert [k for k in usage_module._cache if k[0] == child.pid] == [(child.pid, created)]
+
+
+def _cpu_above(pid: int, threshold: float) -> Usage | None:
+    sample = usage(pid)
+    return sample if sample is not None and sample.cpu_percent > threshold else None
