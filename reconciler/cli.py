@@ -20,11 +20,13 @@ from typing import Any
 from reconciler import __version__, logs
 from reconciler.controller import PassResult, Reconciler, dry_run, prepare_state_dir
 from reconciler.daemon import Daemon
+from reconciler.host.identity import identity_of
+from reconciler.host.usage import Usage, usage
 from reconciler.plan import Plan
 from reconciler.settings import Settings, SettingsError, resolve
 from reconciler.spec.load import LoadResult, load_specs
 from reconciler.spec.model import spec_json_schema
-from reconciler.spec.units import parse_duration
+from reconciler.spec.units import format_size, parse_duration
 from reconciler.state.lock import LockTimeout
 from reconciler.state.records import JobRecord
 from reconciler.state.store import Store
@@ -102,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     log_cmd = add("logs", cmd_logs, "show a job's log")
     log_cmd.add_argument("target", metavar="SERVICE[.ACTION]")
     log_cmd.add_argument("--previous", action="store_true", help="the previous run's log")
+    log_cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     log_cmd.add_argument("-n", "--lines", type=int, default=100)
     return parser
 
@@ -183,11 +186,23 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     jobs = read_jobs(settings)
+    usages = sample_usage(jobs)
     if args.output == "json":
-        print(json.dumps([job_json(j) for j in jobs], indent=2))
+        print(json.dumps([job_json(j, usage=usages.get(j.id)) for j in jobs], indent=2))
     else:
-        print(status_table(jobs) if jobs else "no jobs")
+        print(status_table(jobs, usages) if jobs else "no jobs")
     return EXIT_OK
+
+
+def sample_usage(jobs: Sequence[JobRecord], interval: float = 0.1) -> dict[str, Usage]:
+    """CPU % is a rate: sample every running job, wait once, sample again."""
+    pids = {j.id: j.pid for j in jobs if j.pid and j.identity and identity_of(j.pid) == j.identity}
+    for pid in pids.values():
+        usage(pid)
+    if pids:
+        time.sleep(interval)  # the measuring window, not synchronization
+    found = {job_id: usage(pid) for job_id, pid in pids.items()}
+    return {job_id: u for job_id, u in found.items() if u is not None}
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -253,6 +268,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
             print(f"==> {job.service}.{job.action} <==")
         for line in logs.tail(path, args.lines):
             print(line.rstrip("\n"))
+    if args.follow:
+        if len(jobs) > 1 or args.previous:
+            raise UsageError("-f follows the current log of one action: name SERVICE.ACTION")
+        for line in logs.follow(logs.log_path(settings.logs_dir, jobs[0].service, jobs[0].action)):
+            print(line, flush=True)
     return EXIT_OK
 
 
@@ -270,7 +290,9 @@ def read_jobs(settings: Settings) -> list[JobRecord]:
         store.close()
 
 
-def job_json(job: JobRecord, now: float | None = None) -> dict[str, Any]:
+def job_json(job: JobRecord, now: float | None = None,
+             usage: Usage | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
     return {
         "service": job.service,
         "action": job.action,
@@ -286,6 +308,10 @@ def job_json(job: JobRecord, now: float | None = None) -> dict[str, Any]:
         "started_at": job.started_at,
         "next_start_at": job.next_start_at,
         "generation": job.generation,
+        "uptime_seconds": round(now - job.started_at, 3) if job.pid and job.started_at else None,
+        "last_exit_at": job.last_exit_at,
+        "cpu_percent": round(usage.cpu_percent, 1) if usage else None,
+        "rss_bytes": usage.rss_bytes if usage else None,
     }
 
 
@@ -298,13 +324,19 @@ def describe_reason(job: JobRecord, now: float | None = None) -> str:
     return job.reason
 
 
-def status_table(jobs: Sequence[JobRecord]) -> str:
+def status_table(jobs: Sequence[JobRecord], usages: dict[str, Usage] | None = None) -> str:
     now = time.time()
-    rows = [("SERVICE", "ACTION", "PHASE", "READY", "PID", "RESTARTS", "UPTIME", "REASON")]
+    usages = usages or {}
+    rows = [("SERVICE", "ACTION", "PHASE", "READY", "PID", "RESTARTS", "UPTIME", "CPU%", "RSS",
+             "LAST EXIT", "REASON")]
     for job in jobs:
         uptime = _age(now - job.started_at) if job.pid and job.started_at else "-"
+        used = usages.get(job.id)
         rows.append((job.service, job.action, job.phase, "yes" if job.ready else "no",
                      str(job.pid or "-"), str(job.restart_count), uptime,
+                     f"{used.cpu_percent:.1f}" if used else "-",
+                     format_size(used.rss_bytes) if used else "-",
+                     "-" if job.last_exit_code is None else str(job.last_exit_code),
                      describe_reason(job, now)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(

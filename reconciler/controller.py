@@ -13,13 +13,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from reconciler import health
+from reconciler import health, logs
 from reconciler.desired import Desired, build_desired
 from reconciler.execute import Executor, Outcome
 from reconciler.files import PRIVATE_DIR, make_private_dirs
 from reconciler.host.observe import observe
 from reconciler.host.observed import Observed
-from reconciler.host.spawn import Children
+from reconciler.host.spawn import Children, minimal_env
 from reconciler.plan import Plan, plan, plan_down, plan_restart
 from reconciler.settings import Settings
 from reconciler.spec.load import LoadResult, load_specs
@@ -103,7 +103,9 @@ class Reconciler:
                          allow_empty=self.allow_empty)
             outcome = self.executor.run(steps.steps)
             self._save(outcome, spec_records, loaded)
-            return PassResult(loaded, desired, steps, tuple(self.store.jobs()))
+            jobs = tuple(self.store.jobs())
+            cap_logs(desired, jobs)
+            return PassResult(loaded, desired, steps, jobs)
 
     def down(self, services: frozenset[str] | None = None) -> Plan:
         with StateLock(self.settings.lock_path):
@@ -236,8 +238,19 @@ def probe_readiness(desired: Desired, records: list[JobRecord],
         if action is None or action.health is None or job.ready:
             continue
         if job.generation == action.generation and observed.alive(job.identity):
-            ready[job.id] = health.probe(action.health, cwd=action.cwd, env=dict(action.env))
+            ready[job.id] = health.probe(action.health, cwd=action.cwd,
+                                         env=minimal_env(dict(action.env)))
     return ready
+
+
+def cap_logs(desired: Desired, jobs: Iterable[JobRecord]) -> None:
+    """Keep running jobs' logs under `logs.max_size` (copytruncate: the process keeps its
+    append-only descriptor). One stat per running job and pass."""
+    running = {j.key for j in jobs if j.pid is not None}
+    for action in desired.actions:
+        if action.key in running:
+            logs.cap_size(Path(action.log_path), action.spec.logs.max_size,
+                          action.spec.logs.keep)
 
 
 def with_unrecorded_enrollments(records: list[JobRecord], enrollments: dict[str, Enrollment],

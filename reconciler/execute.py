@@ -105,9 +105,10 @@ class Executor:
             enrolled_at=now))
         if action.pidfile:
             pidfile.write_pidfile(action.pidfile, identity.pid)
-        ready = not action.spec.health
-        phase = "starting" if action.spec.process and not ready else "running"
-        job = replace(step.job.with_identity(identity), phase=phase, ready=ready,
+        # Not ready until a later pass sees it alive (or its probe passes): a process that
+        # dies at once crashed *before* it was ready.
+        phase = "starting" if action.spec.health else "running"
+        job = replace(step.job.with_identity(identity), phase=phase, ready=False,
                       started_at=now, updated_at=now, reason=step.reason)
         out.job(job, "spawn", step.reason, pid=identity.pid, argv=list(action.argv))
 

@@ -491,3 +491,28 @@ def test_restart_command_restarts_a_running_job_and_counts_it(
     capsys.readouterr()
     assert run_cli(settings, "restart", "nope") == 2
     assert "no job named nope" in capsys.readouterr().err
+
+
+def test_status_shows_usage_and_a_running_log_is_capped(
+        settings: Settings, reconciler: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
+    flag = settings.specs_dir.parent / "speak"
+    chatty = (f"import os,sys,time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.02)\n"
+              "for i in range(4000): print('x' * 99)\nsys.stdout.flush()\ntime.sleep(3600)")
+    write_spec(settings.specs_dir, "a.yaml", f"""\
+    name: a
+    actions:
+      - name: main
+        process: true
+        cmd: {json.dumps([PY, "-c", chatty])}
+        logs: {{keep: 2, max_size: 100KiB}}
+    """)
+    assert reconciler.converge(wait=20).converged
+    log = settings.logs_dir / "a" / "main.log"
+    flag.write_text("")
+    wait_for(lambda: log.stat().st_size >= 400_000, message="the process wrote its output")
+    reconciler.reconcile()
+    assert log.stat().st_size == 0
+    assert (settings.logs_dir / "a" / "main.log.1").stat().st_size >= 400_000
+    row = job(settings, capsys, "a.main")
+    assert row["rss_bytes"] > 0 and row["cpu_percent"] >= 0 and row["uptime_seconds"] >= 0
+    assert alive(row["pid"])

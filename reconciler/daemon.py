@@ -1,0 +1,147 @@
+"""The long-running controller: many triggers, one serialized pass.
+
+Every trigger (a spec file changed, a managed process exited, a health check flipped, the
+periodic resync, a backoff timer came due) only *kicks*: it sets an event. Passes run one at
+a time on the thread that called `run()`, which owns the only SQLite writer connection. A kick
+that arrives while a pass runs leaves the event set, so the next pass follows at once: no
+kick is ever lost, and a burst of kicks costs one pass, not one each.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import threading
+from types import FrameType
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from reconciler.controller import PassResult, Reconciler
+from reconciler.desired import Desired
+from reconciler.health import HealthMonitor, ProbeTarget
+from reconciler.host.exits import ExitWatcher
+from reconciler.host.spawn import minimal_env
+from reconciler.settings import Settings
+from reconciler.state.lock import LockTimeout
+from reconciler.state.records import JobRecord
+from reconciler.watch import SpecWatcher
+
+log = logging.getLogger(__name__)
+UTC = dt.UTC
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, allow_empty: bool = False,
+                 resync: float = 5.0) -> None:
+        self.settings = settings
+        self.allow_empty = allow_empty
+        self.resync = resync
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.passes = 0
+        self.scheduler = BackgroundScheduler(timezone=UTC)
+        self.watcher = SpecWatcher(settings.specs_dir, self.kick)
+        self.exits = ExitWatcher(lambda _identity: self.kick())
+        self.health = HealthMonitor(self.kick)
+
+    def kick(self) -> None:
+        self.wake.set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    def run(self) -> int:
+        """Converge until `stop()` (or SIGTERM/SIGINT when installed). Managed processes run in
+        their own sessions and keep running after this returns."""
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        with Reconciler(self.settings, allow_empty=self.allow_empty) as reconciler:
+            self._start_triggers()
+            try:
+                self.kick()
+                while not self.stopping.is_set():
+                    if self.wake.wait(timeout=1.0) and not self.stopping.is_set():
+                        self.wake.clear()
+                        self._pass(reconciler)
+            finally:
+                self._stop_triggers()
+        return 0
+
+    def install_signal_handlers(self) -> None:
+        def handle(_signum: int, _frame: FrameType | None) -> None:
+            self.stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, handle)
+
+    # --- one pass ---------------------------------------------------------------------------
+
+    def _pass(self, reconciler: Reconciler) -> None:
+        try:
+            result = reconciler.reconcile(health=self.health.states())
+        except LockTimeout as err:
+            log.warning("%s; trying again", err)
+            self.kick()
+            return
+        except Exception:  # a pass must never take the controller down with it
+            log.exception("pass failed; the periodic resync will try again")
+            return
+        self.passes += 1
+        self._report(result)
+        self._watch(result)
+        if result.plan.changes:
+            self.kick()  # e.g. dependents wait for what this pass just started
+
+    def _watch(self, result: PassResult) -> None:
+        running = [j for j in result.jobs if j.identity is not None]
+        self.exits.sync(j.identity for j in running if j.identity is not None)
+        self.health.sync(_probe_targets(result.desired, running))
+        due = result.next_due()
+        if due is not None:
+            self.scheduler.add_job(
+                self.kick, DateTrigger(run_date=dt.datetime.fromtimestamp(due, UTC),
+                                       timezone=UTC),
+                id="due", replace_existing=True)
+
+    @staticmethod
+    def _report(result: PassResult) -> None:
+        for error in result.loaded.errors:
+            log.error("%s", error)
+        for note in result.plan.notes:
+            log.warning("%s", note)
+        for step in result.plan.changes:
+            log.info("%s", step.describe())
+
+    # --- triggers ---------------------------------------------------------------------------
+
+    def _start_triggers(self) -> None:
+        self.scheduler.add_job(
+            self.kick, IntervalTrigger(seconds=self.resync, jitter=self.resync * 0.2,
+                                       timezone=UTC),
+            id="resync", max_instances=1, coalesce=True)
+        self.scheduler.start()
+        self.watcher.start()
+        self.exits.start()
+        self.health.start()
+
+    def _stop_triggers(self) -> None:
+        self.watcher.stop()
+        self.exits.stop()
+        self.health.stop()
+        self.scheduler.shutdown(wait=False)
+
+
+def _probe_targets(desired: Desired, running: list[JobRecord]) -> list[ProbeTarget]:
+    by_key = {a.key: a for a in desired.actions}
+    targets: list[ProbeTarget] = []
+    for job in running:
+        action = by_key.get(job.key)
+        if action is None or action.health is None or action.generation != job.generation:
+            continue
+        targets.append(ProbeTarget(job_id=job.id, health=action.health, cwd=action.cwd,
+                                   env=minimal_env(dict(action.env)),
+                                   started_at=job.started_at or 0.0))
+    return targets

@@ -1,0 +1,274 @@
+"""The daemon as operators run it: a real `reconcile` process, real children, real kills."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler import cli
+from reconciler.host.identity import identity_of
+from reconciler.settings import Settings
+from tests.helpers import wait_for
+
+PY = sys.executable
+SLEEPER = json.dumps([PY, "-c", "import time; print('started', flush=True); time.sleep(3600)"])
+
+
+class DaemonRunner:
+    """Starts and stops `reconcile` (the daemon) for one test; kills it at teardown."""
+
+    def __init__(self, settings: Settings, log: Path) -> None:
+        self.settings = settings
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "RECONCILER_STATE_DIR": str(self.settings.state_dir)}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [PY, "-m", "reconciler.cli", "--specs", str(self.settings.specs_dir),
+                 "--state-dir", str(self.settings.state_dir), "--resync", "1s"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        return self.proc
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.terminate()
+        return self.proc.wait(timeout=30)
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def settings(specs_dir: Path, state_dir: Path) -> Settings:
+    return Settings(specs_dir=specs_dir, state_dir=state_dir)
+
+
+@pytest.fixture
+def daemon(settings: Settings, tmp_path: Path) -> Iterator[DaemonRunner]:
+    runner = DaemonRunner(settings, tmp_path / "daemon.log")
+    yield runner
+    runner.cleanup()
+
+
+def write_spec(settings: Settings, name: str, text: str) -> Path:
+    path = settings.specs_dir / name
+    tmp = path.with_name(f".{name}.tmp")
+    tmp.write_text(textwrap.dedent(text))
+    os.chmod(tmp, 0o644)
+    tmp.rename(path)  # an atomic save, as editors and git do
+    return path
+
+
+def sleeper(settings: Settings, name: str) -> Path:
+    return write_spec(settings, f"{name}.yaml", f"""\
+    name: {name}
+    actions:
+      - {{name: main, process: true, cmd: {SLEEPER}}}
+    """)
+
+
+def jobs(settings: Settings, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, Any]]:
+    capsys.readouterr()
+    code = cli.main(["status", "-o", "json", "--state-dir", str(settings.state_dir),
+                     "--specs", str(settings.specs_dir)])
+    assert code == 0
+    return {f"{r['service']}.{r['action']}": r for r in json.loads(capsys.readouterr().out)}
+
+
+def events(settings: Settings, capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    capsys.readouterr()
+    assert cli.main(["events", "-o", "json", "-n", "1000", "--state-dir",
+                     str(settings.state_dir), "--specs", str(settings.specs_dir)]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def running(settings: Settings, capsys: pytest.CaptureFixture[str], name: str,
+            **expected: Any) -> Callable[[], dict[str, Any] | None]:
+    """A condition: job `name` runs (alive pid) and has the expected fields."""
+    def check() -> dict[str, Any] | None:
+        row = jobs(settings, capsys).get(name)
+        if row is None or row["phase"] != "running" or not _alive(row["pid"]):
+            return None
+        return row if all(row.get(k) == v for k, v in expected.items()) else None
+    return check
+
+
+def _alive(pid: object) -> bool:
+    return isinstance(pid, int) and identity_of(pid) is not None
+
+
+def test_killed_process_is_healed_with_same_job_and_rotated_log(
+        settings: Settings, daemon: DaemonRunner, capsys: pytest.CaptureFixture[str]) -> None:
+    sleeper(settings, "a")
+    daemon.start()
+    first = wait_for(running(settings, capsys, "a.main"), message="a.main running")
+    wait_for(lambda: "started" in (settings.logs_dir / "a" / "main.log").read_text(),
+             message="first run logged")
+    os.kill(first["pid"], signal.SIGKILL)
+    second = wait_for(running(settings, capsys, "a.main", restart_count=1),
+                      message="a.main healed")
+    assert second["job_id"] == first["job_id"] and second["pid"] != first["pid"]
+    assert second["last_exit_code"] == -9
+    assert "started" in (settings.logs_dir / "a" / "main.log.1").read_text()
+
+
+def test_controller_restart_adopts_everything_and_still_heals(
+        settings: Settings, daemon: DaemonRunner, capsys: pytest.CaptureFixture[str]) -> None:
+    sleeper(settings, "a")
+    sleeper(settings, "b")
+    daemon.start()
+    a = wait_for(running(settings, capsys, "a.main"), message="a running")
+    b = wait_for(running(settings, capsys, "b.main"), message="b running")
+    daemon.kill9()
+    os.kill(b["pid"], signal.SIGKILL)  # dies while the controller is away
+    daemon.start()
+    b2 = wait_for(running(settings, capsys, "b.main", restart_count=1),
+                  message="b respawned after the controller came back")
+    assert b2["job_id"] == b["job_id"] and b2["pid"] != b["pid"]
+    adopted = jobs(settings, capsys)["a.main"]
+    assert (adopted["pid"], adopted["job_id"], adopted["restart_count"]) == (
+        a["pid"], a["job_id"], 0)
+    os.kill(a["pid"], signal.SIGKILL)  # an adopted process (not our child) dies
+    a2 = wait_for(running(settings, capsys, "a.main", restart_count=1),
+                  message="adopted process healed")
+    assert a2["job_id"] == a["job_id"]
+
+
+def test_sigterm_stops_the_controller_but_not_the_services(
+        settings: Settings, daemon: DaemonRunner, capsys: pytest.CaptureFixture[str]) -> None:
+    sleeper(settings, "a")
+    daemon.start()
+    row = wait_for(running(settings, capsys, "a.main"), message="a running")
+    assert daemon.terminate() == 0
+    assert _alive(row["pid"])
+
+
+def test_crash_loop_backs_off_and_the_controller_stays_responsive(
+        settings: Settings, daemon: DaemonRunner, capsys: pytest.CaptureFixture[str]) -> None:
+    write_spec(settings, "c.yaml", """\
+    name: c
+    actions:
+      - name: crash
+        process: true
+        cmd: "exit 1"
+        backoff: {initial: 100ms, max: 2s, factor: 2, reset_after: 30s}
+    """)
+    daemon.start()
+    wait_for(lambda: jobs(settings, capsys).get("c.crash", {}).get("restart_count", 0) >= 5,
+             timeout=30, message="several restarts")
+    row = jobs(settings, capsys)["c.crash"]  # status answers while it loops
+    assert row["failure_class"] == "crash-before-ready"
+    spawns = [e["at"] for e in events(settings, capsys)
+              if e["kind"] == "spawn" and e["service"] == "c"]
+    gaps = [b - a for a, b in itertools.pairwise(spawns)]
+    # the 1st failure restarts at once; the n-th further one waits ≥ 0.8 × 100ms × 2^(n-1)
+    for n, gap in enumerate(gaps[1:], start=1):
+        assert gap >= 0.8 * 0.1 * 2 ** (n - 1), gaps
+
+
+def test_new_spec_file_and_noop_edit(settings: Settings, daemon: DaemonRunner,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = sleeper(settings, "a")
+    daemon.start()
+    first = wait_for(running(settings, capsys, "a.main"), message="a running")
+    write_spec(settings, "a.yaml", path.read_text())  # a no-op save
+    sleeper(settings, "b")  # applied after the no-op save was seen
+    wait_for(running(settings, capsys, "b.main"), message="new spec applied")
+    again = jobs(settings, capsys)["a.main"]
+    assert (again["pid"], again["restart_count"]) == (first["pid"], 0)
+
+
+def test_unhealthy_process_is_restarted(settings: Settings, daemon: DaemonRunner,
+                                        free_port: Callable[[], int],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    flag = settings.specs_dir.parent / "go-deaf"
+    server = (f"import os,socket,time\ns=socket.socket()\n"
+              f"s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+              f"s.bind(('127.0.0.1',{port})); s.listen()\n"
+              f"while not os.path.exists({str(flag)!r}): time.sleep(0.02)\n"
+              f"s.close(); time.sleep(3600)\n")
+    write_spec(settings, "h.yaml", f"""\
+    name: h
+    actions:
+      - name: web
+        process: true
+        cmd: {json.dumps([PY, "-c", server])}
+        health: {{tcp: {port}, interval: 100ms, timeout: 200ms, failures: 2}}
+    """)
+    daemon.start()
+    first = wait_for(running(settings, capsys, "h.web", ready=True), message="h ready")
+    flag.write_text("")
+    wait_for(lambda: jobs(settings, capsys)["h.web"]["restart_count"] >= 1, timeout=20,
+             message="unhealthy restart")
+    row = jobs(settings, capsys)["h.web"]
+    assert row["job_id"] == first["job_id"] and row["pid"] != first["pid"]
+    assert any(e["kind"] == "kill" and "unhealthy" in e["reason"]
+               for e in events(settings, capsys))
+
+
+def test_after_waits_for_readiness(settings: Settings, daemon: DaemonRunner,
+                                   free_port: Callable[[], int],
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    slow = (f"import socket,time\ntime.sleep(0.5)\ns=socket.socket()\n"
+            f"s.bind(('127.0.0.1',{port})); s.listen(); time.sleep(3600)\n")
+    write_spec(settings, "d.yaml", f"""\
+    name: d
+    actions:
+      - name: api
+        process: true
+        cmd: {json.dumps([PY, "-c", slow])}
+        health: {{tcp: {port}, interval: 100ms}}
+      - name: client
+        process: true
+        after: [api]
+        cmd: {SLEEPER}
+    """)
+    daemon.start()
+    wait_for(running(settings, capsys, "d.client"), message="client started")
+    order = [(e["kind"], e["action"]) for e in events(settings, capsys)
+             if e["service"] == "d" and e["kind"] in ("ready", "spawn")]
+    assert order.index(("ready", "api")) < order.index(("spawn", "client")), order
+
+
+def test_logs_and_events_commands(settings: Settings, daemon: DaemonRunner,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    sleeper(settings, "a")
+    daemon.start()
+    first = wait_for(running(settings, capsys, "a.main"), message="a running")
+    wait_for(lambda: "started" in (settings.logs_dir / "a" / "main.log").read_text(),
+             message="output logged")
+    os.kill(first["pid"], signal.SIGKILL)
+    wait_for(running(settings, capsys, "a.main", restart_count=1), message="healed")
+    wait_for(lambda: "started" in (settings.logs_dir / "a" / "main.log").read_text(),
+             message="second run logged")
+    common = ["--state-dir", str(settings.state_dir), "--specs", str(settings.specs_dir)]
+    capsys.readouterr()
+    assert cli.main(["logs", "a.main", *common]) == 0
+    assert "started" in capsys.readouterr().out
+    assert cli.main(["logs", "a.main", "--previous", *common]) == 0
+    assert "started" in capsys.readouterr().out
+    assert cli.main(["events", "a", *common]) == 0
+    text = capsys.readouterr().out
+    assert "spawn" in text and "a.main" in text
