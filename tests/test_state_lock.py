@@ -1,0 +1,60 @@
+"""The state dir lock: one pass at a time, across processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reconciler.state.lock import LockTimeout, StateLock
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from reconciler.state.lock import StateLock
+with StateLock(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.read()  # hold until the test closes our stdin
+"""
+
+
+def test_a_second_holder_waits_and_gets_the_lock_once_released(tmp_path: Path) -> None:
+    lock = tmp_path / "lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(LockTimeout), StateLock(lock, timeout=0.2):
+            pass
+        assert holder.stdin is not None
+        holder.stdin.close()
+        assert holder.wait(timeout=10) == 0
+        with StateLock(lock, timeout=5):  # released by the holder's exit
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_dead_holder_never_wedges_the_state_dir(tmp_path: Path) -> None:
+    lock = tmp_path / "lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    holder.kill()  # kill -9 mid-pass: the kernel drops the flock with the process
+    holder.wait()
+    with StateLock(lock, timeout=5):
+        pass
+
+
+def test_lock_file_is_private_and_never_followed_through_a_symlink(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("keep")
+    (tmp_path / "lock").symlink_to(target)
+    with pytest.raises(OSError), StateLock(tmp_path / "lock", timeout=0.1):
+        pass
+    assert target.read_text() == "keep"
+    with StateLock(tmp_path / "real", timeout=1):
+        assert (tmp_path / "real").stat().st_mode & 0o777 == 0o600
