@@ -231,8 +231,9 @@ def test_after_waits_for_readiness(settings: Settings, daemon: DaemonRunner,
                                    free_port: Callable[[], int],
                                    capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()
-    slow = (f"import socket,time\ntime.sleep(0.5)\ns=socket.socket()\n"
-            f"s.bind(('127.0.0.1',{port})); s.listen(); time.sleep(3600)\n")
+    flag = settings.specs_dir.parent / "listen-now"
+    slow = (f"import os,socket,time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.02)\n"
+            f"s=socket.socket()\ns.bind(('127.0.0.1',{port})); s.listen(); time.sleep(3600)\n")
     write_spec(settings, "d.yaml", f"""\
     name: d
     actions:
@@ -246,6 +247,11 @@ def test_after_waits_for_readiness(settings: Settings, daemon: DaemonRunner,
         cmd: {SLEEPER}
     """)
     daemon.start()
+    wait_for(lambda: jobs(settings, capsys).get("d.api", {}).get("phase") == "starting",
+             message="api started, not ready")
+    held = jobs(settings, capsys)["d.client"]
+    assert held["phase"] == "pending" and held["reason"] == "waiting for api" and not held["pid"]
+    flag.write_text("")
     wait_for(running(settings, capsys, "d.client"), message="client started")
     order = [(e["kind"], e["action"]) for e in events(settings, capsys)
              if e["service"] == "d" and e["kind"] in ("ready", "spawn")]
