@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import __version__, logs
-from reconciler.controller import PassResult, Reconciler, dry_run, prepare_state_dir
+from reconciler.controller import PassResult, Reconciler, prepare_state_dir
 from reconciler.daemon import Daemon
 from reconciler.host.identity import identity_of
 from reconciler.host.usage import Usage, usage
@@ -144,7 +144,8 @@ def report_pass(result: PassResult, output: str) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    loaded, steps = dry_run(settings, allow_empty=args.allow_empty)
+    with Reconciler(settings, allow_empty=args.allow_empty) as reconciler:
+        loaded, steps = reconciler.preview()
     _print_problems(loaded, steps)
     changes = steps.changes
     if args.output == "json":

@@ -62,6 +62,16 @@ class PassResult:
         return min(times) if times else None
 
 
+@dataclass(frozen=True, slots=True)
+class _Draft:
+    """The planning half of a pass: what `diff` shows and what a pass then executes."""
+
+    loaded: LoadResult
+    spec_records: list[SpecRecord]
+    desired: Desired
+    plan: Plan
+
+
 class Reconciler:
     """Owns what outlives a single pass: the writer connection and the handles on our
     children (their exit codes can only be collected by us, exactly once)."""
@@ -94,33 +104,46 @@ class Reconciler:
         it, jobs that are not ready yet are probed once, synchronously (`--once`).
         """
         with StateLock(self.settings.lock_path):
-            loaded, spec_records = self._load()
-            desired = build_desired(loaded, self.settings)
-            records, enrollments = self._records()
-            observed = self._observe(desired, records, enrollments, self.children)
-            observed = with_health(observed, desired, records, health)
-            steps = plan(desired, observed, records, self.clock(), enrollments=enrollments,
-                         allow_empty=self.allow_empty)
-            outcome = self.executor.run(steps.steps)
-            self._save(outcome, spec_records, loaded)
+            draft = self._draft(self.children, health)
+            outcome = self.executor.run(draft.plan.steps)
+            self._save(outcome, draft.spec_records, draft.loaded)
             jobs = tuple(self.store.jobs())
-            cap_logs(desired, jobs)
-            return PassResult(loaded, desired, steps, jobs)
+            cap_logs(draft.desired, jobs)
+            return PassResult(draft.loaded, draft.desired, draft.plan, jobs)
+
+    def preview(self) -> tuple[LoadResult, Plan]:
+        """The plan a pass would execute now (`reconcile diff`): writes nothing, reaps
+        nothing, takes no lock."""
+        draft = self._draft(children=None, health=None)
+        return draft.loaded, draft.plan
 
     def down(self, services: frozenset[str] | None = None) -> Plan:
-        with StateLock(self.settings.lock_path):
-            records, enrollments = self._records()
-            observed = self._observe(Desired(actions=()), records, enrollments, self.children)
-            steps = plan_down(observed, records, self.clock(), services)
-            self._save(self.executor.run(steps.steps), [], None)
-            return steps
+        """Stop services (all when None); they stay stopped like after `systemctl stop`."""
+        return self._apply(lambda observed, records, now:
+                           plan_down(observed, records, now, services))
 
     def restart(self, targets: frozenset[tuple[str, str | None]]) -> Plan:
         """Stop the targeted jobs and mark them due; the next pass starts them."""
+        return self._apply(lambda observed, records, now:
+                           plan_restart(observed, records, now, targets))
+
+    def _draft(self, children: Children | None, health: HealthResults | None) -> _Draft:
+        loaded, spec_records = self._load()
+        desired = build_desired(loaded, self.settings)
+        records, enrollments = self._records()
+        observed = observe_for(desired, records, enrollments, children, self.settings)
+        observed = with_health(observed, desired, records, health)
+        steps = plan(desired, observed, records, self.clock(), enrollments=enrollments,
+                     allow_empty=self.allow_empty)
+        return _Draft(loaded, spec_records, desired, steps)
+
+    def _apply(self, planner: Callable[[Observed, list[JobRecord], float], Plan]) -> Plan:
+        """Run an operator's command (`down`, `restart`) as one locked, recorded pass."""
         with StateLock(self.settings.lock_path):
             records, enrollments = self._records()
-            observed = self._observe(Desired(actions=()), records, enrollments, self.children)
-            steps = plan_restart(observed, records, self.clock(), targets)
+            observed = observe_for(Desired(actions=()), records, enrollments, self.children,
+                                   self.settings)
+            steps = planner(observed, records, self.clock())
             self._save(self.executor.run(steps.steps), [], None)
             return steps
 
@@ -155,10 +178,6 @@ class Reconciler:
         enrollments = read_enrollments(self.settings.run_dir)
         return with_unrecorded_enrollments(records, enrollments, self.clock()), enrollments
 
-    def _observe(self, desired: Desired, records: list[JobRecord],
-                 enrollments: dict[str, Enrollment], children: Children | None) -> Observed:
-        return observe_for(desired, records, enrollments, children, self.settings)
-
     def _save(self, outcome: Outcome, spec_records: list[SpecRecord],
               loaded: LoadResult | None) -> None:
         with self.store.atomic():
@@ -169,25 +188,6 @@ class Reconciler:
                 gone = set(self.store.spec_records()) - set(loaded.files)
                 if loaded.dir_error is None:
                     self.store.delete_spec_records(gone)
-
-
-def dry_run(settings: Settings, *, allow_empty: bool = False,
-            clock: Callable[[], float] = time.time) -> tuple[LoadResult, Plan]:
-    """The plan a pass would execute now (`reconcile diff`). Writes nothing, reaps nothing."""
-    prepare_state_dir(settings)
-    store = Store.open(settings.db_path)
-    try:
-        previous = store.spec_records()
-        last_good = {n: r.content for n, r in previous.items() if r.content is not None}
-        loaded = load_specs(settings.specs_dir, last_good)
-        desired = build_desired(loaded, settings)
-        enrollments = read_enrollments(settings.run_dir)
-        records = with_unrecorded_enrollments(store.jobs(), enrollments, clock())
-        observed = observe_for(desired, records, enrollments, None, settings)
-        return loaded, plan(desired, observed, records, clock(), enrollments=enrollments,
-                            allow_empty=allow_empty)
-    finally:
-        store.close()
 
 
 def prepare_state_dir(settings: Settings) -> None:
@@ -295,7 +295,3 @@ def spec_events(updates: Iterable[SpecRecord], now: float) -> list[Event]:
               reason=r.error or f"{r.file} loaded", detail={"file": r.file})
         for r in updates
     ]
-
-
-def state_exists(settings: Settings) -> bool:
-    return Path(settings.db_path).exists()
