@@ -19,6 +19,7 @@ from reconciler.backoff import retry_delay
 from reconciler.host import pidfile, procs, sockets
 from reconciler.host.spawn import Children, SpawnError, minimal_env
 from reconciler.plan import Adopt, Cleanup, Record, Spawn, Step, Stop
+from reconciler.redact import redact_argv
 from reconciler.state import enrollment
 from reconciler.state.records import Enrollment, Event, JobRecord
 
@@ -110,7 +111,7 @@ class Executor:
         phase = "starting" if action.spec.health else "running"
         job = replace(step.job.with_identity(identity), phase=phase, ready=False,
                       started_at=now, updated_at=now, reason=step.reason)
-        out.job(job, "spawn", step.reason, pid=identity.pid, argv=list(action.argv))
+        out.job(job, "spawn", step.reason, pid=identity.pid, argv=redact_argv(action.argv))
 
     def _spawn_failed(self, step: Spawn, error: str, now: float, out: Outcome) -> None:
         failures = step.job.consecutive_failures + 1

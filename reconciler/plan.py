@@ -20,6 +20,7 @@ from reconciler.backoff import restart_delay, retry_delay
 from reconciler.desired import Desired, DesiredAction
 from reconciler.host.identity import Identity
 from reconciler.host.observed import Exit, Observed, ProcInfo
+from reconciler.redact import redact_argv
 from reconciler.state.records import BlockedBy, Enrollment, JobRecord
 
 # ---------------------------------------------------------------------------------------------
@@ -236,9 +237,9 @@ def _plan_process(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
     if proc is not None and not _unhealthy(ctx, action, job):
         _keep_running(ctx, job)
         return
-    adopted = _adoptable(ctx, action, job)
-    if adopted is not None:
-        ctx.emit(Adopt(_running(job.with_identity(adopted.identity), ctx, ready=False),
+    enrollment = _adoptable(ctx, job)
+    if enrollment is not None:
+        ctx.emit(Adopt(_adopted(job, enrollment, ctx),
                        "enrolled by us for this job and still running"))
         return
     if job.identity is not None:
@@ -279,14 +280,24 @@ def _running(job: JobRecord, ctx: _Pass, ready: bool) -> JobRecord:
                    reason="adopted", updated_at=ctx.now)
 
 
-def _adoptable(ctx: _Pass, action: DesiredAction, job: JobRecord) -> ProcInfo | None:
-    """A live process that an enrollment proves we started for this very job."""
+def _adoptable(ctx: _Pass, job: JobRecord) -> Enrollment | None:
+    """An enrollment proving we started a live process for this very job that the job's
+    record does not name: a controller died between spawning it and committing its pass."""
     enrollment = ctx.enrollments.get(job.id)
     if enrollment is None or enrollment.generation != job.generation:
         return None
-    if enrollment.identity == job.identity:
+    if enrollment.identity == job.identity or not ctx.observed.alive(enrollment.identity):
         return None
-    return ctx.observed.alive(enrollment.identity)
+    return enrollment
+
+
+def _adopted(job: JobRecord, enrollment: Enrollment, ctx: _Pass) -> JobRecord:
+    """The uncommitted spawn happened, so it counts like any start: a restart if the job had
+    run before (the same rule as `_start`)."""
+    restarted = job.started_at is not None
+    return replace(_running(job.with_identity(enrollment.identity), ctx, ready=False),
+                   restart_count=job.restart_count + (1 if restarted else 0),
+                   started_at=enrollment.enrolled_at)
 
 
 def _record_process_exit(ctx: _Pass, action: DesiredAction, job: JobRecord, *,
@@ -306,7 +317,7 @@ def _record_process_exit(ctx: _Pass, action: DesiredAction, job: JobRecord, *,
            if unhealthy else "sweep what is left of the exited run's session")
     ctx.emit(Stop(target=job.identity, scope="session", signal=action.stop_signal,  # type: ignore[arg-type]
                   timeout=action.spec.stop.timeout, reason=why, pidfile=action.pidfile,
-                  cmd=" ".join(action.argv)[:120] if unhealthy else ""))
+                  cmd=_one_line(action.argv) if unhealthy else ""))
     base = replace(job.with_identity(None), last_exit_code=exit_code, last_exit_at=ctx.now,
                    ready=False, blocked_by=(), updated_at=ctx.now)
     if policy == "never" or (policy == "on-failure" and clean_exit):
@@ -546,7 +557,11 @@ def _cmd_of(proc: ProcInfo | None) -> str:
     """A process's command on one short line, for reasons, events and `blocked_by`."""
     if proc is None or not proc.cmdline:
         return ""
-    text = " ".join(" ".join(proc.cmdline).split())
+    return _one_line(proc.cmdline)
+
+
+def _one_line(argv: tuple[str, ...]) -> str:
+    text = " ".join(" ".join(redact_argv(argv)).split())
     return text if len(text) <= 120 else text[:117] + "..."
 
 

@@ -355,3 +355,17 @@ def test_restart_stops_running_jobs_and_reruns_stopped_ones() -> None:
     assert kinds(rerun) == ["Record"] and rerun.steps[0].job.phase == "pending"  # type: ignore[union-attr]
     other = plan_restart(observed(proc(500)), [job], NOW, frozenset({("other", None)}))
     assert other.steps == ()
+
+
+def test_adopting_an_uncommitted_respawn_counts_the_restart() -> None:
+    """The controller respawned a crashed process and died before committing: the record
+    still names the dead run, the enrollment the live one. That respawn happened."""
+    want = desired(service())
+    job = running_job(want, restart_count=2)  # pid 500, now dead
+    enrolled = Enrollment(job.id, "web", "api", job.generation, Identity(BOOT, 600, 9),
+                          ("python3",), NOW - 1)
+    result = plan(want, observed(proc(600, start=9)), [job], NOW,
+                  enrollments={job.id: enrolled})
+    assert kinds(result) == ["Adopt"]
+    adopted = result.steps[0].job  # type: ignore[union-attr]
+    assert adopted.pid == 600 and adopted.restart_count == 3 and adopted.started_at == NOW - 1

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from reconciler.redact import is_secret_name
 from reconciler.spec.model import (
     ENV_NAME_PATTERN,
     NAME_PATTERN,
@@ -595,9 +596,10 @@ def _number_traps(root: Node, tree: _Tree, filename: str) -> list[SpecError]:
                 continue
             number = tree.build(value)
             if value.tag in (f"{_Y}int", f"{_Y}float") and str(number) != value.value:
+                read = (f"YAML read `{value.value}` as the number {number}"
+                        if not is_secret_name(str(name)) else "YAML read the value as a number")
                 errors.append(_error_at(value.start_mark, filename,
-                                        f"actions[{index}].env.{name}: YAML read `{value.value}`"
-                                        f" as the number {number}; quote it"))
+                                        f"actions[{index}].env.{name}: {read}; quote it"))
     return errors
 
 
