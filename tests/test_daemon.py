@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import pytest
 
 from reconciler import cli
+from reconciler.controller import Reconciler
+from reconciler.daemon import Daemon
 from reconciler.host.identity import identity_of
 from reconciler.settings import Settings
 from tests.helpers import wait_for
@@ -278,3 +281,27 @@ def test_logs_and_events_commands(settings: Settings, daemon: DaemonRunner,
     assert cli.main(["events", "a", *common]) == 0
     text = capsys.readouterr().out
     assert "spawn" in text and "a.main" in text
+
+
+class KickDuringPass(Daemon):
+    """A daemon whose first pass receives a kick while it runs, as a spec save or a process
+    exit would deliver it; the real pass machinery is replaced by a recorder."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, resync=3600)
+        self.calls = 0
+
+    def _pass(self, reconciler: Reconciler) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.kick()  # arrives mid-pass
+        else:
+            self.stop()
+
+
+def test_a_kick_during_a_pass_is_never_lost(settings: Settings) -> None:
+    daemon = KickDuringPass(settings)
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    assert not runner.is_alive() and daemon.calls == 2
