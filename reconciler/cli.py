@@ -26,7 +26,7 @@ from reconciler.plan import Plan
 from reconciler.settings import Settings, SettingsError, resolve
 from reconciler.spec.load import LoadResult, load_specs
 from reconciler.spec.model import spec_json_schema
-from reconciler.spec.units import format_size, parse_duration
+from reconciler.spec.units import parse_duration
 from reconciler.state.lock import LockTimeout
 from reconciler.state.records import JobRecord
 from reconciler.state.store import Store
@@ -333,10 +333,11 @@ def status_table(jobs: Sequence[JobRecord], usages: dict[str, Usage] | None = No
     for job in jobs:
         uptime = _age(now - job.started_at) if job.pid and job.started_at else "-"
         used = usages.get(job.id)
-        rows.append((job.service, job.action, job.phase, "yes" if job.ready else "no",
+        ready = ("yes" if job.ready else "no") if job.process else "-"
+        rows.append((job.service, job.action, job.phase, ready,
                      str(job.pid or "-"), str(job.restart_count), uptime,
                      f"{used.cpu_percent:.1f}" if used else "-",
-                     format_size(used.rss_bytes) if used else "-",
+                     f"{used.rss_bytes / 2**20:.1f}MiB" if used else "-",
                      "-" if job.last_exit_code is None else str(job.last_exit_code),
                      describe_reason(job, now)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
