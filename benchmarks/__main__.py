@@ -1,0 +1,133 @@
+"""`python -m benchmarks`: reconciler vs supervisord vs circus, same run, same machine.
+
+Not a test and not run by CI: timings depend on the machine. Every process started here is
+killed at the end, also on error or Ctrl-C (the marker in each process's environment finds
+them even when their supervisor is gone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchmarks import measure, report
+from benchmarks.supervisors import ALL, MARKERS, Reconciler, Supervisor, kill_all
+
+
+@dataclass(frozen=True)
+class Plan:
+    ns: tuple[int, ...]
+    runs: int
+    samples: int
+    idle_s: float
+    settle_s: float
+    gap_s: float
+    save_samples: int
+    noop_n: int
+    noop_passes: int
+    converge_timeout: float = 180.0
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--n", default="200,1000", help="comma-separated process counts")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--samples", type=int, default=30,
+                   help="respawn samples per supervisor and N, pooled over the runs")
+    p.add_argument("--idle", type=float, default=10.0, help="idle CPU window, seconds")
+    p.add_argument("--quick", action="store_true",
+                   help="N=50, 1 run, 10 respawn samples, 5 s idle (≤ 3 min)")
+    p.add_argument("--output", default=str(report.DOC), help="markdown report path")
+    p.add_argument("--only", default="", help="comma-separated subset of supervisors")
+    args = p.parse_args(argv)
+    if args.quick:
+        plan = Plan(ns=(50,), runs=1, samples=10, idle_s=5.0, settle_s=1.0, gap_s=0.05,
+                    save_samples=10, noop_n=200, noop_passes=20)
+    else:
+        ns = tuple(int(x) for x in args.n.split(","))
+        plan = Plan(ns=ns, runs=args.runs, samples=args.samples, idle_s=args.idle,
+                    settle_s=2.0, gap_s=0.1, save_samples=10, noop_n=max(1000, *ns),
+                    noop_passes=20)
+    return args, plan
+
+
+def session(cls: type[Supervisor], n: int, plan: Plan, root: Path) -> measure.SessionResult:
+    """Start one supervisor with N sleepers, measure, and always kill everything."""
+    sup = cls(root / f"{cls.name}-{n}-{uuid.uuid4().hex[:6]}", n, uuid.uuid4().hex)
+    out = measure.SessionResult()
+    try:
+        tracker, out.converge_s = measure.converge(sup, plan.converge_timeout)
+        if out.converge_s is None:
+            return out
+        time.sleep(plan.settle_s)
+        out.cpu_pct, out.rss_mib = measure.idle(sup, tracker, plan.idle_s)
+        out.poll_ms = measure.poll_cost(tracker)
+        per_run = -(-plan.samples // plan.runs)  # circus respawns every 5 s: keep runs bounded
+        out.respawn_s, out.respawn_timeouts = measure.respawn(tracker, per_run, plan.gap_s)
+        if isinstance(sup, Reconciler):
+            out.save_s = measure.save_to_running(sup, tracker, plan.save_samples, 0.3)
+        return out
+    finally:
+        sup.stop()
+
+
+def noop(plan: Plan, root: Path) -> tuple[float | None, list[float]]:
+    sup = Reconciler(root / f"noop-{plan.noop_n}", plan.noop_n, uuid.uuid4().hex)
+    try:
+        return measure.noop_pass(sup, plan.noop_passes)
+    finally:
+        sup.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, plan = parse_args(argv)
+    only = {s for s in args.only.split(",") if s}
+    classes = [c for c in ALL if not only or c.name in only]
+    results: dict[str, dict[int, list[measure.SessionResult]]] = {
+        c.name: {n: [] for n in plan.ns} for c in classes}
+    noops: list[tuple[float | None, list[float]]] = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="reconciler-bench-") as tmp:
+        root = Path(tmp)
+        try:
+            for run in range(plan.runs):
+                order = classes[run % len(classes):] + classes[:run % len(classes)]
+                for n in plan.ns:
+                    for cls in order:
+                        print(f"run {run + 1}/{plan.runs} n={n} {cls.name} …", flush=True)
+                        results[cls.name][n].append(session(cls, n, plan, root))
+                if any(c is Reconciler for c in classes):
+                    print(f"run {run + 1}/{plan.runs} no-op pass n={plan.noop_n} …", flush=True)
+                    noops.append(noop(plan, root))
+        finally:
+            kill_all_started()
+    elapsed = time.monotonic() - started
+    command = "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv)
+    text = report.render(results, noops, plan, command.strip(), elapsed,
+                         {c.name: c.version() for c in classes})
+    print(text)
+    Path(args.output).write_text(text + report.kept_notes(Path(args.output)))
+    raw = {"plan": asdict(plan), "results": {k: {n: [asdict(r) for r in v] for n, v in d.items()}
+                                             for k, d in results.items()},
+           "noop": noops}
+    Path(__file__).with_name("last-run.json").write_text(json.dumps(raw, indent=1))
+    return 0
+
+
+def kill_all_started() -> None:
+    """Belt and braces: each session stops its own processes; this catches an interrupted
+    one by every marker handed out in this run."""
+    for marker in MARKERS:
+        kill_all(marker)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,206 @@
+"""Render the run as docs/benchmarks.md: machine, command, figures, ratios, goals."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.measure import SessionResult
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+BASE, CIRCUS, OURS = "supervisord", "circus", "reconciler"
+
+
+NOTES = "## Findings"
+
+
+def kept_notes(path: Path) -> str:
+    """Hand-written analysis below `## Findings` survives a re-run; the figures above it are
+    regenerated."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return ""
+    at = text.find("\n" + NOTES)
+    return "" if at < 0 else text[at:]
+
+
+def machine() -> list[str]:
+    mem_kib = _meminfo_kib("MemTotal")
+    model = next((line.split(":", 1)[1].strip() for line in _lines("/proc/cpuinfo")
+                  if line.startswith("model name")), platform.processor() or "?")
+    return [f"- CPU: {model}, nproc {os.cpu_count()}",
+            f"- memory: {mem_kib / 1024 / 1024:.1f} GiB",
+            f"- kernel: {platform.release()}", f"- python: {platform.python_version()}"]
+
+
+def _lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
+
+
+def _meminfo_kib(key: str) -> int:
+    for line in _lines("/proc/meminfo"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def pct(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile: with 30 samples p95 is the 29th, not an interpolation."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def med(values: Sequence[float | None]) -> float | None:
+    clean = [v for v in values if v is not None]
+    return statistics.median(clean) if clean else None
+
+
+Metric = Callable[[list[SessionResult]], float | None]
+
+
+def _pooled(runs: list[SessionResult]) -> list[float]:
+    return [t * 1000 for r in runs for t in r.respawn_s]
+
+
+# (label, metric, goal as (kind, bound) where kind "ratio" or "delta" against supervisord)
+METRICS: list[tuple[str, Metric, tuple[str, float] | None]] = [
+    ("converge (s)", lambda rs: med([r.converge_s for r in rs]), ("ratio", 0.5)),
+    ("respawn p50 (ms)", lambda rs: pct(_pooled(rs), 50), ("ratio", 0.05)),
+    ("respawn p95 (ms)", lambda rs: pct(_pooled(rs), 95), None),
+    ("respawn max (ms)", lambda rs: max(_pooled(rs), default=None), ("ratio", 0.1)),
+    ("respawn samples / timeouts",
+     lambda rs: None, None),
+    ("idle CPU (% of a core)", lambda rs: med([r.cpu_pct for r in rs]), ("delta", 0.3)),
+    ("RSS (MiB)", lambda rs: med([r.rss_mib for r in rs]), ("ratio", 2.0)),
+]
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "–"
+    if v >= 100:
+        return f"{v:.0f}"
+    return f"{v:.3g}" if v >= 0.01 else f"{v:.2g}"
+
+
+def verdict(ours: float | None, base: float | None, goal: tuple[str, float] | None) -> str:
+    if goal is None or ours is None or base is None:
+        return ""
+    kind, bound = goal
+    if kind == "ratio":
+        ok = ours <= bound * base
+        return f"≤ {bound:g}× → {'met' if ok else '**missed**'}"
+    ok = ours <= base + bound
+    return f"≤ +{bound:g} pt → {'met' if ok else '**missed**'}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "–" if a is None or b is None or b == 0 else f"{a / b:.3g}×"
+
+
+def table(results: dict[str, dict[int, list[SessionResult]]], n: int) -> list[str]:
+    names = [s for s in (BASE, CIRCUS, OURS) if s in results]
+    head = [*names, "circus ÷ supervisord", "reconciler ÷ supervisord", "goal (reconciler)"]
+    lines = [f"### N = {n}", "", "| metric | " + " | ".join(head) + " |",
+             "|---" * (len(head) + 1) + "|"]
+    for label, metric, goal in METRICS:
+        if label.startswith("respawn samples"):
+            cells = [f"{len(_pooled(results[s][n]))} / "
+                     f"{sum(r.respawn_timeouts for r in results[s][n])}" for s in names]
+            lines.append(f"| {label} | " + " | ".join(cells) + " | | | |")
+            continue
+        vals = {s: metric(results[s][n]) for s in names}
+        base = vals.get(BASE)
+        cells = [fmt(vals[s]) for s in names]
+        cells += [ratio(vals.get(CIRCUS), base), ratio(vals.get(OURS), base),
+                  verdict(vals.get(OURS), base, goal)]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def reconciler_only(results: dict[str, dict[int, list[SessionResult]]],
+                    noops: list[tuple[float | None, list[float]]], noop_n: int) -> list[str]:
+    lines = ["### Reconciler only", "", "| metric | median | p95 | max | goal |",
+             "|---|---|---|---|---|"]
+    passes = [t * 1000 for _, ts in noops for t in ts]
+    if passes:
+        good = med(passes) is not None and med(passes) <= 100  # type: ignore[operator]
+        lines.append(f"| no-op pass, N={noop_n} (ms) | {fmt(med(passes))} | "
+                     f"{fmt(pct(passes, 95))} | {fmt(max(passes))} | "
+                     f"≤ 100 ms → {'met' if good else '**missed**'} |")
+        once = [o for o, _ in noops if o is not None]
+        lines.append(f"| `reconcile --once` from nothing, N={noop_n} (s) | {fmt(med(once))} | "
+                     "| | |")
+    for n, runs in results.get(OURS, {}).items():
+        saves = [t * 1000 for r in runs for t in r.save_s]
+        if saves:
+            good = (med(saves) or 0) <= 300
+            lines.append(f"| save → running with N={n} running (ms) | {fmt(med(saves))} | "
+                         f"{fmt(pct(saves, 95))} | {fmt(max(saves))} | "
+                         f"≤ 300 ms → {'met' if good else '**missed**'} |")
+    return [*lines, ""]
+
+
+def render(results: dict[str, dict[int, list[SessionResult]]],
+           noops: list[tuple[float | None, list[float]]], plan: Any, command: str,
+           elapsed: float, versions: dict[str, str]) -> str:
+    polls = [r.poll_ms for d in results.values() for rs in d.values() for r in rs if r.poll_ms]
+    out = ["# Benchmarks: reconciler vs supervisord vs circus", "",
+           "Produced by (from the repository root, venv with `.[bench]` installed):", "",
+           f"    {command}", "",
+           f"Wall time {elapsed / 60:.1f} min; {plan.runs} run(s); N = "
+           f"{', '.join(map(str, plan.ns))}; {plan.samples} respawn samples per supervisor and N "
+           f"(pooled over the runs); "
+           f"idle window {plan.idle_s:g} s; poll resolution (one /proc poll + 1 ms sleep) "
+           f"median {fmt(med(polls))} ms.", "", "## Machine", "", *machine(),
+           "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), "",
+           "## Results", "",
+           "Converge, idle CPU and RSS are medians over runs; respawn percentiles pool every "
+           "sample of every run. Ratios are to supervisord in the same run.", ""]
+    for n in plan.ns:
+        out += table(results, n)
+    if OURS in results:
+        out += reconciler_only(results, noops, plan.noop_n)
+    out.append(METHOD)
+    return "\n".join(out) + "\n"
+
+
+METHOD = """## Method
+
+- Workload: N programs `sh -c 'exec sleep 3600'`, one per supervisord `[program]`, one per
+  circus `[watcher]` (`numprocesses = 1`), one per reconciler **service** (one spec file
+  `bench.yaml` with N YAML documents, each one service with one `process: true` action and
+  the string command `exec sleep 3600`, which the reconciler runs with `/bin/sh -c`). That is
+  the direct translation an operator would write when moving from supervisord. Every
+  supervisor keeps its defaults otherwise (supervisord: `autorestart`, `startsecs=1`, AUTO
+  child logs, `minfds` raised so N pipes fit; circus: no stats, output discarded;
+  reconciler: the CLI daemon, `--resync 5s`, per-job log files).
+- Each daemon runs as a subprocess in its own session; every process gets `BENCH_RUN=<uuid>`
+  in its environment, by which the harness kills everything it started at the end.
+- "Running" = a child of the daemon whose `comm` is `sleep` (the `sh` has exec'ed). The
+  harness scans `/proc` every 1 ms, reading `stat` only for new pids.
+- converge: from `Popen` of the daemon until N sleepers run (includes interpreter start).
+- respawn: SIGKILL one original sleeper at a time (a different one each time, so no
+  crash-loop backoff applies), time until a new sleeper runs; 0.1 s between samples;
+  `--samples` is the pooled count per supervisor and N, split evenly over the runs.
+- idle: after 2 s settling, CPU time (utime+stime from `/proc/<pid>/stat`, 10 ms ticks) of
+  the daemon and its non-managed children over the window, as % of one core; RSS summed.
+- no-op pass: `reconcile --once` converges N actions with no daemon running, then
+  `Reconciler(settings).reconcile()` is timed in-process (it adopts the running jobs; every
+  pass must plan zero changes).
+- save → running: with the daemon running N sleepers, a new spec file with one service is
+  written as a hidden temp file and `os.replace`d into the specs dir; time until its sleeper
+  runs; 0.3 s between samples.
+- The harness's own 1 ms poll competes for the 2 cores with the daemons; it does so equally
+  for all three.
+"""
