@@ -23,7 +23,7 @@ from reconciler.host.spawn import Children, minimal_env
 from reconciler.plan import Plan, plan, plan_down, plan_restart
 from reconciler.settings import Settings
 from reconciler.spec.load import LoadResult, load_specs
-from reconciler.state.enrollment import read_enrollments
+from reconciler.state.enrollment import EnrollmentCache, read_enrollments, sweep_stale_temps
 from reconciler.state.lock import StateLock
 from reconciler.state.records import Enrollment, Event, JobRecord, SpecRecord
 from reconciler.state.store import Store
@@ -69,6 +69,7 @@ class _Draft:
     loaded: LoadResult
     spec_records: list[SpecRecord]
     desired: Desired
+    records: list[JobRecord]
     plan: Plan
 
 
@@ -85,6 +86,8 @@ class Reconciler:
         prepare_state_dir(settings)
         self.store = Store.open(settings.db_path)
         self.executor = Executor(settings.run_dir, self.children, clock)
+        self.enrollment_cache: EnrollmentCache = {}
+        sweep_stale_temps(settings.run_dir)
 
     def close(self) -> None:
         self.store.close()
@@ -107,7 +110,7 @@ class Reconciler:
             draft = self._draft(self.children, health)
             outcome = self.executor.run(draft.plan.steps)
             self._save(outcome, draft.spec_records, draft.loaded)
-            jobs = tuple(self.store.jobs())
+            jobs = jobs_after(draft.records, outcome)
             cap_logs(draft.desired, jobs)
             return PassResult(draft.loaded, draft.desired, draft.plan, jobs)
 
@@ -135,7 +138,7 @@ class Reconciler:
         observed = with_health(observed, desired, records, health)
         steps = plan(desired, observed, records, self.clock(), enrollments=enrollments,
                      allow_empty=self.allow_empty)
-        return _Draft(loaded, spec_records, desired, steps)
+        return _Draft(loaded, spec_records, desired, records, steps)
 
     def _apply(self, planner: Callable[[Observed, list[JobRecord], float], Plan]) -> Plan:
         """Run an operator's command (`down`, `restart`) as one locked, recorded pass."""
@@ -175,7 +178,7 @@ class Reconciler:
 
     def _records(self) -> tuple[list[JobRecord], dict[str, Enrollment]]:
         records = self.store.jobs()
-        enrollments = read_enrollments(self.settings.run_dir)
+        enrollments = read_enrollments(self.settings.run_dir, self.enrollment_cache)
         return with_unrecorded_enrollments(records, enrollments, self.clock()), enrollments
 
     def _save(self, outcome: Outcome, spec_records: list[SpecRecord],
@@ -241,6 +244,15 @@ def probe_readiness(desired: Desired, records: list[JobRecord],
             ready[job.id] = health.probe(action.health, cwd=action.cwd,
                                          env=minimal_env(dict(action.env)))
     return ready
+
+
+def jobs_after(records: list[JobRecord], outcome: Outcome) -> tuple[JobRecord, ...]:
+    """The jobs as the store now holds them (non-removed, by service and action), without
+    reading them back: the pass knows what it read and what it wrote."""
+    merged = {r.id: r for r in records}
+    merged.update(outcome.jobs)
+    live = (j for j in merged.values() if j.phase != "removed")
+    return tuple(sorted(live, key=lambda j: (j.service, j.action, j.created_at or 0.0)))
 
 
 def cap_logs(desired: Desired, jobs: Iterable[JobRecord]) -> None:

@@ -43,7 +43,8 @@ class Daemon:
         self.stopping = threading.Event()
         self.passes = 0
         self.scheduler = BackgroundScheduler(timezone=UTC)
-        self.watcher = SpecWatcher(settings.specs_dir, self.kick)
+        # step 50 ms: a 10 ms step costs ~0.4 % of a core while idle (docs/benchmarks.md)
+        self.watcher = SpecWatcher(settings.specs_dir, self.kick, step_ms=50)
         self.exits = ExitWatcher(lambda _identity: self.kick())
         self.health = HealthMonitor(self.kick)
 

@@ -27,10 +27,11 @@ def make_private_dirs(directory: str | os.PathLike[str]) -> None:
         os.chmod(directory, PRIVATE_DIR)
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = PRIVATE_FILE) -> None:
-    """Write a temp file next to `path` (O_EXCL|O_NOFOLLOW), fsync it, `os.replace` it onto
-    `path` and fsync the directory. `os.replace` swaps whatever sits at `path`, a symlink
-    included, for our file: it never writes through a link."""
+def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = PRIVATE_FILE, *,
+                 durable: bool = True) -> None:
+    """Write a temp file next to `path` (O_EXCL|O_NOFOLLOW), `os.replace` it onto `path`,
+    and with `durable` fsync the file and the directory. `os.replace` swaps whatever sits at
+    `path`, a symlink included, for our file: it never writes through a link."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     make_private_dirs(directory)
@@ -41,7 +42,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = PRIVATE_
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -49,7 +51,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = PRIVATE_
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(directory)
+    if durable:
+        fsync_dir(directory)
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:

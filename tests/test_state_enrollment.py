@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from reconciler.host.identity import Identity
-from reconciler.state.enrollment import enroll, enrollment_path, read_enrollments, unenroll
+from reconciler.state.enrollment import (
+    enroll,
+    enrollment_path,
+    read_enrollments,
+    sweep_stale_temps,
+    unenroll,
+)
 from reconciler.state.records import Enrollment
 
 
@@ -53,7 +59,9 @@ def test_stale_temp_from_a_crashed_write_is_ignored_then_swept(run_dir: Path) ->
     stale.write_text('{"job_id": "job-1", "iden')
     assert read_enrollments(run_dir) == {}
     enroll(run_dir, make())
+    sweep_stale_temps(run_dir)
     assert not stale.exists()
+    assert [p.name for p in run_dir.iterdir()] == ["job-1.enroll.json"]
 
 
 def test_missing_dir_reads_as_empty(tmp_path: Path) -> None:

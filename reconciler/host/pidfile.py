@@ -52,8 +52,9 @@ def read_pidfile(path: str | os.PathLike[str]) -> int | None:
 
 
 def write_pidfile(path: str | os.PathLike[str], pid: int) -> None:
-    """Atomic and never through a symlink (see `files.write_atomic`)."""
-    write_atomic(path, f"{int(pid)}\n".encode())
+    """Atomic and never through a symlink (see `files.write_atomic`). Not fsynced: after a
+    machine crash the pid it names belongs to another boot and reads as stale anyway."""
+    write_atomic(path, f"{int(pid)}\n".encode(), durable=False)
 
 
 def remove_pidfile(path: str | os.PathLike[str], pid: int) -> bool:

@@ -11,6 +11,7 @@ stays in force and the errors are reported next to it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pwd
@@ -286,6 +287,20 @@ def parse_text(text: str, filename: str) -> list[Service]:
 
 
 def _parse(text: str, filename: str) -> _Parsed:
+    """A fresh `_Parsed` for this text. Every pass re-reads every spec file, but files rarely
+    change: parsing is most of a pass's cost, so results are cached per (text, file). Reuse
+    is safe because the models are frozen."""
+    found, errors = _parse_cached(text, filename)
+    return _Parsed(list(found), list(errors))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_cached(text: str, filename: str) -> tuple[tuple[_Found, ...], tuple[SpecError, ...]]:
+    parsed = _parse_uncached(text, filename)
+    return tuple(parsed.found), tuple(parsed.errors)
+
+
+def _parse_uncached(text: str, filename: str) -> _Parsed:
     """`_parse_text` behind the promise that no input produces a traceback."""
     try:
         return _parse_text(text, filename)

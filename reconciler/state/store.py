@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import MISSING, fields
@@ -279,9 +280,28 @@ def _connect(path: Path) -> Database:
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000)
     db = Database(conn, execute_plugins=False)
     db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    db.enable_wal()  # persistent in the file; a no-op read after the first time
+    _enable_wal(db)
     db.execute("PRAGMA synchronous=NORMAL")  # per connection; safe under WAL
     return db
+
+
+def _enable_wal(db: Database) -> None:
+    """Switch a fresh database to WAL (persistent in the file, so later opens only read).
+
+    Switching needs an exclusive lock and SQLite may answer SQLITE_BUSY at once instead of
+    waiting on busy_timeout, so two processes opening a new state dir together (daemon and
+    CLI) retry here within the same time budget; seen as 9 failures in 1200 racing opens.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.enable_wal()
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # back off before retrying the lock, not a synchronization
 
 
 # --- the store ----------------------------------------------------------------------------------
