@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.controller import Reconciler
+from reconciler.settings import Settings
 from tests.helpers import wait_for
 
 
@@ -22,6 +24,18 @@ def specs_dir(tmp_path: Path) -> Path:
     path = tmp_path / "specs"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def settings(specs_dir: Path, state_dir: Path) -> Settings:
+    return Settings(specs_dir=specs_dir, state_dir=state_dir)
+
+
+@pytest.fixture
+def reconciler(settings: Settings) -> Iterator[Reconciler]:
+    """An in-process reconciler on this test's dirs (its children are swept by state_dir)."""
+    with Reconciler(settings) as rec:
+        yield rec
 
 
 @pytest.fixture

@@ -62,11 +62,6 @@ class DaemonRunner:
 
 
 @pytest.fixture
-def settings(specs_dir: Path, state_dir: Path) -> Settings:
-    return Settings(specs_dir=specs_dir, state_dir=state_dir)
-
-
-@pytest.fixture
 def daemon(settings: Settings, tmp_path: Path) -> Iterator[DaemonRunner]:
     runner = DaemonRunner(settings, tmp_path / "daemon.log")
     yield runner

@@ -9,7 +9,7 @@ import signal
 import socket
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,17 +40,6 @@ UNIX_SERVER = ("import os,socket,sys,time; s=socket.socket(socket.AF_UNIX); "
 def unix_server(name: str) -> str:
     """A YAML flow list running a unix-socket listener on <run-dir>/<name>."""
     return json.dumps([PY, "-c", UNIX_SERVER, name])
-
-
-@pytest.fixture
-def settings(specs_dir: Path, state_dir: Path) -> Settings:
-    return Settings(specs_dir=specs_dir, state_dir=state_dir)
-
-
-@pytest.fixture
-def reconciler(settings: Settings) -> Iterator[Reconciler]:
-    with Reconciler(settings) as rec:
-        yield rec
 
 
 def write_spec(specs_dir: Path, name: str, text: str) -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,17 +21,6 @@ from reconciler.settings import Settings
 from tests.conftest import Foreign
 from tests.helpers import wait_for
 from tests.security.common import PY, SLEEPER, write_spec
-
-
-@pytest.fixture
-def settings(specs_dir: Path, state_dir: Path) -> Settings:
-    return Settings(specs_dir=specs_dir, state_dir=state_dir)
-
-
-@pytest.fixture
-def reconciler(settings: Settings) -> Iterator[Reconciler]:
-    with Reconciler(settings) as rec:
-        yield rec
 
 
 def stale_socket(path: Path) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,17 +18,6 @@ SECRETS = {"API_TOKEN": "tok-5ecr3t-aaaa", "DB_PASSWORD": "pw-5ecr3t-bbbb",
            "CLIENT_SECRET": "cs-5ecr3t-cccc", "SSH_KEY": "key-5ecr3t-dddd",
            "github_token": "gh-5ecr3t-eeee"}
 SLEEP = "import time; time.sleep(3600)"
-
-
-@pytest.fixture
-def settings(specs_dir: Path, state_dir: Path) -> Settings:
-    return Settings(specs_dir=specs_dir, state_dir=state_dir)
-
-
-@pytest.fixture
-def reconciler(settings: Settings) -> Iterator[Reconciler]:
-    with Reconciler(settings) as rec:
-        yield rec
 
 
 def outputs(settings: Settings) -> dict[str, str]:
