@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import __version__, logs
-from reconciler.controller import PassResult, Reconciler, prepare_state_dir
+from reconciler.controller import PassResult, Reconciler
 from reconciler.daemon import Daemon
 from reconciler.host.identity import identity_of
 from reconciler.host.usage import Usage, usage
@@ -283,7 +283,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def read_jobs(settings: Settings) -> list[JobRecord]:
     if not settings.db_path.exists():
         return []
-    prepare_state_dir(settings)
     store = Store.open(settings.db_path)
     try:
         return store.jobs()

@@ -69,12 +69,6 @@ class Desired:
     def services(self) -> frozenset[str]:
         return frozenset(a.service for a in self.actions)
 
-    def get(self, service: str, action: str) -> DesiredAction | None:
-        for candidate in self.actions:
-            if candidate.key == (service, action):
-                return candidate
-        return None
-
 
 def build_desired(loaded: LoadResult, settings: Settings) -> Desired:
     return desired_from_services(loaded.services.values(), settings)

@@ -20,7 +20,7 @@ from reconciler.backoff import restart_delay, retry_delay
 from reconciler.desired import Desired, DesiredAction
 from reconciler.host.identity import Identity
 from reconciler.host.observed import Exit, Observed, ProcInfo
-from reconciler.redact import redact_argv
+from reconciler.redact import command_line
 from reconciler.state.records import BlockedBy, Enrollment, JobRecord
 
 # ---------------------------------------------------------------------------------------------
@@ -317,7 +317,7 @@ def _record_process_exit(ctx: _Pass, action: DesiredAction, job: JobRecord, *,
            if unhealthy else "sweep what is left of the exited run's session")
     ctx.emit(Stop(target=job.identity, scope="session", signal=action.stop_signal,  # type: ignore[arg-type]
                   timeout=action.spec.stop.timeout, reason=why, pidfile=action.pidfile,
-                  cmd=_one_line(action.argv) if unhealthy else ""))
+                  cmd=command_line(action.argv) if unhealthy else ""))
     base = replace(job.with_identity(None), last_exit_code=exit_code, last_exit_at=ctx.now,
                    ready=False, blocked_by=(), updated_at=ctx.now)
     if policy == "never" or (policy == "on-failure" and clean_exit):
@@ -554,15 +554,7 @@ def _block(ctx: _Pass, action: DesiredAction, job: JobRecord, blocked: list[Bloc
 
 
 def _cmd_of(proc: ProcInfo | None) -> str:
-    """A process's command on one short line, for reasons, events and `blocked_by`."""
-    if proc is None or not proc.cmdline:
-        return ""
-    return _one_line(proc.cmdline)
-
-
-def _one_line(argv: tuple[str, ...]) -> str:
-    text = " ".join(" ".join(redact_argv(argv)).split())
-    return text if len(text) <= 120 else text[:117] + "..."
+    return proc.command() if proc is not None else ""
 
 
 def _stop_signal(job: JobRecord) -> int:

@@ -34,6 +34,13 @@ def redact_argv(argv: Iterable[str]) -> list[str]:
     return redacted
 
 
+def command_line(argv: Iterable[str], limit: int = 120) -> str:
+    """A command as operators see it in reasons, events and `blocked_by`: redacted, on one
+    line, and short enough for a table."""
+    text = " ".join(" ".join(redact_argv(argv)).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _redact_words(text: str) -> str:
     words = re.split(r"(\s+)", text)
     hide_next = False

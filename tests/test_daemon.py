@@ -111,20 +111,29 @@ def running(settings: Settings, capsys: pytest.CaptureFixture[str], name: str,
     return check
 
 
+def run_kill_and_heal(settings: Settings, daemon: DaemonRunner,
+                      capsys: pytest.CaptureFixture[str]
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Service `a` runs and logs, is killed -9, and the daemon heals it: both runs' rows."""
+    log = settings.logs_dir / "a" / "main.log"
+    sleeper(settings, "a")
+    daemon.start()
+    first = wait_for(running(settings, capsys, "a.main"), message="a.main running")
+    wait_for(lambda: "started" in log.read_text(), message="first run logged")
+    os.kill(first["pid"], signal.SIGKILL)
+    second = wait_for(running(settings, capsys, "a.main", restart_count=1),
+                      message="a.main healed")
+    wait_for(lambda: "started" in log.read_text(), message="second run logged")
+    return first, second
+
+
 def _alive(pid: object) -> bool:
     return isinstance(pid, int) and identity_of(pid) is not None
 
 
 def test_killed_process_is_healed_with_same_job_and_rotated_log(
         settings: Settings, daemon: DaemonRunner, capsys: pytest.CaptureFixture[str]) -> None:
-    sleeper(settings, "a")
-    daemon.start()
-    first = wait_for(running(settings, capsys, "a.main"), message="a.main running")
-    wait_for(lambda: "started" in (settings.logs_dir / "a" / "main.log").read_text(),
-             message="first run logged")
-    os.kill(first["pid"], signal.SIGKILL)
-    second = wait_for(running(settings, capsys, "a.main", restart_count=1),
-                      message="a.main healed")
+    first, second = run_kill_and_heal(settings, daemon, capsys)
     assert second["job_id"] == first["job_id"] and second["pid"] != first["pid"]
     assert second["last_exit_code"] == -9
     assert "started" in (settings.logs_dir / "a" / "main.log.1").read_text()
@@ -258,15 +267,7 @@ def test_after_waits_for_readiness(settings: Settings, daemon: DaemonRunner,
 
 def test_logs_and_events_commands(settings: Settings, daemon: DaemonRunner,
                                   capsys: pytest.CaptureFixture[str]) -> None:
-    sleeper(settings, "a")
-    daemon.start()
-    first = wait_for(running(settings, capsys, "a.main"), message="a running")
-    wait_for(lambda: "started" in (settings.logs_dir / "a" / "main.log").read_text(),
-             message="output logged")
-    os.kill(first["pid"], signal.SIGKILL)
-    wait_for(running(settings, capsys, "a.main", restart_count=1), message="healed")
-    wait_for(lambda: "started" in (settings.logs_dir / "a" / "main.log").read_text(),
-             message="second run logged")
+    run_kill_and_heal(settings, daemon, capsys)
     common = ["--state-dir", str(settings.state_dir), "--specs", str(settings.specs_dir)]
     capsys.readouterr()
     assert cli.main(["logs", "a.main", *common]) == 0

@@ -18,3 +18,11 @@ def test_assignments_flags_and_shell_words_are_masked() -> None:
 def test_ordinary_arguments_are_untouched() -> None:
     argv = ["python3", "-m", "http.server", "8080", "--bind", "127.0.0.1", "MODE=fast"]
     assert redact_argv(argv) == argv
+
+
+def test_process_descriptions_in_reasons_are_redacted_and_one_line() -> None:
+    from reconciler.host.identity import Identity
+    from reconciler.host.observed import ProcInfo
+
+    proc = ProcInfo(Identity("b", 77, 1), ("app", "--password=hunter2", "x\ny"), 77, 77)
+    assert proc.describe() == f"pid 77 (app --password={MASK} x y)"

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from reconciler.host.identity import Identity
+from reconciler.redact import command_line
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +26,13 @@ class ProcInfo:
     def pid(self) -> int:
         return self.identity.pid
 
+    def command(self) -> str:
+        """Its command line, redacted and on one short line (`redact.command_line`)."""
+        return command_line(self.cmdline)
+
     def describe(self) -> str:
         """`pid 4070 (python3 -m http.server)`: what an operator needs to find the culprit."""
-        cmd = " ".join(self.cmdline) if self.cmdline else "?"
-        if len(cmd) > 80:
-            cmd = cmd[:77] + "..."
-        return f"pid {self.pid} ({cmd})"
+        return f"pid {self.pid} ({self.command() or '?'})"
 
 
 SocketKind = Literal["absent", "stale", "listening", "not-socket"]

@@ -63,7 +63,7 @@ class JobRecord:
     started_at: float | None = None
     next_start_at: float | None = None
     consecutive_failures: int = 0
-    failure_class: str | None = None
+    failure_class: FailureClass | None = None
     ready: bool = False
     health: str | None = None
     reason: str = ""
@@ -89,12 +89,6 @@ class JobRecord:
             self, pid=identity.pid, boot_id=identity.boot_id,
             starttime_ticks=identity.starttime_ticks,
         )
-
-
-EventKind = Literal[
-    "spawn", "adopt", "kill", "cleanup", "exit", "blocked", "backoff",
-    "succeeded", "removed", "spec-error", "spec-loaded", "stale-pidfile", "skip",
-]
 
 
 @dataclass(frozen=True, slots=True)
