@@ -42,6 +42,7 @@ class Daemon:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.passes = 0
+        self._last_problems: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         self.scheduler = BackgroundScheduler(timezone=UTC)
         # step 50 ms: a 10 ms step costs ~0.4 % of a core while idle (docs/benchmarks.md)
         self.watcher = SpecWatcher(settings.specs_dir, self.kick, step_ms=50)
@@ -107,12 +108,16 @@ class Daemon:
                                        timezone=UTC),
                 id="due", replace_existing=True)
 
-    @staticmethod
-    def _report(result: PassResult) -> None:
-        for error in result.loaded.errors:
-            log.error("%s", error)
-        for note in result.plan.notes:
-            log.warning("%s", note)
+    def _report(self, result: PassResult) -> None:
+        """Steps every pass; spec errors and notes only when they change, or a broken file
+        would repeat in the log on every resync."""
+        problems = (tuple(str(e) for e in result.loaded.errors), result.plan.notes)
+        if problems != self._last_problems:
+            self._last_problems = problems
+            for error in problems[0]:
+                log.error("%s", error)
+            for note in problems[1]:
+                log.warning("%s", note)
         for step in result.plan.changes:
             log.info("%s", step.describe())
 
