@@ -17,6 +17,7 @@ from pathlib import Path
 from reconciler import logs
 from reconciler.backoff import retry_delay
 from reconciler.host import pidfile, procs, sockets
+from reconciler.host.identity import Identity
 from reconciler.host.spawn import Children, SpawnError, minimal_env
 from reconciler.plan import Adopt, Cleanup, Record, Spawn, Step, Stop
 from reconciler.redact import redact_argv
@@ -94,18 +95,23 @@ class Executor:
         log_path = Path(action.log_path)
         if step.rotate_log:
             logs.rotate(log_path, action.spec.logs.keep)
+
+        def enroll(identity: Identity) -> None:
+            """Proof of ownership, on disk before the command runs (see host/spawn.py)."""
+            enrollment.enroll(self.run_dir, Enrollment(
+                job_id=step.job.id, service=action.service, action=action.name,
+                generation=action.generation, identity=identity, cmdline=action.argv,
+                enrolled_at=now))
+            if action.pidfile:
+                pidfile.write_pidfile(action.pidfile, identity.pid)
+
         try:
             identity = self.children.spawn(list(action.argv), cwd=action.cwd,
-                                           env=minimal_env(dict(action.env)), log_path=log_path)
+                                           env=minimal_env(dict(action.env)), log_path=log_path,
+                                           enroll=enroll)
         except SpawnError as err:
             self._spawn_failed(step, str(err), now, out)
             return
-        enrollment.enroll(self.run_dir, Enrollment(
-            job_id=step.job.id, service=action.service, action=action.name,
-            generation=action.generation, identity=identity, cmdline=action.argv,
-            enrolled_at=now))
-        if action.pidfile:
-            pidfile.write_pidfile(action.pidfile, identity.pid)
         # Not ready until a later pass sees it alive (or its probe passes): a process that
         # dies at once crashed *before* it was ready.
         phase = "starting" if action.spec.health else "running"

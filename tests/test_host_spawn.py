@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import stat
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.host import procfs
-from reconciler.host.identity import identity_of
+from reconciler.host.identity import Identity, identity_of
 from reconciler.host.observed import Exit
 from reconciler.host.spawn import DEFAULT_PATH, Children, SpawnError, minimal_env
 from tests.helpers import wait_for
@@ -96,6 +97,9 @@ def test_spawn_identity_session_and_stdin(children: Children, tmp_path: Path) ->
     assert children.identity(identity.pid) == identity
     stat_ = procfs.read_stat(identity.pid)
     assert stat_ is not None and stat_.session == identity.pid and stat_.ppid == os.getpid()
+    # the gate opened: the command itself runs (same pid, same identity), stdin /dev/null
+    wait_for(lambda: procfs.read_cmdline(identity.pid) == tuple(SLEEP), message="exec")
+    assert identity_of(identity.pid) == identity
     assert os.readlink(f"/proc/{identity.pid}/fd/0") == "/dev/null"
     assert os.readlink(f"/proc/{identity.pid}/cwd") == str(tmp_path)
 
@@ -183,3 +187,63 @@ def test_permission_denied(children: Children, tmp_path: Path) -> None:
 def test_empty_command(children: Children, tmp_path: Path) -> None:
     with pytest.raises(SpawnError, match="empty command"):
         spawn(children, tmp_path, [])
+
+
+# --- the gate: the command runs only after the parent has enrolled it ------------------------
+
+
+def test_enroll_runs_before_the_command(children: Children, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    seen: list[tuple[str, ...] | None] = []
+
+    def enroll(identity: Identity) -> None:
+        seen.append(procfs.read_cmdline(identity.pid))
+        assert not marker.exists()
+
+    identity = children.spawn(["/bin/sh", "-c", f"touch {marker}; exec sleep 600"],
+                              cwd=tmp_path, env=minimal_env({}), log_path=tmp_path / "main.log",
+                              enroll=enroll)
+    assert seen and seen[0] is not None and seen[0][0] == "/bin/sh"  # still the gate
+    wait_for(marker.exists, message="the command to run once the gate opened")
+    wait_for(lambda: procfs.read_cmdline(identity.pid) == ("sleep", "600"), message="exec")
+
+
+def test_a_failed_enrollment_never_runs_the_command(children: Children, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    pids: list[int] = []
+
+    def enroll(identity: Identity) -> None:
+        pids.append(identity.pid)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        children.spawn(["/bin/sh", "-c", f"touch {marker}"], cwd=tmp_path, env=minimal_env({}),
+                       log_path=tmp_path / "main.log", enroll=enroll)
+    assert reaped(children, pids[0]).returncode == 125
+    assert not marker.exists()
+
+
+def test_a_parent_killed_before_opening_the_gate_leaves_nothing_running(
+        tmp_path: Path) -> None:
+    """The controller's SIGKILL between spawn and enrollment, for real: a parent process
+    spawns through the gate and is killed inside `enroll`. The child must exit unrun."""
+    marker, pidfile = tmp_path / "ran", tmp_path / "child.pid"
+    code = (
+        "import os, signal, sys\n"
+        "from reconciler.host.spawn import Children, minimal_env\n"
+        "def enroll(identity):\n"
+        f"    open({str(pidfile)!r}, 'w').write(str(identity.pid))\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"Children().spawn(['/bin/sh', '-c', 'touch {marker}; exec sleep 600'],\n"
+        f"                 cwd={str(tmp_path)!r}, env=minimal_env({{}}),\n"
+        f"                 log_path={str(tmp_path / 'main.log')!r}, enroll=enroll)\n")
+    parent = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent,
+                            check=False, timeout=60)
+    assert parent.returncode == -signal.SIGKILL
+    child = int(pidfile.read_text())
+    try:
+        wait_for(lambda: identity_of(child) is None, message="the gated child to exit")
+        assert not marker.exists()
+    finally:
+        with contextlib.suppress(OSError):
+            os.killpg(child, signal.SIGKILL)

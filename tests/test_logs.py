@@ -200,15 +200,19 @@ def test_cap_size_append_writer_continues_at_the_new_end(log: Path) -> None:
 
 
 def test_cap_size_with_a_real_child_writing(log: Path, foreign: Foreign) -> None:
-    code = ("import sys, time\n"
+    # One write(2) per line: print() may split a line into two writes (it does when
+    # PYTHONUNBUFFERED is set), and a cap between them would leave a bare "\n" at offset 0.
+    code = ("import os, time\n"
             "for i in range(100000):\n"
-            "    print(f'line {i}', flush=True); time.sleep(0.001)\n")
+            "    os.write(1, f'line {i}\\n'.encode()); time.sleep(0.001)\n")
     log.touch(mode=0o600)
     foreign.start(["/bin/sh", "-c", 'exec "$0" -c "$1" >> "$2"', sys.executable, code, str(log)])
     wait_for(lambda: log.stat().st_size > 2000, message="the child to write")
     assert logs.cap_size(log, max_size=1000, keep=1) is True
     wait_for(lambda: len(logs.tail(log, 5)) == 5, message="the child to keep writing")
-    assert log.read_bytes().startswith(b"line ")  # no NUL hole: O_APPEND wrote at offset 0
+    content = log.read_bytes()
+    assert b"\0" not in content  # no NUL hole: O_APPEND wrote at offset 0
+    assert content.startswith(b"line ")
     assert logs.previous_path(log).read_bytes().startswith(b"line 0\n")
 
 

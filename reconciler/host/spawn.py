@@ -4,6 +4,13 @@ Every job runs in its own session (`start_new_session`), so it survives the cont
 can be stopped as a whole by its session id. Only the parent can collect a child's exit
 status, exactly once; `Children` is the single owner of our `Popen` objects so that nothing
 else reaps them (reaping twice reports a wrong status).
+
+A child is *gated*: it starts as `/bin/sh` waiting for one line on a pipe, and runs the real
+command only after the parent has written down that it is ours (the enrollment, the pidfile)
+and opened the gate. If the controller dies before that, the kernel closes the pipe, the
+shell reads end-of-file and exits without ever running the command, so a controller killed
+mid-spawn can never leave behind a live process that nothing proves is ours (for a singleton
+that would be a second instance).
 """
 
 from __future__ import annotations
@@ -13,10 +20,11 @@ import errno
 import math
 import os
 import select
+import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from reconciler.files import make_private_dirs
@@ -27,6 +35,9 @@ from reconciler.host.observed import Exit
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 _INHERITED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR"})
 _FALLBACK_POLL_SECONDS = 0.02  # only where the kernel has no pidfds
+# Waits for the parent's go on stdin; end-of-file (the parent died) means never run "$@".
+_GATE = 'read -r _ || exit 125; exec "$@" </dev/null'
+GATE_ARGV0 = "reconciler-gate"
 
 
 def minimal_env(extra: Mapping[str, str]) -> dict[str, str]:
@@ -62,6 +73,19 @@ def _open_log(log_path: str) -> int:
         raise SpawnError(f"cannot open log {log_path}: {reason}") from err
 
 
+def _check_executable(argv0: str, cwd: str | None, env: Mapping[str, str]) -> None:
+    """The gate's shell, not us, execs the command, so an exec failure would only show as
+    exit 127 in the log. Look it up first, as exec will, to report it as a spawn error."""
+    if "/" in argv0:
+        path = os.path.join(cwd or os.getcwd(), argv0)
+        if not os.path.exists(path):
+            raise SpawnError(f"command not found: {argv0}")
+        if not os.path.isfile(path) or not os.access(path, os.X_OK):
+            raise SpawnError(f"permission denied: {argv0}")
+    elif shutil.which(argv0, path=env.get("PATH", DEFAULT_PATH)) is None:
+        raise SpawnError(f"command not found: {argv0}")
+
+
 def _spawn_error(err: OSError, argv: Sequence[str], cwd: str | None) -> SpawnError:
     """Turn the child's exec/chdir failure (re-raised in the parent by subprocess) into
     words an operator can act on."""
@@ -86,6 +110,21 @@ def _open_pidfd(pid: int) -> int | None:
         return None
 
 
+class _Gate:
+    """The parent's end of a child's gate. Closing it without `open()` makes the child exit
+    unrun (125), exactly as if the controller had died."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def open(self) -> None:
+        with contextlib.suppress(BrokenPipeError):  # the child is already gone
+            os.write(self.fd, b"go\n")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class Children:
     """Registry of the processes WE started and have not reaped yet. Thread-safe."""
 
@@ -94,25 +133,39 @@ class Children:
         self._lock = threading.Lock()
 
     def spawn(self, argv: Sequence[str], *, cwd: str | os.PathLike[str] | None,
-              env: Mapping[str, str], log_path: str | os.PathLike[str]) -> Identity:
+              env: Mapping[str, str], log_path: str | os.PathLike[str],
+              enroll: Callable[[Identity], None] | None = None) -> Identity:
         """Start `argv` in a new session with stdout+stderr appended to `log_path`.
-        Returns once the program has been exec'd (or raises SpawnError)."""
+
+        `enroll(identity)` runs after the process exists and before it runs `argv` (see the
+        module docstring); if it raises, the command never runs and the error propagates.
+        Returns once the gate is open (or raises SpawnError)."""
         argv = [os.fspath(a) for a in argv]
         cwd_str = os.fspath(cwd) if cwd is not None else None
         if not argv:
             raise SpawnError("empty command")
         if cwd_str is not None and not os.path.isdir(cwd_str):
             raise SpawnError(f"working directory missing: {cwd_str}")
+        _check_executable(argv[0], cwd_str, env)
         log_fd = _open_log(os.fspath(log_path))
+        gate_read, gate_write = os.pipe()  # both close-on-exec; the child gets gate_read as 0
         try:
-            popen = subprocess.Popen(argv, cwd=cwd_str, env=dict(env), stdin=subprocess.DEVNULL,
-                                     stdout=log_fd, stderr=subprocess.STDOUT,
-                                     start_new_session=True, close_fds=True)
+            popen = subprocess.Popen(["/bin/sh", "-c", _GATE, GATE_ARGV0, *argv], cwd=cwd_str,
+                                     env=dict(env), stdin=gate_read, stdout=log_fd,
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     close_fds=True)
         except OSError as err:
-            raise _spawn_error(err, argv, cwd_str) from err
+            os.close(gate_write)
+            raise _spawn_error(err, ["/bin/sh"], cwd_str) from err
         finally:
             os.close(log_fd)
-        return self._register(popen)
+            os.close(gate_read)
+        with contextlib.closing(_Gate(gate_write)) as gate:
+            identity = self._register(popen)
+            if enroll is not None:
+                enroll(identity)
+            gate.open()
+        return identity
 
     def _register(self, popen: subprocess.Popen[bytes]) -> Identity:
         """Read the identity now: the child cannot be reaped before we poll it, so its
