@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reconciler import health, logs
-from reconciler.desired import Desired, build_desired
+from reconciler.desired import Desired, ResolvedCache, build_desired
 from reconciler.execute import Executor, Outcome
 from reconciler.files import PRIVATE_DIR, make_private_dirs
 from reconciler.host.observe import observe
@@ -87,6 +87,7 @@ class Reconciler:
         self.store = Store.open(settings.db_path)
         self.executor = Executor(settings.run_dir, self.children, clock)
         self.enrollment_cache: EnrollmentCache = {}
+        self.resolved_cache: ResolvedCache = {}
         sweep_stale_temps(settings.run_dir)
 
     def close(self) -> None:
@@ -132,7 +133,7 @@ class Reconciler:
 
     def _draft(self, children: Children | None, health: HealthResults | None) -> _Draft:
         loaded, spec_records = self._load()
-        desired = build_desired(loaded, self.settings)
+        desired = build_desired(loaded, self.settings, self.resolved_cache)
         records, enrollments = self._records()
         observed = observe_for(desired, records, enrollments, children, self.settings)
         observed = with_health(observed, desired, records, health)
@@ -205,21 +206,23 @@ def observe_for(desired: Desired, records: list[JobRecord], enrollments: dict[st
                 children: Children | None, settings: Settings) -> Observed:
     """Observe what this pass needs, cheapest first.
 
-    Liveness of our jobs comes first; declared sockets and ports are inspected only for
-    actions that are not running, because only a start needs to know who holds them.
+    Liveness of our jobs comes first; pidfiles, declared sockets and ports are inspected
+    only for actions that are not running, because only a start needs to know what they
+    name and who holds them.
     """
     pids = {r.pid for r in records if r.pid} | {e.identity.pid for e in enrollments.values()}
-    pidfiles = [a.pidfile for a in desired.actions if a.pidfile]
-    first = observe(pids=pids, pidfiles=pidfiles, children=children)
+    first = observe(pids=pids, children=children)
     alive = {r.key for r in records if first.alive(r.identity)}
     starting = [a for a in desired.actions if a.key not in alive]
+    pidfiles = [a.pidfile for a in starting if a.pidfile]
     sockets = {s for a in starting for s in a.sockets}
     ports = {p for a in starting for p in a.spec.tcp_ports}
-    if not sockets and not ports:
-        resources = first
-    else:
-        resources = observe(sockets=sockets, ports=ports, candidates=pids)
-    return replace(first, procs={**first.procs, **resources.procs}, sockets=resources.sockets,
+    if not pidfiles and not sockets and not ports:
+        return first
+    resources = observe(pidfiles=pidfiles, sockets=sockets, ports=ports, candidates=pids,
+                        known=first.procs)
+    return replace(first, procs={**first.procs, **resources.procs},
+                   pidfiles=resources.pidfiles, sockets=resources.sockets,
                    ports=resources.ports)
 
 

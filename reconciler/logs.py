@@ -73,7 +73,7 @@ def cap_size(path: Path, max_size: int, keep: int) -> bool:
     """
     if keep < 0:
         raise ValueError(f"keep must be >= 0, got {keep}")
-    fd = _open_live(path)
+    fd = _open_live(path, over=max_size)
     if fd is None:
         return False
     try:
@@ -90,9 +90,11 @@ def cap_size(path: Path, max_size: int, keep: int) -> bool:
         os.close(fd)
 
 
-def _open_live(path: Path) -> int | None:
-    """The live log opened read-write, or None if it is missing, a symlink or not a regular
-    file (checked before opening so a planted FIFO or device is never opened at all)."""
+def _open_live(path: Path, over: int) -> int | None:
+    """The live log opened read-write if it is bigger than `over` bytes; None if it is not,
+    or is missing, a symlink or not a regular file (checked before opening so a planted FIFO
+    or device is never opened at all). Every pass checks every running job's log, so the
+    common case costs one lstat."""
     try:
         before = os.lstat(path)
     except FileNotFoundError:
@@ -100,6 +102,8 @@ def _open_live(path: Path) -> int | None:
     if not stat.S_ISREG(before.st_mode):
         if stat.S_ISLNK(before.st_mode):
             log.warning("not capping %s: it is a symlink", path)
+        return None
+    if before.st_size <= over:
         return None
     try:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -149,6 +149,7 @@ def test_data_survives_reopen(db_path: Path) -> None:
 
 def test_atomic_rolls_back_on_exception(store: Store) -> None:
     store.upsert_jobs([full_job("kept")])
+    assert store.jobs() == [full_job("kept")]  # read once, so later reads may come from memory
     with pytest.raises(RuntimeError), store.atomic():
         store.upsert_jobs([full_job("lost"), full_job("kept", phase="running")])
         store.append_events([Event(at=1.0, kind="spawn", reason="x")])
@@ -166,6 +167,30 @@ def test_atomic_commits_and_is_visible_to_other_connections(store: Store, db_pat
     with Store.open(db_path) as reader:
         assert reader.jobs() == [full_job()]
         assert len(reader.events()) == 1
+
+
+def test_jobs_read_after_another_connection_wrote_see_its_writes(store: Store,
+                                                                   db_path: Path) -> None:
+    """jobs() serves repeated reads from memory; a commit by any other connection (the CLI's
+    `down`, a `reconcile --once`) must still be seen by the very next read."""
+    store.upsert_jobs([full_job("mine")])
+    assert store.jobs() == [full_job("mine")]
+    with Store.open(db_path) as other:
+        other.upsert_jobs([full_job("theirs"), full_job("mine", phase="stopped")])
+    assert store.jobs() == [full_job("mine", phase="stopped"), full_job("theirs")]
+    with Store.open(db_path) as other:
+        other.upsert_jobs([full_job("theirs", phase="removed")])
+    assert store.jobs() == [full_job("mine", phase="stopped")]
+
+
+def test_jobs_after_own_writes_match_a_fresh_read(store: Store, db_path: Path) -> None:
+    store.jobs()  # fill the in-memory copy first
+    store.upsert_jobs([full_job("b"), full_job("a"), replace(full_job("c"), action="aaa")])
+    store.upsert_jobs([full_job("a", phase="removed"), full_job("b", restart_count=9)])
+    with Store.open(db_path) as fresh:
+        assert store.jobs() == fresh.jobs()
+        assert store.jobs(include_removed=True) == fresh.jobs(include_removed=True)
+    assert [j.id for j in store.jobs()] == ["c", "b"]
 
 
 def test_uncommitted_writes_invisible_to_readers(store: Store, db_path: Path) -> None:

@@ -8,7 +8,7 @@ and it is the only moment their exit codes can be collected.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from reconciler.host.identity import proc_info
 from reconciler.host.observed import Observed, PidfileState, ProcInfo
@@ -21,15 +21,17 @@ from reconciler.host.spawn import Children
 
 def observe(*, pids: Iterable[int] = (), pidfiles: Iterable[str] = (),
             sockets: Iterable[str] = (), ports: Iterable[int] = (),
-            candidates: Iterable[int] = (), children: Children | None = None) -> Observed:
+            candidates: Iterable[int] = (), children: Children | None = None,
+            known: Mapping[int, ProcInfo] | None = None) -> Observed:
     """Snapshot the processes, pidfiles, sockets and ports a pass asks about.
 
     `procs` holds every live process named by `pids`, by a pidfile, or holding a declared
     socket/port. Holders are looked for first among `candidates`, `pids` and pidfile pids
-    (cheap), and only then in a full /proc scan.
+    (cheap), and only then in a full /proc scan. `known` holds processes this pass has
+    already read, so they are not read again.
     """
     exits = children.reap() if children is not None else {}
-    procs: dict[int, ProcInfo] = {}
+    procs: dict[int, ProcInfo] = dict(known or {})
     for pid in dict.fromkeys(pids):
         _remember(procs, pid)
     pidfile_states = {}

@@ -314,6 +314,10 @@ class Store:
         self.db = db
         self.path = path
         self._closed = False
+        # Non-removed jobs as last read or written by this connection, valid while no other
+        # connection has committed (PRAGMA data_version): a daemon's passes then read no rows.
+        self._jobs: dict[str, JobRecord] | None = None
+        self._jobs_version: int | None = None
 
     @classmethod
     def open(cls, path: Path) -> Store:
@@ -355,15 +359,32 @@ class Store:
             with self.db.atomic():
                 yield
             return
-        with _immediate(self.db):
-            yield
+        try:
+            with _immediate(self.db):
+                yield
+        except BaseException:
+            self._jobs = None  # rolled back: the cache may hold writes that never landed
+            raise
 
     # jobs
 
     def jobs(self, *, include_removed: bool = False) -> list[JobRecord]:
-        where = "" if include_removed else "WHERE phase != 'removed'"
-        rows = self.db.query(f"SELECT * FROM jobs {where} ORDER BY service, action, rowid")
-        return [job_from_row(row) for row in rows]
+        """By service and action, oldest first within an action."""
+        if include_removed:
+            rows = self.db.query("SELECT * FROM jobs ORDER BY service, action, rowid")
+            return [job_from_row(row) for row in rows]
+        version = self._data_version()
+        if self._jobs is None or version != self._jobs_version:
+            rows = self.db.query("SELECT * FROM jobs WHERE phase != 'removed'"
+                                 " ORDER BY service, action, rowid")
+            self._jobs = {row["id"]: job_from_row(row) for row in rows}
+            self._jobs_version = version
+        # sorted() is stable: jobs of one action keep their insertion (rowid) order
+        return sorted(self._jobs.values(), key=lambda j: (j.service, j.action))
+
+    def _data_version(self) -> int:
+        """Changes whenever another connection commits to the database (not on our own)."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
     def job(self, job_id: str) -> JobRecord | None:
         rows = list(self.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]))
@@ -371,10 +392,15 @@ class Store:
 
     def upsert_jobs(self, jobs: Iterable[JobRecord]) -> None:
         """Persist as given: the caller owns every field, timestamps included."""
-        rows = [job_to_row(job) for job in jobs]
-        if rows:
+        jobs = list(jobs)
+        if jobs:
             with self.atomic():
-                _table(self.db, "jobs").upsert_all(rows, pk="id")
+                _table(self.db, "jobs").upsert_all([job_to_row(job) for job in jobs], pk="id")
+                if self._jobs is not None:
+                    for job in jobs:
+                        self._jobs.pop(job.id, None)
+                        if job.phase != "removed":
+                            self._jobs[job.id] = job
 
     # events
 
