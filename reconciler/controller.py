@@ -7,9 +7,11 @@ so a daemon and a `reconcile --once` never run passes at the same time.
 
 from __future__ import annotations
 
+import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,16 +21,23 @@ from reconciler.execute import Executor, Outcome
 from reconciler.files import PRIVATE_DIR, make_private_dirs
 from reconciler.host.observe import observe
 from reconciler.host.observed import Observed
+from reconciler.host.proccache import ProcCache
 from reconciler.host.spawn import Children, minimal_env
 from reconciler.plan import Plan, plan, plan_down, plan_restart
 from reconciler.settings import Settings
 from reconciler.spec.load import LoadResult, load_specs
-from reconciler.state.enrollment import EnrollmentCache, read_enrollments, sweep_stale_temps
+from reconciler.state.enrollment import (
+    EnrollmentCache,
+    enrollment_file_name,
+    read_enrollments,
+    sweep_stale_temps,
+)
 from reconciler.state.lock import StateLock
 from reconciler.state.records import Enrollment, Event, JobRecord, SpecRecord
 from reconciler.state.store import Store
 
 SETTLED_PHASES = ("succeeded", "stopped")
+LOG_CHECK_SECONDS = 5.0  # how often running jobs' logs are held to `logs.max_size`
 HealthResults = Mapping[str, "health.HealthState"]
 
 
@@ -78,19 +87,25 @@ class Reconciler:
     children (their exit codes can only be collected by us, exactly once)."""
 
     def __init__(self, settings: Settings, *, allow_empty: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 log_check_interval: float = LOG_CHECK_SECONDS) -> None:
         self.settings = settings
         self.allow_empty = allow_empty
+        self.log_check_interval = log_check_interval
+        self._logs_checked_at = -math.inf  # time.monotonic() of the last cap_logs
         self.clock = clock
         self.children = Children()
         prepare_state_dir(settings)
         self.store = Store.open(settings.db_path)
         self.executor = Executor(settings.run_dir, self.children, clock)
+        self.lock = StateLock(settings.lock_path)
         self.enrollment_cache: EnrollmentCache = {}
         self.resolved_cache: ResolvedCache = {}
+        self.procs = ProcCache()
         sweep_stale_temps(settings.run_dir)
 
     def close(self) -> None:
+        self.procs.close()
         self.store.close()
 
     def __enter__(self) -> Reconciler:
@@ -107,12 +122,12 @@ class Reconciler:
         `health` carries probe results from a running `HealthMonitor` (the daemon); without
         it, jobs that are not ready yet are probed once, synchronously (`--once`).
         """
-        with StateLock(self.settings.lock_path):
+        with self._locked():
             draft = self._draft(self.children, health)
-            outcome = self.executor.run(draft.plan.steps)
+            outcome = self._execute(draft.plan)
             self._save(outcome, draft.spec_records, draft.loaded)
             jobs = jobs_after(draft.records, outcome)
-            cap_logs(draft.desired, jobs)
+            self._cap_logs_when_due(draft.desired, jobs)
             return PassResult(draft.loaded, draft.desired, draft.plan, jobs)
 
     def preview(self) -> tuple[LoadResult, Plan]:
@@ -135,7 +150,8 @@ class Reconciler:
         loaded, spec_records = self._load()
         desired = build_desired(loaded, self.settings, self.resolved_cache)
         records, enrollments = self._records()
-        observed = observe_for(desired, records, enrollments, children, self.settings)
+        observed = observe_for(desired, records, enrollments, children,
+                               self.procs if children is not None else None)
         observed = with_health(observed, desired, records, health)
         steps = plan(desired, observed, records, self.clock(), enrollments=enrollments,
                      allow_empty=self.allow_empty)
@@ -143,13 +159,35 @@ class Reconciler:
 
     def _apply(self, planner: Callable[[Observed, list[JobRecord], float], Plan]) -> Plan:
         """Run an operator's command (`down`, `restart`) as one locked, recorded pass."""
-        with StateLock(self.settings.lock_path):
+        with self._locked():
             records, enrollments = self._records()
             observed = observe_for(Desired(actions=()), records, enrollments, self.children,
-                                   self.settings)
+                                   self.procs)
             steps = planner(observed, records, self.clock())
-            self._save(self.executor.run(steps.steps), [], None)
+            self._save(self._execute(steps), [], None)
             return steps
+
+    def _cap_logs_when_due(self, desired: Desired, jobs: Iterable[JobRecord]) -> None:
+        """A size cap needs no per-pass precision, and checking a thousand logs costs more
+        than the rest of a no-op pass."""
+        if time.monotonic() - self._logs_checked_at >= self.log_check_interval:
+            cap_logs(desired, jobs)
+            self._logs_checked_at = time.monotonic()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the state dir's lock. If another process held it since our last pass, it may
+        have rewritten enrollments: read them all again (see `read_enrollments`)."""
+        with self.lock:
+            if self.lock.changed_hands:
+                self.enrollment_cache.clear()
+            yield
+
+    def _execute(self, steps: Plan) -> Outcome:
+        outcome = self.executor.run(steps.steps)
+        for job_id in outcome.jobs:  # their enrollments were (re)written or removed
+            self.enrollment_cache.pop(enrollment_file_name(job_id), None)
+        return outcome
 
     def converge(self, wait: float) -> PassResult:
         """Pass after pass until converged or `wait` seconds ran out (`reconcile --once`)."""
@@ -203,7 +241,7 @@ def prepare_state_dir(settings: Settings) -> None:
 
 
 def observe_for(desired: Desired, records: list[JobRecord], enrollments: dict[str, Enrollment],
-                children: Children | None, settings: Settings) -> Observed:
+                children: Children | None, cache: ProcCache | None = None) -> Observed:
     """Observe what this pass needs, cheapest first.
 
     Liveness of our jobs comes first; pidfiles, declared sockets and ports are inspected
@@ -211,7 +249,7 @@ def observe_for(desired: Desired, records: list[JobRecord], enrollments: dict[st
     name and who holds them.
     """
     pids = {r.pid for r in records if r.pid} | {e.identity.pid for e in enrollments.values()}
-    first = observe(pids=pids, children=children)
+    first = observe(pids=pids, children=children, cache=cache)
     alive = {r.key for r in records if first.alive(r.identity)}
     starting = [a for a in desired.actions if a.key not in alive]
     pidfiles = [a.pidfile for a in starting if a.pidfile]
@@ -260,7 +298,7 @@ def jobs_after(records: list[JobRecord], outcome: Outcome) -> tuple[JobRecord, .
 
 def cap_logs(desired: Desired, jobs: Iterable[JobRecord]) -> None:
     """Keep running jobs' logs under `logs.max_size` (copytruncate: the process keeps its
-    append-only descriptor). One stat per running job and pass."""
+    append-only descriptor). One lstat per running job."""
     running = {j.key for j in jobs if j.pid is not None}
     for action in desired.actions:
         if action.key in running:

@@ -16,7 +16,13 @@ import pytest
 from reconciler.host import procfs
 from reconciler.host.identity import Identity, identity_of
 from reconciler.host.observed import Exit
-from reconciler.host.spawn import DEFAULT_PATH, Children, SpawnError, minimal_env
+from reconciler.host.spawn import (
+    DEFAULT_PATH,
+    GATE_ARGV0,
+    Children,
+    SpawnError,
+    minimal_env,
+)
 from tests.helpers import wait_for
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
@@ -194,16 +200,17 @@ def test_empty_command(children: Children, tmp_path: Path) -> None:
 
 def test_enroll_runs_before_the_command(children: Children, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    seen: list[tuple[str, ...] | None] = []
+    seen: list[tuple[str, ...]] = []
 
     def enroll(identity: Identity) -> None:
-        seen.append(procfs.read_cmdline(identity.pid))
+        # the gate waits for us, so this holds however long we look
+        seen.append(wait_for(lambda: procfs.read_cmdline(identity.pid), message="cmdline"))
         assert not marker.exists()
 
     identity = children.spawn(["/bin/sh", "-c", f"touch {marker}; exec sleep 600"],
                               cwd=tmp_path, env=minimal_env({}), log_path=tmp_path / "main.log",
                               enroll=enroll)
-    assert seen and seen[0] is not None and seen[0][0] == "/bin/sh"  # still the gate
+    assert seen[0][:2] == ("/bin/sh", "-c") and seen[0][3] == GATE_ARGV0  # still the gate
     wait_for(marker.exists, message="the command to run once the gate opened")
     wait_for(lambda: procfs.read_cmdline(identity.pid) == ("sleep", "600"), message="exec")
 

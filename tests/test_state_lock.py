@@ -58,3 +58,28 @@ def test_lock_file_is_private_and_never_followed_through_a_symlink(tmp_path: Pat
     assert target.read_text() == "keep"
     with StateLock(tmp_path / "real", timeout=1):
         assert (tmp_path / "real").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_holder_learns_whether_anybody_else_held_the_lock_in_between(tmp_path: Path) -> None:
+    lock_path = tmp_path / "lock"
+    mine = StateLock(lock_path)
+    with mine:
+        assert mine.changed_hands  # the first hold: nothing is known yet
+    with mine:
+        assert not mine.changed_hands
+    held_elsewhere = subprocess.run([sys.executable, "-c", HOLD, str(lock_path)], input="",
+                                    capture_output=True, text=True, check=True)
+    assert held_elsewhere.stdout == "held\n"
+    with mine:
+        assert mine.changed_hands
+    with mine:
+        assert not mine.changed_hands
+
+
+def test_an_empty_or_garbled_lock_file_still_locks(tmp_path: Path) -> None:
+    lock_path = tmp_path / "lock"
+    lock_path.write_text("garbage from an older version\n")
+    lock_path.chmod(0o600)
+    with StateLock(lock_path) as lock:
+        assert lock.changed_hands
+    assert lock_path.read_text().splitlines()[0].isdigit()  # the counter took over

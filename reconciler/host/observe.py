@@ -14,6 +14,7 @@ from reconciler.host.identity import proc_info
 from reconciler.host.observed import Observed, PidfileState, ProcInfo
 from reconciler.host.pidfile import read_pidfile
 from reconciler.host.ports import inspect_tcp_ports
+from reconciler.host.proccache import ProcCache
 from reconciler.host.procfs import read_boot_id
 from reconciler.host.sockets import inspect_unix_sockets
 from reconciler.host.spawn import Children
@@ -22,18 +23,23 @@ from reconciler.host.spawn import Children
 def observe(*, pids: Iterable[int] = (), pidfiles: Iterable[str] = (),
             sockets: Iterable[str] = (), ports: Iterable[int] = (),
             candidates: Iterable[int] = (), children: Children | None = None,
-            known: Mapping[int, ProcInfo] | None = None) -> Observed:
+            known: Mapping[int, ProcInfo] | None = None,
+            cache: ProcCache | None = None) -> Observed:
     """Snapshot the processes, pidfiles, sockets and ports a pass asks about.
 
     `procs` holds every live process named by `pids`, by a pidfile, or holding a declared
     socket/port. Holders are looked for first among `candidates`, `pids` and pidfile pids
     (cheap), and only then in a full /proc scan. `known` holds processes this pass has
-    already read, so they are not read again.
+    already read, so they are not read again. With a `cache`, `pids` are looked up through
+    it (see `ProcCache`); it then forgets every pid not in `pids`.
     """
     exits = children.reap() if children is not None else {}
     procs: dict[int, ProcInfo] = dict(known or {})
-    for pid in dict.fromkeys(pids):
-        _remember(procs, pid)
+    if cache is not None:
+        procs.update(cache.lookup(pids))
+    else:
+        for pid in dict.fromkeys(pids):
+            _remember(procs, pid)
     pidfile_states = {}
     for path in dict.fromkeys(os.fspath(p) for p in pidfiles):
         pid = read_pidfile(path)

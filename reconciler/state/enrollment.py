@@ -31,8 +31,12 @@ FILE_MODE = 0o600
 
 
 def enrollment_path(run_dir: Path, job_id: str) -> Path:
+    return run_dir / enrollment_file_name(job_id)
+
+
+def enrollment_file_name(job_id: str) -> str:
     _check_job_id(job_id)
-    return run_dir / f"{job_id}{SUFFIX}"
+    return f"{job_id}{SUFFIX}"
 
 
 def enroll(run_dir: Path, enrollment: Enrollment) -> Path:
@@ -49,7 +53,7 @@ def enroll(run_dir: Path, enrollment: Enrollment) -> Path:
     return target
 
 
-EnrollmentCache = dict[str, tuple[tuple[int, int, int], Enrollment | None]]
+EnrollmentCache = dict[str, tuple[int, Enrollment | None]]  # file name -> (inode, content)
 
 
 def read_enrollments(run_dir: Path, cache: EnrollmentCache | None = None
@@ -57,7 +61,10 @@ def read_enrollments(run_dir: Path, cache: EnrollmentCache | None = None
     """Every readable enrollment by job id; a missing dir is simply "none yet".
 
     Every pass reads every enrollment; with a `cache` (kept by the caller across passes) a
-    file whose inode, mtime and size are unchanged is not read and parsed again.
+    file whose inode is unchanged is not read and parsed again. Enrollments are only ever
+    written by rename (`enroll`), so a new content is a new inode: the old file still
+    existed when the new one was created, so the two cannot share a number. The inode
+    comes with the directory listing, so an unchanged enrollment costs no syscall at all.
     """
     try:
         entries = sorted((e for e in os.scandir(run_dir)
@@ -70,7 +77,7 @@ def read_enrollments(run_dir: Path, cache: EnrollmentCache | None = None
         return {}
     found: dict[str, Enrollment] = {}
     for entry in entries:
-        enrollment = _read_cached(Path(entry.path), entry, cache)
+        enrollment = _read_cached(entry, cache)
         if enrollment is not None:
             found[enrollment.job_id] = enrollment
     if cache is not None:
@@ -79,19 +86,14 @@ def read_enrollments(run_dir: Path, cache: EnrollmentCache | None = None
     return found
 
 
-def _read_cached(path: Path, entry: os.DirEntry[str],
-                 cache: EnrollmentCache | None) -> Enrollment | None:
+def _read_cached(entry: os.DirEntry[str], cache: EnrollmentCache | None) -> Enrollment | None:
     if cache is None:
-        return _read_one(path)
-    try:
-        st = entry.stat(follow_symlinks=False)
-    except OSError:
-        return None
-    key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        return _read_one(Path(entry.path))
+    key = entry.inode()
     hit = cache.get(entry.name)
     if hit is not None and hit[0] == key:
         return hit[1]
-    enrollment = _read_one(path)
+    enrollment = _read_one(Path(entry.path))
     cache[entry.name] = (key, enrollment)
     return enrollment
 
@@ -159,7 +161,7 @@ def _read_one(path: Path) -> Enrollment | None:
     except (OSError, ValueError, KeyError, TypeError) as err:
         log.warning("skipping unreadable enrollment %s: %s", path, err)
         return None
-    if path.name != f"{enrollment.job_id}{SUFFIX}":
+    if path.name != enrollment_file_name(enrollment.job_id):
         # unenroll() could never remove it, and it may describe another job: distrust it
         log.warning("skipping enrollment %s: it names job %s", path, enrollment.job_id)
         return None

@@ -13,13 +13,24 @@ class LockTimeout(Exception):
     """Another reconciler held the state dir's lock for too long."""
 
 
+_EPOCH_WIDTH = 20  # digits: the counter is rewritten in place, never shorter
+
+
 class StateLock:
-    """An exclusive `flock` on `<state-dir>/lock`, released on exit or when the holder dies."""
+    """An exclusive `flock` on `<state-dir>/lock`, released on exit or when the holder dies.
+
+    Every holder also counts its hold in the file (an epoch), so a process that keeps one
+    `StateLock` across passes learns whether anybody else held the lock in between
+    (`changed_hands`): only then can files in the state dir have changed behind its back,
+    which is what lets it trust what it cached from its own previous pass.
+    """
 
     def __init__(self, path: Path, timeout: float = 60.0) -> None:
         self.path = path
         self.timeout = timeout
         self._fd: int | None = None
+        self._epoch: int | None = None  # the value we wrote at our last hold
+        self.changed_hands = True
 
     def __enter__(self) -> StateLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -34,6 +45,10 @@ class StateLock:
                     raise LockTimeout(f"{self.path} is held by another reconciler") from None
                 time.sleep(0.01)  # polling a lock, not synchronizing a test
         self._fd = fd
+        epoch = _read_epoch(fd)
+        self.changed_hands = self._epoch is None or epoch != self._epoch
+        self._epoch = (epoch + 1) % 10**_EPOCH_WIDTH
+        os.pwrite(fd, f"{self._epoch:0{_EPOCH_WIDTH}d}\n".encode(), 0)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -42,3 +57,9 @@ class StateLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def _read_epoch(fd: int) -> int:
+    """The counter in the lock file; an empty file (new, or from an older version) is 0."""
+    raw = os.pread(fd, _EPOCH_WIDTH + 1, 0).strip()
+    return int(raw) if raw.isdigit() else 0

@@ -1,0 +1,116 @@
+"""Process snapshots that stay true while a pidfd says so.
+
+Every pass must know which of its jobs still run. Reading `/proc/<pid>/stat` and `cmdline`
+for each costs about ten syscalls a process, most of a pass at a thousand jobs. A pidfd
+answers the same question for all of them in one `poll()`: it refers to one process, not to
+a pid, and turns readable the moment that process exits (zombies included). So a snapshot
+taken with a pidfd open on its process is still that process's identity for as long as the
+pidfd is not readable; a recycled pid cannot fool it.
+
+The pidfd is opened *before* `/proc` is read. If the pid was recycled in between, the pidfd
+names the old, dead process and is readable at the next poll, which drops the entry: a
+snapshot is never trusted on the word of a pidfd for another process.
+
+Snapshots are re-read after `max_age` seconds anyway: the command line changes on exec
+(every job execs once, right after its gate opens) and a process may change its session.
+Where the kernel has no pidfds, nothing is cached and every lookup reads `/proc`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from reconciler.host.identity import proc_info
+from reconciler.host.observed import ProcInfo
+from reconciler.host.spawn import GATE_ARGV0
+
+
+@dataclass(slots=True)
+class _Entry:
+    fd: int
+    info: ProcInfo
+    taken_at: float
+
+
+class ProcCache:
+    """Snapshots of the processes a pass asks about by pid. Owned by one thread."""
+
+    def __init__(self, max_age: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_age = max_age
+        self.clock = clock
+        self._entries: dict[int, _Entry] = {}
+        self._by_fd: dict[int, int] = {}  # fd -> pid
+        self._poller = select.poll()
+
+    def lookup(self, pids: Iterable[int]) -> dict[int, ProcInfo]:
+        """The live processes among `pids`, like `proc_info` for each. Entries for pids not
+        asked about are dropped: the caller asks about everything it still cares about."""
+        wanted = set(pids)
+        self._drop_exited()
+        now = self.clock()
+        for pid in [p for p, e in self._entries.items()
+                    if p not in wanted or now - e.taken_at >= self.max_age]:
+            self._drop(pid)
+        found = {pid: e.info for pid, e in self._entries.items()}
+        for pid in wanted - found.keys():
+            info = self._take(pid, now)
+            if info is not None:
+                found[pid] = info
+        return found
+
+    def close(self) -> None:
+        for pid in list(self._entries):
+            self._drop(pid)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _drop_exited(self) -> None:
+        """One poll() for every cached process: a readable pidfd means it exited."""
+        if not self._entries:
+            return
+        for fd, _events in self._poller.poll(0):
+            pid = self._by_fd.get(fd)
+            if pid is not None:
+                self._drop(pid)
+
+    def _take(self, pid: int, now: float) -> ProcInfo | None:
+        fd = _open_pidfd(pid)  # first: see the module docstring
+        info = proc_info(pid)
+        if fd is None:
+            return info
+        if info is None or _changing(info):
+            os.close(fd)
+            return info
+        self._entries[pid] = _Entry(fd, info, now)
+        self._by_fd[fd] = pid
+        self._poller.register(fd, select.POLLIN)
+        return info
+
+    def _drop(self, pid: int) -> None:
+        entry = self._entries.pop(pid)
+        del self._by_fd[entry.fd]
+        self._poller.unregister(entry.fd)
+        os.close(entry.fd)
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """None where the kernel or sandbox has no pidfds, the process is gone, or fds ran out:
+    the lookup then reads /proc, as without a cache."""
+    with contextlib.suppress(OSError, AttributeError):
+        return os.pidfd_open(pid)
+    return None
+
+
+def _changing(info: ProcInfo) -> bool:
+    """Its command line is about to change: it is still the spawn gate's shell
+    (host/spawn.py), or it is in the middle of an exec (the kernel shows no cmdline then)."""
+    return not info.cmdline or (len(info.cmdline) > 3 and info.cmdline[3] == GATE_ARGV0)
