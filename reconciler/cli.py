@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wait", default="60s", help="with --once: how long to wait")
     parser.add_argument("--allow-empty", action="store_true",
                         help="let an empty specs dir prune every running service")
-    parser.add_argument("--resync", default="5s", help="daemon: full resync interval")
+    parser.add_argument("--resync", default="30s",
+                        help="daemon: full resync interval (a safety net; events trigger passes)")
     parser.set_defaults(func=cmd_run)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

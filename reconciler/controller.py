@@ -19,6 +19,7 @@ from reconciler import health, logs
 from reconciler.desired import Desired, ResolvedCache, build_desired
 from reconciler.execute import Executor, Outcome
 from reconciler.files import PRIVATE_DIR, make_private_dirs
+from reconciler.host.limits import raise_fd_limit
 from reconciler.host.observe import observe
 from reconciler.host.observed import Observed
 from reconciler.host.proccache import ProcCache
@@ -95,6 +96,7 @@ class Reconciler:
         self._logs_checked_at = -math.inf  # time.monotonic() of the last cap_logs
         self.clock = clock
         self.children = Children()
+        raise_fd_limit()
         prepare_state_dir(settings)
         self.store = Store.open(settings.db_path)
         self.executor = Executor(settings.run_dir, self.children, clock)

@@ -31,11 +31,15 @@ from reconciler.watch import SpecWatcher
 
 log = logging.getLogger(__name__)
 UTC = dt.UTC
+# Every event already triggers a pass (spec change, process exit, health change, backoff
+# timer); the resync only catches what has no event, e.g. a pidfile or socket changed by
+# hand. Each resync is a full pass, so its interval is most of the idle cost.
+RESYNC_SECONDS = 30.0
 
 
 class Daemon:
     def __init__(self, settings: Settings, *, allow_empty: bool = False,
-                 resync: float = 5.0) -> None:
+                 resync: float = RESYNC_SECONDS) -> None:
         self.settings = settings
         self.allow_empty = allow_empty
         self.resync = resync

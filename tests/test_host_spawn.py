@@ -254,3 +254,25 @@ def test_a_parent_killed_before_opening_the_gate_leaves_nothing_running(
     finally:
         with contextlib.suppress(OSError):
             os.killpg(child, signal.SIGKILL)
+
+
+# --- open file limits --------------------------------------------------------------------------
+
+
+def test_children_get_the_fd_limit_the_controller_was_started_with(tmp_path: Path) -> None:
+    """The controller raises its own soft limit (it holds fds per process); a service
+    starts with the soft limit the controller was given, as if started by hand."""
+    code = (
+        "import resource, sys\n"
+        "soft, hard = 256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))\n"
+        "from reconciler.host.limits import raise_fd_limit\n"
+        "from reconciler.host.spawn import Children, minimal_env\n"
+        "raise_fd_limit()\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0] > soft, flush=True)\n"
+        f"Children().spawn(['/bin/sh', '-c', 'ulimit -S -n'], cwd={str(tmp_path)!r},\n"
+        f"                 env=minimal_env({{}}), log_path={str(tmp_path / 'main.log')!r})\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent,
+                          capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout == "True\n"
+    wait_for(lambda: (tmp_path / "main.log").read_text() == "256\n", message="the child's limit")

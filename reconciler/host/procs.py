@@ -252,6 +252,8 @@ def stop_session(leader: Identity, sig: int, timeout: float) -> StopResult:
     if stat is not None and not stat.zombie and stat.session != leader.pid:
         return stop_process(leader, sig, timeout)  # not a session leader: no session to sweep
     members = _sweepable(leader.pid, result)
+    if not members:
+        return result  # empty (the common crash): no member is left to fork another
     for member in members:
         if signal_identity(member, sig):
             result.signalled.append(member.pid)

@@ -30,13 +30,16 @@ from dataclasses import dataclass
 from reconciler.files import make_private_dirs
 from reconciler.host import procfs
 from reconciler.host.identity import Identity
+from reconciler.host.limits import child_fd_limit
 from reconciler.host.observed import Exit
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 _INHERITED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR"})
 _FALLBACK_POLL_SECONDS = 0.02  # only where the kernel has no pidfds
 # Waits for the parent's go on stdin; end-of-file (the parent died) means never run "$@".
-_GATE = 'read -r _ || exit 125; exec "$@" </dev/null'
+# $1 is the soft open-file limit the command gets (host/limits.py).
+_GATE = ('ulimit -S -n "$1" 2>/dev/null; shift; '
+         'read -r _ || exit 125; exec "$@" </dev/null')
 GATE_ARGV0 = "reconciler-gate"
 
 
@@ -150,7 +153,8 @@ class Children:
         log_fd = _open_log(os.fspath(log_path))
         gate_read, gate_write = os.pipe()  # both close-on-exec; the child gets gate_read as 0
         try:
-            popen = subprocess.Popen(["/bin/sh", "-c", _GATE, GATE_ARGV0, *argv], cwd=cwd_str,
+            gate = ["/bin/sh", "-c", _GATE, GATE_ARGV0, str(child_fd_limit())]
+            popen = subprocess.Popen([*gate, *argv], cwd=cwd_str,
                                      env=dict(env), stdin=gate_read, stdout=log_fd,
                                      stderr=subprocess.STDOUT, start_new_session=True,
                                      close_fds=True)
