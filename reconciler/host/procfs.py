@@ -24,7 +24,6 @@ UNIX_LISTENING_FLAG = 0x00010000  # __SO_ACCEPTCON: the socket called listen()
 
 _HEX = frozenset(string.hexdigits)
 _FS_ENCODING = "utf-8"
-_STAT_READ = 4096  # a stat line is well under 1 KiB, whatever the command name
 
 
 # --- strict number parsing: int() also accepts "0x1f", " 1_0 ", and non-ASCII digits ---------
@@ -184,25 +183,11 @@ def iter_pids() -> Iterator[int]:
 
 
 def iter_stats() -> Iterator[Stat]:
-    """Every process's stat, skipping those that vanish during the scan.
-
-    The system-wide scan behind a session sweep, so it reads each stat with one open, one
-    read and one close: half the syscalls of `read_stat`, which matters at a thousand
-    processes. One read is enough: the kernel renders the whole line at the first read.
-    """
+    """Every process's stat, skipping those that vanish during the scan."""
     for pid in iter_pids():
-        try:
-            fd = os.open(f"{PROC}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            raw = os.read(fd, _STAT_READ)
-        except OSError:  # ESRCH: gone while we read
-            continue
-        finally:
-            os.close(fd)
-        with contextlib.suppress(ValueError):
-            yield parse_stat(raw.decode(_FS_ENCODING, "replace"))
+        stat = read_stat(pid)
+        if stat is not None:
+            yield stat
 
 
 # --- /proc/<pid>/fd --------------------------------------------------------------------------
