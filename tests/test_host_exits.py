@@ -9,7 +9,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -189,8 +188,8 @@ def test_sync_dropping_an_identity_stops_watching_it(foreign: Foreign, calls: Ca
 def test_recycled_identity_is_reported_and_never_watched(foreign: Foreign, calls: Calls,
                                                          watcher: ExitWatcher) -> None:
     _proc, real = _sleeper(foreign)
-    older = replace(real, starttime_ticks=real.starttime_ticks - 1)  # same pid, other process
-    other_boot = replace(real, boot_id="0" * 32)
+    older = real._replace(starttime_ticks=real.starttime_ticks - 1)  # same pid, other process
+    other_boot = real._replace(boot_id="0" * 32)
     watcher.sync([older, other_boot])
     assert watcher.watching() == frozenset()
     _reported(calls, older)

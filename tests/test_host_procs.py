@@ -7,7 +7,6 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -117,8 +116,8 @@ def test_matching_identity_is_signalled(foreign: Foreign) -> None:
 
 def test_mismatched_identity_is_not_signalled(foreign: Foreign) -> None:
     identity = start_sleeper(foreign)
-    recycled = replace(identity, starttime_ticks=identity.starttime_ticks + 1)
-    other_boot = replace(identity, boot_id="00000000-0000-0000-0000-000000000000")
+    recycled = identity._replace(starttime_ticks=identity.starttime_ticks + 1)
+    other_boot = identity._replace(boot_id="00000000-0000-0000-0000-000000000000")
     for wrong in (recycled, other_boot):
         assert signal_identity(wrong, signal.SIGKILL) is False
         assert stop_process(wrong, signal.SIGKILL, 0.1) == StopResult()

@@ -7,8 +7,7 @@ clock steps because start time is measured from boot, not from the wall clock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from reconciler.host import procfs
 
@@ -16,8 +15,10 @@ if TYPE_CHECKING:
     from reconciler.host.observed import ProcInfo
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(NamedTuple):
+    """A tuple, so hashing and comparing it run in C: every pass compares and hashes the
+    identity of every job several times."""
+
     boot_id: str
     pid: int
     starttime_ticks: int

@@ -166,7 +166,7 @@ def _immediate(db: Database) -> Iterator[None]:
 
 # --- conversions: the only place that knows how records look as rows -----------------------
 
-_JOB_FIELDS = fields(JobRecord)
+_JOB_FIELDS = tuple(f for f in fields(JobRecord) if f.init)  # the columns; not derived ones
 
 
 def job_to_row(job: JobRecord) -> dict[str, Any]:
