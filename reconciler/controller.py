@@ -27,12 +27,7 @@ from reconciler.host.spawn import Children, minimal_env
 from reconciler.plan import Plan, plan, plan_down, plan_restart
 from reconciler.settings import Settings
 from reconciler.spec.load import LoadResult, load_specs
-from reconciler.state.enrollment import (
-    EnrollmentCache,
-    enrollment_file_name,
-    read_enrollments,
-    sweep_stale_temps,
-)
+from reconciler.state.enrollment import Enrollments, sweep_stale_temps
 from reconciler.state.lock import StateLock
 from reconciler.state.records import Enrollment, Event, JobRecord, SpecRecord
 from reconciler.state.store import Store
@@ -101,7 +96,7 @@ class Reconciler:
         self.store = Store.open(settings.db_path)
         self.executor = Executor(settings.run_dir, self.children, clock)
         self.lock = StateLock(settings.lock_path)
-        self.enrollment_cache: EnrollmentCache = {}
+        self.enrollments = Enrollments(settings.run_dir)
         self.resolved_cache: ResolvedCache = {}
         self.procs = ProcCache()
         sweep_stale_temps(settings.run_dir)
@@ -134,7 +129,8 @@ class Reconciler:
 
     def preview(self) -> tuple[LoadResult, Plan]:
         """The plan a pass would execute now (`reconcile diff`): writes nothing, reaps
-        nothing, takes no lock."""
+        nothing, takes no lock (so it cannot know who wrote enrollments: it reads them all)."""
+        self.enrollments.invalidate()
         draft = self._draft(children=None, health=None)
         return draft.loaded, draft.plan
 
@@ -179,16 +175,15 @@ class Reconciler:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the state dir's lock. If another process held it since our last pass, it may
-        have rewritten enrollments: read them all again (see `read_enrollments`)."""
+        have written enrollments: read them all again (see `Enrollments`)."""
         with self.lock:
             if self.lock.changed_hands:
-                self.enrollment_cache.clear()
+                self.enrollments.invalidate()
             yield
 
     def _execute(self, steps: Plan) -> Outcome:
         outcome = self.executor.run(steps.steps)
-        for job_id in outcome.jobs:  # their enrollments were (re)written or removed
-            self.enrollment_cache.pop(enrollment_file_name(job_id), None)
+        self.enrollments.refresh(outcome.jobs)  # their enrollments were written or removed
         return outcome
 
     def converge(self, wait: float) -> PassResult:
@@ -219,7 +214,7 @@ class Reconciler:
 
     def _records(self) -> tuple[list[JobRecord], dict[str, Enrollment]]:
         records = self.store.jobs()
-        enrollments = read_enrollments(self.settings.run_dir, self.enrollment_cache)
+        enrollments = self.enrollments.current()
         return with_unrecorded_enrollments(records, enrollments, self.clock()), enrollments
 
     def _save(self, outcome: Outcome, spec_records: list[SpecRecord],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,10 +33,10 @@ class DesiredAction:
     sockets: tuple[str, ...]
     log_path: str
     health: Health | None  # with a relative unix probe path resolved like `sockets`
+    key: tuple[str, str] = field(init=False, repr=False, compare=False)  # (service, action)
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.service, self.spec.name)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.service, self.spec.name))  # asked for often
 
     @property
     def name(self) -> str:

@@ -146,6 +146,21 @@ def test_killed_child_reports_the_signal(children: Children, tmp_path: Path) -> 
     assert reaped(children, pid).returncode == -signal.SIGKILL
 
 
+def test_reap_only_collects_the_exited_and_works_without_pidfds(
+        children: Children, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """reap() asks the kernel once (a poll over pidfds) which children exited; children the
+    kernel gave no pidfd (old kernels, seccomp) are each asked with waitpid instead."""
+    running = spawn(children, tmp_path, SLEEP)
+    exiting = spawn(children, tmp_path, [sys.executable, "-c", "raise SystemExit(4)"])
+    monkeypatch.setattr("reconciler.host.spawn._open_pidfd", lambda _pid: None)
+    unwatched = spawn(children, tmp_path, SLEEP)
+    monkeypatch.undo()
+    assert reaped(children, exiting).returncode == 4
+    os.kill(unwatched, signal.SIGKILL)
+    assert reaped(children, unwatched).returncode == -signal.SIGKILL
+    assert children.pids() == {running} and children.reap() == {}
+
+
 def test_wait_wakes_on_exit_and_times_out_otherwise(children: Children, tmp_path: Path) -> None:
     assert children.wait(0.01) is False  # no children: just waits
     pid = spawn(children, tmp_path, SLEEP)

@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,11 @@ from reconciler import cli
 from reconciler.controller import Reconciler
 from reconciler.host.identity import identity_of
 from reconciler.host.procs import session_members
+from reconciler.host.spawn import Children, minimal_env
 from reconciler.settings import Settings
+from reconciler.state.enrollment import enroll
+from reconciler.state.lock import StateLock
+from reconciler.state.records import Enrollment
 from tests.conftest import Foreign
 from tests.helpers import wait_for
 
@@ -449,6 +454,31 @@ def test_enrollment_proves_ownership_when_the_record_was_never_committed(
         result = second.reconcile()
     assert [s.verb for s in result.plan.steps] == ["record"]  # recovered, nothing spawned
     assert job(settings, capsys, "a.main")["pid"] == pid and alive(pid)
+
+
+def test_a_running_controller_sees_what_a_crashed_concurrent_pass_enrolled(
+        settings: Settings, reconciler: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
+    """Another process (a `reconcile --once`) respawned our job and died before committing:
+    the long-lived controller must adopt that process, not start a second instance, even
+    though it keeps the enrollments it read in memory between passes."""
+    write_sleeper(settings.specs_dir, "a")
+    assert reconciler.converge(wait=20).converged
+    [record] = reconciler.store.jobs()
+    with StateLock(settings.lock_path):  # the other process's pass
+        os.kill(record.pid, signal.SIGKILL)
+        wait_for(lambda: identity_of(record.pid) is None, message="the old process gone")
+        children = Children()
+        identity = children.spawn(
+            SLEEPER, cwd=settings.specs_dir, log_path=settings.logs_dir / "other.log",
+            env=minimal_env({"RECONCILER_STATE_DIR": str(settings.state_dir)}),
+            enroll=lambda ident: enroll(settings.run_dir, Enrollment(
+                job_id=record.id, service="a", action="main", generation=record.generation,
+                identity=ident, cmdline=tuple(SLEEPER), enrolled_at=time.time())))
+        children.close()
+    result = reconciler.reconcile()
+    assert [s.verb for s in result.plan.changes] == ["adopt"]
+    row = job(settings, capsys, "a.main")
+    assert (row["job_id"], row["pid"], row["restart_count"]) == (record.id, identity.pid, 1)
 
 
 def test_schema_is_json_schema_for_editors(capsys: pytest.CaptureFixture[str]) -> None:

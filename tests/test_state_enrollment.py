@@ -12,6 +12,7 @@ import pytest
 
 from reconciler.host.identity import Identity
 from reconciler.state.enrollment import (
+    Enrollments,
     enroll,
     enrollment_path,
     read_enrollments,
@@ -128,3 +129,28 @@ def test_file_format_is_plain_json(run_dir: Path) -> None:
     assert data["identity"] == {"boot_id": "boot-id", "pid": 4242, "starttime_ticks": 123456}
     assert data["cmdline"] == ["python3", "-m", "http.server", "8080"]
     assert data["format"] == 1
+
+
+# --- Enrollments: read once, then kept current by the lock holder ----------------------------
+
+
+def test_enrollments_are_read_once_then_refreshed_per_job(run_dir: Path) -> None:
+    enroll(run_dir, make("a"))
+    enroll(run_dir, make("b"))
+    book = Enrollments(run_dir)
+    assert set(book.current()) == {"a", "b"}
+    enroll(run_dir, make("a", pid=7))
+    unenroll(run_dir, "b")
+    enroll(run_dir, make("c"))
+    assert book.current()["a"].identity.pid == 4242  # nothing re-read without being told
+    book.refresh(["a", "b"])
+    assert book.current() == {"a": make("a", pid=7)}  # c: written by someone else
+    book.invalidate()
+    assert set(book.current()) == {"a", "c"}
+
+
+def test_refresh_before_the_first_read_reads_nothing(run_dir: Path) -> None:
+    book = Enrollments(run_dir)
+    enroll(run_dir, make("a"))
+    book.refresh(["a"])
+    assert book.current() == {"a": make("a")}

@@ -1,9 +1,12 @@
-"""Enrollment files: the proof, written the moment a process is spawned, that it is ours.
+"""Enrollment files: the proof, written before a spawned process runs its command, that it
+is ours (the spawn gate waits for it: host/spawn.py).
 
 SQLite is written at the end of a pass; if the controller dies between spawning and
 recording, only this file lets the next controller adopt the process instead of treating it
-as an alien (or starting a duplicate). So it is written atomically and durably (temp file,
-fsync, rename, fsync of the dir): after a crash it is either complete or absent, never torn.
+as an alien (or starting a duplicate). So it is written atomically (temp file, rename):
+after a crash it is either complete or absent, never torn. It is not fsynced: it is only
+ever trusted within the boot it names, and only a machine crash (a new boot) can lose a
+rename or an unlink that was not synced.
 
 Reading is forgiving: a corrupt file is skipped and logged, never raised. A missing
 enrollment only costs adoption (the process is then handled as alien), while a crash here
@@ -15,10 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from reconciler.files import fsync_dir, make_private_dirs, write_atomic
+from reconciler.files import make_private_dirs, write_atomic
 from reconciler.host.identity import Identity
 from reconciler.state.records import Enrollment
 
@@ -42,9 +46,7 @@ def enrollment_file_name(job_id: str) -> str:
 def enroll(run_dir: Path, enrollment: Enrollment) -> Path:
     """Write `<run_dir>/<job_id>.enroll.json` atomically; returns its path.
 
-    Not fsynced: an enrollment is only ever trusted within the boot it names, and only a
-    machine crash (a new boot) can lose an un-fsynced rename. `os.replace` alone covers a
-    controller crash, and skipping the fsyncs halves the cost of a spawn.
+    Not fsynced (see the module docstring): skipping the fsyncs halves the cost of a spawn.
     """
     target = enrollment_path(run_dir, enrollment.job_id)
     make_private_dirs(run_dir)
@@ -53,55 +55,62 @@ def enroll(run_dir: Path, enrollment: Enrollment) -> Path:
     return target
 
 
-EnrollmentCache = dict[str, tuple[int, Enrollment | None]]  # file name -> (inode, content)
-
-
-def read_enrollments(run_dir: Path, cache: EnrollmentCache | None = None
-                     ) -> dict[str, Enrollment]:
-    """Every readable enrollment by job id; a missing dir is simply "none yet".
-
-    Every pass reads every enrollment; with a `cache` (kept by the caller across passes) a
-    file whose inode is unchanged is not read and parsed again. Enrollments are only ever
-    written by rename (`enroll`), so a new content is a new inode: the old file still
-    existed when the new one was created, so the two cannot share a number. The inode
-    comes with the directory listing, so an unchanged enrollment costs no syscall at all.
-    """
+def read_enrollments(run_dir: Path) -> dict[str, Enrollment]:
+    """Every readable enrollment by job id; a missing dir is simply "none yet"."""
     try:
-        entries = sorted((e for e in os.scandir(run_dir)
-                          if e.name.endswith(SUFFIX) and not e.name.startswith(".")),
-                         key=lambda e: e.name)
+        names = sorted(e.name for e in os.scandir(run_dir)
+                       if e.name.endswith(SUFFIX) and not e.name.startswith("."))
     except FileNotFoundError:
         return {}
     except OSError as err:
         log.warning("cannot list enrollments in %s: %s", run_dir, err)
         return {}
     found: dict[str, Enrollment] = {}
-    for entry in entries:
-        enrollment = _read_cached(entry, cache)
+    for name in names:
+        enrollment = _read_one(run_dir / name)
         if enrollment is not None:
             found[enrollment.job_id] = enrollment
-    if cache is not None:
-        for gone in set(cache) - {e.name for e in entries}:
-            del cache[gone]
     return found
 
 
-def _read_cached(entry: os.DirEntry[str], cache: EnrollmentCache | None) -> Enrollment | None:
-    if cache is None:
-        return _read_one(Path(entry.path))
-    key = entry.inode()
-    hit = cache.get(entry.name)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    enrollment = _read_one(Path(entry.path))
-    cache[entry.name] = (key, enrollment)
-    return enrollment
+class Enrollments:
+    """The run dir's enrollments, read in full once and then kept current.
+
+    Enrollments are written only during a pass, and a pass holds the state dir's lock. So a
+    process that keeps holding the lock pass after pass knows every change: its own writes.
+    It reads everything again only when the lock changed hands (`invalidate`), and after its
+    own steps only the files of the jobs they touched (`refresh`). At a thousand jobs that
+    saves a directory listing of two thousand entries per pass.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._known: dict[str, Enrollment] | None = None
+
+    def current(self) -> dict[str, Enrollment]:
+        if self._known is None:
+            self._known = read_enrollments(self.run_dir)
+        return dict(self._known)
+
+    def invalidate(self) -> None:
+        self._known = None
+
+    def refresh(self, job_ids: Iterable[str]) -> None:
+        """Read these jobs' files again (they were written or removed)."""
+        if self._known is None:
+            return
+        for job_id in job_ids:
+            path = enrollment_path(self.run_dir, job_id)
+            enrollment = _read_one(path) if os.path.lexists(path) else None
+            if enrollment is None:
+                self._known.pop(job_id, None)
+            else:
+                self._known[job_id] = enrollment
 
 
 def unenroll(run_dir: Path, job_id: str) -> None:
     """Forget a job's process (it was stopped); already gone is fine."""
     enrollment_path(run_dir, job_id).unlink(missing_ok=True)
-    fsync_dir(run_dir)
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -71,20 +71,18 @@ class JobRecord:
     spec: dict[str, Any] = field(default_factory=dict)
     created_at: float | None = None
     updated_at: float | None = None
-    # Derived from pid, boot_id and starttime_ticks once, at construction: every pass asks
-    # for the identity of every job several times (building it each time was 18 % of a pass
-    # at 1000 jobs). Not a column: the store reads and writes the init fields only.
+    # Derived once, at construction: every pass asks for the identity and key of every job
+    # several times (building the identity each time was 18 % of a pass at 1000 jobs).
+    # Not columns: the store reads and writes the init fields only.
     identity: Identity | None = field(init=False, repr=False, compare=False)
+    key: tuple[str, str] = field(init=False, repr=False, compare=False)  # (service, action)
 
     def __post_init__(self) -> None:
         known = self.pid is not None and self.boot_id is not None \
             and self.starttime_ticks is not None
         identity = Identity(self.boot_id, self.pid, self.starttime_ticks) if known else None  # type: ignore[arg-type]
         object.__setattr__(self, "identity", identity)
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.service, self.action)
+        object.__setattr__(self, "key", (self.service, self.action))
 
     def with_identity(self, identity: Identity | None) -> JobRecord:
         if identity is None:
