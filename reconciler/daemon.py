@@ -10,6 +10,7 @@ kick is ever lost, and a burst of kicks costs one pass, not one each.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import signal
 import threading
@@ -72,6 +73,8 @@ class Daemon:
                     if self.wake.wait(timeout=1.0) and not self.stopping.is_set():
                         self.wake.clear()
                         self._pass(reconciler)
+                        if self.passes == 1:
+                            _freeze_start_up_heap()
             finally:
                 self._stop_triggers()
         return 0
@@ -142,6 +145,15 @@ class Daemon:
         self.exits.stop()
         self.health.stop()
         self.scheduler.shutdown(wait=False)
+
+
+def _freeze_start_up_heap() -> None:
+    """What start-up and the first pass built (modules, pydantic schemas, parsed specs, the
+    job records) lives as long as the daemon. Moved out of the collector's sight, it no
+    longer makes every full collection walk it: at 1000 jobs those walks paused a pass for
+    20-50 ms, the worst respawn times in the benchmark."""
+    gc.collect()
+    gc.freeze()
 
 
 def _probe_targets(desired: Desired, running: list[JobRecord]) -> list[ProbeTarget]:
