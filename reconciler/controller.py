@@ -23,7 +23,7 @@ from reconciler.host.limits import raise_fd_limit
 from reconciler.host.observe import observe
 from reconciler.host.observed import Observed
 from reconciler.host.proccache import ProcCache
-from reconciler.host.spawn import Children, minimal_env
+from reconciler.host.spawn import Children
 from reconciler.plan import Plan, plan, plan_down, plan_restart
 from reconciler.settings import Settings
 from reconciler.spec.load import LoadResult, load_specs
@@ -280,7 +280,7 @@ def probe_readiness(desired: Desired, records: list[JobRecord],
             continue
         if job.generation == action.generation and observed.alive(job.identity):
             ready[job.id] = health.probe(action.health, cwd=action.cwd,
-                                         env=minimal_env(dict(action.env)))
+                                         env=dict(action.env))
     return ready
 
 

@@ -24,7 +24,6 @@ from reconciler.controller import PassResult, Reconciler
 from reconciler.desired import Desired
 from reconciler.health import HealthMonitor, ProbeTarget
 from reconciler.host.exits import ExitWatcher
-from reconciler.host.spawn import minimal_env
 from reconciler.settings import Settings
 from reconciler.state.lock import LockTimeout
 from reconciler.state.records import JobRecord
@@ -164,6 +163,6 @@ def _probe_targets(desired: Desired, running: list[JobRecord]) -> list[ProbeTarg
         if action is None or action.health is None or action.generation != job.generation:
             continue
         targets.append(ProbeTarget(job_id=job.id, health=action.health, cwd=action.cwd,
-                                   env=minimal_env(dict(action.env)),
+                                   env=dict(action.env),
                                    started_at=job.started_at or 0.0))
     return targets

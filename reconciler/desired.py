@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reconciler.host.spawn import minimal_env
 from reconciler.settings import Settings
 from reconciler.spec.model import Action, Health, Service, UnixHealth
 
@@ -28,7 +29,7 @@ class DesiredAction:
     generation: str
     argv: tuple[str, ...]
     cwd: str
-    env: tuple[tuple[str, str], ...]
+    env: tuple[tuple[str, str], ...]  # the complete environment its processes get
     pidfile: str | None  # process actions only
     sockets: tuple[str, ...]
     log_path: str
@@ -131,13 +132,13 @@ def _resolve(service: Service, action: Action, settings: Settings) -> DesiredAct
         pidfile = _under(run_dir, action.pidfile or f"{service.name}.{action.name}.pid")
     cwd = _under(settings.specs_dir, action.cwd) if action.cwd else str(settings.specs_dir)
     log_path = settings.logs_dir / service.name / f"{action.name}.log"
-    env = {
+    env = minimal_env({
         **action.env,
         "RECONCILER_SERVICE": service.name,
         "RECONCILER_ACTION": action.name,
         "RECONCILER_STATE_DIR": str(settings.state_dir),
         "RECONCILER_RUN_DIR": str(run_dir),
-    }
+    })
     return DesiredAction(
         service=service.name,
         spec=action,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from reconciler import logs
 from reconciler.backoff import retry_delay
 from reconciler.host import pidfile, procs, sockets
 from reconciler.host.identity import Identity
-from reconciler.host.spawn import Children, SpawnError, minimal_env
+from reconciler.host.spawn import Children, SpawnError, create_logs
 from reconciler.plan import Adopt, Cleanup, Record, Spawn, Step, Stop
 from reconciler.redact import redact_argv
 from reconciler.state import enrollment
@@ -53,8 +53,11 @@ class Executor:
         self.children = children
         self.clock = clock
 
-    def run(self, steps: Iterable[Step]) -> Outcome:
+    def run(self, steps: Sequence[Step]) -> Outcome:
         outcome = Outcome()
+        new_logs = [s.action.log_path for s in steps if isinstance(s, Spawn) and not s.rotate_log]
+        if len(new_logs) > 1:  # many new jobs (start-up, a new spec file): create in parallel
+            create_logs(new_logs)
         for step in steps:
             handler = getattr(self, f"_{type(step).__name__.lower()}")
             handler(step, outcome)
@@ -107,7 +110,7 @@ class Executor:
 
         try:
             identity = self.children.spawn(list(action.argv), cwd=action.cwd,
-                                           env=minimal_env(dict(action.env)), log_path=log_path,
+                                           env=dict(action.env), log_path=log_path,
                                            enroll=enroll)
         except SpawnError as err:
             self._spawn_failed(step, str(err), now, out)

@@ -8,6 +8,7 @@ failures that matter. Probes only talk to loopback or unix sockets we were told 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -15,19 +16,18 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from reconciler.spec.model import ExecHealth, Health, HttpHealth, TcpHealth, UnixHealth
 
+if TYPE_CHECKING:
+    from urllib.request import OpenerDirector
+
 log = logging.getLogger(__name__)
 
-# An HTTP probe targets the job itself: an http_proxy in the controller's environment must
-# never route it elsewhere (or make a healthy job look dead because the proxy is down).
-_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def probe(health: Health, *, cwd: str | None = None, env: dict[str, str] | None = None) -> bool:
@@ -57,10 +57,6 @@ def probe_reason(health: Health, *, cwd: str | None = None,
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, (TimeoutError, subprocess.TimeoutExpired)):
         return "timeout"
-    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
-        return _describe(exc.reason)
-    if isinstance(exc, urllib.error.URLError):
-        return str(exc.reason)
     if isinstance(exc, OSError) and exc.errno is not None:
         return os.strerror(exc.errno).lower()
     return str(exc) or type(exc).__name__
@@ -79,12 +75,29 @@ def _unix(path: str, timeout: float) -> str | None:
 
 
 def _http(url: str, timeout: float) -> str | None:
+    # Imported here: urllib.request (http.client, email, ssl) is a tenth of the controller's
+    # start-up, and only http probes need it.
+    import urllib.error
+
     try:
-        with _NO_PROXY_OPENER.open(url, timeout=timeout) as response:
+        with _no_proxy_opener().open(url, timeout=timeout) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
         return f"HTTP {exc.code}"
+    except urllib.error.URLError as exc:
+        return _describe(exc.reason) if isinstance(exc.reason, BaseException) \
+            else str(exc.reason)
     return None if 200 <= status < 300 else f"HTTP {status}"
+
+
+@functools.cache
+def _no_proxy_opener() -> OpenerDirector:
+    """An HTTP probe targets the job itself: an http_proxy in the controller's environment
+    must never route it elsewhere (or make a healthy job look dead because the proxy is
+    down)."""
+    import urllib.request
+
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _exec(cmd: list[str] | str, timeout: float, cwd: str | None,

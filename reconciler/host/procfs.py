@@ -24,6 +24,7 @@ UNIX_LISTENING_FLAG = 0x00010000  # __SO_ACCEPTCON: the socket called listen()
 
 _HEX = frozenset(string.hexdigits)
 _FS_ENCODING = "utf-8"
+_STAT_MAX = 4096  # a stat line is well under 1 KiB whatever the command name
 
 
 # --- strict number parsing: int() also accepts "0x1f", " 1_0 ", and non-ASCII digits ---------
@@ -151,9 +152,25 @@ def _stat_at(dir_fd: int) -> Stat | None:
 
 
 def read_stat(pid: int) -> Stat | None:
-    """None when the process does not exist (any more)."""
-    with _proc_dir(pid) as dir_fd:
-        return None if dir_fd is None else _stat_at(dir_fd)
+    """None when the process does not exist (any more).
+
+    One open and one read (the kernel renders the whole line, well under 4 KiB, at the
+    first read): this runs for every spawn and every identity check.
+    """
+    try:
+        fd = os.open(f"{PROC}/{int(pid)}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        raw = os.read(fd, _STAT_MAX)
+    except OSError:  # ESRCH: gone while we read
+        return None
+    finally:
+        os.close(fd)
+    try:
+        return parse_stat(raw.decode(_FS_ENCODING, "replace"))
+    except ValueError:
+        return None
 
 
 def read_cmdline(pid: int) -> tuple[str, ...]:
