@@ -184,7 +184,9 @@ METHOD = """## Method
   the direct translation an operator would write when moving from supervisord. Every
   supervisor keeps its defaults otherwise (supervisord: `autorestart`, `startsecs=1`, AUTO
   child logs, `minfds` raised so N pipes fit; circus: no stats, output discarded;
-  reconciler: the CLI daemon, `--resync 5s`, per-job log files).
+  reconciler: the CLI daemon with its default 30 s resync, per-job log files, run from
+  this source tree byte-compiled first, as `pip install` would have done; supervisord and
+  circus run from site-packages, compiled at install).
 - Each daemon runs as a subprocess in its own session; every process gets `BENCH_RUN=<uuid>`
   in its environment, by which the harness kills everything it started at the end.
 - "Running" = a child of the daemon whose `comm` is `sleep` (the `sh` has exec'ed). The
