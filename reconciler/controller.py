@@ -33,7 +33,8 @@ from reconciler.state.records import Enrollment, Event, JobRecord, SpecRecord
 from reconciler.state.store import Store
 
 SETTLED_PHASES = ("succeeded", "stopped")
-LOG_CHECK_SECONDS = 5.0  # how often running jobs' logs are held to `logs.max_size`
+HOUSEKEEPING_SECONDS = 5.0  # how often logs are held to `logs.max_size` and events pruned
+EVENTS_KEPT = 10_000  # the newest events kept: a crash loop must not grow the database forever
 HealthResults = Mapping[str, "health.HealthState"]
 
 
@@ -84,11 +85,11 @@ class Reconciler:
 
     def __init__(self, settings: Settings, *, allow_empty: bool = False,
                  clock: Callable[[], float] = time.time,
-                 log_check_interval: float = LOG_CHECK_SECONDS) -> None:
+                 housekeeping_interval: float = HOUSEKEEPING_SECONDS) -> None:
         self.settings = settings
         self.allow_empty = allow_empty
-        self.log_check_interval = log_check_interval
-        self._logs_checked_at = -math.inf  # time.monotonic() of the last cap_logs
+        self.housekeeping_interval = housekeeping_interval
+        self._housekept_at = -math.inf  # time.monotonic() of the last housekeeping
         self.clock = clock
         self.children = Children()
         raise_fd_limit()
@@ -124,7 +125,7 @@ class Reconciler:
             outcome = self._execute(draft.plan)
             self._save(outcome, draft.spec_records, draft.loaded)
             jobs = jobs_after(draft.records, outcome)
-            self._cap_logs_when_due(draft.desired, jobs)
+            self._housekeeping_when_due(draft.desired, jobs)
             return PassResult(draft.loaded, draft.desired, draft.plan, jobs)
 
     def preview(self) -> tuple[LoadResult, Plan]:
@@ -165,12 +166,13 @@ class Reconciler:
             self._save(self._execute(steps), [], None)
             return steps
 
-    def _cap_logs_when_due(self, desired: Desired, jobs: Iterable[JobRecord]) -> None:
-        """A size cap needs no per-pass precision, and checking a thousand logs costs more
-        than the rest of a no-op pass."""
-        if time.monotonic() - self._logs_checked_at >= self.log_check_interval:
+    def _housekeeping_when_due(self, desired: Desired, jobs: Iterable[JobRecord]) -> None:
+        """Bounds on disk use need no per-pass precision, and checking a thousand logs
+        costs more than the rest of a no-op pass."""
+        if time.monotonic() - self._housekept_at >= self.housekeeping_interval:
             cap_logs(desired, jobs)
-            self._logs_checked_at = time.monotonic()
+            self.store.prune_events(keep=EVENTS_KEPT)
+            self._housekept_at = time.monotonic()
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

@@ -529,10 +529,23 @@ def test_status_shows_usage_and_a_running_log_is_capped(
     log = settings.logs_dir / "a" / "main.log"
     flag.write_text("")
     wait_for(lambda: log.stat().st_size >= 400_000, message="the process wrote its output")
-    reconciler.log_check_interval = 0.0  # due now (passes check logs every few seconds)
+    reconciler.housekeeping_interval = 0.0  # due now (passes check logs every few seconds)
     reconciler.reconcile()
     assert log.stat().st_size == 0
     assert (settings.logs_dir / "a" / "main.log.1").stat().st_size >= 400_000
     row = job(settings, capsys, "a.main")
     assert row["rss_bytes"] > 0 and row["cpu_percent"] >= 0 and row["uptime_seconds"] >= 0
     assert alive(row["pid"])
+
+
+def test_old_events_are_pruned_so_the_database_stays_bounded(
+        settings: Settings, reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_sleeper(settings.specs_dir, "a")
+    write_sleeper(settings.specs_dir, "b")
+    assert reconciler.converge(wait=20).converged
+    assert len(reconciler.store.events(limit=None)) > 3
+    newest = reconciler.store.events(limit=3)
+    monkeypatch.setattr("reconciler.controller.EVENTS_KEPT", 3)
+    reconciler.housekeeping_interval = 0.0
+    reconciler.reconcile()
+    assert reconciler.store.events(limit=None) == newest
