@@ -23,6 +23,10 @@ from reconciler.host.observed import Exit, Observed, ProcInfo
 from reconciler.redact import command_line
 from reconciler.state.records import BlockedBy, Enrollment, JobRecord
 
+# A process without a health check that dies sooner than this after its start crashed before
+# it was ready (see `_had_started`).
+STARTUP_SECONDS = 1.0
+
 # ---------------------------------------------------------------------------------------------
 # Steps: plain data handed to `execute`.
 
@@ -310,7 +314,8 @@ def _record_process_exit(ctx: _Pass, action: DesiredAction, job: JobRecord, *,
     reset = lived >= action.spec.backoff.reset_after
     failures = 1 if reset else job.consecutive_failures + 1
     failure_class = ("unhealthy" if unhealthy
-                     else "crash-after-ready" if job.ready else "crash-before-ready")
+                     else "crash-after-ready" if _had_started(action, job, lived)
+                     else "crash-before-ready")
     policy = action.spec.effective_restart
     clean_exit = exit_code == 0
     why = (f"unhealthy: {ctx.observed.failing.get(job.id, 0)} health checks failed in a row"
@@ -340,6 +345,14 @@ def _record_process_exit(ctx: _Pass, action: DesiredAction, job: JobRecord, *,
                   next_start_at=None, reason=f"{what}; restarting")
     ctx.emit(Record(due, "exit", due.reason))
     return due
+
+
+def _had_started(action: DesiredAction, job: JobRecord, lived: float) -> bool:
+    """Did the process come up before it died? With a health check: its probe passed. A
+    process without one is ready as soon as a pass sees it alive, which can be milliseconds
+    after the spawn; like supervisord's `startsecs`, it counts as started only after
+    STARTUP_SECONDS, so `exit 1` at once is a crash *before* ready, as operators expect."""
+    return job.ready and (action.health is not None or lived >= STARTUP_SECONDS)
 
 
 def _exit_code(reaped: Exit | None, identity: Identity | None) -> int | None:

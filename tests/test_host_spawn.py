@@ -21,7 +21,6 @@ from reconciler.host.spawn import (
     GATE_ARGV0,
     Children,
     SpawnError,
-    create_logs,
     minimal_env,
 )
 from tests.helpers import wait_for
@@ -130,21 +129,6 @@ def test_spawn_refuses_a_symlinked_log(children: Children, tmp_path: Path) -> No
     with pytest.raises(SpawnError, match="symlink"):
         children.spawn(SLEEP, cwd=tmp_path, env=minimal_env({}), log_path=log)
     assert victim.read_text() == "precious"
-
-
-def test_create_logs_makes_private_dirs_and_files_and_never_follows_symlinks(
-        tmp_path: Path) -> None:
-    victim = tmp_path / "victim"
-    victim.write_text("precious")
-    logs = tmp_path / "logs"
-    paths = [logs / f"s{i}" / "main.log" for i in range(12)]
-    (logs / "s3").mkdir(parents=True)
-    paths[3].symlink_to(victim)
-    create_logs(paths)
-    for path in paths[:3] + paths[4:]:
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_bytes() == b""
-        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert paths[3].is_symlink() and victim.read_text() == "precious"
 
 
 def test_exit_code_is_reaped_exactly_once(children: Children, tmp_path: Path) -> None:

@@ -12,7 +12,17 @@ from reconciler.backoff import restart_delay, retry_delay
 from reconciler.desired import Desired, desired_from_services
 from reconciler.host.identity import Identity
 from reconciler.host.observed import Exit, Observed, PidfileState, PortState, ProcInfo, SocketState
-from reconciler.plan import Adopt, Cleanup, Plan, Record, Spawn, Stop, plan, plan_down
+from reconciler.plan import (
+    STARTUP_SECONDS,
+    Adopt,
+    Cleanup,
+    Plan,
+    Record,
+    Spawn,
+    Stop,
+    plan,
+    plan_down,
+)
 from reconciler.settings import Settings
 from reconciler.spec.model import Backoff, Service
 from reconciler.state.records import Enrollment, JobRecord
@@ -115,6 +125,22 @@ def test_crash_loop_backs_off_instead_of_spawning() -> None:
     assert record.job.next_start_at is not None and record.job.next_start_at > NOW
     assert record.job.failure_class == "crash-after-ready"
     assert "crash-loop" in record.job.reason
+
+
+def test_a_quick_death_is_a_crash_before_ready_unless_a_probe_passed() -> None:
+    """Without a health check a process is ready once a pass saw it alive, possibly a few
+    milliseconds after its start; dying within STARTUP_SECONDS still counts as a start-up
+    failure. A passed probe is proof of readiness however soon the crash follows."""
+    def failure_class(svc: Service, lived: float) -> str | None:
+        want = desired(svc)
+        job = running_job(want, started_at=NOW - lived, ready=True)
+        record = plan(want, observed(), [job], NOW).steps[1]
+        assert isinstance(record, Record)
+        return record.job.failure_class
+
+    assert failure_class(service(), lived=0.05) == "crash-before-ready"
+    assert failure_class(service(), lived=STARTUP_SECONDS) == "crash-after-ready"
+    assert failure_class(service(health={"tcp": 8080}), lived=0.05) == "crash-after-ready"
 
 
 def test_backoff_waits_until_due_then_spawns() -> None:

@@ -549,3 +549,31 @@ def test_old_events_are_pruned_so_the_database_stays_bounded(
     reconciler.housekeeping_interval = 0.0
     reconciler.reconcile()
     assert reconciler.store.events(limit=None) == newest
+
+
+def test_many_starts_in_one_pass_are_each_recorded_in_plan_order(
+        settings: Settings, reconciler: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
+    """A pass starts consecutive spawns concurrently; each still gets its own log, pidfile
+    and enrollment, a failed one fails alone, and events keep the plan's order."""
+    names = [f"s{i}" for i in range(8)]
+    for name in names:
+        write_sleeper(settings.specs_dir, name)
+    write_spec(settings.specs_dir, "s4.yaml", """\
+    name: s4
+    actions:
+      - {name: main, process: true, cmd: [no-such-command-xyz]}
+    """)
+    result = reconciler.reconcile()
+    spawned = [s.job.service for s in result.plan.changes]
+    assert spawned == names
+    events = [e for _, e in reconciler.store.events(limit=None) if e.kind in ("spawn", "backoff")]
+    assert [e.service for e in events] == names
+    for name in names:
+        row = job(settings, capsys, f"{name}.main")
+        if name == "s4":
+            assert row["phase"] == "backoff" and "command not found" in str(row["reason"])
+            continue
+        assert alive(row["pid"]) and row["phase"] == "running"
+        assert (settings.run_dir / f"{name}.main.pid").read_text() == f"{row['pid']}\n"
+        assert (settings.logs_dir / name / "main.log").is_file()
+    assert len(reconciler.enrollments.current()) == len(names) - 1

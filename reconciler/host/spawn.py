@@ -24,8 +24,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from reconciler.files import make_private_dirs
@@ -75,22 +74,6 @@ def _open_log(log_path: str) -> int:
     except OSError as err:
         reason = "is a symlink" if err.errno == errno.ELOOP else err.strerror
         raise SpawnError(f"cannot open log {log_path}: {reason}") from err
-
-
-def create_logs(paths: Iterable[str | os.PathLike[str]], workers: int = 4) -> None:
-    """Create the log dirs and files of many jobs about to start, a few at a time.
-
-    Creating a directory and a first file in it waits on the disk (~1 ms each on a VM,
-    most of a start-up pass of many new jobs); several creations overlap. Spawning then
-    opens the existing file as usual, with the same checks. Failures are left for the
-    spawn to report.
-    """
-    def create(path: str | os.PathLike[str]) -> None:
-        with contextlib.suppress(SpawnError):
-            os.close(_open_log(os.fspath(path)))
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="create-logs") as pool:
-        list(pool.map(create, paths))
 
 
 def _check_executable(argv0: str, cwd: str | None, env: Mapping[str, str]) -> None:
