@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import stat
 import subprocess
@@ -291,3 +292,23 @@ def test_children_get_the_fd_limit_the_controller_was_started_with(tmp_path: Pat
                           capture_output=True, text=True, check=True, timeout=60)
     assert done.stdout == "True\n"
     wait_for(lambda: (tmp_path / "main.log").read_text() == "256\n", message="the child's limit")
+
+
+def test_running_out_of_file_descriptors_is_a_spawn_error(children: Children,
+                                                          tmp_path: Path) -> None:
+    """EMFILE must fail that start (retried with backoff), not the whole pass."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hog: list[int] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        with contextlib.suppress(OSError):
+            while True:
+                hog.append(os.open("/dev/null", os.O_RDONLY))
+        os.close(hog.pop())  # room for the log file, none for the gate's pipe
+        with pytest.raises(SpawnError, match="spawn gate"):
+            spawn(children, tmp_path, SLEEP)
+    finally:
+        for fd in hog:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert children.pids() == frozenset()

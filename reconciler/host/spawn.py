@@ -156,7 +156,11 @@ class Children:
             raise SpawnError(f"working directory missing: {cwd_str}")
         _check_executable(argv[0], cwd_str, env)
         log_fd = _open_log(os.fspath(log_path))
-        gate_read, gate_write = os.pipe()  # both close-on-exec; the child gets gate_read as 0
+        try:
+            gate_read, gate_write = os.pipe()  # both close-on-exec; the child gets gate_read
+        except OSError as err:  # EMFILE/ENFILE: a failed start to retry, not a failed pass
+            os.close(log_fd)
+            raise SpawnError(f"cannot create the spawn gate: {err.strerror}") from err
         try:
             gate = ["/bin/sh", "-c", _GATE, GATE_ARGV0, str(child_fd_limit())]
             popen = subprocess.Popen([*gate, *argv], cwd=cwd_str,
