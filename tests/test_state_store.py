@@ -159,6 +159,17 @@ def test_atomic_rolls_back_on_exception(store: Store) -> None:
     assert store.events() == [] and store.spec_records() == {}
 
 
+def test_a_rolled_back_savepoint_leaves_no_trace_in_jobs(store: Store) -> None:
+    store.upsert_jobs([full_job("kept")])
+    assert store.jobs() == [full_job("kept")]  # read once, so later reads may come from memory
+    with store.atomic():
+        with pytest.raises(RuntimeError), store.atomic():  # a savepoint inside the transaction
+            store.upsert_jobs([full_job("lost")])
+            raise RuntimeError("boom")
+        store.upsert_jobs([full_job("kept", phase="running")])
+    assert store.jobs() == [full_job("kept", phase="running")]
+
+
 def test_atomic_commits_and_is_visible_to_other_connections(store: Store, db_path: Path) -> None:
     with store.atomic():
         store.upsert_jobs([full_job()])

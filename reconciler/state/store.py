@@ -355,13 +355,13 @@ class Store:
         The outermost level is BEGIN IMMEDIATE so it waits for another writer instead of
         failing halfway with SQLITE_BUSY.
         """
-        if self.db.conn.in_transaction:
-            with self.db.atomic():
-                yield
-            return
         try:
-            with _immediate(self.db):
-                yield
+            if self.db.conn.in_transaction:
+                with self.db.atomic():
+                    yield
+            else:
+                with _immediate(self.db):
+                    yield
         except BaseException:
             self._jobs = None  # rolled back: the cache may hold writes that never landed
             raise
