@@ -153,7 +153,7 @@ def test_reap_only_collects_the_exited_and_works_without_pidfds(
     kernel gave no pidfd (old kernels, seccomp) are each asked with waitpid instead."""
     running = spawn(children, tmp_path, SLEEP)
     exiting = spawn(children, tmp_path, [sys.executable, "-c", "raise SystemExit(4)"])
-    monkeypatch.setattr("reconciler.host.spawn._open_pidfd", lambda _pid: None)
+    monkeypatch.setattr("reconciler.host.spawn.open_pidfd", lambda _pid: None)
     unwatched = spawn(children, tmp_path, SLEEP)
     monkeypatch.undo()
     assert reaped(children, exiting).returncode == 4

@@ -18,7 +18,6 @@ Where the kernel has no pidfds, nothing is cached and every lookup reads `/proc`
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import time
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 
 from reconciler.host.identity import proc_info
 from reconciler.host.observed import ProcInfo
-from reconciler.host.spawn import GATE_ARGV0
+from reconciler.host.spawn import GATE_ARGV0, open_pidfd
 
 
 @dataclass(slots=True)
@@ -83,7 +82,7 @@ class ProcCache:
                 self._drop(pid)
 
     def _take(self, pid: int, now: float) -> ProcInfo | None:
-        fd = _open_pidfd(pid)  # first: see the module docstring
+        fd = open_pidfd(pid)  # first: see the module docstring
         info = proc_info(pid)
         if fd is None:
             return info
@@ -100,14 +99,6 @@ class ProcCache:
         del self._by_fd[entry.fd]
         self._poller.unregister(entry.fd)
         os.close(entry.fd)
-
-
-def _open_pidfd(pid: int) -> int | None:
-    """None where the kernel or sandbox has no pidfds, the process is gone, or fds ran out:
-    the lookup then reads /proc, as without a cache."""
-    with contextlib.suppress(OSError, AttributeError):
-        return os.pidfd_open(pid)
-    return None
 
 
 def _changing(info: ProcInfo) -> bool:

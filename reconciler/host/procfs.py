@@ -142,7 +142,10 @@ def _read_at(dir_fd: int, name: str) -> bytes | None:
 
 
 def _stat_at(dir_fd: int) -> Stat | None:
-    raw = _read_at(dir_fd, "stat")
+    return _stat_from(_read_at(dir_fd, "stat"))
+
+
+def _stat_from(raw: bytes | None) -> Stat | None:
     if raw is None:
         return None
     try:
@@ -162,15 +165,11 @@ def read_stat(pid: int) -> Stat | None:
     except OSError:
         return None
     try:
-        raw = os.read(fd, _STAT_MAX)
+        return _stat_from(os.read(fd, _STAT_MAX))
     except OSError:  # ESRCH: gone while we read
         return None
     finally:
         os.close(fd)
-    try:
-        return parse_stat(raw.decode(_FS_ENCODING, "replace"))
-    except ValueError:
-        return None
 
 
 def read_cmdline(pid: int) -> tuple[str, ...]:

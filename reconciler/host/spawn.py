@@ -106,7 +106,7 @@ def _spawn_error(err: OSError, argv: Sequence[str], cwd: str | None) -> SpawnErr
     return SpawnError(f"cannot execute {argv[0]}: {err.strerror or err}")
 
 
-def _open_pidfd(pid: int) -> int | None:
+def open_pidfd(pid: int) -> int | None:
     try:
         return os.pidfd_open(pid)
     except (OSError, AttributeError):  # ENOSYS (kernel < 5.3), or no os.pidfd_open
@@ -189,7 +189,7 @@ class Children:
             popen.poll()
             raise SpawnError(f"{popen.args!r} exited and was reaped before it could be tracked")
         identity = Identity(procfs.read_boot_id(), popen.pid, stat.starttime)
-        pidfd = _open_pidfd(popen.pid)
+        pidfd = open_pidfd(popen.pid)
         with self._lock:
             self._children[popen.pid] = _Child(popen, identity, pidfd)
             if pidfd is None:
