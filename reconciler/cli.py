@@ -209,9 +209,12 @@ def sample_usage(jobs: Sequence[JobRecord], interval: float = 0.1) -> dict[str, 
 
 def cmd_down(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    services = frozenset([args.service]) if args.service else None
+    targets = None
+    if args.service:
+        service, _, action = args.service.partition(".")
+        targets = frozenset({(service, action or None)})
     with Reconciler(settings) as reconciler:
-        steps = reconciler.down(services)
+        steps = reconciler.down(targets)
     for step in steps.steps:
         print(step.describe())
     if not steps.steps:

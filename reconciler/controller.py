@@ -19,12 +19,14 @@ from reconciler import health, logs
 from reconciler.desired import Desired, ResolvedCache, build_desired
 from reconciler.execute import Executor, Outcome
 from reconciler.files import PRIVATE_DIR, make_private_dirs
+from reconciler.host.identity import Identity
 from reconciler.host.limits import raise_fd_limit
 from reconciler.host.observe import observe
-from reconciler.host.observed import Observed
+from reconciler.host.observed import Observed, ProcInfo
 from reconciler.host.proccache import ProcCache
+from reconciler.host.procs import job_members
 from reconciler.host.spawn import Children
-from reconciler.plan import Plan, plan, plan_down, plan_restart
+from reconciler.plan import KILL_GRACE_SECONDS, Plan, Step, plan, plan_down, plan_restart
 from reconciler.settings import Settings
 from reconciler.spec.load import LoadResult, load_specs
 from reconciler.state.enrollment import Enrollments, sweep_stale_temps
@@ -49,7 +51,7 @@ class PassResult:
     def converged(self) -> bool:
         """Nothing left to do: no host changes planned, and every desired action is ready
         (process), succeeded (one-shot) or deliberately stopped."""
-        if self.plan.changes or self.plan.prune_held:
+        if self.plan.changes or self.plan.prune_held or self.stopping:
             return False
         by_key = {j.key: j for j in self.jobs}
         for action in self.desired.actions:
@@ -63,9 +65,16 @@ class PassResult:
         return True
 
     def next_due(self) -> float | None:
-        """The earliest time a waiting job (backoff, blocked) becomes due."""
+        """The earliest time a pass has work: a waiting job (backoff, blocked) becomes due,
+        or a stop in progress needs a look (see `Plan.requeue_at`)."""
         times = [j.next_start_at for j in self.jobs if j.next_start_at is not None]
+        if self.plan.requeue_at is not None:
+            times.append(self.plan.requeue_at)
         return min(times) if times else None
+
+    @property
+    def stopping(self) -> bool:
+        return any(j.phase == "stopping" for j in self.jobs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,15 +144,42 @@ class Reconciler:
         draft = self._draft(children=None, health=None)
         return draft.loaded, draft.plan
 
-    def down(self, services: frozenset[str] | None = None) -> Plan:
-        """Stop services (all when None); they stay stopped like after `systemctl stop`."""
-        return self._apply(lambda observed, records, now:
-                           plan_down(observed, records, now, services))
+    def down(self, targets: frozenset[tuple[str, str | None]] | None = None, *,
+             wait: float | None = None) -> Plan:
+        """Stop jobs ((service, action) pairs, action None for a whole service; all when
+        None); they stay stopped like after `systemctl stop`. Passes of `plan_down` drive
+        the stops (SIGKILL after each job's `stop.timeout`) until every targeted job is
+        stopped, or `wait` seconds ran out. Returns every step taken."""
+        return self._drive(lambda observed, records, now:
+                           plan_down(observed, records, now, targets), wait)
 
-    def restart(self, targets: frozenset[tuple[str, str | None]]) -> Plan:
-        """Stop the targeted jobs and mark them due; the next pass starts them."""
-        return self._apply(lambda observed, records, now:
-                           plan_restart(observed, records, now, targets))
+    def restart(self, targets: frozenset[tuple[str, str | None]], *,
+                wait: float | None = None) -> Plan:
+        """Stop the targeted jobs (driving their stops like `down`) and mark them due; the
+        next pass starts them."""
+        return self._drive(lambda observed, records, now:
+                           plan_restart(observed, records, now, targets), wait)
+
+    def _drive(self, planner: Callable[[Observed, list[JobRecord], float], Plan],
+               wait: float | None) -> Plan:
+        """An operator's command as locked passes, repeated while its stops are in progress
+        (the lock is released between them, so a running daemon keeps healing)."""
+        deadline = time.monotonic() + (wait if wait is not None else self._longest_stop())
+        steps: list[Step] = []
+        notes: list[str] = []
+        while True:
+            result = self._apply(planner)
+            steps += result.steps
+            notes += [n for n in result.notes if n not in notes]
+            remaining = deadline - time.monotonic()
+            if result.requeue_at is None or remaining <= 0:
+                return Plan(tuple(steps), tuple(notes))
+            self.children.wait(min(max(result.requeue_at - self.clock(), 0.0), remaining))
+
+    def _longest_stop(self) -> float:
+        """Long enough for every job to take its whole `stop.timeout`, then SIGKILL."""
+        timeouts = [float(j.spec.get("stop_timeout", 10.0)) for j in self.store.jobs()]
+        return max(timeouts, default=0.0) + 2 * KILL_GRACE_SECONDS
 
     def _draft(self, children: Children | None, health: HealthResults | None) -> _Draft:
         loaded, spec_records = self._load()
@@ -249,6 +285,7 @@ def observe_for(desired: Desired, records: list[JobRecord], enrollments: dict[st
     """
     pids = {r.pid for r in records if r.pid} | {e.identity.pid for e in enrollments.values()}
     first = observe(pids=pids, children=children, cache=cache)
+    first = replace(first, members=members_to_sweep(records, first))
     alive = {r.key for r in records if first.alive(r.identity)}
     starting = [a for a in desired.actions if a.key not in alive]
     pidfiles = [a.pidfile for a in starting if a.pidfile]
@@ -261,6 +298,28 @@ def observe_for(desired: Desired, records: list[JobRecord], enrollments: dict[st
     return replace(first, procs={**first.procs, **resources.procs},
                    pidfiles=resources.pidfiles, sockets=resources.sockets,
                    ports=resources.ports)
+
+
+def members_to_sweep(records: list[JobRecord],
+                     observed: Observed) -> dict[str, tuple[ProcInfo, ...]]:
+    """What is left of jobs whose main process exited, and of jobs being stopped: plan
+    follows a daemonized survivor, stops the leftovers of a crash, and finishes a stop only
+    once nothing of the job runs. Processes carrying the job id outside its session are
+    looked for only where they can matter (a stop, or an exit that may be a daemon forking
+    into the background), because that reads every process's environment."""
+    leaders: dict[str, Identity] = {}
+    by_environ: list[str] = []
+    for job in records:
+        if job.identity is None or job.phase in ("removed", "stopped", "succeeded"):
+            continue
+        if job.phase != "stopping" and observed.alive(job.identity) is not None:
+            continue
+        leaders[job.id] = job.identity
+        reaped = observed.exits.get(job.identity.pid)
+        clean = reaped is None or reaped.identity != job.identity or reaped.returncode == 0
+        if job.phase == "stopping" or (job.process and clean):
+            by_environ.append(job.id)
+    return job_members(leaders, by_environ=by_environ) if leaders else {}
 
 
 def with_health(observed: Observed, desired: Desired, records: list[JobRecord],

@@ -14,6 +14,7 @@ import gc
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -27,6 +28,7 @@ from reconciler.host.exits import ExitWatcher
 from reconciler.settings import Settings
 from reconciler.state.lock import LockTimeout
 from reconciler.state.records import JobRecord
+from reconciler.text import printable
 from reconciler.watch import SpecWatcher
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,10 @@ UTC = dt.UTC
 # timer); the resync only catches what has no event, e.g. a pidfile or socket changed by
 # hand. Each resync is a full pass, so its interval is most of the idle cost.
 RESYNC_SECONDS = 30.0
+# A pass that fails as a whole (not one job's trouble: those are recorded per job) is tried
+# again after RETRY_INITIAL, doubling up to RETRY_MAX, instead of waiting for the resync.
+RETRY_INITIAL_SECONDS = 0.2
+RETRY_MAX_SECONDS = 30.0
 
 
 class Daemon:
@@ -46,6 +52,8 @@ class Daemon:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.passes = 0
+        self.failed_passes = 0  # in a row; drives the retry backoff
+        self._last_failure: str | None = None
         self._last_problems: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         self.scheduler = BackgroundScheduler(timezone=UTC)
         # step 50 ms: a 10 ms step costs ~0.4 % of a core while idle (docs/benchmarks.md)
@@ -94,14 +102,34 @@ class Daemon:
             log.warning("%s; trying again", err)
             self.kick()
             return
-        except Exception:  # a pass must never take the controller down with it
-            log.exception("pass failed; the periodic resync will try again")
+        except Exception as err:  # a pass must never take the controller down with it
+            self._pass_failed(err)
             return
+        if self.failed_passes:
+            log.info("pass succeeded again after %d failed passes", self.failed_passes)
+        self.failed_passes, self._last_failure = 0, None
         self.passes += 1
         self._report(result)
         self._watch(result)
         if result.plan.changes:
             self.kick()  # e.g. dependents wait for what this pass just started
+
+    def _pass_failed(self, err: Exception) -> None:
+        """Retry with backoff; log the traceback once per distinct error, not on every try
+        (a broken disk would otherwise fill the log five times a second)."""
+        self.failed_passes += 1
+        delay = min(RETRY_INITIAL_SECONDS * 2 ** (self.failed_passes - 1), RETRY_MAX_SECONDS)
+        what = f"{type(err).__name__}: {err}"
+        if what != self._last_failure:
+            log.error("pass failed: %s; retrying in %.1fs (with backoff up to %.0fs)",
+                      printable(what), delay, RETRY_MAX_SECONDS, exc_info=err)
+            self._last_failure = what
+        self._kick_at(time.time() + delay, "retry")
+
+    def _kick_at(self, at: float, job_id: str) -> None:
+        self.scheduler.add_job(
+            self.kick, DateTrigger(run_date=dt.datetime.fromtimestamp(at, UTC), timezone=UTC),
+            id=job_id, replace_existing=True)
 
     def _watch(self, result: PassResult) -> None:
         running = [j for j in result.jobs if j.identity is not None]
@@ -109,10 +137,7 @@ class Daemon:
         self.health.sync(_probe_targets(result.desired, running))
         due = result.next_due()
         if due is not None:
-            self.scheduler.add_job(
-                self.kick, DateTrigger(run_date=dt.datetime.fromtimestamp(due, UTC),
-                                       timezone=UTC),
-                id="due", replace_existing=True)
+            self._kick_at(due, "due")
 
     def _report(self, result: PassResult) -> None:
         """Steps every pass; spec errors and notes only when they change, or a broken file

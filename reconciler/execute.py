@@ -4,6 +4,10 @@ Every step is idempotent and re-checks the host right before it acts (the host l
 identities through a pidfd before each signal, and re-proves a socket stale before unlinking
 it), because the snapshot `plan` used may be a few milliseconds old. Execution never decides
 *what* to do; it only reports what it did, as job records and events for `state`.
+
+Nothing here waits for a process to exit (a stop only signals), and whatever goes wrong while
+acting for one job (a pidfile that cannot be written, a failed spawn, an unexpected error) is
+recorded as that job's failure: it never fails the pass, so every other job keeps healing.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from reconciler import logs
 from reconciler.backoff import retry_delay
 from reconciler.host import pidfile, procs, sockets
 from reconciler.host.identity import Identity
+from reconciler.host.observed import ProcInfo
 from reconciler.host.spawn import Children, SpawnError
-from reconciler.plan import Adopt, Cleanup, Record, Spawn, Step, Stop
+from reconciler.plan import MIN_START_INTERVAL, Adopt, Cleanup, Record, Spawn, Step, Stop
 from reconciler.redact import redact_argv
 from reconciler.state import enrollment
 from reconciler.state.records import Enrollment, Event, JobRecord
+from reconciler.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +61,45 @@ class Executor:
         self.run_dir = run_dir
         self.children = children
         self.clock = clock
+        self._members: dict[str, tuple[ProcInfo, ...]] = {}  # of the jobs this batch stops
 
     def run(self, steps: Sequence[Step]) -> Outcome:
         outcome = Outcome()
+        self._members = self._members_of_stopped_jobs(steps)
         for batch in _batches(steps):
             if len(batch) > 1:
                 self._spawn_all(batch, outcome)  # type: ignore[arg-type]
                 continue
             handler = getattr(self, f"_{type(batch[0]).__name__.lower()}")
-            handler(batch[0], outcome)
+            try:
+                handler(batch[0], outcome)
+            except Exception as err:  # one job's trouble must not fail the pass
+                self._step_failed(batch[0], err, outcome)
         return outcome
+
+    def _step_failed(self, step: Step, err: Exception, out: Outcome) -> None:
+        log.error("%s failed: %s", printable(step.describe()), err, exc_info=err)
+        if isinstance(step, Spawn):
+            self._spawn_failed(step, f"{type(err).__name__}: {err}", self.clock(), out)
+            return
+        job = getattr(step, "job", None)
+        detail = {"step": step.describe(), "error": f"{type(err).__name__}: {err}"}
+        if isinstance(job, JobRecord):
+            out.events.append(Event(at=self.clock(), kind="error", reason=detail["error"],
+                                    job_id=job.id, service=job.service, action=job.action,
+                                    detail=detail))
+        else:
+            out.event("error", detail["error"], self.clock(), **detail)
+
+    @staticmethod
+    def _members_of_stopped_jobs(steps: Sequence[Step]) -> dict[str, tuple[ProcInfo, ...]]:
+        """Every process carrying the id of a job this batch stops, found in one walk over
+        /proc for all of them (a daemonized child left the job's session, not its job)."""
+        leaders = {s.job.id: s.target for s in steps
+                   if isinstance(s, Stop) and s.scope == "session" and s.job is not None}
+        if not leaders:
+            return {}
+        return procs.job_members(leaders, by_environ=leaders)
 
     def _spawn_all(self, steps: Sequence[Spawn], out: Outcome) -> None:
         """Start several jobs at once, recording them in plan order.
@@ -84,22 +119,27 @@ class Executor:
     def _record(self, step: Record, out: Outcome) -> None:
         if step.job.identity is None:
             enrollment.unenroll(self.run_dir, step.job.id)  # its process is gone for good
+        if step.pidfile is not None:
+            pidfile.remove_pidfile(*step.pidfile)
         out.job(replace(step.job, updated_at=self.clock()), step.kind, step.reason)
 
     def _stop(self, step: Stop, out: Outcome) -> None:
-        stop = procs.stop_session if step.scope == "session" else procs.stop_process
-        result = stop(step.target, step.signal, step.timeout)
-        if step.pidfile:
-            pidfile.remove_pidfile(step.pidfile, step.target.pid)
-        detail = {"pid": step.target.pid, "cmd": step.cmd, "signalled": result.signalled,
-                  "killed": result.killed, "survivors": result.survivors}
+        """Signal and move on: the job is `stopping`, and a later pass escalates or records
+        its end (see plan._continue_stop)."""
+        if step.scope == "session" and step.job is not None:
+            members = [m.identity for m in self._members.get(step.job.id, ())]
+            result = procs.signal_job(step.target, members, step.signal)
+        else:
+            result = procs.signal_process(step.target, step.signal)
+        detail = {"pid": step.target.pid, "cmd": step.cmd, "signal": step.signal,
+                  "signalled": result.signalled, "refused": result.refused}
         if step.job is not None:
-            enrollment.unenroll(self.run_dir, step.job.id)
             out.job(replace(step.job, updated_at=self.clock()), "kill", step.reason, **detail)
-        elif result.signalled or result.killed:
+        elif result.signalled:
             out.event("kill", step.reason, self.clock(), **detail)
-        if result.survivors:
-            log.error("pids %s survived SIGKILL while %s", result.survivors, step.reason)
+        if result.refused:
+            log.error("refused to signal protected pids %s while %s", result.refused,
+                      printable(step.reason))
 
     def _cleanup(self, step: Cleanup, out: Outcome) -> None:
         if sockets.remove_stale_socket(step.path):
@@ -107,9 +147,18 @@ class Executor:
 
     def _adopt(self, step: Adopt, out: Outcome) -> None:
         job = replace(step.job, updated_at=self.clock())
+        if step.kind == "daemonized" and job.identity is not None:
+            # proof of ownership for the process the job now runs as, so that a restarted
+            # controller adopts it instead of starting a second instance
+            old = enrollment.read_enrollment(self.run_dir, job.id)
+            enrollment.enroll(self.run_dir, Enrollment(
+                job_id=job.id, service=job.service, action=job.action,
+                generation=job.generation, identity=job.identity,
+                cmdline=old.cmdline if old else tuple(job.spec.get("argv", ())),
+                enrolled_at=self.clock()))
         if job.pid is not None and job.spec.get("pidfile"):
             pidfile.write_pidfile(job.spec["pidfile"], job.pid)
-        out.job(job, "adopt", step.reason, pid=job.pid)
+        out.job(job, step.kind, step.reason, pid=job.pid)
 
     def _spawn(self, step: Spawn, out: Outcome) -> None:
         self._record_start(step, *self._start(step), out)
@@ -137,6 +186,13 @@ class Executor:
                                             enroll=enroll)
         except SpawnError as err:
             return now, err
+        except OSError as err:  # e.g. the pidfile cannot be written: the command never ran
+            enrollment.unenroll(self.run_dir, step.job.id)
+            return now, SpawnError(f"{action.pidfile or log_path}: {err.strerror or err}")
+        except Exception as err:  # a bug must cost this job a retry, not every job a pass
+            log.exception("starting %s.%s failed", action.service, action.name)
+            enrollment.unenroll(self.run_dir, step.job.id)
+            return now, SpawnError(f"internal error: {type(err).__name__}: {err}")
 
     def _record_start(self, step: Spawn, now: float, result: Identity | SpawnError,
                       out: Outcome) -> None:
@@ -152,7 +208,8 @@ class Executor:
 
     def _spawn_failed(self, step: Spawn, error: str, now: float, out: Outcome) -> None:
         failures = step.job.consecutive_failures + 1
-        delay = retry_delay(failures, step.action.spec.backoff, step.job.id)
+        delay = max(retry_delay(failures, step.action.spec.backoff, step.job.id),
+                    MIN_START_INTERVAL)
         job = replace(step.job.with_identity(None), phase="backoff", failure_class="spawn-error",
                       consecutive_failures=failures, next_start_at=now + delay,
                       updated_at=now, reason=f"spawn-error: {error}")

@@ -5,8 +5,13 @@ what makes it cheap to test exhaustively and what makes `reconcile diff` honest:
 prints are exactly the steps a pass would execute against the same snapshot.
 
 Order of the steps is part of the contract: prunes and generation changes stop old processes
-first (they may hold the ports the new ones need), then each action in dependency order gets
-its conflict stops, its socket cleanups and finally its spawn.
+first, then each action in dependency order gets its socket cleanups and finally its spawn.
+
+No step waits. A stop sends a signal and records the job `stopping` with a deadline; later
+passes (woken by the process's exit, or by the plan's `requeue_at`) send SIGKILL once the
+deadline passed and record the job's next phase once every process of it is gone. An action
+whose previous run, or a foreign holder of its resources, is still stopping waits meanwhile,
+and every other job keeps healing.
 """
 
 from __future__ import annotations
@@ -21,11 +26,21 @@ from reconciler.desired import Desired, DesiredAction
 from reconciler.host.identity import Identity
 from reconciler.host.observed import Exit, Observed, ProcInfo
 from reconciler.redact import command_line
-from reconciler.state.records import BlockedBy, Enrollment, JobRecord
+from reconciler.state.records import BlockedBy, Enrollment, JobRecord, StopThen
 
 # A process without a health check that dies sooner than this after its start crashed before
 # it was ready (see `_had_started`).
 STARTUP_SECONDS = 1.0
+# Whatever a spec says, no job starts more than once per this many seconds in a loop.
+MIN_START_INTERVAL = 1.0
+# A blocked job looks at its resource again at least this often, whatever its backoff says:
+# a freed port must be taken promptly.
+BLOCKED_RECHECK_SECONDS = 2.0
+# How often a stop in progress is looked at when no exit notification can tell us (its main
+# process is gone but other members of the job remain).
+STOP_POLL_SECONDS = 0.25
+# After SIGKILL: how long before SIGKILL is sent again to whatever is left.
+KILL_GRACE_SECONDS = 5.0
 
 # ---------------------------------------------------------------------------------------------
 # Steps: plain data handed to `execute`.
@@ -45,8 +60,9 @@ class Spawn:
 
 @dataclass(frozen=True, slots=True)
 class Adopt:
-    job: JobRecord
+    job: JobRecord  # with the identity of the process it now runs as
     reason: str
+    kind: str = "adopt"  # event kind: "adopt", or "daemonized" when a forked child took over
     verb: str = "adopt"
 
     def describe(self) -> str:
@@ -55,13 +71,14 @@ class Adopt:
 
 @dataclass(frozen=True, slots=True)
 class Stop:
+    """Send one signal, never wait: to every process of a job of ours (`job` set: its main
+    process, its session and whatever carries its job id), or to one foreign process."""
+
     target: Identity
     scope: Literal["session", "process"]  # session: a job of ours; process: a foreign process
     signal: int
-    timeout: float
     reason: str
-    job: JobRecord | None = None  # the record to write once stopped (None for foreign targets)
-    pidfile: str | None = None  # removed after the stop if it still names the target
+    job: JobRecord | None = None  # the job's record while stopping (None for foreign targets)
     cmd: str = ""
     verb: str = "kill"
 
@@ -87,6 +104,7 @@ class Record:
     job: JobRecord
     kind: str  # event kind
     reason: str
+    pidfile: tuple[str, int] | None = None  # (path, pid): remove it if it still names pid
     verb: str = "record"
 
     def describe(self) -> str:
@@ -102,6 +120,7 @@ class Plan:
     steps: tuple[Step, ...]
     notes: tuple[str, ...] = ()
     prune_held: bool = False  # the empty-specs guard kept running services from being pruned
+    requeue_at: float | None = None  # when a pass should look again (stops in progress)
 
     @property
     def changes(self) -> tuple[Step, ...]:
@@ -122,10 +141,12 @@ class _Pass:
     now: float
     enrollments: dict[str, Enrollment]
     jobs: dict[tuple[str, str], JobRecord]  # current (non-removed) job per action, updated
+    retiring: dict[str, JobRecord] = field(default_factory=dict)  # stopping, then removed
     steps: list[Step] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stopping_sessions: set[int] = field(default_factory=set)
     stopping_pids: set[int] = field(default_factory=set)
+    requeue_at: float | None = None
 
     def emit(self, step: Step) -> None:
         if isinstance(step, Cleanup) and any(
@@ -134,26 +155,52 @@ class _Pass:
         self.steps.append(step)
         if isinstance(step, Stop):
             self.stopping_pids.add(step.target.pid)
-            if step.scope == "session":
-                self.stopping_sessions.add(step.target.pid)
         job = getattr(step, "job", None)
-        if isinstance(job, JobRecord) and job.phase != "removed":
+        if not isinstance(job, JobRecord):
+            return
+        if job.phase == "stopping":
+            self.mark_stopping(job)
+        if job.stop_then == "removed":
+            self.retiring[job.id] = job
+        elif job.phase != "removed":
             self.jobs[job.key] = job
+        if job.phase == "removed":
+            self.retiring.pop(job.id, None)
+
+    def mark_stopping(self, job: JobRecord) -> None:
+        """Processes of a job we are stopping are not conflicts to act on: they are going."""
+        if job.pid is not None:
+            self.stopping_pids.add(job.pid)
+            self.stopping_sessions.add(job.pid)
+        self.stopping_pids.update(m.pid for m in self.observed.members.get(job.id, ()))
 
     def being_stopped(self, proc: ProcInfo) -> bool:
         return proc.pid in self.stopping_pids or proc.session in self.stopping_sessions
+
+    def requeue(self, at: float) -> None:
+        self.requeue_at = at if self.requeue_at is None else min(self.requeue_at, at)
+
+    def retiring_key(self, key: tuple[str, str]) -> bool:
+        return any(j.key == key for j in self.retiring.values())
 
 
 def plan(desired: Desired, observed: Observed, records: list[JobRecord], now: float, *,
          enrollments: dict[str, Enrollment] | None = None, allow_empty: bool = False) -> Plan:
     """Compute the steps that make the host match `desired`. Pure: same input, same plan."""
-    live = [r for r in records if r.phase != "removed"]
+    live = sorted((r for r in records if r.phase != "removed"),
+                  key=lambda r: r.created_at or 0.0)
     ctx = _Pass(desired, observed, now, dict(enrollments or {}),
-                {r.key: r for r in sorted(live, key=lambda r: r.created_at or 0.0)})
+                {r.key: r for r in live if r.stop_then != "removed"},
+                {r.id: r for r in live if r.stop_then == "removed"})
+    for job in live:
+        if job.phase == "stopping":
+            ctx.mark_stopping(job)
+    for job in list(ctx.retiring.values()):
+        _continue_stop(ctx, job, None)
     prune_held = _prune(ctx, allow_empty)
     for action in desired.actions:
         _plan_action(ctx, action)
-    return Plan(tuple(ctx.steps), tuple(ctx.notes), prune_held)
+    return Plan(tuple(ctx.steps), tuple(ctx.notes), prune_held, ctx.requeue_at)
 
 
 def job_id_for(action: DesiredAction, now: float) -> str:
@@ -180,30 +227,108 @@ def _prune(ctx: _Pass, allow_empty: bool) -> bool:
     return False
 
 
-def _retire(ctx: _Pass, job: JobRecord, phase: Literal["removed", "stopped"],
-            reason: str) -> None:
-    """Stop a job's processes if any still run, then record it in its final phase."""
-    final = replace(job.with_identity(None), phase=phase, ready=False, reason=reason,
-                    next_start_at=None, blocked_by=())
+_FINAL_PHASE: dict[StopThen, Literal["removed", "stopped", "pending"]] = {
+    "removed": "removed", "stopped": "stopped", "restart": "pending"}
+
+
+def _retire(ctx: _Pass, job: JobRecord, then: StopThen, reason: str) -> None:
+    """Stop a job's processes if any still run; it becomes `then` once they are gone."""
+    if job.phase == "stopping":
+        _continue_stop(ctx, _redirect_stop(ctx, job, then, reason), None)
+        return
     proc = ctx.observed.alive(job.identity)
-    if proc is not None:
-        ctx.emit(Stop(target=proc.identity, scope="session", signal=_stop_signal(job),
-                      timeout=float(job.spec.get("stop_timeout", 10.0)), reason=reason,
-                      job=final, pidfile=job.spec.get("pidfile"), cmd=_cmd_of(proc)))
-        for path in job.spec.get("sockets", []):
-            ctx.emit(Cleanup(path, f"socket of stopped {job.service}.{job.action}"))
-    else:
+    if proc is None and not ctx.observed.members.get(job.id):
+        phase = _FINAL_PHASE[then]
+        final = replace(job.with_identity(None), phase=phase, ready=False, reason=reason,
+                        next_start_at=None, blocked_by=(), stop_deadline=None, stop_then=None)
         ctx.emit(Record(final, phase, reason))
+        return
+    _begin_stop(ctx, job, then, reason, sig=_stop_signal(job), timeout=_stop_timeout(job),
+                cmd=_cmd_of(proc))
+
+
+def _redirect_stop(ctx: _Pass, job: JobRecord, then: StopThen, reason: str) -> JobRecord:
+    """A stop is already under way: keep its deadline, change only what follows it. Removal
+    wins over everything (the job's spec is gone), a `down` over a restart."""
+    if job.stop_then == "removed" or (job.stop_then == "stopped" and then == "restart"):
+        return job
+    if job.stop_then == then:
+        return job
+    updated = replace(job, stop_then=then, reason=reason, updated_at=ctx.now)
+    ctx.emit(Record(updated, "stopping", reason))
+    return updated
+
+
+def _begin_stop(ctx: _Pass, job: JobRecord, then: StopThen, reason: str, *, sig: int,
+                timeout: float, cmd: str = "") -> None:
+    """Signal every process of the job and move on; `_continue_stop` finishes it."""
+    assert job.identity is not None  # a job with processes to stop knows its main process
+    stopping = replace(job, phase="stopping", ready=False, stop_then=then,
+                       stop_deadline=ctx.now + timeout, next_start_at=None, blocked_by=(),
+                       reason=reason, updated_at=ctx.now)
+    ctx.emit(Stop(target=job.identity, scope="session", signal=sig, reason=reason,
+                  job=stopping, cmd=cmd))
+    ctx.requeue(min(ctx.now + STOP_POLL_SECONDS, stopping.stop_deadline or ctx.now))
+
+
+def _continue_stop(ctx: _Pass, job: JobRecord, action: DesiredAction | None) -> JobRecord | None:
+    """A stop in progress. Returns the job's record once all its processes are gone (the
+    stop is finished), else None: SIGKILL once the deadline passed, otherwise wait."""
+    leader = ctx.observed.alive(job.identity)
+    if (leader is None and not ctx.observed.members.get(job.id)) or job.identity is None:
+        return _stop_finished(ctx, job, action)
+    deadline = job.stop_deadline if job.stop_deadline is not None else ctx.now
+    if ctx.now < deadline:
+        # an exit notification wakes us for a live main process; the rest must be looked at
+        ctx.requeue(deadline if leader is not None else
+                    min(deadline, ctx.now + STOP_POLL_SECONDS))
+        return None
+    reason = f"still running after {_stop_timeout(job):g}s: SIGKILL"
+    escalated = replace(job, stop_deadline=ctx.now + KILL_GRACE_SECONDS, updated_at=ctx.now)
+    ctx.emit(Stop(target=job.identity, scope="session", signal=signal.SIGKILL, reason=reason,
+                  job=escalated, cmd=_cmd_of(leader)))
+    ctx.requeue(ctx.now + STOP_POLL_SECONDS)
+    return None
+
+
+def _stop_finished(ctx: _Pass, job: JobRecord, action: DesiredAction | None) -> JobRecord:
+    """Every process of the job is gone: record what it becomes, release its pidfile and
+    sockets."""
+    then: StopThen = job.stop_then or "removed"
+    base = replace(job.with_identity(None), ready=False, blocked_by=(), stop_deadline=None,
+                   stop_then=None, updated_at=ctx.now)
+    pid_held = (str(job.spec["pidfile"]), job.pid) \
+        if job.spec.get("pidfile") and job.pid is not None else None
+    if then == "restart" and action is not None:
+        final = _due(ctx, action, base, job.reason or "restart", pidfile=pid_held)
+    else:
+        phase = _FINAL_PHASE[then]
+        final = replace(base, phase=phase, next_start_at=None,
+                        reason=job.reason or f"{phase} after a stop")
+        ctx.emit(Record(final, phase, f"stopped ({final.reason})", pidfile=pid_held))
+    for path in job.spec.get("sockets", []):
+        ctx.emit(Cleanup(path, f"socket of stopped {job.service}.{job.action}"))
+    return final
+
+
+def _stop_timeout(job: JobRecord) -> float:
+    return float(job.spec.get("stop_timeout", 10.0))
 
 
 def _plan_action(ctx: _Pass, action: DesiredAction) -> None:
     job = ctx.jobs.get(action.key)
     if job is not None and job.generation != action.generation:
+        del ctx.jobs[action.key]
         _retire(ctx, job, "removed",
                 f"spec changed (generation {job.generation[:8]} -> {action.generation[:8]})")
         job = None
     if job is None:
         job = _new_job(ctx, action)
+    if job.phase == "stopping":
+        finished = _continue_stop(ctx, job, action)
+        if finished is None:
+            return
+        job = finished
     if job.phase == "stopped":
         return  # by restart policy or by an operator's `down`: only a spec change restarts it
     if job.identity is not None and job.identity.boot_id != ctx.observed.boot_id:
@@ -247,12 +372,37 @@ def _plan_process(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
                        "enrolled by us for this job and still running"))
         return
     if job.identity is not None:
-        job = _record_process_exit(ctx, action, job, unhealthy=proc is not None)
-        if job.phase == "stopped":
+        successor = _successor(ctx, job) if proc is None else None
+        if successor is not None:
+            _follow(ctx, job, successor)
             return
+        ended = _record_process_exit(ctx, action, job, unhealthy=proc is not None)
+        if ended is None or ended.phase == "stopped":
+            return
+        job = ended
     if _waiting(ctx, job):
         return
     _start(ctx, action, job)
+
+
+def _successor(ctx: _Pass, job: JobRecord) -> ProcInfo | None:
+    """The main process ended well (exit 0, or not our child so we cannot know) while other
+    processes of the job live on: it forked into the background, like a classic daemon.
+    Like systemd's Type=forking, the job follows it: a process that left for a session of
+    its own (setsid) is preferred, then the oldest. A crash leaves no successor: what is
+    left of a crashed run is stopped and the job restarted."""
+    members = ctx.observed.members.get(job.id, ())
+    if not members or job.phase not in ("running", "starting"):
+        return None
+    if _exit_code(ctx.observed.exits.get(job.pid or -1), job.identity) not in (0, None):
+        return None
+    return min(members, key=lambda p: (p.pid != p.session, p.identity.starttime_ticks, p.pid))
+
+
+def _follow(ctx: _Pass, job: JobRecord, successor: ProcInfo) -> None:
+    followed = replace(job.with_identity(successor.identity), updated_at=ctx.now,
+                       reason=f"daemonized: main process is now {successor.describe()}")
+    ctx.emit(Adopt(followed, followed.reason, kind="daemonized"))
 
 
 def _unhealthy(ctx: _Pass, action: DesiredAction, job: JobRecord) -> bool:
@@ -305,46 +455,69 @@ def _adopted(job: JobRecord, enrollment: Enrollment, ctx: _Pass) -> JobRecord:
 
 
 def _record_process_exit(ctx: _Pass, action: DesiredAction, job: JobRecord, *,
-                         unhealthy: bool = False) -> JobRecord:
-    """The job's process is gone (or is unhealthy and must go): stop what is left of its
-    session, record how it ended and decide when it comes back."""
+                         unhealthy: bool = False) -> JobRecord | None:
+    """The job's process is gone (or is unhealthy and must go): record how it ended and
+    decide when it comes back. Returns the job's new record, or None while what is left of
+    the run (an unhealthy process, children of a crashed one) is being stopped first."""
     exit_code = None if unhealthy else _exit_code(ctx.observed.exits.get(job.pid or -1),
                                                   job.identity)
     lived = ctx.now - job.started_at if job.started_at is not None else 0.0
     reset = lived >= action.spec.backoff.reset_after
     failures = 1 if reset else job.consecutive_failures + 1
+    if exit_code == 0 and reset:
+        failures = 0
     failure_class = ("unhealthy" if unhealthy
                      else "crash-after-ready" if _had_started(action, job, lived)
                      else "crash-before-ready")
     policy = action.spec.effective_restart
-    clean_exit = exit_code == 0
-    why = (f"unhealthy: {ctx.observed.failing.get(job.id, 0)} health checks failed in a row"
-           if unhealthy else "sweep what is left of the exited run's session")
-    ctx.emit(Stop(target=job.identity, scope="session", signal=action.stop_signal,  # type: ignore[arg-type]
-                  timeout=action.spec.stop.timeout, reason=why, pidfile=action.pidfile,
-                  cmd=command_line(action.argv) if unhealthy else ""))
-    base = replace(job.with_identity(None), last_exit_code=exit_code, last_exit_at=ctx.now,
-                   ready=False, blocked_by=(), updated_at=ctx.now)
-    if policy == "never" or (policy == "on-failure" and clean_exit):
-        stopped = replace(base, phase="stopped", consecutive_failures=0,
-                          reason=f"{_exit_text(exit_code)}; restart={policy}")
+    restart = not (policy == "never" or (policy == "on-failure" and exit_code == 0))
+    what = (f"unhealthy: {ctx.observed.failing.get(job.id, 0)} health checks failed in a row"
+            if unhealthy else _exit_text(exit_code))
+    ended = replace(job, last_exit_code=exit_code, last_exit_at=ctx.now, ready=False,
+                    blocked_by=(), updated_at=ctx.now,
+                    consecutive_failures=failures if restart else 0,
+                    failure_class=(failure_class if restart and exit_code != 0
+                                   else job.failure_class),
+                    reason=what if restart else f"{what}; restart={policy}")
+    if unhealthy or ctx.observed.members.get(job.id):
+        why = what if unhealthy else f"{what}: stop what is left of its run"
+        _begin_stop(ctx, ended, "restart" if restart else "stopped", why,
+                    sig=action.stop_signal, timeout=action.spec.stop.timeout,
+                    cmd=command_line(action.argv) if unhealthy else "")
+        return None
+    base = ended.with_identity(None)
+    if not restart:
+        stopped = replace(base, phase="stopped")
         ctx.emit(Record(stopped, "exit", stopped.reason))
         return stopped
-    if clean_exit and reset:
-        failures = 0
-    delay = restart_delay(max(failures, 1), action.spec.backoff, job.id) if failures else 0.0
-    what = "stopped as unhealthy" if unhealthy else _exit_text(exit_code)
+    return _due(ctx, action, base, what)
+
+
+def _due(ctx: _Pass, action: DesiredAction, job: JobRecord, what: str, *,
+         pidfile: tuple[str, int] | None = None) -> JobRecord:
+    """A run ended and the job restarts: at once, or after its backoff (crash loops), and
+    never sooner than MIN_START_INTERVAL after its previous start."""
+    failures = job.consecutive_failures
+    delay = restart_delay(failures, action.spec.backoff, job.id) if failures else 0.0
+    delay = max(delay, _start_floor(ctx, job))
     if delay > 0:
-        waiting = replace(base, phase="backoff", consecutive_failures=failures,
-                          failure_class=failure_class, next_start_at=ctx.now + delay,
-                          reason=f"crash-loop ({failure_class}, {what})")
-        ctx.emit(Record(waiting, "backoff", f"{waiting.reason}, next start in {delay:.1f}s"))
+        waiting = replace(job, phase="backoff", next_start_at=ctx.now + delay,
+                          reason=f"crash-loop ({job.failure_class or 'restart'}, {what})")
+        ctx.emit(Record(waiting, "backoff", f"{waiting.reason}, next start in {delay:.1f}s",
+                        pidfile=pidfile))
         return waiting
-    due = replace(base, phase="pending", consecutive_failures=failures,
-                  failure_class=None if clean_exit else failure_class,
-                  next_start_at=None, reason=f"{what}; restarting")
-    ctx.emit(Record(due, "exit", due.reason))
+    due = replace(job, phase="pending", next_start_at=None,
+                  failure_class=job.failure_class if failures else None,
+                  reason=f"{what}; restarting")
+    ctx.emit(Record(due, "exit", due.reason, pidfile=pidfile))
     return due
+
+
+def _start_floor(ctx: _Pass, job: JobRecord) -> float:
+    """Seconds until MIN_START_INTERVAL has passed since the job's previous start."""
+    if job.started_at is None:
+        return 0.0
+    return max(0.0, job.started_at + MIN_START_INTERVAL - ctx.now)
 
 
 def _had_started(action: DesiredAction, job: JobRecord, lived: float) -> bool:
@@ -404,7 +577,7 @@ def _record_oneshot_exit(ctx: _Pass, action: DesiredAction, job: JobRecord) -> J
         ctx.emit(Record(done, "succeeded", done.reason))
         return done
     failures = job.consecutive_failures + 1
-    delay = retry_delay(failures, action.spec.backoff, job.id)
+    delay = max(retry_delay(failures, action.spec.backoff, job.id), _start_floor(ctx, job))
     failed = replace(base, phase="backoff", consecutive_failures=failures,
                      failure_class="exit-nonzero", next_start_at=ctx.now + delay,
                      reason=f"one-shot failed ({_exit_text(code)})")
@@ -417,26 +590,70 @@ def _record_oneshot_exit(ctx: _Pass, action: DesiredAction, job: JobRecord) -> J
 
 def _start(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
     waiting_for = [dep for dep in action.spec.after if not _satisfied(ctx, action.service, dep)]
+    if ctx.retiring_key(action.key):
+        waiting_for.insert(0, "the previous generation to stop")
     if waiting_for:
-        reason = "waiting for " + ", ".join(waiting_for)
-        if job.phase != "pending" or job.reason != reason:
-            updated = replace(job, phase="pending", reason=reason)
-            ctx.emit(Record(updated, "pending", reason))
+        _wait(ctx, job, "waiting for " + ", ".join(waiting_for))
         return
-    if action.pidfile is not None:
-        _check_pidfile(ctx, action, job)
-    blocked = _claim_resources(ctx, action)
+    in_the_way = _pidfile_instance(ctx, action)
+    blocked, reclaim = _claim_resources(ctx, action)
     if blocked:
         _block(ctx, action, job, blocked)
+        return
+    in_the_way += [p for p in reclaim if p not in in_the_way]
+    if in_the_way:
+        _take_over(ctx, action, job, in_the_way)
         return
     restart = job.started_at is not None  # it ran in this boot: this start is a restart
     had_log = restart or job.last_exit_at is not None
     spawned = replace(
         job, phase="starting", restart_count=job.restart_count + (1 if restart else 0),
         blocked_by=(), next_start_at=None, ready=False, updated_at=ctx.now,
-        reason="restart" if restart else "start")
+        stop_deadline=None, reason="restart" if restart else "start")
     ctx.emit(Spawn(spawned, action, rotate_log=had_log,
                    reason=f"{'restart' if restart else 'start'} ({job.reason or 'new job'})"))
+
+
+def _wait(ctx: _Pass, job: JobRecord, reason: str) -> None:
+    """Pending on something a later pass will see change; recorded only when the reason
+    changes, so waiting costs no writes."""
+    if job.phase != "pending" or job.reason != reason:
+        ctx.emit(Record(replace(job, phase="pending", reason=reason), "pending", reason))
+
+
+def _take_over(ctx: _Pass, action: DesiredAction, job: JobRecord,
+               procs: list[ProcInfo]) -> None:
+    """Foreign processes stand in the way of a singleton or `kill_others` action: stop them
+    without waiting (stop signal, then SIGKILL after `stop.timeout`), start once gone. The
+    deadline lives in the waiting job's record, so it survives our own restart."""
+    deadline = job.stop_deadline
+    if deadline is None:
+        sig, deadline = action.stop_signal, ctx.now + action.spec.stop.timeout
+    elif ctx.now >= deadline:
+        sig, deadline = int(signal.SIGKILL), ctx.now + KILL_GRACE_SECONDS
+    else:
+        sig = None
+    first = procs[0]
+    reason = f"waiting for {first.describe()} to stop: it holds what this action needs"
+    if sig is not None:
+        for proc in procs:
+            ctx.emit(Stop(target=proc.identity, scope="process", signal=sig, cmd=_cmd_of(proc),
+                          reason=f"{_why_in_the_way(ctx, action, proc)} "
+                                 f"({'singleton' if action.spec.singleton else 'kill_others'})"))
+    waiting = replace(job, phase="pending", stop_deadline=deadline, reason=reason)
+    if waiting != job:
+        ctx.emit(Record(waiting, "pending", reason))
+    ctx.requeue(min(deadline, ctx.now + STOP_POLL_SECONDS))
+
+
+def _why_in_the_way(ctx: _Pass, action: DesiredAction, proc: ProcInfo) -> str:
+    state = ctx.observed.pidfiles.get(action.pidfile or "")
+    if state is not None and state.proc == proc:
+        return f"singleton: pidfile names a live instance of this action ({proc.describe()})"
+    held = [str(r) if isinstance(r, str) else f":{r}" for r in _resources(action)
+            if proc in _holders(ctx, r)]
+    return f"holds {', '.join(held) or 'a declared resource'} declared by " \
+           f"{action.service}.{action.name}"
 
 
 def _satisfied(ctx: _Pass, service: str, dep: str) -> bool:
@@ -448,23 +665,20 @@ def _satisfied(ctx: _Pass, service: str, dep: str) -> bool:
     return job.phase == "running" and job.ready and ctx.observed.alive(job.identity) is not None
 
 
-def _check_pidfile(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
-    """Singleton lifecycle: a live foreign instance named by our pidfile is stopped; a pidfile
-    naming an unrelated process is stale and that process is never touched."""
+def _pidfile_instance(ctx: _Pass, action: DesiredAction) -> list[ProcInfo]:
+    """Singleton lifecycle: a live foreign instance named by our pidfile must be stopped
+    first; a pidfile naming an unrelated process is stale and that process is never touched."""
     state = ctx.observed.pidfiles.get(action.pidfile or "")
-    if state is None or state.proc is None:
-        return
+    if action.pidfile is None or state is None or state.proc is None:
+        return []
     proc = state.proc
     if ctx.being_stopped(proc) or _owned_by_job(ctx, proc):
-        return
+        return []
     if action.spec.singleton and _plausible_instance(ctx, action, proc):
-        ctx.emit(Stop(target=proc.identity, scope="process", signal=action.stop_signal,
-                      timeout=action.spec.stop.timeout, cmd=_cmd_of(proc),
-                      reason=f"singleton: pidfile names a live instance of this action "
-                             f"({proc.describe()}) that is not ours"))
-        return
+        return [proc]
     ctx.notes.append(f"{action.service}.{action.name}: pidfile {action.pidfile} names "
                      f"unrelated {proc.describe()}; stale, will be overwritten, not touched")
+    return []
 
 
 def _owned_by_job(ctx: _Pass, proc: ProcInfo) -> bool:
@@ -496,20 +710,24 @@ def _holders(ctx: _Pass, resource: str | int) -> tuple[ProcInfo, ...]:
     return sock.holders if sock else ()
 
 
-def _claim_resources(ctx: _Pass, action: DesiredAction) -> list[BlockedBy]:
-    """Clean stale sockets and stop reclaimable holders; return what still blocks the start."""
+def _claim_resources(ctx: _Pass,
+                     action: DesiredAction) -> tuple[list[BlockedBy], list[ProcInfo]]:
+    """Clean stale sockets; return what blocks the start and the foreign holders this action
+    may stop (singleton / kill_others) before it starts."""
     reclaim = action.spec.singleton or action.spec.kill_others
     blocked: list[BlockedBy] = []
+    in_the_way: list[ProcInfo] = []
     for path in action.sockets:
-        blocked += _claim_socket(ctx, action, path, reclaim)
+        blocked += _claim_socket(ctx, path, reclaim, in_the_way)
     for port in action.spec.tcp_ports:
         state = ctx.observed.ports.get(port)
         if state is not None and state.listening:
-            blocked += _claim_holders(ctx, action, f":{port}", state.holders, reclaim)
-    return blocked
+            blocked += _claim_holders(ctx, f":{port}", state.holders, reclaim, in_the_way)
+    return blocked, in_the_way
 
 
-def _claim_socket(ctx: _Pass, action: DesiredAction, path: str, reclaim: bool) -> list[BlockedBy]:
+def _claim_socket(ctx: _Pass, path: str, reclaim: bool,
+                  in_the_way: list[ProcInfo]) -> list[BlockedBy]:
     state = ctx.observed.sockets.get(path)
     if state is None or state.kind == "absent":
         return []
@@ -518,36 +736,32 @@ def _claim_socket(ctx: _Pass, action: DesiredAction, path: str, reclaim: bool) -
         return []
     if state.kind == "not-socket":
         return [BlockedBy(path, None, "path exists and is not a socket; not removed")]
-    blocked = _claim_holders(ctx, action, path, state.holders, reclaim)
-    if not blocked:
-        ctx.emit(Cleanup(path, "socket left by the stopped holder"))
-    return blocked
+    return _claim_holders(ctx, path, state.holders, reclaim, in_the_way)
 
 
-def _claim_holders(ctx: _Pass, action: DesiredAction, resource: str,
-                   holders: tuple[ProcInfo, ...], reclaim: bool) -> list[BlockedBy]:
+def _claim_holders(ctx: _Pass, resource: str, holders: tuple[ProcInfo, ...], reclaim: bool,
+                   in_the_way: list[ProcInfo]) -> list[BlockedBy]:
+    """A holder that is one of our jobs, or one we are stopping already, blocks until it is
+    gone; a foreign one blocks, or is in the way if this action may reclaim."""
     if not holders:
         return [BlockedBy(resource, None, "listening, owner not visible to us")]
     blocked: list[BlockedBy] = []
     for proc in holders:
-        if ctx.being_stopped(proc):
-            continue
         owner = _owning_job(ctx, proc)
-        if owner is not None:
+        if ctx.being_stopped(proc):
+            blocked.append(BlockedBy(resource, proc.pid, f"{_cmd_of(proc)} (stopping)"))
+        elif owner is not None:
             blocked.append(BlockedBy(resource, proc.pid,
                                      f"{_cmd_of(proc)} (job {owner.service}.{owner.action})"))
         elif reclaim:
-            ctx.emit(Stop(target=proc.identity, scope="process", signal=action.stop_signal,
-                          timeout=action.spec.stop.timeout, cmd=_cmd_of(proc),
-                          reason=f"holds {resource} declared by {action.service}.{action.name}"
-                                 f" ({'singleton' if action.spec.singleton else 'kill_others'})"))
+            in_the_way.append(proc)
         else:
             blocked.append(BlockedBy(resource, proc.pid, _cmd_of(proc)))
     return blocked
 
 
 def _owning_job(ctx: _Pass, proc: ProcInfo) -> JobRecord | None:
-    for job in ctx.jobs.values():
+    for job in (*ctx.jobs.values(), *ctx.retiring.values()):
         in_its_session = job.pid is not None and job.pid in (proc.pid, proc.session)
         if in_its_session and ctx.observed.alive(job.identity) is not None:
             return job
@@ -555,14 +769,19 @@ def _owning_job(ctx: _Pass, proc: ProcInfo) -> JobRecord | None:
 
 
 def _block(ctx: _Pass, action: DesiredAction, job: JobRecord, blocked: list[BlockedBy]) -> None:
+    """Retry with backoff, but look again at least every BLOCKED_RECHECK_SECONDS (a freed
+    port is taken promptly), and soon when the holder is a process we are stopping."""
     attempts = job.consecutive_failures + 1 if job.phase == "blocked" else 1
-    delay = retry_delay(attempts, action.spec.backoff, job.id)
+    delay = min(retry_delay(attempts, action.spec.backoff, job.id), BLOCKED_RECHECK_SECONDS)
+    if all(b.pid is not None and b.pid in ctx.stopping_pids for b in blocked):
+        delay = STOP_POLL_SECONDS
     first = blocked[0]
     holder = f"pid {first.pid} ({first.cmd})" if first.pid else first.cmd
     reason = f"blocked: {first.resource} held by {holder}"
     updated = replace(job, phase="blocked", blocked_by=tuple(blocked),
                       failure_class="bind-conflict", consecutive_failures=attempts,
-                      next_start_at=ctx.now + delay, reason=reason, updated_at=ctx.now)
+                      next_start_at=ctx.now + delay, reason=reason, updated_at=ctx.now,
+                      stop_deadline=None)
     ctx.emit(Record(updated, "blocked", f"{reason}, retry in {delay:.1f}s"))
 
 
@@ -579,20 +798,25 @@ def _stop_signal(job: JobRecord) -> int:
 
 
 def plan_down(observed: Observed, records: list[JobRecord], now: float,
-              services: frozenset[str] | None = None) -> Plan:
-    """Stop the jobs of `services` (all when None) and keep them stopped until their spec
-    changes or an operator restarts them, like `systemctl stop`."""
+              targets: frozenset[tuple[str, str | None]] | None = None) -> Plan:
+    """Stop the targeted jobs (all when None; (service, action) pairs, action None meaning
+    the whole service) and keep them stopped until their spec changes or an operator
+    restarts them, like `systemctl stop`. Run again, it drives stops in progress: SIGKILL
+    after the deadline, `stopped` once gone."""
     live = [r for r in records if r.phase not in ("removed", "stopped", "succeeded")]
-    ctx = _Pass(Desired(actions=()), observed, now, {}, {r.key: r for r in live})
+    ctx = _Pass(Desired(actions=()), observed, now, {},
+                {r.key: r for r in live if r.stop_then != "removed"},
+                {r.id: r for r in live if r.stop_then == "removed"})
     for job in live:
-        if services is None or job.service in services:
-            _retire(ctx, job, "stopped", "stopped by operator (reconcile down)")
-    return Plan(tuple(ctx.steps), tuple(ctx.notes))
+        if targets is not None and not _targeted(job, targets):
+            continue
+        _retire(ctx, job, "stopped", "stopped by operator (reconcile down)")
+    return Plan(tuple(ctx.steps), tuple(ctx.notes), requeue_at=ctx.requeue_at)
 
 
 def plan_restart(observed: Observed, records: list[JobRecord], now: float,
                  targets: frozenset[tuple[str, str | None]]) -> Plan:
-    """Stop the named jobs and mark them due, so the next pass starts them again at once.
+    """Stop the named jobs and mark them due, so a pass starts them again once stopped.
 
     `targets` holds (service, action) pairs, action None meaning the whole service. A manual
     restart counts in `restart_count` (it happens at the spawn), and clears any backoff: an
@@ -602,17 +826,10 @@ def plan_restart(observed: Observed, records: list[JobRecord], now: float,
     for job in records:
         if job.phase == "removed" or not _targeted(job, targets):
             continue
-        due = replace(job.with_identity(None), phase="pending", ready=False, blocked_by=(),
-                      next_start_at=None, consecutive_failures=0,
-                      reason="restarted by operator (reconcile restart)")
-        proc = observed.alive(job.identity)
-        if proc is not None:
-            ctx.emit(Stop(target=proc.identity, scope="session", signal=_stop_signal(job),
-                          timeout=float(job.spec.get("stop_timeout", 10.0)), reason=due.reason,
-                          job=due, pidfile=job.spec.get("pidfile"), cmd=_cmd_of(proc)))
-        else:
-            ctx.emit(Record(due, "restart", due.reason))
-    return Plan(tuple(ctx.steps), tuple(ctx.notes))
+        due = replace(job, blocked_by=(), next_start_at=None, consecutive_failures=0,
+                      failure_class=None)
+        _retire(ctx, due, "restart", "restarted by operator (reconcile restart)")
+    return Plan(tuple(ctx.steps), tuple(ctx.notes), requeue_at=ctx.requeue_at)
 
 
 def _targeted(job: JobRecord, targets: frozenset[tuple[str, str | None]]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -87,11 +88,20 @@ def test_generation_change_stops_old_job_and_starts_a_new_one() -> None:
     job = running_job(old)
     new = desired(service(cmd=["new"]))
     result = plan(new, observed(proc(500)), [job], NOW)
-    assert kinds(result) == ["Stop", "Spawn"]
-    stop, spawn = result.steps
+    assert kinds(result) == ["Stop", "Record"]
+    stop, waiting = result.steps
     assert isinstance(stop, Stop) and stop.scope == "session" and stop.job is not None
-    assert stop.job.phase == "removed"
-    assert isinstance(spawn, Spawn) and spawn.job.id != job.id
+    assert stop.job.phase == "stopping" and stop.job.stop_then == "removed"
+    assert stop.job.stop_deadline == NOW + 10.0
+    assert isinstance(waiting, Record) and waiting.job.id != job.id
+    assert "previous generation to stop" in waiting.job.reason
+    assert result.requeue_at is not None and result.requeue_at <= NOW + 10.0
+    # the next pass, once the old process is gone: the old job is retired, the new starts
+    later = plan(new, observed(), [stop.job, waiting.job], NOW + 1)
+    assert kinds(later) == ["Record", "Spawn"]
+    retired, spawn = later.steps
+    assert isinstance(retired, Record) and retired.job.phase == "removed"
+    assert isinstance(spawn, Spawn) and spawn.job.id == waiting.job.id
     assert spawn.job.restart_count == 0
 
 
@@ -108,7 +118,7 @@ def test_crash_after_long_run_restarts_at_once_with_same_job_id() -> None:
     want = desired(service())
     job = running_job(want, started_at=NOW - 3600)
     result = plan(want, observed(exits={500: Exit(job.identity, -9)}), [job], NOW)
-    assert kinds(result) == ["Stop", "Record", "Spawn"]
+    assert kinds(result) == ["Record", "Spawn"]
     spawn = result.steps[-1]
     assert isinstance(spawn, Spawn)
     assert spawn.job.id == job.id and spawn.job.restart_count == 1 and spawn.rotate_log
@@ -119,7 +129,7 @@ def test_crash_loop_backs_off_instead_of_spawning() -> None:
     want = desired(service())
     job = running_job(want, started_at=NOW - 1, consecutive_failures=3)
     result = plan(want, observed(), [job], NOW)
-    assert kinds(result) == ["Stop", "Record"]
+    assert kinds(result) == ["Record"]
     record = result.steps[-1]
     assert isinstance(record, Record) and record.job.phase == "backoff"
     assert record.job.next_start_at is not None and record.job.next_start_at > NOW
@@ -134,7 +144,7 @@ def test_a_quick_death_is_a_crash_before_ready_unless_a_probe_passed() -> None:
     def failure_class(svc: Service, lived: float) -> str | None:
         want = desired(svc)
         job = running_job(want, started_at=NOW - lived, ready=True)
-        record = plan(want, observed(), [job], NOW).steps[1]
+        record = plan(want, observed(), [job], NOW).steps[0]
         assert isinstance(record, Record)
         return record.job.failure_class
 
@@ -157,7 +167,7 @@ def test_restart_never_leaves_the_job_stopped() -> None:
     want = desired(service(restart="never"))
     job = running_job(want)
     result = plan(want, observed(), [job], NOW)
-    assert kinds(result) == ["Stop", "Record"]
+    assert kinds(result) == ["Record"]
     assert result.steps[-1].job.phase == "stopped"  # type: ignore[union-attr]
     stopped = result.steps[-1].job  # type: ignore[union-attr]
     assert plan(want, observed(), [stopped], NOW + 60).steps == ()
@@ -180,9 +190,19 @@ def test_foreign_port_holder_is_stopped_with_kill_others() -> None:
     squatter = proc(4070)
     ports = {8080: PortState(8080, True, (squatter,))}
     result = plan(want, observed(squatter, ports=ports), [], NOW)
-    assert kinds(result) == ["Stop", "Spawn"]
-    stop = result.steps[0]
+    assert kinds(result) == ["Stop", "Record"]
+    stop, waiting = result.steps
     assert isinstance(stop, Stop) and stop.scope == "process" and stop.target.pid == 4070
+    assert stop.signal == signal.SIGTERM
+    assert isinstance(waiting, Record) and waiting.job.phase == "pending"
+    assert waiting.job.stop_deadline == NOW + 10.0 and "pid 4070" in waiting.job.reason
+    # still there before the deadline: no second signal; after it: SIGKILL; gone: start
+    assert plan(want, observed(squatter, ports=ports), [waiting.job], NOW + 5).steps == ()
+    late = plan(want, observed(squatter, ports=ports), [waiting.job], NOW + 10)
+    assert [s.signal for s in late.steps if isinstance(s, Stop)] == [signal.SIGKILL]
+    gone = plan(want, observed(), [waiting.job], NOW + 10)
+    assert kinds(gone) == ["Spawn"]
+    assert gone.steps[0].job.stop_deadline is None  # type: ignore[union-attr]
 
 
 def test_port_listening_with_invisible_owner_blocks() -> None:
@@ -225,8 +245,9 @@ def test_singleton_stops_foreign_instance_of_its_own_command() -> None:
     assert pidfile is not None
     pidfiles = {pidfile: PidfileState(pidfile, 888, twin)}
     result = plan(want, observed(twin, pidfiles=pidfiles), [], NOW)
-    assert kinds(result) == ["Stop", "Spawn"]
+    assert kinds(result) == ["Stop", "Record"]
     assert result.steps[0].target.pid == 888  # type: ignore[union-attr]
+    assert "singleton" in result.steps[0].reason
 
 
 def test_after_waits_for_oneshot_and_starts_in_the_pass_it_succeeds() -> None:
@@ -269,8 +290,11 @@ def test_removed_service_is_stopped_and_retired() -> None:
     job = running_job(desired(gone))
     result = plan(desired(keep), observed(proc(500)), [job], NOW)
     stop = result.steps[0]
-    assert isinstance(stop, Stop) and stop.job is not None and stop.job.phase == "removed"
-    assert kinds(result) == ["Stop", "Spawn"]
+    assert isinstance(stop, Stop) and stop.job is not None and stop.job.phase == "stopping"
+    assert stop.job.stop_then == "removed"
+    assert kinds(result) == ["Stop", "Spawn"]  # the other service does not wait
+    gone = plan(desired(keep), observed(), [stop.job], NOW + 1)
+    assert kinds(gone) == ["Record", "Spawn"] and gone.steps[0].job.phase == "removed"  # type: ignore[union-attr]
 
 
 def test_empty_specs_prune_nothing_without_allow_empty() -> None:
@@ -298,7 +322,7 @@ def test_recycled_pid_counts_as_a_crash() -> None:
     job = running_job(want, started_at=NOW - 3600)
     impostor = proc(500, start=999)  # same pid, other start time
     result = plan(want, observed(impostor), [job], NOW)
-    assert kinds(result) == ["Stop", "Record", "Spawn"]
+    assert kinds(result) == ["Record", "Spawn"]
 
 
 def test_record_from_previous_boot_starts_fresh_without_counting_a_crash() -> None:
@@ -313,10 +337,18 @@ def test_down_stops_running_jobs_and_records_the_rest() -> None:
     want = desired(service("a"), service("b"))
     a = running_job(desired(service("a")), pid=500)
     b = replace(running_job(desired(service("b")), pid=501), id="j2")
-    result = plan_down(observed(proc(500)), [a, b], NOW, frozenset({"a", "b"}))
+    result = plan_down(observed(proc(500)), [a, b], NOW, frozenset({("a", None), ("b", None)}))
     assert kinds(result) == ["Stop", "Record"]
-    assert all(s.job.phase == "stopped" for s in result.steps)  # type: ignore[union-attr]
+    stopping, recorded = (s.job for s in result.steps)  # type: ignore[union-attr]
+    assert stopping.phase == "stopping" and stopping.stop_then == "stopped"
+    assert recorded.phase == "stopped"
     assert want.services == {"a", "b"}
+    # driven again before the deadline nothing happens; after it SIGKILL; once gone: stopped
+    assert plan_down(observed(proc(500)), [stopping], NOW + 1).steps == ()
+    late = plan_down(observed(proc(500)), [stopping], NOW + 10)
+    assert [s.signal for s in late.steps if isinstance(s, Stop)] == [signal.SIGKILL]
+    done = plan_down(observed(), [stopping], NOW + 11)
+    assert [s.job.phase for s in done.steps if isinstance(s, Record)] == ["stopped"]
 
 
 @pytest.mark.parametrize("failures", range(1, 12))
@@ -351,10 +383,14 @@ def test_unhealthy_process_is_stopped_and_restarted_with_its_class() -> None:
     still_failing = observed(proc(500), failing={job.id: 2})
     assert plan(want, still_failing, [job], NOW).steps == ()
     result = plan(want, observed(proc(500), failing={job.id: 3}), [job], NOW)
-    assert kinds(result) == ["Stop", "Record", "Spawn"]
-    stop, record, spawn = result.steps
+    assert kinds(result) == ["Stop"]
+    stop = result.steps[0]
     assert isinstance(stop, Stop) and stop.target == job.identity and "unhealthy" in stop.reason
-    assert record.job.failure_class == "unhealthy"  # type: ignore[union-attr]
+    assert stop.job is not None and stop.job.phase == "stopping"
+    assert stop.job.stop_then == "restart" and stop.job.failure_class == "unhealthy"
+    restarted = plan(want, observed(), [stop.job], NOW + 1)
+    assert kinds(restarted) == ["Record", "Spawn"]
+    spawn = restarted.steps[-1]
     assert isinstance(spawn, Spawn) and spawn.job.id == job.id and spawn.job.restart_count == 1
 
 
@@ -371,11 +407,12 @@ def test_restart_stops_running_jobs_and_reruns_stopped_ones() -> None:
     job = running_job(want)
     result = plan_restart(observed(proc(500)), [job], NOW, frozenset({("web", None)}))
     assert kinds(result) == ["Stop"]
-    due = result.steps[0].job  # type: ignore[union-attr]
-    assert due.phase == "pending" and due.identity is None
-    again = plan(want, observed(), [due], NOW)
-    assert kinds(again) == ["Spawn"]
-    assert again.steps[0].job.restart_count == 1  # type: ignore[union-attr]
+    stopping = result.steps[0].job  # type: ignore[union-attr]
+    assert stopping.phase == "stopping" and stopping.stop_then == "restart"
+    assert plan(want, observed(proc(500)), [stopping], NOW + 1).steps == ()  # still going
+    again = plan(want, observed(), [stopping], NOW + 1)
+    assert kinds(again) == ["Record", "Spawn"]
+    assert again.steps[-1].job.restart_count == 1  # type: ignore[union-attr]
     stopped = replace(job, phase="stopped", pid=None)
     rerun = plan_restart(observed(), [stopped], NOW, frozenset({("web", "api")}))
     assert kinds(rerun) == ["Record"] and rerun.steps[0].job.phase == "pending"  # type: ignore[union-attr]
@@ -395,3 +432,85 @@ def test_adopting_an_uncommitted_respawn_counts_the_restart() -> None:
     assert kinds(result) == ["Adopt"]
     adopted = result.steps[0].job  # type: ignore[union-attr]
     assert adopted.pid == 600 and adopted.restart_count == 3 and adopted.started_at == NOW - 1
+
+
+# --- asynchronous stops, daemonized processes, rate bounds ------------------------------------
+
+
+def test_a_stop_never_waits_and_other_jobs_keep_healing() -> None:
+    """One job ignores its stop signal for a long time; another job crashes meanwhile: the
+    crashed one is restarted in the same pass that merely looks at the slow stop."""
+    slow, other = service("slow", stop={"timeout": "8s"}), service("other")
+    slow_job = running_job(desired(slow), pid=500)
+    other_job = replace(running_job(desired(other), pid=600), id="j2", started_at=NOW - 3600)
+    removing = plan(desired(other), observed(proc(500), proc(600)), [slow_job, other_job], NOW)
+    [stop] = removing.steps
+    assert isinstance(stop, Stop) and stop.job is not None and stop.job.phase == "stopping"
+    assert stop.job.stop_deadline == NOW + 8.0
+    crashed = plan(desired(other), observed(proc(500)), [stop.job, other_job], NOW + 2)
+    assert kinds(crashed) == ["Record", "Spawn"]
+    assert crashed.steps[-1].job.id == "j2"  # type: ignore[union-attr]
+    assert crashed.requeue_at == NOW + 8.0  # the slow stop's deadline
+
+
+def test_a_stop_is_finished_only_when_every_member_of_the_job_is_gone() -> None:
+    want = desired(service())
+    job = running_job(want)
+    stopping = plan_down(observed(proc(500)), [job], NOW).steps[0].job  # type: ignore[union-attr]
+    child = proc(510, session=500)
+    leftovers = observed(members={job.id: (child,)})
+    assert plan_down(leftovers, [stopping], NOW + 1).steps == ()  # the leader is gone, a child not
+    assert plan_down(leftovers, [stopping], NOW + 1).requeue_at == NOW + 1 + 0.25
+    late = plan_down(leftovers, [stopping], NOW + 10)
+    [kill] = late.steps
+    assert isinstance(kill, Stop) and kill.signal == signal.SIGKILL and kill.job is not None
+    done = plan_down(observed(), [kill.job], NOW + 11)
+    assert [s.job.phase for s in done.steps] == ["stopped"]  # type: ignore[union-attr]
+
+
+def test_a_daemon_that_forked_into_the_background_is_followed() -> None:
+    want = desired(service())
+    job = running_job(want, started_at=NOW - 1)
+    survivor = proc(700, start=300, session=700)
+    snapshot = observed(survivor, exits={500: Exit(job.identity, 0)}, members={job.id: (survivor,)})
+    result = plan(want, snapshot, [job], NOW)
+    [adopt] = result.steps
+    assert isinstance(adopt, Adopt) and adopt.kind == "daemonized"
+    assert adopt.job.id == job.id and adopt.job.pid == 700 and adopt.job.restart_count == 0
+    assert "daemonized" in adopt.job.reason
+    after = plan(want, observed(survivor), [adopt.job], NOW + 1)
+    assert after.steps == ()
+
+
+def test_a_crash_with_leftover_children_stops_them_before_restarting() -> None:
+    want = desired(service())
+    job = running_job(want, started_at=NOW - 3600)
+    child = proc(510, session=500)
+    snapshot = observed(child, exits={500: Exit(job.identity, 1)}, members={job.id: (child,)})
+    [stop] = plan(want, snapshot, [job], NOW).steps
+    assert isinstance(stop, Stop) and stop.job is not None
+    assert stop.job.phase == "stopping" and stop.job.stop_then == "restart"
+    assert stop.job.last_exit_code == 1
+    restarted = plan(want, observed(), [stop.job], NOW + 1)
+    assert kinds(restarted) == ["Record", "Spawn"]
+
+
+def test_no_job_starts_more_than_once_a_second_whatever_its_backoff() -> None:
+    """`reset_after` and `initial` as small as validation allows must not make a hot loop."""
+    want = desired(service(backoff={"initial": "10ms", "factor": 1, "reset_after": "1s"}))
+    job = running_job(want, started_at=NOW - 0.05, consecutive_failures=0)
+    [record] = plan(want, observed(), [job], NOW).steps
+    assert isinstance(record, Record) and record.job.phase == "backoff"
+    assert record.job.next_start_at is not None
+    assert record.job.next_start_at >= job.started_at + 1.0  # type: ignore[operator]
+
+
+def test_a_blocked_job_looks_again_within_two_seconds_whatever_its_backoff() -> None:
+    want = desired(service(tcp_ports=[8080], backoff={"initial": "20s", "max": "1m"}))
+    squatter = proc(4070)
+    ports = {8080: PortState(8080, True, (squatter,))}
+    job = replace(running_job(want), pid=None, boot_id=None, starttime_ticks=None,
+                  phase="blocked", consecutive_failures=5, next_start_at=None)
+    [record] = plan(want, observed(squatter, ports=ports), [job], NOW).steps
+    assert record.job.phase == "blocked"  # type: ignore[union-attr]
+    assert record.job.next_start_at <= NOW + 2.0  # type: ignore[union-attr]

@@ -330,7 +330,8 @@ def test_prune_stops_the_whole_tree_even_a_grandchild_and_a_term_ignorer(
     assert len(pgrps) >= 2  # one of them left the process group
     tree.unlink()
     result = reconciler.reconcile()
-    assert any(s.verb == "kill" for s in result.plan.steps)
+    assert any(s.verb == "kill" for s in result.plan.steps)  # signalled, not waited for
+    assert reconciler.converge(wait=20).converged  # SIGKILL after 300 ms, then retired
     for member in members:
         assert identity_of(member.pid) is None or identity_of(member.pid) != member.identity
     removed = [r for r in status(settings, capsys) if r["service"] == "tree"]

@@ -90,6 +90,10 @@ class Observed:
     exits: dict[int, Exit] = field(default_factory=dict)  # pid -> reaped exit of an own child
     ready: dict[str, bool] = field(default_factory=dict)  # job id -> health probe passed
     failing: dict[str, int] = field(default_factory=dict)  # job id -> failed probes since ready
+    # job id -> its live processes other than a live main process: what is left of its
+    # session, and processes carrying its RECONCILER_JOB_ID anywhere else (a daemonized
+    # child). Only asked for jobs whose main process exited or that are being stopped.
+    members: dict[str, tuple[ProcInfo, ...]] = field(default_factory=dict)
 
     def alive(self, identity: Identity | None) -> ProcInfo | None:
         """The live process if `identity` still names it (same boot, pid and start time)."""

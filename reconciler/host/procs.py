@@ -19,7 +19,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from reconciler.host import procfs
@@ -301,3 +301,83 @@ def _kill_session(leader: Identity, result: StopResult) -> tuple[list[int], list
                 killed.add(member.pid)
         _wait_gone(members, min(remaining, 1.0))
     return sorted(killed), []
+
+
+# --- signalling without waiting (a pass never blocks on a stop) ------------------------------
+
+
+def signal_process(identity: Identity, sig: int) -> StopResult:
+    """Send `sig` to ONE verified process (a foreign holder of our resource) and return at
+    once; the pass that sent it escalates in a later pass if it is still there."""
+    result = StopResult()
+    if is_protected(identity.pid):
+        result.refused.append(identity.pid)
+    elif signal_identity(identity, sig):
+        result.signalled.append(identity.pid)
+        _continue([identity], sig)
+    return result
+
+
+def signal_job(leader: Identity, members: Iterable[Identity], sig: int) -> StopResult:
+    """Send `sig` to every process of a job and return at once: its main process (`leader`,
+    alive or not), the rest of its session, and `members` found elsewhere (a daemonized
+    child carrying the job's id). The session is re-scanned here, so a child forked since
+    the pass observed it is not missed; each signal verifies its target's identity first."""
+    result = StopResult()
+    targets: dict[int, Identity] = {leader.pid: leader}  # verified (or skipped) when signalled
+    targets.update((m.pid, m) for m in members)
+    if _session_still_ours(leader):
+        targets.update((m.pid, m) for m in _sweepable(leader.pid, result))
+    protected = _self_and_ancestors()
+    for target in targets.values():
+        if target.pid in protected:
+            if target.pid not in result.refused:
+                result.refused.append(target.pid)
+        elif signal_identity(target, sig):
+            result.signalled.append(target.pid)
+    _continue([targets[pid] for pid in result.signalled], sig)
+    return result
+
+
+JOB_ID_VAR = "RECONCILER_JOB_ID"  # in every spawned process's environment (host/spawn.py)
+
+
+def job_members(leaders: Mapping[str, Identity], *,
+                by_environ: Iterable[str] = ()) -> dict[str, tuple[ProcInfo, ...]]:
+    """The live processes of each job (job id → main process identity), except a live main
+    process itself, in one walk over /proc.
+
+    Membership: the session of the main process (while that session is provably still the
+    job's, see `_session_still_ours`), and for jobs named in `by_environ` also every process
+    carrying `RECONCILER_JOB_ID=<job id>`: a daemon that double-forked and called setsid()
+    left the session but kept its environment. Reading every environ costs a file read per
+    process, so only jobs whose main process may have daemonized ask for it.
+    """
+    sessions = {leader.pid: job_id for job_id, leader in leaders.items()
+                if _session_still_ours(leader)}
+    wanted = set(by_environ)
+    protected = _self_and_ancestors()
+    found: dict[str, list[ProcInfo]] = {job_id: [] for job_id in leaders}
+    if not sessions and not wanted:
+        return {}
+    for pid in procfs.iter_pids():
+        if pid in protected:
+            continue
+        job_id = _member_of(pid, sessions, wanted)
+        if job_id is None:
+            continue
+        info = proc_info(pid)
+        if info is not None and info.identity != leaders[job_id]:
+            found[job_id].append(info)
+    return {job_id: tuple(procs) for job_id, procs in found.items() if procs}
+
+
+def _member_of(pid: int, sessions: Mapping[int, str], wanted: set[str]) -> str | None:
+    try:
+        job_id = sessions.get(os.getsid(pid))
+    except OSError:
+        return None
+    if job_id is None and wanted:
+        marked = procfs.read_environ_var(pid, JOB_ID_VAR)
+        job_id = marked if marked in wanted else None
+    return job_id

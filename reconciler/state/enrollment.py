@@ -108,6 +108,12 @@ class Enrollments:
                 self._known[job_id] = enrollment
 
 
+def read_enrollment(run_dir: Path, job_id: str) -> Enrollment | None:
+    """The enrollment of one job, or None if it has none (or an unreadable one)."""
+    path = enrollment_path(run_dir, job_id)
+    return _read_one(path) if os.path.lexists(path) else None
+
+
 def unenroll(run_dir: Path, job_id: str) -> None:
     """Forget a job's process (it was stopped); already gone is fine."""
     enrollment_path(run_dir, job_id).unlink(missing_ok=True)

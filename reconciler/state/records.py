@@ -20,6 +20,9 @@ PHASES: tuple[str, ...] = (
     "blocked", "stopping", "stopped", "removed",
 )
 
+# What a job becomes once a stop in progress has finished (see plan._continue_stop).
+StopThen = Literal["removed", "stopped", "restart"]
+
 # Why a run ended badly; shown in `status` so operators see the class of trouble at a glance.
 FailureClass = Literal[
     "spawn-error", "bind-conflict", "crash-before-ready", "crash-after-ready",
@@ -71,6 +74,11 @@ class JobRecord:
     spec: dict[str, Any] = field(default_factory=dict)
     created_at: float | None = None
     updated_at: float | None = None
+    # A stop in progress (never waited for inside a pass): when to escalate to SIGKILL, and
+    # what the job becomes once its processes are gone. On a `stopping` job it is the job's
+    # own stop; on a waiting one, the stop of a foreign process standing in its way.
+    stop_deadline: float | None = None
+    stop_then: StopThen | None = None
     # Derived once, at construction: every pass asks for the identity and key of every job
     # several times (building the identity each time was 18 % of a pass at 1000 jobs).
     # Not columns: the store reads and writes the init fields only.

@@ -89,6 +89,17 @@ def m002_job_failure_class_ready(db: Database) -> None:
         jobs.add_column("created_at", float)
 
 
+@MIGRATIONS()
+def m003_job_stop_in_progress(db: Database) -> None:
+    """Asynchronous stops: the deadline of a stop in progress and what follows it."""
+    jobs = _table(db, "jobs")
+    columns = jobs.columns_dict
+    if "stop_deadline" not in columns:
+        jobs.add_column("stop_deadline", float)
+    if "stop_then" not in columns:
+        jobs.add_column("stop_then", str)
+
+
 def _ensure_events_table(db: Database) -> None:
     """Raw SQL because sqlite-utils cannot say AUTOINCREMENT, and event ids are shown to users:
     they must never be reused, even after old events are pruned."""
