@@ -161,8 +161,8 @@ def slow_stop(res: SlowStopResult, command: str = "") -> list[str]:
     times = [t * 1000 for t in res.respawn_s]
     p50 = pct(times, 50)
     good = p50 is not None and p50 <= SLOW_STOP_GOAL_MS and res.timeouts == 0
-    how = ("its spec file removed" if res.trigger == "remove"
-           else "`reconcile down SERVICE` run beside the daemon")
+    how = ("`reconcile down SERVICE` run beside the daemon" if res.trigger == "down"
+           else "its spec file removed")
     lines = ["### Slow stop (reconciler only)", ""]
     if command:
         lines += [f"Produced by `{command}` (wall time {res.wall_s / 60:.1f} min).", ""]
