@@ -19,8 +19,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks import measure, report
+from benchmarks import measure, report, slowstop
 from benchmarks.supervisors import ALL, MARKERS, REPO, Reconciler, Supervisor, kill_all
+
+SCENARIOS = ("all", "compare", "slow-stop")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Plan:
     save_samples: int
     noop_n: int
     noop_passes: int
+    slow: slowstop.SlowPlan
     converge_timeout: float = 180.0
 
 
@@ -45,18 +48,32 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
                    help="respawn samples per supervisor and N, pooled over the runs")
     p.add_argument("--idle", type=float, default=10.0, help="idle CPU window, seconds")
     p.add_argument("--quick", action="store_true",
-                   help="N=50, 1 run, 10 respawn samples, 5 s idle (≤ 3 min)")
-    p.add_argument("--output", default=str(report.DOC), help="markdown report path")
+                   help="N=50, 1 run, 10 respawn samples, 5 s idle, slow stop ≤ 50 s (≤ 4 min)")
+    p.add_argument("--output", default=None,
+                   help=f"markdown report path (default {report.DOC.relative_to(REPO)}, "
+                        "or none with --scenario slow-stop: the section is printed)")
     p.add_argument("--only", default="", help="comma-separated subset of supervisors")
+    p.add_argument("--scenario", choices=SCENARIOS, default="all",
+                   help="all (default); compare: the three supervisors side by side; "
+                        "slow-stop: respawn while another job takes 8 s to stop "
+                        "(reconciler only, ≤ 2 min)")
+    p.add_argument("--slow-samples", type=int, default=20,
+                   help="slow stop: kills, each while a slow stop is in progress")
+    p.add_argument("--slow-trigger", choices=("remove", "down"), default="remove",
+                   help="slow stop: remove the service's spec file, or `reconcile down` it")
     args = p.parse_args(argv)
     if args.quick:
+        slow = slowstop.SlowPlan(n=50, samples=min(10, args.slow_samples),
+                                 trigger=args.slow_trigger, budget_s=50.0)
         plan = Plan(ns=(50,), runs=1, samples=10, idle_s=5.0, settle_s=1.0, gap_s=0.05,
-                    save_samples=10, noop_n=200, noop_passes=20)
+                    save_samples=10, noop_n=200, noop_passes=20, slow=slow)
     else:
         ns = tuple(int(x) for x in args.n.split(","))
+        slow = slowstop.SlowPlan(n=min(ns), samples=args.slow_samples,
+                                 trigger=args.slow_trigger)
         plan = Plan(ns=ns, runs=args.runs, samples=args.samples, idle_s=args.idle,
                     settle_s=2.0, gap_s=0.1, save_samples=10, noop_n=max(1000, *ns),
-                    noop_passes=20)
+                    noop_passes=20, slow=slow)
     return args, plan
 
 
@@ -88,13 +105,40 @@ def noop(plan: Plan, root: Path) -> tuple[float | None, list[float]]:
         sup.stop()
 
 
+Results = dict[str, dict[int, list[measure.SessionResult]]]
+Noops = list[tuple[float | None, list[float]]]
+
+
+def compare(plan: Plan, classes: list[type[Supervisor]], root: Path) -> tuple[Results, Noops]:
+    """The side-by-side runs: every supervisor at every N, then the no-op pass, per run."""
+    results: Results = {c.name: {n: [] for n in plan.ns} for c in classes}
+    noops: Noops = []
+    for run in range(plan.runs):
+        order = classes[run % len(classes):] + classes[:run % len(classes)]
+        for n in plan.ns:
+            for cls in order:
+                print(f"run {run + 1}/{plan.runs} n={n} {cls.name} …", flush=True)
+                results[cls.name][n].append(session(cls, n, plan, root))
+        if any(c is Reconciler for c in classes):
+            print(f"run {run + 1}/{plan.runs} no-op pass n={plan.noop_n} …", flush=True)
+            noops.append(noop(plan, root))
+    return results, noops
+
+
+def slow_stop(plan: Plan, root: Path) -> slowstop.SlowStopResult:
+    s = plan.slow
+    print(f"slow stop n={s.n}: {s.samples} kills during {s.stop_timeout:g} s stops "
+          f"(trigger: {s.trigger}) …", flush=True)
+    return slowstop.run(s, root, uuid.uuid4().hex)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, plan = parse_args(argv)
     only = {s for s in args.only.split(",") if s}
     classes = [c for c in ALL if not only or c.name in only]
-    results: dict[str, dict[int, list[measure.SessionResult]]] = {
-        c.name: {n: [] for n in plan.ns} for c in classes}
-    noops: list[tuple[float | None, list[float]]] = []
+    results: Results = {}
+    noops: Noops = []
+    slow: slowstop.SlowStopResult | None = None
     started = time.monotonic()
     # As `pip install` does: otherwise, with PYTHONDONTWRITEBYTECODE set (it is on the
     # machines this was measured on), every start would compile the package from source.
@@ -102,26 +146,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="reconciler-bench-") as tmp:
         root = Path(tmp)
         try:
-            for run in range(plan.runs):
-                order = classes[run % len(classes):] + classes[:run % len(classes)]
-                for n in plan.ns:
-                    for cls in order:
-                        print(f"run {run + 1}/{plan.runs} n={n} {cls.name} …", flush=True)
-                        results[cls.name][n].append(session(cls, n, plan, root))
-                if any(c is Reconciler for c in classes):
-                    print(f"run {run + 1}/{plan.runs} no-op pass n={plan.noop_n} …", flush=True)
-                    noops.append(noop(plan, root))
+            if args.scenario != "slow-stop":
+                results, noops = compare(plan, classes, root)
+            if args.scenario != "compare" and Reconciler in classes:
+                slow = slow_stop(plan, root)
         finally:
             kill_all_started()
     elapsed = time.monotonic() - started
     command = "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv)
-    text = report.render(results, noops, plan, command.strip(), elapsed,
-                         {c.name: c.version() for c in classes})
+    if args.scenario == "slow-stop":
+        text = "\n".join(report.slow_stop(slow, command.strip())) if slow else "no reconciler"
+        output = args.output
+    else:
+        text = report.render(results, noops, plan, command.strip(), elapsed,
+                             {c.name: c.version() for c in classes}, slow)
+        output = args.output or str(report.DOC)
     print(text)
-    Path(args.output).write_text(text + report.kept_notes(Path(args.output)))
+    if output:
+        Path(output).write_text(text + report.kept_notes(Path(output)))
     raw = {"plan": asdict(plan), "results": {k: {n: [asdict(r) for r in v] for n, v in d.items()}
                                              for k, d in results.items()},
-           "noop": noops}
+           "noop": noops, "slow_stop": asdict(slow) if slow else None}
     Path(__file__).with_name("last-run.json").write_text(json.dumps(raw, indent=1))
     return 0
 

@@ -21,8 +21,10 @@ PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 @dataclass(frozen=True, slots=True)
 class Stat:
     comm: str
+    state: str  # R, S, Z, …
     ppid: int
     cpu_ticks: int  # utime + stime
+    starttime: int  # clock ticks after boot: with the pid, the process's identity
     rss_kib: int
 
 
@@ -35,8 +37,16 @@ def read_stat(pid: int) -> Stat | None:
         return None
     comm = raw[raw.index("(") + 1:raw.rindex(")")]
     fields = raw[raw.rindex(")") + 2:].split()
-    return Stat(comm=comm, ppid=int(fields[1]), cpu_ticks=int(fields[11]) + int(fields[12]),
+    return Stat(comm=comm, state=fields[0], ppid=int(fields[1]),
+                cpu_ticks=int(fields[11]) + int(fields[12]), starttime=int(fields[19]),
                 rss_kib=int(fields[21]) * PAGE_KIB)
+
+
+def alive(pid: int, starttime: int) -> bool:
+    """The process with this identity still runs: same pid and start time (a recycled pid
+    has another), and not a zombie (dead, only waiting to be reaped)."""
+    st = read_stat(pid)
+    return st is not None and st.starttime == starttime and st.state != "Z"
 
 
 def pids() -> set[int]:

@@ -10,12 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.measure import SessionResult
+from benchmarks.slowstop import SlowStopResult
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 BASE, CIRCUS, OURS = "supervisord", "circus", "reconciler"
 
 
 NOTES = "## Findings"
+# A changed spec file is read once it has been quiet for `--settle` (200 ms by default,
+# DESIGN §8.1): the goal that was 300 ms grows by that settle time (issue 8).
+SAVE_GOAL_MS = 400
+SLOW_STOP_GOAL_MS = 50  # respawn p50 while another job takes 8 s to stop (issue 8)
 
 
 def kept_notes(path: Path) -> str:
@@ -144,16 +149,44 @@ def reconciler_only(results: dict[str, dict[int, list[SessionResult]]],
     for n, runs in results.get(OURS, {}).items():
         saves = [t * 1000 for r in runs for t in r.save_s]
         if saves:
-            good = (med(saves) or 0) <= 300
+            good = (med(saves) or 0) <= SAVE_GOAL_MS
             lines.append(f"| save → running with N={n} running (ms) | {fmt(med(saves))} | "
                          f"{fmt(pct(saves, 95))} | {fmt(max(saves))} | "
-                         f"≤ 300 ms → {'met' if good else '**missed**'} |")
+                         f"≤ {SAVE_GOAL_MS} ms → {'met' if good else '**missed**'} |")
     return [*lines, ""]
+
+
+def slow_stop(res: SlowStopResult, command: str = "") -> list[str]:
+    """The slow stop scenario's table; `command` is named when it ran on its own."""
+    times = [t * 1000 for t in res.respawn_s]
+    p50 = pct(times, 50)
+    good = p50 is not None and p50 <= SLOW_STOP_GOAL_MS and res.timeouts == 0
+    how = ("`reconcile down SERVICE` run beside the daemon" if res.trigger == "down"
+           else "its spec file removed")
+    lines = ["### Slow stop (reconciler only)", ""]
+    if command:
+        lines += [f"Produced by `{command}` (wall time {res.wall_s / 60:.1f} min).", ""]
+    lines += [
+        f"N = {res.n} sleepers; meanwhile one job that ignores SIGTERM is being stopped "
+        f"(`stop: {{timeout: {res.stop_timeout:g}s}}`, {how}); sleepers are SIGKILLed "
+        f"during that stop. {len(times)} respawn samples / {res.timeouts} timeouts over "
+        f"{res.windows} stop window(s); {res.failed_windows} window(s) failed to start.", "",
+        "| metric | p50 | p95 | max | goal |", "|---|---|---|---|---|",
+        f"| respawn during a slow stop (ms) | {fmt(p50)} | {fmt(pct(times, 95))} | "
+        f"{fmt(max(times, default=None))} | p50 ≤ {SLOW_STOP_GOAL_MS} ms → "
+        f"{'met' if good else '**missed**'} |",
+        f"| respawned while the slow job still ran | {res.within_stop} / {len(times)} | | | "
+        "all |",
+        f"| slow stop, SIGTERM → slow job dead (s) | {fmt(pct(res.stop_s, 50))} | | "
+        f"{fmt(max(res.stop_s, default=None))} | ≈ {res.stop_timeout:g} s, then SIGKILL |",
+        ""]
+    return lines
 
 
 def render(results: dict[str, dict[int, list[SessionResult]]],
            noops: list[tuple[float | None, list[float]]], plan: Any, command: str,
-           elapsed: float, versions: dict[str, str]) -> str:
+           elapsed: float, versions: dict[str, str],
+           slow: SlowStopResult | None = None) -> str:
     polls = [r.poll_ms for d in results.values() for rs in d.values() for r in rs if r.poll_ms]
     out = ["# Benchmarks: reconciler vs supervisord vs circus", "",
            "Produced by (from the repository root, venv with `.[bench]` installed):", "",
@@ -171,6 +204,8 @@ def render(results: dict[str, dict[int, list[SessionResult]]],
         out += table(results, n)
     if OURS in results:
         out += reconciler_only(results, noops, plan.noop_n)
+    if slow is not None:
+        out += slow_stop(slow)
     out.append(METHOD)
     return "\n".join(out) + "\n"
 
@@ -202,7 +237,18 @@ METHOD = """## Method
   pass must plan zero changes).
 - save → running: with the daemon running N sleepers, a new spec file with one service is
   written as a hidden temp file and `os.replace`d into the specs dir; time until its sleeper
-  runs; 0.3 s between samples.
+  runs; 0.3 s between samples. It includes the daemon's `--settle` quiet period (a changed
+  file is read once untouched for 200 ms by default), hence the goal of 400 ms.
+- slow stop (`--scenario slow-stop`; reconciler only): N sleepers plus one-file services
+  whose shell catches SIGTERM, writes a note and keeps running, with `stop: {timeout: 8s}`.
+  One at a time such a service is stopped (spec file removed; `--slow-trigger down` runs
+  `reconcile down SERVICE` instead); once its note shows it got SIGTERM, sleepers are
+  SIGKILLed at 0.25, 1.75, 3.25, 4.75 and 6.25 s into the stop, each only while the slow
+  job is still alive (pid and start time from /proc), and timed as for respawn. Then the
+  harness waits until the slow job is dead (the SIGKILL at the timeout) before the next
+  stop. A new stop is opened only within a 100 s budget (50 s with `--quick`), so when
+  stops block the pass (one sample per stop, ~8 s each) fewer than `--slow-samples` (20)
+  samples are taken.
 - The harness's own 1 ms poll competes for the 2 cores with the daemons; it does so equally
   for all three.
 """

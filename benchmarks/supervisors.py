@@ -150,7 +150,8 @@ class Reconciler(Supervisor):
         return self.workdir / "state"
 
     def write_config(self) -> None:
-        self.specs.mkdir(exist_ok=True)
+        # Private whatever the umask: a specs dir writable by others is refused (DESIGN §8.1).
+        self.specs.mkdir(mode=0o700, exist_ok=True)
         docs = [service_yaml(f"s{i:04d}", self.marker) for i in range(self.n)]
         (self.specs / "bench.yaml").write_text("---\n".join(docs))
 
