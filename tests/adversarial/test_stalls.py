@@ -1,0 +1,107 @@
+"""Adversarial: one job's trouble must never stall healing of the others, nor fail a pass.
+
+Each test builds the trouble for real (a process that ignores SIGTERM, a pidfile that
+cannot be written) and proves that an unrelated job still heals meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from reconciler.controller import Reconciler
+from reconciler.host.identity import identity_of
+from reconciler.settings import Settings
+from tests.helpers import wait_for
+from tests.test_reconcile import PY, job, write_sleeper, write_spec
+
+# Ignores SIGTERM; writes a flag once it got one (so the test knows the stop has begun).
+TERM_IGNORER = (
+    "import signal,sys,time,pathlib\n"
+    "flag = pathlib.Path(sys.argv[1])\n"
+    "signal.signal(signal.SIGTERM, lambda *_: flag.write_text('term'))\n"
+    "while True: time.sleep(3600)\n"
+)
+
+
+def write_term_ignorer(specs_dir: Path, flag: Path, timeout: str = "1h") -> Path:
+    return write_spec(specs_dir, "slow.yaml", f"""\
+    name: slow
+    actions:
+      - name: main
+        process: true
+        cmd: {json.dumps([PY, "-c", TERM_IGNORER, str(flag)])}
+        stop: {{timeout: {timeout}}}
+    """)
+
+
+def test_a_slow_stop_does_not_delay_healing_of_another_job(
+        settings: Settings, reconciler: Reconciler, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    flag = tmp_path / "got-term"
+    slow_spec = write_term_ignorer(settings.specs_dir, flag)
+    write_sleeper(settings.specs_dir, "other")
+    assert reconciler.converge(wait=20).converged
+    slow = identity_of(int(job(settings, capsys, "slow.main")["pid"]))  # type: ignore[arg-type]
+    other = job(settings, capsys, "other.main")
+    slow_spec.unlink()
+    reconciler.reconcile()  # sends SIGTERM and returns: the job is `stopping` for up to 1h
+    wait_for(flag.exists, message="the slow job got SIGTERM")
+    os.kill(int(other["pid"]), signal.SIGKILL)  # type: ignore[arg-type]
+
+    def respawned() -> bool:
+        reconciler.reconcile()
+        row = job(settings, capsys, "other.main")
+        return row["pid"] != other["pid"] and row["phase"] == "running"
+
+    wait_for(respawned, message="the other job respawned")
+    assert slow is not None and identity_of(slow.pid) == slow  # still stopping meanwhile
+    assert reconciler.store.job(str(other["job_id"])).restart_count == 1  # type: ignore[union-attr]
+
+
+def test_a_stop_in_progress_survives_a_restart_of_the_controller(
+        settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The deadline is in the job's record: a new controller escalates and finishes it."""
+    flag = tmp_path / "got-term"
+    slow_spec = write_term_ignorer(settings.specs_dir, flag, timeout="200ms")
+    write_sleeper(settings.specs_dir, "other")  # an emptied specs dir would prune nothing
+    with Reconciler(settings) as first:
+        assert first.converge(wait=20).converged
+        slow = identity_of(int(job(settings, capsys, "slow.main")["pid"]))  # type: ignore[arg-type]
+        slow_spec.unlink()
+        first.reconcile()
+        wait_for(flag.exists, message="the slow job got SIGTERM")
+    with Reconciler(settings) as second:
+        result = second.converge(wait=20)
+        assert result.converged
+        assert slow is not None and identity_of(slow.pid) != slow
+        kinds = [e.kind for _, e in second.store.events(service="slow")]
+        assert kinds.count("kill") == 2 and kinds[-1] == "removed"  # SIGTERM, SIGKILL, retired
+
+
+def test_a_pidfile_that_cannot_be_written_fails_that_job_only(
+        settings: Settings, reconciler: Reconciler, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Its parent is a regular file (as for a read-only fs or /run as non-root: an OSError
+    while enrolling). The job backs off with the error; the pass and other jobs go on."""
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    write_spec(settings.specs_dir, "bad.yaml", f"""\
+    name: bad
+    actions:
+      - name: main
+        process: true
+        cmd: {json.dumps([PY, "-c", "import time; time.sleep(3600)"])}
+        pidfile: {not_a_dir / "main.pid"}
+    """)
+    write_sleeper(settings.specs_dir, "good")
+    result = reconciler.reconcile()  # must not raise
+    assert result.jobs
+    bad, good = job(settings, capsys, "bad.main"), job(settings, capsys, "good.main")
+    assert bad["phase"] == "backoff" and bad["pid"] is None
+    assert "main.pid" in str(bad["reason"])
+    assert good["phase"] in ("running", "starting") and good["pid"]
