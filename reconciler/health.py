@@ -22,9 +22,9 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -325,47 +325,57 @@ class HealthMonitor:
     `clock` is only compared with `ProbeTarget.started_at` for `start_period`. on_change runs
     on a probe worker thread and must be cheap (set an event, poke the controller).
 
-    A slow probe never delays another job's: each job has at most one probe in flight
-    (`_busy`), and by default the pool has no worker cap below that, so a probe that finds no
-    idle worker gets a new one (ThreadPoolExecutor reuses idle workers first). The threads are
-    thus bounded by the number of jobs probed within one timeout, and each probe by its own
-    timeout; with a fixed pool of four, four trickling endpoints held every worker for good.
+    A slow probe never delays another job's. Each job has at most one probe in flight
+    (`_busy`), and the workers are elastic: `base_workers` serve the usual quick probes (a
+    burst of a thousand due at once does not make a thousand threads), and every probe that
+    has run for `STUCK_AFTER` counts as stuck and gets a worker added in its place while
+    probes wait, so at most STUCK_AFTER after every base worker got stuck, a due probe has a
+    worker again. Workers above the base leave after `IDLE_EXIT_SECONDS` without work. With a
+    fixed pool of four, four trickling endpoints held every worker for good.
     """
 
-    def __init__(self, on_change: Callable[[], None], *, max_workers: int = sys.maxsize,
+    STUCK_AFTER = 0.02  # seconds: a loopback connect takes well under a millisecond
+    IDLE_EXIT_SECONDS = 10.0
+
+    def __init__(self, on_change: Callable[[], None], *, base_workers: int = 4,
                  clock: Callable[[], float] = time.time) -> None:
         self._on_change = on_change
         self._clock = clock
-        self._max_workers = max_workers
-        self._cond = threading.Condition()
+        self._base_workers = base_workers
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # the scheduler: entries, dues, results
+        self._work = threading.Condition(lock)  # idle workers wait here for queued probes
         self._entries: dict[str, _Entry] = {}
-        self._busy: set[str] = set()  # job ids with a probe in flight, even a superseded one
+        self._busy: set[str] = set()  # job ids with a probe queued or in flight
+        self._queue: deque[_Entry] = deque()
+        self._running_since: dict[str, float] = {}  # job id -> monotonic start of its probe
+        self._workers = 0
+        self._idle = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._pool: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
         with self._cond:
             if self._thread is not None:
                 return
             self._stopping = False
-            self._pool = ThreadPoolExecutor(self._max_workers, thread_name_prefix="health-probe")
             self._thread = threading.Thread(target=self._run, name="health-monitor", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
         """Returns without waiting for probes in flight: each is bounded by its own timeout
-        and its result is discarded. (The interpreter still joins pool threads at exit, so a
-        process exit can take up to the longest probe timeout.)"""
+        and its result is discarded. Workers are daemon threads: they never hold up the
+        interpreter's exit."""
         with self._cond:
             self._stopping = True
-            thread, pool = self._thread, self._pool
-            self._thread = self._pool = None
+            thread, self._thread = self._thread, None
+            for entry in self._queue:
+                self._busy.discard(entry.target.job_id)
+            self._queue.clear()
             self._cond.notify_all()
+            self._work.notify_all()
         if thread is not None:
             thread.join()
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
 
     def sync(self, targets: Iterable[ProbeTarget]) -> None:
         """Probe exactly these. Same job and same started_at keeps its state (a health edit
@@ -396,20 +406,55 @@ class HealthMonitor:
                 for job_id, entry in self._entries.items():
                     if job_id not in self._busy and entry.due <= now:
                         self._submit(entry, now)
+                self._add_workers(now)
                 self._cond.wait(self._next_wait(now))
 
     def _submit(self, entry: _Entry, now: float) -> None:
-        assert self._pool is not None
         self._busy.add(entry.target.job_id)
         entry.due = now + entry.target.health.interval  # the interval counts from probe start
-        try:
-            self._pool.submit(self._probe_once, entry)
-        except RuntimeError:  # pool shut down under us: stop() is on its way
-            self._busy.discard(entry.target.job_id)
+        self._queue.append(entry)
+        self._work.notify()
+
+    def _add_workers(self, now: float) -> None:
+        """Keep `base_workers` that are not stuck, as long as probes wait for a worker."""
+        stuck = sum(1 for since in self._running_since.values()
+                    if now - since >= self.STUCK_AFTER)
+        while len(self._queue) > self._idle and self._workers < stuck + self._base_workers:
+            self._workers += 1
+            threading.Thread(target=self._worker, name="health-probe", daemon=True).start()
 
     def _next_wait(self, now: float) -> float | None:
-        dues = [e.due for job_id, e in self._entries.items() if job_id not in self._busy]
-        return max(0.0, min(dues) - now) if dues else None
+        """Until the next probe is due or, while probes wait, a running one counts as stuck."""
+        times = [e.due for job_id, e in self._entries.items() if job_id not in self._busy]
+        if self._queue:
+            times += [since + self.STUCK_AFTER for since in self._running_since.values()
+                      if since + self.STUCK_AFTER > now]
+        return max(0.0, min(times) - now) if times else None
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                entry = self._take()
+                if entry is None:
+                    self._workers -= 1
+                    return
+            self._probe_once(entry)
+
+    def _take(self) -> _Entry | None:
+        """The next queued probe (lock held); None when this worker should end."""
+        while not self._queue:
+            if self._stopping:
+                return None
+            self._idle += 1
+            notified = self._work.wait(self.IDLE_EXIT_SECONDS)
+            self._idle -= 1
+            if not notified and not self._queue and self._workers > self._base_workers:
+                return None
+        entry = self._queue.popleft()
+        self._running_since[entry.target.job_id] = time.monotonic()
+        if self._queue:
+            self._cond.notify()  # the scheduler must see when this probe becomes stuck
+        return entry
 
     def _probe_once(self, entry: _Entry) -> None:
         """A result for an entry that was replaced meanwhile (the job respawned) or dropped
@@ -424,6 +469,7 @@ class HealthMonitor:
         finally:
             with self._cond:
                 self._busy.discard(target.job_id)
+                self._running_since.pop(target.job_id, None)
                 self._cond.notify_all()
         if changed:
             self._notify()
