@@ -126,8 +126,9 @@ class Reconciler:
     def reconcile(self, health: HealthResults | None = None) -> PassResult:
         """One full pass: observe, plan, execute, record.
 
-        `health` carries probe results from a running `HealthMonitor` (the daemon); without
-        it, jobs that are not ready yet are probed once, synchronously (`--once`).
+        `health` carries probe results: from a running `HealthMonitor` (the daemon), or from
+        `probe_readiness` between passes (`converge`). A pass never probes itself: it holds
+        the state lock, and a slow endpoint must not hold that (or the pass) with it.
         """
         with self._locked():
             draft = self._draft(self.children, health)
@@ -187,7 +188,7 @@ class Reconciler:
         records, enrollments = self._records()
         observed = observe_for(desired, records, enrollments, children,
                                self.procs if children is not None else None)
-        observed = with_health(observed, desired, records, health)
+        observed = with_health(observed, health)
         steps = plan(desired, observed, records, self.clock(), enrollments=enrollments,
                      allow_empty=self.allow_empty)
         return _Draft(loaded, spec_records, desired, records, steps)
@@ -225,14 +226,20 @@ class Reconciler:
         return outcome
 
     def converge(self, wait: float) -> PassResult:
-        """Pass after pass until converged or `wait` seconds ran out (`reconcile --once`)."""
+        """Pass after pass until converged or `wait` seconds ran out (`reconcile --once`).
+
+        Between passes, outside the lock, the jobs still waiting for their health check are
+        probed all at once, each probe bounded by its timeout and by the deadline; the next
+        pass uses the results."""
         deadline = time.monotonic() + wait
+        readiness: HealthResults = {}
         while True:
-            result = self.reconcile()
+            result = self.reconcile(health=readiness)
             remaining = deadline - time.monotonic()
             if result.converged or remaining <= 0 or result.plan.prune_held:
                 return result
             self.children.wait(self._nap(result, remaining))
+            readiness = probe_readiness(result.desired, result.jobs, deadline)
 
     def _nap(self, result: PassResult, remaining: float) -> float:
         """How long to wait for a child to exit before the next pass."""
@@ -322,27 +329,32 @@ def members_to_sweep(records: list[JobRecord],
     return job_members(leaders, by_environ=by_environ) if leaders else {}
 
 
-def with_health(observed: Observed, desired: Desired, records: list[JobRecord],
-                health: HealthResults | None) -> Observed:
+def with_health(observed: Observed, health: HealthResults | None) -> Observed:
+    """Probe results for plan; without any, a job that is not ready yet stays `starting`."""
     if health is None:
-        return replace(observed, ready=probe_readiness(desired, records, observed))
+        return observed
     return replace(observed, ready={job_id: st.ready for job_id, st in health.items()},
                    failing={job_id: st.consecutive_failures for job_id, st in health.items()})
 
 
-def probe_readiness(desired: Desired, records: list[JobRecord],
-                    observed: Observed) -> dict[str, bool]:
-    """Probe running jobs that have a health check and are not ready yet."""
-    ready: dict[str, bool] = {}
+def probe_readiness(desired: Desired, jobs: Iterable[JobRecord],
+                    deadline: float) -> dict[str, health.HealthState]:
+    """Probe, concurrently and without the state lock, the live jobs of the current
+    generation whose health check has not passed yet. Each probe ends by its own timeout or
+    `deadline` (time.monotonic()), whichever is first, so `--wait` is never overrun."""
     by_key = {a.key: a for a in desired.actions}
-    for job in records:
-        action = by_key.get(job.key)
-        if action is None or action.health is None or job.ready:
-            continue
-        if job.generation == action.generation and observed.alive(job.identity):
-            ready[job.id] = health.probe(action.health, cwd=action.cwd,
-                                         env=dict(action.env))
-    return ready
+    targets = [
+        health.ProbeTarget(job_id=job.id, health=action.health, cwd=action.cwd,
+                           env=dict(action.env), started_at=job.started_at or 0.0)
+        for job in jobs
+        if job.pid is not None and job.phase in ("starting", "running") and not job.ready
+        and (action := by_key.get(job.key)) is not None and action.health is not None
+        and job.generation == action.generation
+    ]
+    reasons = health.probe_all(targets, deadline)
+    return {job_id: health.HealthState(ready=reason is None, consecutive_failures=0,
+                                       last_error=reason)
+            for job_id, reason in reasons.items()}
 
 
 def jobs_after(records: list[JobRecord], outcome: Outcome) -> tuple[JobRecord, ...]:

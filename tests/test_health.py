@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -17,12 +18,16 @@ from pathlib import Path
 import pytest
 
 from reconciler import health
+from reconciler.controller import PassResult, Reconciler
 from reconciler.health import HealthMonitor, HealthState, ProbeTarget
+from reconciler.settings import Settings
 from reconciler.spec.model import ExecHealth, HttpHealth, TcpHealth, UnixHealth
+from reconciler.state.lock import LockTimeout, StateLock
 from tests.conftest import Foreign
 from tests.helpers import wait_for
 
 FAST = {"interval": "50ms", "timeout": "1s"}
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(3600)"]
 
 
 class Counter:
@@ -82,6 +87,87 @@ def http_server() -> Iterator[Callable[[int], str]]:
     server.shutdown()
     server.server_close()
     thread.join()
+
+
+class Trickler:
+    """An HTTP server on 127.0.0.1 that answers every connection with a status line that never
+    ends, one byte every 0.3 s for up to 60 s: every recv of a client gets data well within
+    any per-operation timeout, so only a deadline for the whole probe ends it."""
+
+    TRICKLE_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(64)
+        self._server.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}/health"
+        self.stopping = threading.Event()
+        self.on_connect: Callable[[], None] = lambda: None
+        self._lock = threading.Lock()
+        self._connections = 0
+        self._trickling = 0
+        self._threads: list[threading.Thread] = [
+            threading.Thread(target=self._accept, name="trickler", daemon=True)]
+        self._threads[0].start()
+
+    @property
+    def connections(self) -> int:
+        with self._lock:
+            return self._connections
+
+    @property
+    def trickling(self) -> int:
+        """Connections still being trickled to (the client has not gone away)."""
+        with self._lock:
+            return self._trickling
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            thread = threading.Thread(target=self._trickle, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections += 1
+            self._trickling += 1
+        try:
+            with conn:
+                self.on_connect()
+                conn.sendall(b"HTTP/1.1 200 ")
+                until = time.monotonic() + self.TRICKLE_SECONDS
+                while not self.stopping.wait(0.3) and time.monotonic() < until:  # the pace
+                    conn.sendall(b"O")
+        except OSError:
+            pass  # the client gave up
+        finally:
+            with self._lock:
+                self._trickling -= 1
+
+    def close(self) -> None:
+        self.stopping.set()
+        for thread in list(self._threads):
+            thread.join()
+        self._server.close()
+
+
+@pytest.fixture
+def trickler() -> Iterator[Trickler]:
+    server = Trickler()
+    yield server
+    server.close()
+
+
+def in_thread(call: Callable[[], object]) -> list[object]:
+    """Run `call` on a daemon thread; the returned list receives its result."""
+    box: list[object] = []
+    threading.Thread(target=lambda: box.append(call()), daemon=True).start()
+    return box
 
 
 @pytest.fixture
@@ -319,3 +405,183 @@ def test_one_job_is_never_probed_twice_at_once(tmp_path: Path,
     wait_for(lambda: trace.read_text().endswith("end\n"), message="the last probe to finish")
     lines = trace.read_text().split()
     assert lines == ["start", "end"] * (len(lines) // 2)
+
+
+# --- bounds: a probe ends by its timeout, whatever the other side does ----------------------
+
+def test_http_timeout_bounds_the_whole_probe_not_each_read(trickler: Trickler) -> None:
+    """urllib's timeout applied per recv: a byte every 0.3 s kept a 0.5 s probe going for as
+    long as the server trickled (60 s here)."""
+    probe = HttpHealth(http=trickler.url, interval="50ms", timeout="500ms")
+    result = in_thread(lambda: health.probe_reason(probe))
+    wait_for(lambda: result, timeout=10.0, message="the probe to give up mid-trickle")
+    assert result == ["timeout"]
+    assert trickler.connections == 1 and not trickler.stopping.is_set()
+
+
+def test_a_callers_deadline_cuts_a_longer_probe_timeout(trickler: Trickler,
+                                                        tmp_path: Path) -> None:
+    """`--once --wait` passes its own deadline; a probe with a 60 s timeout ends by it."""
+    mark = f"probe-{uuid.uuid4()}"
+    slow = [HttpHealth(http=trickler.url, interval="1s", timeout="60s"),
+            ExecHealth(exec="sleep 60", interval="1s", timeout="60s")]
+    try:
+        for probe in slow:
+            result = in_thread(lambda probe=probe: health.probe_reason(
+                probe, env={"PROBE_MARK": mark}, deadline=time.monotonic() + 0.3))
+            wait_for(lambda result=result: result, timeout=10.0, message=f"{probe.kind} probe")
+            assert result == ["timeout"]
+        wait_for(lambda: not pids_with_mark(mark), message="the exec probe's sleep to be killed")
+    finally:
+        for pid in pids_with_mark(mark):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_unix_probe_against_a_listener_that_never_accepts_ends_promptly(
+        tmp_path: Path) -> None:
+    """Once the backlog of a listener that never accepts is full, a blocking connect() waits
+    for good; with the probe's deadline it fails at once (Linux: EAGAIN) or by the deadline."""
+    path = str(tmp_path / "full.sock")
+    clients: list[socket.socket] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(0)
+        try:
+            with contextlib.suppress(BlockingIOError):
+                while True:  # fill the backlog
+                    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    clients.append(client)
+                    client.setblocking(False)
+                    client.connect(path)
+            probe = UnixHealth(unix=path, interval="1s", timeout="60s")
+            result = in_thread(lambda: health.probe_reason(
+                probe, deadline=time.monotonic() + 0.3))
+            wait_for(lambda: result, timeout=10.0, message="the unix probe to give up")
+            assert result[0] in ("timeout", "resource temporarily unavailable")
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_http_probe_reads_a_bounded_head_and_never_the_body() -> None:
+    """A server that sends endless headers fast is read up to MAX_HEAD_BYTES, not forever."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.setblocking(False)
+        theirs.send(b"HTTP/1.1 200 OK\r\nX-Flood: ")
+        with contextlib.suppress(BlockingIOError):
+            while True:  # as much as the kernel buffers: far more than the cap
+                theirs.send(b"a" * 65536)
+        head = health._read_head(ours, time.monotonic() + 5.0)
+        assert len(head) == health.MAX_HEAD_BYTES
+        assert health._parse_head(head) == (200, None)
+
+
+def test_http_probe_follows_a_redirect_within_the_deadline(
+        http_server: Callable[[int], str], free_port: Callable[[], int]) -> None:
+    """urllib followed redirects; the raw-socket probe keeps doing so (http:// only)."""
+    port = free_port()
+    ready = http_server(204)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", port))
+        server.listen(8)
+        redirect = in_thread(lambda: serve_once(server, f"HTTP/1.1 302 Found\r\n"
+                                                        f"Location: {ready}\r\n\r\n"))
+        assert health.probe_reason(HttpHealth(http=f"http://127.0.0.1:{port}/", **FAST)) is None
+        wait_for(lambda: redirect, message="the redirecting server to be asked")
+        assert redirect[0].startswith(b"GET / HTTP/1.1\r\n")
+
+
+def serve_once(server: socket.socket, answer: str) -> bytes:
+    """Accept one connection, read its request head, answer, close; returns the request."""
+    server.settimeout(10)
+    conn, _ = server.accept()
+    with conn:
+        conn.settimeout(10)
+        request = b""
+        while b"\r\n\r\n" not in request:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            request += chunk
+        conn.sendall(answer.encode())
+        return request
+
+
+def test_exec_probe_leaves_nothing_behind_after_it_exits() -> None:
+    """A probe that backgrounds something and exits 0 would leave one orphan per interval."""
+    mark = f"probe-{uuid.uuid4()}"
+    probe = ExecHealth(exec="sleep 30 & exit 0", interval="1s", timeout="5s")
+    try:
+        assert health.probe_reason(probe, env={"PROBE_MARK": mark}) is None
+        wait_for(lambda: not pids_with_mark(mark), timeout=3.0,
+                 message="the backgrounded sleep to be killed")
+    finally:
+        for pid in pids_with_mark(mark):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+# --- scheduling: a slow probe never delays another job's ------------------------------------
+
+def test_slow_probes_never_starve_a_healthy_job(trickler: Trickler, free_port: Callable[[], int],
+                                                listener: Callable[[int], socket.socket],
+                                                monitors: Callable[..., HealthMonitor]) -> None:
+    """With a fixed pool of four workers, four trickling endpoints (30 s timeouts) held every
+    worker and the healthy job waited for them."""
+    port = free_port()
+    listener(port)
+    slow = HttpHealth(http=trickler.url, interval="50ms", timeout="30s")
+    monitor = monitors(Counter())
+    monitor.sync([*(target(f"slow{i}", slow) for i in range(6)),
+                  target("healthy", TcpHealth(tcp=port, **FAST))])
+    wait_for(lambda: state_of(monitor, "healthy").ready, timeout=5.0,
+             message="the healthy job to be ready while the slow probes hang")
+    wait_for(lambda: trickler.trickling == 6, timeout=5.0, message="all slow probes in flight")
+    assert not any(state_of(monitor, f"slow{i}").ready for i in range(6))
+
+
+def test_a_monitor_probe_gives_up_at_its_timeout_and_is_retried(
+        trickler: Trickler, monitors: Callable[..., HealthMonitor]) -> None:
+    """Its job's next probe is not held back by a trickling server (one probe in flight)."""
+    monitor = monitors(Counter())
+    monitor.sync([target("slow", HttpHealth(http=trickler.url, interval="50ms",
+                                            timeout="500ms"))])
+    wait_for(lambda: state_of(monitor, "slow").last_error == "timeout", timeout=5.0,
+             message="a timed-out probe")
+    wait_for(lambda: trickler.connections >= 2, timeout=5.0, message="the next probe")
+
+
+# --- --once: probes run outside the state lock and within --wait ---------------------------
+
+def test_once_probes_outside_the_lock_and_returns_by_its_wait(settings: Settings,
+                                                             trickler: Trickler) -> None:
+    """`--once` probed inside the locked pass, one job after another: a trickling endpoint
+    with a 30 s timeout kept it past `--wait` while it held the state lock."""
+    (settings.specs_dir / "web.yaml").write_text(
+        "name: web\n"
+        "actions:\n"
+        f"  - name: main\n    process: true\n    cmd: {json.dumps(SLEEPER)}\n"
+        f"    health: {{http: '{trickler.url}', interval: 50ms, timeout: 30s}}\n")
+    os.chmod(settings.specs_dir / "web.yaml", 0o644)
+    lock_free: list[bool] = []
+
+    def try_the_lock() -> None:  # runs while a probe is connected
+        try:
+            with StateLock(settings.lock_path, timeout=0.5):
+                lock_free.append(True)
+        except LockTimeout:
+            lock_free.append(False)
+
+    def once() -> PassResult:  # a Reconciler's SQLite connection belongs to one thread
+        with Reconciler(settings) as reconciler:
+            return reconciler.converge(wait=1.0)
+
+    trickler.on_connect = try_the_lock
+    result = in_thread(once)
+    wait_for(lambda: result, timeout=10.0, message="converge to return by its wait")
+    (passed,) = result
+    assert isinstance(passed, PassResult) and not passed.converged
+    assert [(j.action, j.phase) for j in passed.jobs] == [("main", "starting")]
+    assert lock_free and all(lock_free)
