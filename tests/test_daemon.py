@@ -301,3 +301,30 @@ def test_a_kick_during_a_pass_is_never_lost(settings: Settings) -> None:
     runner.start()
     runner.join(timeout=30)
     assert not runner.is_alive() and daemon.calls == 2
+
+
+def test_a_failed_pass_is_retried_with_backoff_and_logged_once(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A pass that fails as a whole (here: the first three, with the same error) is retried
+    after 200 ms, 400 ms, 800 ms, not at the next resync (an hour away here), and its
+    traceback is logged once, not once per try."""
+    real = Reconciler.reconcile
+    failures = iter(range(3))
+
+    def flaky(self: Reconciler, health: object = None) -> object:
+        if next(failures, None) is not None:
+            raise OSError(5, "Input/output error")
+        return real(self, health)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Reconciler, "reconcile", flaky)
+    daemon = Daemon(settings, resync=3600)
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    try:
+        wait_for(lambda: daemon.passes >= 1, timeout=20, message="a pass after three failures")
+    finally:
+        daemon.stop()
+        runner.join(timeout=30)
+    failed = [r for r in caplog.records if r.getMessage().startswith("pass failed")]
+    assert len(failed) == 1 and "Input/output error" in failed[0].getMessage()
