@@ -49,7 +49,7 @@ class PassResult:
     def converged(self) -> bool:
         """Nothing left to do: no host changes planned, and every desired action is ready
         (process), succeeded (one-shot) or deliberately stopped."""
-        if self.plan.changes or self.plan.prune_held:
+        if self.plan.changes or self.plan.prune_held or self.loaded.unsettled_until is not None:
             return False
         by_key = {j.key: j for j in self.jobs}
         for action in self.desired.actions:
@@ -65,6 +65,8 @@ class PassResult:
     def next_due(self) -> float | None:
         """The earliest time a waiting job (backoff, blocked) becomes due."""
         times = [j.next_start_at for j in self.jobs if j.next_start_at is not None]
+        if self.loaded.unsettled_until is not None:  # a spec file still being written
+            times.append(self.loaded.unsettled_until)
         return min(times) if times else None
 
 
@@ -130,9 +132,10 @@ class Reconciler:
 
     def preview(self) -> tuple[LoadResult, Plan]:
         """The plan a pass would execute now (`reconcile diff`): writes nothing, reaps
-        nothing, takes no lock (so it cannot know who wrote enrollments: it reads them all)."""
+        nothing, takes no lock (so it cannot know who wrote enrollments: it reads them all).
+        Spec files are read as they are now, without waiting for them to settle."""
         self.enrollments.invalidate()
-        draft = self._draft(children=None, health=None)
+        draft = self._draft(children=None, health=None, settle=0.0)
         return draft.loaded, draft.plan
 
     def down(self, services: frozenset[str] | None = None) -> Plan:
@@ -145,8 +148,9 @@ class Reconciler:
         return self._apply(lambda observed, records, now:
                            plan_restart(observed, records, now, targets))
 
-    def _draft(self, children: Children | None, health: HealthResults | None) -> _Draft:
-        loaded, spec_records = self._load()
+    def _draft(self, children: Children | None, health: HealthResults | None,
+               settle: float | None = None) -> _Draft:
+        loaded, spec_records = self._load(settle)
         desired = build_desired(loaded, self.settings, self.resolved_cache)
         records, enrollments = self._records()
         observed = observe_for(desired, records, enrollments, children,
@@ -208,10 +212,12 @@ class Reconciler:
 
     # --- load, observe, record ------------------------------------------------------------
 
-    def _load(self) -> tuple[LoadResult, list[SpecRecord]]:
+    def _load(self, settle: float | None = None) -> tuple[LoadResult, list[SpecRecord]]:
         previous = self.store.spec_records()
         last_good = {name: r.content for name, r in previous.items() if r.content is not None}
-        loaded = load_specs(self.settings.specs_dir, last_good)
+        settle = self.settings.settle if settle is None else settle
+        loaded = load_specs(self.settings.specs_dir, last_good, settle=settle,
+                            state_dir=self.settings.state_dir)
         return loaded, spec_record_updates(loaded, previous, self.clock())
 
     def _records(self) -> tuple[list[JobRecord], dict[str, Enrollment]]:
@@ -328,6 +334,8 @@ def spec_record_updates(loaded: LoadResult, previous: dict[str, SpecRecord],
     to the content that stays in force."""
     updates: list[SpecRecord] = []
     for name, outcome in loaded.files.items():
+        if outcome.unsettled:  # not read this time: its record stays as it is
+            continue
         old = previous.get(name)
         if not outcome.errors and outcome.content is not None:
             record = SpecRecord(name, outcome.content, outcome.hash, None, now)
