@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.desired import ResolvedCache, dependency_order, desired_from_services
-from reconciler.spec.load import SpecErrors, parse_text
 from reconciler.settings import Settings
+from reconciler.spec.load import SpecErrors, parse_text
 from reconciler.spec.model import Service
 
 SETTINGS = Settings(specs_dir=Path("/specs"), state_dir=Path("/state"))
