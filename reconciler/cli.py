@@ -23,7 +23,7 @@ from reconciler.daemon import Daemon
 from reconciler.host.identity import identity_of
 from reconciler.host.usage import Usage, usage
 from reconciler.plan import Plan
-from reconciler.settings import Settings, SettingsError, resolve
+from reconciler.settings import Settings, SettingsError, default_state_dir, resolve
 from reconciler.spec.load import LoadResult, load_specs
 from reconciler.spec.model import spec_json_schema
 from reconciler.spec.units import parse_duration
@@ -164,7 +164,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     specs_dir = args.dir or getattr(args, "specs", None) or os.environ.get("RECONCILER_SPECS")
-    loaded = load_specs(resolve_specs_dir(specs_dir))
+    state_dir = (getattr(args, "state_dir", None) or os.environ.get("RECONCILER_STATE_DIR")
+                 or default_state_dir())  # validate never writes: no pytest guard needed
+    loaded = load_specs(resolve_specs_dir(specs_dir), state_dir=state_dir)
     if args.output == "json":
         print(json.dumps({"errors": [str(e) for e in loaded.errors],
                           "dir_error": loaded.dir_error,

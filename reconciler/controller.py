@@ -53,6 +53,8 @@ class PassResult:
         (process), succeeded (one-shot) or deliberately stopped."""
         if self.plan.changes or self.plan.prune_held or self.stopping:
             return False
+        if self.loaded.unsettled_until is not None:  # a spec file is still being written
+            return False
         by_key = {j.key: j for j in self.jobs}
         for action in self.desired.actions:
             job = by_key.get(action.key)
@@ -70,6 +72,8 @@ class PassResult:
         times = [j.next_start_at for j in self.jobs if j.next_start_at is not None]
         if self.plan.requeue_at is not None:
             times.append(self.plan.requeue_at)
+        if self.loaded.unsettled_until is not None:  # a spec file still being written
+            times.append(self.loaded.unsettled_until)
         return min(times) if times else None
 
     @property
@@ -140,9 +144,10 @@ class Reconciler:
 
     def preview(self) -> tuple[LoadResult, Plan]:
         """The plan a pass would execute now (`reconcile diff`): writes nothing, reaps
-        nothing, takes no lock (so it cannot know who wrote enrollments: it reads them all)."""
+        nothing, takes no lock (so it cannot know who wrote enrollments: it reads them all).
+        Spec files are read as they are now, without waiting for them to settle."""
         self.enrollments.invalidate()
-        draft = self._draft(children=None, health=None)
+        draft = self._draft(children=None, health=None, settle=0.0)
         return draft.loaded, draft.plan
 
     def down(self, targets: frozenset[tuple[str, str | None]] | None = None, *,
@@ -182,8 +187,9 @@ class Reconciler:
         timeouts = [float(j.spec.get("stop_timeout", 10.0)) for j in self.store.jobs()]
         return max(timeouts, default=0.0) + 2 * KILL_GRACE_SECONDS
 
-    def _draft(self, children: Children | None, health: HealthResults | None) -> _Draft:
-        loaded, spec_records = self._load()
+    def _draft(self, children: Children | None, health: HealthResults | None,
+               settle: float | None = None) -> _Draft:
+        loaded, spec_records = self._load(settle)
         desired = build_desired(loaded, self.settings, self.resolved_cache)
         records, enrollments = self._records()
         observed = observe_for(desired, records, enrollments, children,
@@ -251,10 +257,12 @@ class Reconciler:
 
     # --- load, observe, record ------------------------------------------------------------
 
-    def _load(self) -> tuple[LoadResult, list[SpecRecord]]:
+    def _load(self, settle: float | None = None) -> tuple[LoadResult, list[SpecRecord]]:
         previous = self.store.spec_records()
         last_good = {name: r.content for name, r in previous.items() if r.content is not None}
-        loaded = load_specs(self.settings.specs_dir, last_good)
+        settle = self.settings.settle if settle is None else settle
+        loaded = load_specs(self.settings.specs_dir, last_good, settle=settle,
+                            state_dir=self.settings.state_dir)
         return loaded, spec_record_updates(loaded, previous, self.clock())
 
     def _records(self) -> tuple[list[JobRecord], dict[str, Enrollment]]:
@@ -399,6 +407,8 @@ def spec_record_updates(loaded: LoadResult, previous: dict[str, SpecRecord],
     to the content that stays in force."""
     updates: list[SpecRecord] = []
     for name, outcome in loaded.files.items():
+        if outcome.unsettled:  # not read this time: its record stays as it is
+            continue
         old = previous.get(name)
         if not outcome.errors and outcome.content is not None:
             record = SpecRecord(name, outcome.content, outcome.hash, None, now)

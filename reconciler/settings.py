@@ -23,6 +23,9 @@ class SettingsError(Exception):
 class Settings:
     specs_dir: Path
     state_dir: Path
+    # A changed spec file is read once it has been quiet this long (seconds), so a file
+    # caught half-written (truncate, then write) is never taken for the whole of it.
+    settle: float = 0.2
 
     @property
     def db_path(self) -> Path:

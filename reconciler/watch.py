@@ -9,6 +9,12 @@ symlink to it is swapped (all common deployment patterns), the old watch goes si
 an error. So on every wake-up of the watch loop (at least once per heartbeat) we compare the
 directory's (st_dev, st_ino) with the one the current watch was started on, and re-create the
 watch on the new directory.
+
+Directory swaps inside the dir count too. A Kubernetes ConfigMap volume (AtomicWriter) shows
+each spec as `name -> ..data/name` with `..data -> ..<timestamp>/`; an update writes a new
+timestamped dir and renames `..data_tmp` over `..data`, so only hidden `..` names change and
+the visible files never get an event. git-sync flips a symlink the same way. So a change to
+any `..` name or to any symlink is a change to the specs (the pass re-reads everything).
 """
 
 from __future__ import annotations
@@ -22,7 +28,11 @@ from pathlib import Path
 
 import watchfiles
 
-from reconciler.spec.load import SPEC_SUFFIXES
+# The loader's own rule, so that editor temp files (`.x.yaml.swp`, vim's `4913`, `x.yaml~`,
+# `.#x.yaml`) never wake the controller for nothing.
+from reconciler.spec.load import is_spec_name
+
+__all__ = ["SpecWatcher", "is_spec_name", "is_swap_name"]
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +42,16 @@ DirId = tuple[int, int]  # (st_dev, st_ino)
 Snapshot = dict[str, tuple[int, int, int, int]]  # name -> (ino, size, mtime_ns, ctime_ns)
 
 
-def is_spec_name(name: str) -> bool:
-    """The same rule as the loader (`spec.load`), so that editor temp files (`.x.yaml.swp`,
-    vim's `4913`, `x.yaml~`, `.#x.yaml`) never wake the controller for nothing."""
-    return name.endswith(SPEC_SUFFIXES) and not name.startswith(".")
+def is_swap_name(name: str) -> bool:
+    """Kubernetes AtomicWriter internals (`..data`, `..data_tmp`, `..2026_12_01_…`): a
+    change to one of them is how a ConfigMap update shows up."""
+    return name.startswith("..")
+
+
+def _relevant_name(directory: str, name: str) -> bool:
+    if is_spec_name(name) or is_swap_name(name):
+        return True
+    return os.path.islink(os.path.join(directory, name))  # a flipped link (git-sync)
 
 
 def _dir_id(path: Path) -> DirId | None:
@@ -54,10 +70,13 @@ def _snapshot(path: Path) -> Snapshot:
     try:
         with os.scandir(path) as entries:
             for entry in entries:
-                if not is_spec_name(entry.name):
+                swap = is_swap_name(entry.name)
+                if not (swap or is_spec_name(entry.name)):
                     continue
                 with contextlib.suppress(OSError):
-                    st = entry.stat()
+                    # a spec through its links (what will be read), a `..` name itself
+                    # (renaming `..data_tmp` over `..data` gives it another inode)
+                    st = entry.stat(follow_symlinks=not swap)
                     snap[entry.name] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     except OSError:
         pass
@@ -156,11 +175,12 @@ class SpecWatcher:
                 self._watch_failed(err)
 
     def _relevant(self, paths: Iterable[str]) -> bool:
-        """Spec files directly in the dir; events on the dir itself or in subdirs do not count."""
+        """Spec files, `..` swap names and symlinks directly in the dir; events on the dir
+        itself or in subdirs do not count."""
         base = os.path.normpath(os.path.abspath(self.specs_dir))
         for path in paths:
             head, name = os.path.split(path)
-            if os.path.normpath(head) == base and is_spec_name(name):
+            if os.path.normpath(head) == base and _relevant_name(base, name):
                 return True
         return False
 

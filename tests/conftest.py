@@ -28,7 +28,9 @@ def specs_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(specs_dir: Path, state_dir: Path) -> Settings:
-    return Settings(specs_dir=specs_dir, state_dir=state_dir)
+    # settle=0: tests write a spec and pass at once; the settle window has its own tests
+    # (tests/test_spec_settle.py), which wait for it for real.
+    return Settings(specs_dir=specs_dir, state_dir=state_dir, settle=0.0)
 
 
 @pytest.fixture

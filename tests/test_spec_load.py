@@ -79,9 +79,14 @@ def test_valid_multi_document_file() -> None:
     assert worker.actions[0].argv == ["/bin/sh", "-c", "exec sleep 1000"]
 
 
-def test_empty_and_comment_only_files_hold_no_services() -> None:
-    for text in ("", "# nothing yet\n", "---\n...\n", "---\n---\n"):
-        assert parse_text(text, "f.yaml") == []
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "---\n", "---\n...\n", "---\n---\n",
+                                  "--- ~\n"])
+def test_a_file_without_services_is_an_error(text: str) -> None:
+    """A half-written file (truncated, not yet written) must not read as "remove them all"."""
+    with pytest.raises(SpecErrors) as caught:
+        parse_text(text, "f.yaml")
+    [error] = caught.value.errors
+    assert str(error) == "f.yaml:1:1: has no services: delete the file to remove them"
 
 
 def test_anchors_and_merge_keys_work() -> None:

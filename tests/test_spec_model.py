@@ -151,12 +151,13 @@ def test_models_are_frozen() -> None:
         a.name = "other"  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("name", ["web", "a", "web-1", "w.e_b", "0day"])
+@pytest.mark.parametrize("name", ["web", "a", "web-1", "w-e_b", "0day"])
 def test_good_names(name: str) -> None:
     assert service({"name": name, "cmd": "x"}, name=name).name == name
 
 
-@pytest.mark.parametrize("name", ["Web", "-web", "_x", "a/b", "", "a b", ".x"])
+# No '.': `SERVICE.ACTION` must be unambiguous (`a.b`/`c` vs `a`/`b.c`).
+@pytest.mark.parametrize("name", ["Web", "-web", "_x", "a/b", "", "a b", ".x", "a.b", "w.e_b"])
 def test_bad_names(name: str) -> None:
     with pytest.raises(ValidationError):
         service({"name": "a", "cmd": "x"}, name=name)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.watch import SpecWatcher, is_spec_name
+from reconciler.watch import SpecWatcher, is_spec_name, is_swap_name
 from tests.helpers import wait_for
 
 
@@ -258,3 +258,53 @@ def test_stop_is_prompt_while_dir_missing(tmp_path: Path, calls: Counter) -> Non
     started = time.monotonic()
     w.stop()
     assert time.monotonic() - started < 1.0
+
+
+# --- directory swaps (Kubernetes ConfigMap AtomicWriter, git-sync) ----------------------------
+
+def _atomic_writer_update(specs_dir: Path, version: int, files: dict[str, str]) -> None:
+    """What the kubelet's AtomicWriter does: a new `..<timestamp>` dir with the payload, a
+    `..data_tmp` link to it renamed over `..data`, visible names linked through `..data`,
+    then the old timestamped dir removed."""
+    new = specs_dir / f"..2026_12_0{version}_00_00_00.{version}"
+    new.mkdir()
+    for name, text in files.items():
+        (new / name).write_text(text)
+        os.chmod(new / name, 0o644)
+    tmp = specs_dir / "..data_tmp"
+    tmp.symlink_to(new.name)
+    old = os.readlink(specs_dir / "..data") if (specs_dir / "..data").is_symlink() else None
+    os.rename(tmp, specs_dir / "..data")
+    for name in files:
+        if not (specs_dir / name).is_symlink():
+            (specs_dir / name).symlink_to(f"..data/{name}")
+    if old is not None:
+        shutil.rmtree(specs_dir / old)
+
+
+def test_configmap_atomic_writer_swap_triggers(specs_dir: Path, calls: Counter,
+                                               watcher: SpecWatcher) -> None:
+    _atomic_writer_update(specs_dir, 1, {"web.yaml": "name: web\n"})
+    n = _watch_is_live(specs_dir, calls)
+    # only hidden `..` names change now: the visible web.yaml link stays as it is
+    _atomic_writer_update(specs_dir, 2, {"web.yaml": "name: web\ndescription: v2\n"})
+    wait_for(lambda: calls.above(n), timeout=2.0, message="on_change after a ..data swap")
+
+
+def test_symlink_flip_triggers(specs_dir: Path, calls: Counter, watcher: SpecWatcher) -> None:
+    """git-sync style: a link in the specs dir is atomically pointed at another checkout."""
+    for rev in ("rev1", "rev2"):
+        (specs_dir / rev).mkdir()
+        (specs_dir / rev / "web.yaml").write_text(f"name: web\ndescription: {rev}\n")
+    (specs_dir / "current").symlink_to("rev1")
+    n = _watch_is_live(specs_dir, calls)
+    tmp = specs_dir / "current.tmp"
+    tmp.symlink_to("rev2")
+    os.rename(tmp, specs_dir / "current")
+    wait_for(lambda: calls.above(n), timeout=2.0, message="on_change after a link flip")
+
+
+def test_swap_names_are_relevant() -> None:
+    assert is_swap_name("..data") and is_swap_name("..data_tmp")
+    assert is_swap_name("..2026_12_01_00_00_00.1")
+    assert not is_swap_name(".web.yaml.swp") and not is_swap_name("web.yaml")

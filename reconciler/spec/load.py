@@ -11,12 +11,14 @@ stays in force and the errors are reported next to it.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
 import pwd
 import re
 import stat
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ from reconciler.spec.model import (
     Service,
     did_you_mean,
 )
+from reconciler.text import printable
 
 _WITH_LIBYAML = bool(getattr(yaml, "__with_libyaml__", False))
 _LOADER: Any = yaml.CSafeLoader if _WITH_LIBYAML else yaml.SafeLoader
@@ -55,6 +58,7 @@ _READ_AS = {f"{_Y}bool": "a boolean", f"{_Y}int": "a number", f"{_Y}float": "a n
 _HINTED_ERRORS = frozenset({"string_type", "literal_error", "text_type", "command_type"})
 _NO_LAST_GOOD: Mapping[str, str] = MappingProxyType({})
 _SURROGATE = re.compile("[\ud800-\udfff]")
+NO_SERVICES = "has no services: delete the file to remove them"
 
 
 @dataclass(frozen=True, order=True)
@@ -63,6 +67,12 @@ class SpecError:
     line: int  # 1-based
     column: int  # 1-based
     message: str
+
+    def __post_init__(self) -> None:
+        # Names, values and file names come from untrusted files: a newline in one must not
+        # forge a second error or log line, an escape sequence must not reach a terminal.
+        object.__setattr__(self, "file", printable(self.file))
+        object.__setattr__(self, "message", printable(self.message))
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}: {self.message}"
@@ -82,7 +92,8 @@ class FileOutcome:
     content: str | None  # current content, only if it is good
     hash: str | None  # sha256 of `content`
     errors: tuple[SpecError, ...]
-    used_last_good: bool  # the file is broken and its last good content is in force
+    used_last_good: bool  # the file is broken or unsettled and its last good content is in force
+    unsettled: bool = False  # changed less than `settle` ago: not read this time
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,9 @@ class LoadResult:
     files: dict[str, FileOutcome]
     errors: tuple[SpecError, ...]
     dir_error: str | None
+    # Wall-clock time at which the earliest unsettled file will have been quiet long enough
+    # to be read: the caller should run a pass then. None when every file was read.
+    unsettled_until: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -100,70 +114,128 @@ class LoadResult:
 
 # --- the directory --------------------------------------------------------------------------
 
-def load_specs(specs_dir: Path, last_good: Mapping[str, str] = _NO_LAST_GOOD) -> LoadResult:
-    """Every spec file in `specs_dir`; never raises."""
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+# A change time further in the future than this is clock skew (NFS, `touch -d`), not a write
+# in progress: waiting for it to settle could take days, so such a file is read at once.
+_MAX_SKEW = 1.0
+
+
+@dataclass(frozen=True)
+class _Dir:
+    """The specs dir as opened once: every file is opened relative to `fd`, so swapping the
+    dir (or a path component above it) while loading cannot mix two directories."""
+
+    path: Path  # as given, for messages
+    fd: int
+    real: str  # what `fd` is, for the "symlink leads outside" rule
+    settle: float
+    now: float
+    state_dir: str | None
+
+
+def load_specs(specs_dir: Path, last_good: Mapping[str, str] = _NO_LAST_GOOD, *,
+               settle: float = 0.0, state_dir: Path | str | None = None,
+               now: float | None = None) -> LoadResult:
+    """Every spec file in `specs_dir`; never raises.
+
+    `settle`: a file changed less than this many seconds ago is not read yet (its last good
+    version stays in force), so a half-written file is never taken for the whole of it.
+    `state_dir`: when given, paths into it (outside `run/`) are validation errors.
+    """
     specs_dir = Path(specs_dir)
-    names, dir_error = _spec_file_names(specs_dir)
-    if dir_error is not None:
-        return LoadResult({}, {}, {}, (), dir_error)
+    try:
+        fd = os.open(specs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        return LoadResult({}, {}, {}, (), _dir_error(specs_dir, err))
+    try:
+        refused = _unsafe_dir_reason(os.fstat(fd), specs_dir)
+        if refused is not None:
+            return LoadResult({}, {}, {}, (), refused)
+        where = _Dir(specs_dir, fd, _fd_path(fd, specs_dir), max(settle, 0.0),
+                     time.time() if now is None else now,
+                     None if state_dir is None else os.path.abspath(state_dir))
+        return _load_dir(where, last_good)
+    except OSError as err:
+        return LoadResult({}, {}, {}, (), _dir_error(specs_dir, err))
+    finally:
+        os.close(fd)
+
+
+def _load_dir(where: _Dir, last_good: Mapping[str, str]) -> LoadResult:
+    names = sorted(name for name in os.listdir(where.fd) if is_spec_name(name))
     services: dict[str, Service] = {}
     sources: dict[str, str] = {}
     files: dict[str, FileOutcome] = {}
+    waits: list[float] = []
     for name in names:
         try:
-            outcome, chosen = _load_file(specs_dir, name, last_good.get(name), sources)
+            outcome, chosen, wait = _load_file(where, name, last_good.get(name), sources)
         except Exception as exc:  # one odd file must not stop the others from loading
-            error = SpecError(str(specs_dir / name), 1, 1, f"cannot load: {exc!r}")
-            outcome, chosen = FileOutcome(name, None, None, (error,), False), []
+            error = SpecError(str(where.path / name), 1, 1, f"cannot load: {exc!r}")
+            outcome, chosen, wait = FileOutcome(name, None, None, (error,), False), [], None
         files[name] = outcome
+        if wait is not None:
+            waits.append(wait)
         for service in chosen:
             services[service.name] = service
             sources[service.name] = name
     errors = tuple(sorted(e for outcome in files.values() for e in outcome.errors))
-    return LoadResult(services, sources, files, errors, None)
+    return LoadResult(services, sources, files, errors, None, min(waits, default=None))
 
 
-def _spec_file_names(specs_dir: Path) -> tuple[list[str], str | None]:
+def is_spec_name(name: str) -> bool:
+    """`*.yaml`/`*.yml`, not hidden: editor temp files and Kubernetes' `..data` never count."""
+    return name.endswith(SPEC_SUFFIXES) and not name.startswith(".")
+
+
+def _dir_error(specs_dir: Path, err: OSError) -> str:
+    shown = printable(str(specs_dir))
+    if err.errno == errno.ENOENT:
+        return f"specs dir {shown} does not exist"
+    if err.errno == errno.ENOTDIR:
+        return f"specs dir {shown} is not a directory"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot read specs dir {shown}: permission denied"
+    return f"cannot read specs dir {shown}: {err.strerror or err}"
+
+
+def _fd_path(fd: int, fallback: Path) -> str:
+    """The directory `fd` really is (its path now), without trusting the name it was opened by."""
     try:
-        with os.scandir(specs_dir) as entries:
-            names = [e.name for e in entries
-                     if e.name.endswith(SPEC_SUFFIXES) and not e.name.startswith(".")]
-    except FileNotFoundError:
-        return [], f"specs dir {specs_dir} does not exist"
-    except NotADirectoryError:
-        return [], f"specs dir {specs_dir} is not a directory"
-    except PermissionError:
-        return [], f"cannot read specs dir {specs_dir}: permission denied"
-    except OSError as err:
-        return [], f"cannot read specs dir {specs_dir}: {err.strerror or err}"
-    return sorted(names), None
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(fallback)
 
 
-def _load_file(specs_dir: Path, name: str, previous: str | None,
-               claimed: Mapping[str, str]) -> tuple[FileOutcome, list[Service]]:
-    """One file's services: its current content if that is wholly good, else its last good."""
-    path = specs_dir / name
-    display = str(path)
-    content, errors = _read_spec_file(path)
+def _load_file(where: _Dir, name: str, previous: str | None, claimed: Mapping[str, str]
+               ) -> tuple[FileOutcome, list[Service], float | None]:
+    """One file's services: its current content if that is wholly good, else its last good;
+    also, when the file is still changing, when to look again."""
+    display = str(where.path / name)
+    content, errors, settles_at = _read_spec_file(where, name)
+    if settles_at is not None:
+        fallback = _last_good_services(previous, display, claimed, where.state_dir)
+        outcome = FileOutcome(name, None, None, (), fallback is not None, unsettled=True)
+        return outcome, fallback or [], settles_at
     found: list[_Found] = []
     if content is not None:
-        parsed = _parse(content, display)
+        parsed = _parse(content, display, where.state_dir)
         found = parsed.found
         errors = parsed.errors or _claimed_elsewhere(found, claimed, display)
     if not errors and content is not None:
         digest = hashlib.sha256(content.encode()).hexdigest()
-        return FileOutcome(name, content, digest, (), False), [f.service for f in found]
-    fallback = _last_good_services(previous, display, claimed)
+        return FileOutcome(name, content, digest, (), False), [f.service for f in found], None
+    fallback = _last_good_services(previous, display, claimed, where.state_dir)
     outcome = FileOutcome(name, None, None, tuple(sorted(errors)), fallback is not None)
-    return outcome, fallback or []
+    return outcome, fallback or [], None
 
 
-def _last_good_services(previous: str | None, display: str,
-                        claimed: Mapping[str, str]) -> list[Service] | None:
+def _last_good_services(previous: str | None, display: str, claimed: Mapping[str, str],
+                        state_dir: str | None) -> list[Service] | None:
     """The last good content is re-checked: another file may have claimed a name since."""
     if previous is None:
         return None
-    parsed = _parse(previous, display)
+    parsed = _parse(previous, display, state_dir)
     if parsed.errors or _claimed_elsewhere(parsed.found, claimed, display):
         return None
     return [f.service for f in parsed.found]
@@ -177,79 +249,146 @@ def _claimed_elsewhere(found: list[_Found], claimed: Mapping[str, str],
             for f in found if f.service.name in claimed]
 
 
-def _read_spec_file(path: Path) -> tuple[str | None, list[SpecError]]:
-    refused = check_file_safety(path)
-    if refused is not None:
-        return None, [refused]
-    display = str(path)
+def _read_spec_file(where: _Dir, name: str
+                    ) -> tuple[str | None, list[SpecError], float | None]:
+    """(content, errors, settles_at): the file's text, read from the one descriptor every
+    safety check was made on; or, while it is still changing, when it will have settled."""
+    display = str(where.path / name)
+    fd, reason = _open_spec(where, name)
+    if fd is None:
+        return None, [_refusal(display, reason or "cannot open it")], None
     try:
-        raw = _read_regular_file(path)
+        info = os.fstat(fd)
+        changed = max(info.st_mtime, info.st_ctime)
+        if where.settle and where.now - where.settle < changed <= where.now + _MAX_SKEW:
+            return None, [], changed + where.settle
+        reason = _unsafe_reason(info, display)
+        if reason is not None:
+            return None, [_refusal(display, reason)], None
+        raw = _read_fd(fd)
     except OSError as err:
-        return None, [SpecError(display, 1, 1, f"cannot read {path}: {err.strerror or err}")]
-    if raw is None:
-        return None, [SpecError(display, 1, 1, f"refusing {path}: not a regular file")]
+        return None, [SpecError(display, 1, 1, f"cannot read {display}: "
+                                               f"{err.strerror or err}")], None
+    finally:
+        os.close(fd)
     if len(raw) > MAX_SPEC_BYTES:
-        return None, [SpecError(display, 1, 1, f"refusing {path}: larger than "
-                                               f"{MAX_SPEC_BYTES // 1024} KiB")]
+        return None, [_refusal(display, f"larger than {MAX_SPEC_BYTES // 1024} KiB")], None
     try:
-        return raw.decode("utf-8"), []
+        return raw.decode("utf-8"), [], None
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
         return None, [SpecError(display, 1, 1, f"not valid UTF-8 (bad byte at line {line}, "
-                                               f"column {column}); save the file as UTF-8")]
+                                               f"column {column}); save the file as UTF-8")], None
 
 
-def _read_regular_file(path: Path) -> bytes | None:
-    """Read without blocking on a FIFO and re-check the type on the open descriptor, so a
-    file swapped after `check_file_safety` cannot slip through."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-    fd = os.open(path, flags)
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            return None
-        return handle.read(MAX_SPEC_BYTES + 1)
+def _read_fd(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_SPEC_BYTES:
+        chunk = os.read(fd, MAX_SPEC_BYTES + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _refusal(display: str, reason: str) -> SpecError:
+    return SpecError(display, 1, 1, f"refusing {display}: {reason}")
 
 
 # --- file safety ----------------------------------------------------------------------------
 
+def _open_spec(where: _Dir, name: str) -> tuple[int | None, str | None]:
+    """A descriptor for the spec `name`, opened relative to the specs dir's descriptor.
+
+    A plain name is opened with O_NOFOLLOW, so it cannot be swapped for a symlink between
+    any look and the open. A symlink (Kubernetes' `name -> ..data/name`, or a link to a
+    file beside it) is resolved once, must stay inside the specs dir, and its target is
+    then opened with O_NOFOLLOW the same way. The `lstat`s here only avoid opening devices
+    and give precise messages; what is trusted is decided by `fstat` on the descriptor.
+    """
+    try:
+        info = os.stat(name, dir_fd=where.fd, follow_symlinks=False)
+    except OSError as err:
+        return None, f"cannot stat it ({err.strerror or err})"
+    target = name
+    if stat.S_ISLNK(info.st_mode):
+        resolved = os.path.realpath(os.path.join(where.real, name))
+        if not Path(resolved).is_relative_to(where.real):
+            return None, (f"symlink to {resolved}, outside the specs dir; "
+                          f"copy the file into the specs dir instead")
+        target = os.path.relpath(resolved, where.real)
+        try:
+            info = os.stat(target, dir_fd=where.fd, follow_symlinks=False)
+        except OSError as err:
+            return None, f"broken symlink ({err.strerror or err}); fix or remove it"
+    if not stat.S_ISREG(info.st_mode):
+        return None, f"not a regular file ({_file_kind(info.st_mode)}); rename or remove it"
+    try:
+        return os.open(target, _OPEN_FLAGS, dir_fd=where.fd), None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return None, "it was replaced by a symlink while being read; it is read again soon"
+        return None, f"cannot open it ({err.strerror or err})"
+
+
 def check_file_safety(path: Path) -> SpecError | None:
     """Specs decide what runs on the host (as us, maybe root): refuse files that someone
-    other than root or us could have written."""
+    other than root or us could have written. Checked on an opened descriptor, as loading
+    does, never on the path (a path can be swapped between the check and the read)."""
     path = Path(path)
-    reason = _unsafe_reason(path)
-    return SpecError(str(path), 1, 1, f"refusing {path}: {reason}") if reason else None
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        return _refusal(str(path), f"cannot open its directory ({err.strerror or err})")
+    try:
+        where = _Dir(path.parent, dir_fd, _fd_path(dir_fd, path.parent), 0.0, 0.0, None)
+        fd, reason = _open_spec(where, path.name)
+        if fd is not None:
+            try:
+                reason = _unsafe_reason(os.fstat(fd), str(path))
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dir_fd)
+    return _refusal(str(path), reason) if reason else None
 
 
-def _unsafe_reason(path: Path) -> str | None:
-    try:
-        link = path.lstat()
-    except OSError as err:
-        return f"cannot stat it ({err.strerror or err})"
-    if stat.S_ISLNK(link.st_mode):
-        target = Path(os.path.realpath(path))
-        if not target.is_relative_to(os.path.realpath(path.parent)):
-            return (f"symlink to {target}, outside the specs dir; "
-                    f"copy the file into the specs dir instead")
-    try:
-        info = path.stat()
-    except OSError as err:
-        return f"broken symlink ({err.strerror or err}); fix or remove it"
+def _unsafe_reason(info: os.stat_result, display: str) -> str | None:
+    """Facts about the descriptor we read: a regular file, written only by root or us."""
     if not stat.S_ISREG(info.st_mode):
         return f"not a regular file ({_file_kind(info.st_mode)}); rename or remove it"
     mode = stat.S_IMODE(info.st_mode)
     if mode & 0o022:
-        return f"writable by group or others (mode {mode:04o}); run: chmod go-w {path}"
+        return f"writable by group or others (mode {mode:04o}); run: chmod go-w {display}"
     me = os.geteuid()
     if info.st_uid not in (0, me):
         return (f"owned by {_user(info.st_uid)}, not by root or {_user(me)}; "
-                f"run: chown {_user(me)} {path}")
+                f"run: chown {_user(me)} {display}")
+    return None
+
+
+def _unsafe_dir_reason(info: os.stat_result, specs_dir: Path) -> str | None:
+    """Whoever can write the specs dir can replace any spec in it (rename over it, flip a
+    symlink): the same rules as for a spec file."""
+    shown = printable(str(specs_dir))
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022:
+        return (f"refusing specs dir {shown}: writable by group or others (mode {mode:04o}), "
+                f"so others could run commands through it; run: chmod go-w {shown}")
+    me = os.geteuid()
+    if info.st_uid not in (0, me):
+        return (f"refusing specs dir {shown}: owned by {_user(info.st_uid)}, not by root or "
+                f"{_user(me)}; run: chown {_user(me)} {shown}")
     return None
 
 
 def _file_kind(mode: int) -> str:
     kinds = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket",
-             stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}
+             stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+             stat.S_ISLNK: "a symlink"}
     return next((name for test, name in kinds.items() if test(mode)), "special file")
 
 
@@ -275,35 +414,37 @@ class _Parsed:
     errors: list[SpecError] = field(default_factory=list)
 
 
-def parse_text(text: str, filename: str) -> list[Service]:
+def parse_text(text: str, filename: str, state_dir: Path | str | None = None) -> list[Service]:
     """All services in one file's text (one per non-empty YAML document).
 
+    With `state_dir`, paths pointing into it (outside `run/`) are errors too.
     Raises `SpecErrors` listing every problem; never anything else.
     """
-    parsed = _parse(text, filename)
+    parsed = _parse(text, filename, None if state_dir is None else os.path.abspath(state_dir))
     if parsed.errors:
         raise SpecErrors(parsed.errors)
     return [f.service for f in parsed.found]
 
 
-def _parse(text: str, filename: str) -> _Parsed:
+def _parse(text: str, filename: str, state_dir: str | None) -> _Parsed:
     """A fresh `_Parsed` for this text. Every pass re-reads every spec file, but files rarely
     change: parsing is most of a pass's cost, so results are cached per (text, file). Reuse
     is safe because the models are frozen."""
-    found, errors = _parse_cached(text, filename)
+    found, errors = _parse_cached(text, filename, state_dir)
     return _Parsed(list(found), list(errors))
 
 
 @functools.lru_cache(maxsize=1024)
-def _parse_cached(text: str, filename: str) -> tuple[tuple[_Found, ...], tuple[SpecError, ...]]:
-    parsed = _parse_uncached(text, filename)
+def _parse_cached(text: str, filename: str, state_dir: str | None
+                  ) -> tuple[tuple[_Found, ...], tuple[SpecError, ...]]:
+    parsed = _parse_uncached(text, filename, state_dir)
     return tuple(parsed.found), tuple(parsed.errors)
 
 
-def _parse_uncached(text: str, filename: str) -> _Parsed:
+def _parse_uncached(text: str, filename: str, state_dir: str | None) -> _Parsed:
     """`_parse_text` behind the promise that no input produces a traceback."""
     try:
-        return _parse_text(text, filename)
+        return _parse_text(text, filename, state_dir)
     except RecursionError:
         return _Parsed(errors=[SpecError(filename, 1, 1, "nested too deeply")])
     except Exception as exc:  # the promise: a bad spec is an error message, not a crash
@@ -311,7 +452,7 @@ def _parse_uncached(text: str, filename: str) -> _Parsed:
         return _Parsed(errors=[SpecError(filename, 1, 1, message)])
 
 
-def _parse_text(text: str, filename: str) -> _Parsed:
+def _parse_text(text: str, filename: str, state_dir: str | None) -> _Parsed:
     surrogate = _SURROGATE.search(text)  # only reachable through parse_text, not from a file
     if surrogate is not None:
         line, column = _char_position(text, surrogate.start())
@@ -328,13 +469,17 @@ def _parse_text(text: str, filename: str) -> _Parsed:
     for root in roots:
         if isinstance(root, ScalarNode) and root.tag == _NULL:
             continue  # an empty document
-        found, errors = _parse_document(root, filename)
+        found, errors = _parse_document(root, filename, state_dir)
         result.errors.extend(errors)
         if found is not None:
             result.found.append(found)
     result.errors.extend(_duplicates_in_file(result.found, filename))
     if result.errors:
         return _Parsed(errors=sorted(set(result.errors)))
+    if not result.found:
+        # Empty, only comments, only `---`: far more often a file caught half-written
+        # (truncate, then write) than an intent to stop everything it defined.
+        return _Parsed(errors=[SpecError(filename, 1, 1, NO_SERVICES)])
     return result
 
 
@@ -417,7 +562,8 @@ def _duplicates_in_file(found: list[_Found], filename: str) -> list[SpecError]:
 
 # --- one document ---------------------------------------------------------------------------
 
-def _parse_document(root: Node, filename: str) -> tuple[_Found | None, list[SpecError]]:
+def _parse_document(root: Node, filename: str,
+                    state_dir: str | None) -> tuple[_Found | None, list[SpecError]]:
     if not isinstance(root, MappingNode):
         message = (f"a spec document must be a mapping (a service with name and actions), "
                    f"not {_node_kind(root)}")
@@ -427,7 +573,7 @@ def _parse_document(root: Node, filename: str) -> tuple[_Found | None, list[Spec
     if tree.fatal:
         return None, tree.errors
     try:
-        service = Service.model_validate(data)
+        service = Service.model_validate(data, context={"state_dir": state_dir})
     except ValidationError as exc:
         return None, tree.errors + [_translate(err, root, tree, filename)
                                     for err in exc.errors(include_url=False)]
@@ -445,6 +591,7 @@ def _node_kind(node: Node) -> str:
 
 
 def _short(text: str, limit: int = 40) -> str:
+    text = printable(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -717,8 +864,8 @@ _TEMPLATES = {
     "too_long": "must have at most {max_length} items",
 }
 _PATTERN_HELP = {
-    NAME_PATTERN: "invalid name '{input}': use lowercase letters, digits, '_', '.' and '-', "
-                  "starting with a letter or digit",
+    NAME_PATTERN: "invalid name '{input}': use lowercase letters, digits, '_' and '-' "
+                  "(no '.'), starting with a letter or digit",
     ENV_NAME_PATTERN: "invalid environment variable name '{input}': use letters, digits and "
                       "'_', not starting with a digit",
 }

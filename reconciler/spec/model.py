@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
+from collections.abc import Callable
 from difflib import get_close_matches
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -26,6 +29,7 @@ from pydantic import (
     PlainSerializer,
     StringConstraints,
     Tag,
+    ValidationInfo,
     WithJsonSchema,
     model_validator,
 )
@@ -39,14 +43,41 @@ from reconciler.spec.units import (
     parse_duration,
     parse_size,
 )
+from reconciler.text import printable
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+# No `.`: `SERVICE.ACTION` must name exactly one action, and the default pidfile
+# `<service>.<action>.pid` must be distinct for every pair (`a`/`b.c` vs `a.b`/`c`).
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 PROBE_KINDS = ("tcp", "unix", "http", "exec")
 # A one-shot runs and exits: it holds no pidfile, socket or port between passes, so these
 # keys on a one-shot are a misunderstanding worth reporting, not something to ignore.
 PROCESS_ONLY = ("singleton", "pidfile", "sockets", "tcp_ports", "kill_others")
 JSON_SCHEMA_DRAFT = "http://json-schema.org/draft-07/schema#"
+
+# Bounds (docs/spec.md explains each). Generous for any real service, small enough that no
+# value can make a pass, a rotation or a validation run for minutes, or fill memory.
+MAX_NAME = 64
+MAX_ACTIONS = 10_000  # per service
+MAX_AFTER = 1_000  # entries in one action's `after`
+MAX_ARGV = 4_096  # argv items
+MAX_TEXT = 64 * 1024  # one argv item, shell command, env value
+MAX_PATH = 4_096  # PATH_MAX
+MAX_DESCRIPTION = 4_096
+MAX_URL = 2_048
+MAX_ENV = 1_000  # env entries per action
+MAX_ENV_NAME = 256
+MAX_SOCKETS = 64
+MAX_PORTS = 64
+MAX_KEEP = 100
+MIN_LOG_SIZE, MAX_LOG_SIZE = 4 * 1024, 1024**3
+MAX_STOP_TIMEOUT = 3600.0
+MIN_BACKOFF, MAX_BACKOFF = 0.01, 3600.0
+MAX_FACTOR = 10
+MIN_RESET_AFTER, MAX_RESET_AFTER = 1.0, 86400.0
+MIN_PROBE, MAX_PROBE = 0.01, 3600.0  # health interval and timeout
+MAX_START_PERIOD = 3600.0
+MAX_FAILURES = 100
 
 Loc = tuple[str | int, ...]
 
@@ -57,12 +88,12 @@ def spec_error(message: str, at: Loc = (), kind: str = "spec") -> PydanticCustom
     The message goes through the context rather than the template so that user text with
     braces in it is never mistaken for a placeholder.
     """
-    return PydanticCustomError(kind, "{message}", {"at": at, "message": message})
+    return PydanticCustomError(kind, "{message}", {"at": at, "message": printable(message)})
 
 
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
     close = get_close_matches(word, choices, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return f" (did you mean '{printable(close[0])}'?)" if close else ""
 
 
 # --- scalar types ---------------------------------------------------------------------------
@@ -89,9 +120,50 @@ def _not_blank(value: str) -> str:
 # Constraints go before the validators: pydantic then folds them into the schema
 # (`minimum`, `maximum`) instead of leaking raw `ge`/`le` keys into the JSON Schema.
 Port = Annotated[int, Field(ge=1, le=65535), BeforeValidator(_reject_bool)]
-Text = Annotated[str, AfterValidator(_no_nul)]
-PathText = Annotated[str, AfterValidator(_no_nul), AfterValidator(_not_blank)]
-Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=64)]
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(_no_nul)]
+PathText = Annotated[str, StringConstraints(max_length=MAX_PATH), AfterValidator(_no_nul),
+                     AfterValidator(_not_blank)]
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=MAX_NAME)]
+
+
+ENROLLMENT_SUFFIX = ".enroll.json"  # reconciler.state.enrollment.SUFFIX, kept import-free
+
+
+def state_path_problem(path: str, state_dir: Path | str) -> str | None:
+    """Why `path` (as resolved, relative ones under `<state-dir>/run/`) must not be written
+    or unlinked by a job's lifecycle, or None. The state dir holds the database, the lock,
+    enrollments and logs: a pidfile or socket there destroys them (`pidfile: ../state.db`)."""
+    state = os.path.normpath(os.path.abspath(state_dir))
+    run = os.path.join(state, "run")
+    expanded = os.path.expanduser(path)
+    full = os.path.normpath(expanded if os.path.isabs(expanded) else os.path.join(run, expanded))
+    for base, candidate in ((state, full), (os.path.realpath(state), os.path.realpath(full))):
+        if candidate != base and not candidate.startswith(base + os.sep):
+            continue
+        inside_run = os.path.relpath(candidate, base).split(os.sep)
+        if inside_run[0] != "run" or len(inside_run) == 1:
+            return (f"points into the state dir {state} outside run/; "
+                    f"use a path under {run}/ or outside the state dir")
+        if candidate.endswith(ENROLLMENT_SUFFIX):
+            return f"names a file reserved for the reconciler's enrollments (*{ENROLLMENT_SUFFIX})"
+    return None
+
+
+def _run_path(value: str, info: ValidationInfo) -> str:
+    """Relative paths live under `<state-dir>/run/` and may not climb out of it."""
+    expanded = os.path.expanduser(value)
+    if not os.path.isabs(expanded) and ".." in expanded.split("/"):
+        raise spec_error("a relative path is resolved under <state-dir>/run/ and may not "
+                         "contain '..'; write an absolute path instead")
+    state_dir = (info.context or {}).get("state_dir")
+    if state_dir is not None:
+        problem = state_path_problem(value, state_dir)
+        if problem is not None:
+            raise spec_error(problem)
+    return value
+
+
+RunPath = Annotated[PathText, AfterValidator(_run_path)]
 
 
 def _duration_input(value: Any) -> float:
@@ -120,21 +192,42 @@ def _size_input(value: Any) -> int:
         raise spec_error(str(err)) from None
 
 
-Duration = Annotated[
-    float,
-    BeforeValidator(_duration_input),
-    PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN,
-                    "examples": ["250ms", "5s", "2m", "1m30s"]}),
-]
-PositiveDuration = Annotated[Duration, Field(gt=0)]
-Size = Annotated[
-    int,
-    Field(gt=0),
-    BeforeValidator(_size_input),
-    PlainSerializer(format_size, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": SIZE_PATTERN, "examples": ["512KiB", "10MiB"]}),
-]
+def _between(low: float, high: float, show: Callable[[Any], str]) -> Callable[[Any], Any]:
+    """A bound check whose message speaks the unit the user wrote (`at most 1h`, not 3600)."""
+    def check(value: Any) -> Any:
+        if value < low:
+            raise spec_error(f"must be at least {show(low)}")
+        if value > high:
+            raise spec_error(f"must be at most {show(high)}")
+        return value
+    return check
+
+
+def duration_between(low: float, high: float) -> Any:
+    """A duration type bounded to [low, high]; the schema says the range in words because
+    a duration is a string there, which `minimum`/`maximum` cannot express."""
+    return Annotated[
+        float,
+        BeforeValidator(_duration_input),
+        AfterValidator(_between(low, high, format_duration)),
+        PlainSerializer(format_duration, return_type=str),
+        WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN,
+                        "description": f"a duration from {format_duration(low)} "
+                                       f"to {format_duration(high)}",
+                        "examples": ["250ms", "5s", "2m", "1m30s"]}),
+    ]
+
+
+def size_between(low: int, high: int) -> Any:
+    return Annotated[
+        int,
+        BeforeValidator(_size_input),
+        AfterValidator(_between(low, high, lambda n: format_size(int(n)))),
+        PlainSerializer(format_size, return_type=str),
+        WithJsonSchema({"type": "string", "pattern": SIZE_PATTERN,
+                        "description": f"a size from {format_size(low)} to {format_size(high)}",
+                        "examples": ["512KiB", "10MiB"]}),
+    ]
 
 
 def _signal_name(value: Any) -> str:
@@ -173,10 +266,11 @@ def _env_value(value: Any) -> Any:
     return value
 
 
-EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN)]
+EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN, max_length=MAX_ENV_NAME)]
 EnvValue = Annotated[
     str,
     BeforeValidator(_env_value),
+    StringConstraints(max_length=MAX_TEXT),
     AfterValidator(_no_nul),
     WithJsonSchema({"type": ["string", "number"]}),
 ]
@@ -199,7 +293,8 @@ def _program_given(argv: list[str]) -> list[str]:
 
 
 Command = Annotated[
-    Annotated[list[Text], Field(min_length=1), AfterValidator(_program_given), Tag("argv")]
+    Annotated[list[Text], Field(min_length=1, max_length=MAX_ARGV),
+              AfterValidator(_program_given), Tag("argv")]
     | Annotated[Text, AfterValidator(_not_blank), Tag("shell")],
     Discriminator(
         _command_kind,
@@ -224,10 +319,12 @@ class _Spec(BaseModel):
 class Backoff(_Spec):
     """Delays between restarts of a failing action: initial × factor^(n−1), capped at max."""
 
-    initial: PositiveDuration = 0.2
-    max: PositiveDuration = 30.0
-    factor: Annotated[float, Field(ge=1), BeforeValidator(_reject_bool)] = 2.0
-    reset_after: Duration = 30.0
+    initial: duration_between(MIN_BACKOFF, MAX_BACKOFF) = 0.2  # type: ignore[valid-type]
+    max: duration_between(MIN_BACKOFF, MAX_BACKOFF) = 30.0  # type: ignore[valid-type]
+    factor: Annotated[float, Field(ge=1, le=MAX_FACTOR), BeforeValidator(_reject_bool)] = 2.0
+    # ≥ 1s: with 0 every crash counts as a first failure, restarted at once, which is no
+    # backoff at all (thousands of starts a minute).
+    reset_after: duration_between(MIN_RESET_AFTER, MAX_RESET_AFTER) = 30.0  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _max_not_below_initial(self) -> Backoff:
@@ -240,23 +337,23 @@ class StopSpec(_Spec):
     """How to stop: this signal to the process group, then SIGKILL after timeout."""
 
     signal: SignalName = "SIGTERM"
-    timeout: Duration = 10.0
+    timeout: duration_between(0.0, MAX_STOP_TIMEOUT) = 10.0  # type: ignore[valid-type]
 
 
 class LogsSpec(_Spec):
     """Log rotation: `<action>.log` plus `keep` previous runs."""
 
-    keep: Annotated[int, Field(ge=0), BeforeValidator(_reject_bool)] = 5
-    max_size: Size = 10 * 1024 * 1024
+    keep: Annotated[int, Field(ge=0, le=MAX_KEEP), BeforeValidator(_reject_bool)] = 5
+    max_size: size_between(MIN_LOG_SIZE, MAX_LOG_SIZE) = 10 * 1024 * 1024  # type: ignore[valid-type]
 
 
 class _Probe(_Spec):
     kind: ClassVar[str]
 
-    interval: PositiveDuration = 2.0
-    timeout: PositiveDuration = 1.0
-    failures: Annotated[int, Field(ge=1), BeforeValidator(_reject_bool)] = 3
-    start_period: Duration = 0.0
+    interval: duration_between(MIN_PROBE, MAX_PROBE) = 2.0  # type: ignore[valid-type]
+    timeout: duration_between(MIN_PROBE, MAX_PROBE) = 1.0  # type: ignore[valid-type]
+    failures: Annotated[int, Field(ge=1, le=MAX_FAILURES), BeforeValidator(_reject_bool)] = 3
+    start_period: duration_between(0.0, MAX_START_PERIOD) = 0.0  # type: ignore[valid-type]
 
 
 class TcpHealth(_Probe):
@@ -270,7 +367,7 @@ class UnixHealth(_Probe):
     """Healthy when the unix socket accepts a connection (relative: under <state-dir>/run/)."""
 
     kind: ClassVar[str] = "unix"
-    unix: PathText
+    unix: RunPath
 
 
 def _http_url(url: str) -> str:
@@ -289,7 +386,7 @@ class HttpHealth(_Probe):
     """Healthy when GET <http> answers 2xx."""
 
     kind: ClassVar[str] = "http"
-    http: Annotated[str, AfterValidator(_http_url)]
+    http: Annotated[str, StringConstraints(max_length=MAX_URL), AfterValidator(_http_url)]
 
 
 class ExecHealth(_Probe):
@@ -357,13 +454,15 @@ class Action(_Spec):
     name: Name
     cmd: Command
     process: bool = False
-    after: list[str] = []
+    after: Annotated[list[Annotated[str, StringConstraints(max_length=MAX_NAME)]],
+                     Field(max_length=MAX_AFTER)] = []
     cwd: PathText | None = None
-    env: dict[EnvName, EnvValue] = {}
+    env: Annotated[dict[EnvName, EnvValue], Field(max_length=MAX_ENV)] = {}
     singleton: bool = False
-    pidfile: PathText | None = None
-    sockets: list[PathText] = []
-    tcp_ports: Annotated[list[Port], AfterValidator(_unique_ports)] = []
+    pidfile: RunPath | None = None
+    sockets: Annotated[list[RunPath], Field(max_length=MAX_SOCKETS)] = []
+    tcp_ports: Annotated[list[Port], Field(max_length=MAX_PORTS),
+                         AfterValidator(_unique_ports)] = []
     kill_others: bool = False
     restart: RestartPolicy | None = None
     backoff: Backoff = Backoff()
@@ -411,8 +510,8 @@ class Service(_Spec):
     """A named group of actions; one YAML document, the unit people add, edit and delete."""
 
     name: Name
-    description: str = ""
-    actions: Annotated[list[Action], Field(min_length=1)]
+    description: Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION)] = ""
+    actions: Annotated[list[Action], Field(min_length=1, max_length=MAX_ACTIONS)]
 
     @model_validator(mode="after")
     def _actions_consistent(self) -> Service:
@@ -436,37 +535,52 @@ def _check_unique_names(actions: list[Action]) -> None:
 
 
 def _check_dependencies_known(actions: list[Action]) -> None:
-    names = [a.name for a in actions]
+    names = {a.name for a in actions}
     for index, action in enumerate(actions):
         for position, dep in enumerate(action.after):
             at: Loc = ("actions", index, "after", position)
             if dep == action.name:
                 raise spec_error(f"action '{dep}' cannot wait for itself", at=at)
             if dep not in names:
-                others = [n for n in names if n != action.name]
+                others = [a.name for a in actions if a.name != action.name]
                 raise spec_error(f"unknown action '{dep}'{did_you_mean(dep, others)}", at=at)
 
 
 def _check_no_cycle(actions: list[Action]) -> None:
-    """Peel off actions whose dependencies are all peeled; whatever remains holds a cycle."""
-    pending = {a.name: set(a.after) for a in actions}
-    progress = True
-    while progress:
-        ready = [name for name, deps in pending.items() if not deps & pending.keys()]
-        progress = bool(ready)
-        for name in ready:
-            del pending[name]
-    if not pending:
-        return
-    order = [a.name for a in actions]
-    path = [next(n for n in order if n in pending)]
+    """Kahn's algorithm: peel off actions whose dependencies are all peeled; whatever
+    remains holds a cycle. Linear in actions + edges and without recursion, because a
+    10 000-action `after:` chain is a valid spec."""
+    waiting = {a.name: len(set(a.after)) for a in actions}
+    dependents: dict[str, list[str]] = {a.name: [] for a in actions}
+    for action in actions:
+        for dep in set(action.after):
+            dependents[dep].append(action.name)
+    ready = [name for name, count in waiting.items() if count == 0]
+    while ready:
+        name = ready.pop()
+        del waiting[name]
+        for dependent in dependents[name]:
+            waiting[dependent] -= 1
+            if waiting[dependent] == 0:
+                ready.append(dependent)
+    if waiting:
+        _report_cycle(actions, waiting.keys())
+
+
+def _report_cycle(actions: list[Action], pending: Any) -> None:
+    """Walk from the first pending action (spec order) along pending dependencies until a
+    name repeats: every pending action waits for another pending one, so that is a cycle."""
+    by_name = {a.name: a for a in actions}
+    index_of = {a.name: i for i, a in enumerate(actions)}
+    path = [next(a.name for a in actions if a.name in pending)]
+    on_path = {path[0]: 0}
     while True:
-        action = next(a for a in actions if a.name == path[-1])
-        step = next(dep for dep in action.after if dep in pending)
-        if step in path:
-            cycle = [*path[path.index(step):], step]
-            index = order.index(cycle[0])
-            raise spec_error(f"cycle {' -> '.join(cycle)}", at=("actions", index, "after"))
+        step = next(dep for dep in by_name[path[-1]].after if dep in pending)
+        if step in on_path:
+            cycle = [*path[on_path[step]:], step]
+            raise spec_error(f"cycle {' -> '.join(cycle)}",
+                             at=("actions", index_of[cycle[0]], "after"))
+        on_path[step] = len(path)
         path.append(step)
 
 
