@@ -579,13 +579,14 @@ def _stop_signal(job: JobRecord) -> int:
 
 
 def plan_down(observed: Observed, records: list[JobRecord], now: float,
-              services: frozenset[str] | None = None) -> Plan:
-    """Stop the jobs of `services` (all when None) and keep them stopped until their spec
-    changes or an operator restarts them, like `systemctl stop`."""
+              targets: frozenset[tuple[str, str | None]] | None = None) -> Plan:
+    """Stop the targeted jobs (all when None) and keep them stopped until their spec changes
+    or an operator restarts them, like `systemctl stop`. `targets` holds (service, action)
+    pairs as in `plan_restart`, action None meaning the whole service."""
     live = [r for r in records if r.phase not in ("removed", "stopped", "succeeded")]
     ctx = _Pass(Desired(actions=()), observed, now, {}, {r.key: r for r in live})
     for job in live:
-        if services is None or job.service in services:
+        if targets is None or _targeted(job, targets):
             _retire(ctx, job, "stopped", "stopped by operator (reconcile down)")
     return Plan(tuple(ctx.steps), tuple(ctx.notes))
 

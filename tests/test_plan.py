@@ -313,7 +313,7 @@ def test_down_stops_running_jobs_and_records_the_rest() -> None:
     want = desired(service("a"), service("b"))
     a = running_job(desired(service("a")), pid=500)
     b = replace(running_job(desired(service("b")), pid=501), id="j2")
-    result = plan_down(observed(proc(500)), [a, b], NOW, frozenset({"a", "b"}))
+    result = plan_down(observed(proc(500)), [a, b], NOW, frozenset({("a", None), ("b", None)}))
     assert kinds(result) == ["Stop", "Record"]
     assert all(s.job.phase == "stopped" for s in result.steps)  # type: ignore[union-attr]
     assert want.services == {"a", "b"}
