@@ -106,9 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("-o", "--output", choices=["table", "json"], default=argparse.SUPPRESS)
 
     parser = argparse.ArgumentParser(
-        prog="reconcile", parents=[common, output],
+        prog="reconcile", parents=[common],
         description="Make this host run what the specs dir says, and keep it that way.")
-    parser.set_defaults(output="table")
+    # its own action, not the parent's: set_defaults on a shared action would change the
+    # subcommands' default too
+    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--once", action="store_true",
                         help="converge once, print a table and exit (0 ok, 1 not converged, "
