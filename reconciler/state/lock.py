@@ -74,8 +74,8 @@ class DaemonLock:
 
     The kernel drops the lock when the holder dies, however it dies, so a crashed daemon
     never blocks the next one; a stale pid left in the file means nothing without the lock.
-    O_CLOEXEC keeps the lock from leaking into spawned services (a service holding it would
-    outlive the daemon and block every later one).
+    The fd is close-on-exec (O_CLOEXEC, and Python's default anyway): a spawned service
+    holding it would outlive the daemon and block every later one.
     """
 
     def __init__(self, path: Path, purpose: str = "") -> None:
