@@ -162,10 +162,18 @@ def rebind_of(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "rebind", False))
 
 
-def bind(settings: Settings, rebind: bool) -> None:
+def bind(settings: Settings, rebind: bool, *, daemon: bool = False) -> None:
     """Before anything acts: check the state dir, refuse another specs dir than the bound
-    one (unless `rebind`), and bind an unbound state dir to this one (first use)."""
+    one (unless `rebind`), and bind an unbound state dir to this one (first use).
+
+    A rebind is refused while a daemon runs (unless we are that daemon, holding its lock):
+    it would go on serving the old specs dir, and the two would undo each other's passes.
+    """
     prepare_state_dir(settings, rebind=rebind)
+    if rebind and not daemon and not statedir.binding(settings).matches:
+        with DaemonLock(settings.daemon_lock_path, ": stop it before --rebind"):
+            statedir.bind(settings)
+        return
     statedir.bind(settings)
 
 
@@ -182,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return report_pass(reconciler.converge(wait), args.output)
     prepare_state_dir(settings, rebind=rebind_of(args))
     with DaemonLock(settings.daemon_lock_path):
-        bind(settings, rebind_of(args))
+        bind(settings, rebind_of(args), daemon=True)
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(message)s")
         daemon = Daemon(settings, allow_empty=args.allow_empty, resync=resync)

@@ -354,6 +354,20 @@ def test_a_state_dir_refuses_another_specs_dir_until_rebind(
         assert "rebound" in [e.kind for _, e in store.events(limit=None)]
 
 
+def test_rebind_is_refused_while_a_daemon_serves_the_state_dir(
+        settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_sleeper(settings.specs_dir, "a")
+    assert run_cli(settings, "--once", "--wait", "20s") == 0
+    (tmp_path / "other").mkdir()
+    other = Settings(tmp_path / "other", settings.state_dir)
+    with DaemonLock(settings.daemon_lock_path):
+        code, err = cli_err(other, capsys, "--once", "--wait", "5s", "--rebind", "--allow-empty")
+        assert run_cli(settings, "--once", "--wait", "5s") == 0  # serving the bound dir is fine
+    assert code == 2
+    assert_one_clear_line(err, f"another reconciler (pid {os.getpid()})", "before --rebind")
+    assert (settings.state_dir / "specs-dir").read_text() == f"{settings.specs_dir}\n"
+
+
 def test_the_binding_keeps_a_symlinked_specs_path_as_given(
         settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """git-sync flips `specs -> rev-N`: the state dir serves the link, not one revision."""
