@@ -1,8 +1,10 @@
 """`reconcile`: argument parsing and output. No reconciling logic lives here.
 
 Exit codes follow `kubectl diff` / `flux diff`: 0 clean, 1 differences or not converged,
-2 errors (invalid specs, refused configuration). No traceback reaches a user: expected
-failures print one line; anything unexpected prints one line and how to get the details.
+2 errors (invalid specs, refused configuration or state dir), 141 when stdout was closed
+early (`reconcile status | head -1`: quiet, like a tool killed by SIGPIPE). No traceback
+reaches a user: expected failures print one line `reconcile: error: ...`; anything unexpected
+prints one line and how to get the details.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import __version__, logs
-from reconciler.controller import PassResult, Reconciler
+from reconciler.controller import PassResult, Reconciler, prepare_state_dir
 from reconciler.daemon import Daemon
 from reconciler.host.identity import identity_of
 from reconciler.host.usage import Usage, usage
@@ -27,11 +30,16 @@ from reconciler.settings import Settings, SettingsError, default_state_dir, reso
 from reconciler.spec.load import LoadResult, load_specs
 from reconciler.spec.model import spec_json_schema
 from reconciler.spec.units import parse_duration
-from reconciler.state.lock import LockTimeout
+from reconciler.state import statedir
+from reconciler.state.errors import StateError
+from reconciler.state.lock import DaemonLock, LockTimeout
 from reconciler.state.records import JobRecord
-from reconciler.state.store import Store
+from reconciler.state.repair import repair
+from reconciler.state.store import Store, is_damage
+from reconciler.text import printable
 
 EXIT_OK, EXIT_CHANGES, EXIT_ERROR = 0, 1, 2
+EXIT_PIPE = 128 + 13  # SIGPIPE: what `yes | head -1` reports for `yes`
 
 
 class UsageError(Exception):
@@ -39,21 +47,48 @@ class UsageError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe often shows only at this flush
+        return code
+    except BrokenPipeError:
+        # The reader went away (`| head`). Python's documented recipe: point stdout at
+        # /dev/null so the flush at interpreter exit cannot raise again, and end quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (SettingsError, LockTimeout, UsageError) as err:
-        print(f"reconcile: {err}", file=sys.stderr)
-        return EXIT_ERROR
+    except (SettingsError, StateError, LockTimeout, UsageError) as err:
+        return _error(str(err))
+    except sqlite3.DatabaseError as err:
+        if is_damage(err):
+            return _error(f"the state database is damaged ({err}). Managed processes keep "
+                          "running. Run `reconcile repair` with the same --state-dir")
+        return _error(f"state database: {err}")
+    except BrokenPipeError:
+        raise  # main() ends quietly
+    except OSError as err:  # the host said no (permissions, full disk): not our bug
+        return _error(str(err))
     except KeyboardInterrupt:
         return 130
     except Exception as err:  # the last line of defence: one line, never a traceback
         if os.environ.get("RECONCILER_DEBUG"):
             raise
-        print(f"reconcile: internal error: {type(err).__name__}: {err} "
+        print(f"reconcile: internal error: {type(err).__name__}: {printable(str(err))} "
               "(set RECONCILER_DEBUG=1 for a traceback)", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _error(message: str) -> int:
+    print(f"reconcile: error: {printable(message)}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,12 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="specs directory (default: $RECONCILER_SPECS or ./specs)")
     common.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS,
                         help="state directory (default: $RECONCILER_STATE_DIR or per-user)")
+    common.add_argument("--rebind", action="store_true", default=argparse.SUPPRESS,
+                        help="let this state dir serve this --specs dir from now on (it "
+                             "refuses another specs dir than the one it serves)")
+    # SUPPRESS: a subcommand's -o only overrides the top level's when given, so
+    # `reconcile -o json status` and `reconcile status -o json` mean the same
     output = argparse.ArgumentParser(add_help=False)
-    output.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    output.add_argument("-o", "--output", choices=["table", "json"], default=argparse.SUPPRESS)
 
     parser = argparse.ArgumentParser(
-        prog="reconcile", parents=[common, output],
+        prog="reconcile", parents=[common],
         description="Make this host run what the specs dir says, and keep it that way.")
+    # its own action, not the parent's: set_defaults on a shared action would change the
+    # subcommands' default too
+    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--once", action="store_true",
                         help="converge once, print a table and exit (0 ok, 1 not converged, "
@@ -93,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = add("validate", cmd_validate, "check specs: file:line:column: message", output)
     validate.add_argument("dir", nargs="?", help="specs dir to check")
     add("schema", cmd_schema, "print the JSON Schema of the spec format")
-    down = add("down", cmd_down, "stop a service (all when none is named)")
-    down.add_argument("service", nargs="?")
+    down = add("down", cmd_down, "stop a service or one action (all when none is named)")
+    down.add_argument("target", nargs="?", metavar="SERVICE[.ACTION]")
     restart = add("restart", cmd_restart,
                   "stop a job and start it again now (counts in restart_count)")
     restart.add_argument("target", metavar="SERVICE[.ACTION]")
@@ -107,11 +150,31 @@ def build_parser() -> argparse.ArgumentParser:
     log_cmd.add_argument("--previous", action="store_true", help="the previous run's log")
     log_cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     log_cmd.add_argument("-n", "--lines", type=int, default=100)
+    add("repair", cmd_repair, "rebuild the jobs from run/ after damage to state.db")
     return parser
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     return resolve(getattr(args, "specs", None), getattr(args, "state_dir", None))
+
+
+def rebind_of(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "rebind", False))
+
+
+def bind(settings: Settings, rebind: bool, *, daemon: bool = False) -> None:
+    """Before anything acts: check the state dir, refuse another specs dir than the bound
+    one (unless `rebind`), and bind an unbound state dir to this one (first use).
+
+    A rebind is refused while a daemon runs (unless we are that daemon, holding its lock):
+    it would go on serving the old specs dir, and the two would undo each other's passes.
+    """
+    prepare_state_dir(settings, rebind=rebind)
+    if rebind and not daemon and not statedir.binding(settings).matches:
+        with DaemonLock(settings.daemon_lock_path, ": stop it before --rebind"):
+            statedir.bind(settings)
+        return
+    statedir.bind(settings)
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -120,15 +183,19 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     wait = _duration(args.wait, "--wait")
+    resync = _duration(args.resync, "--resync")
     if args.once:
+        bind(settings, rebind_of(args))
         with Reconciler(settings, allow_empty=args.allow_empty) as reconciler:
             return report_pass(reconciler.converge(wait), args.output)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
-    daemon = Daemon(settings, allow_empty=args.allow_empty,
-                    resync=_duration(args.resync, "--resync"))
-    daemon.install_signal_handlers()
-    return daemon.run()
+    prepare_state_dir(settings, rebind=rebind_of(args))
+    with DaemonLock(settings.daemon_lock_path):
+        bind(settings, rebind_of(args), daemon=True)
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(message)s")
+        daemon = Daemon(settings, allow_empty=args.allow_empty, resync=resync)
+        daemon.install_signal_handlers()
+        return daemon.run()
 
 
 def report_pass(result: PassResult, output: str) -> int:
@@ -145,7 +212,9 @@ def report_pass(result: PassResult, output: str) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    with Reconciler(settings, allow_empty=args.allow_empty) as reconciler:
+    # --rebind here previews the new specs dir without binding to it: diff changes nothing
+    with Reconciler(settings, allow_empty=args.allow_empty,
+                    rebind=rebind_of(args)) as reconciler:
         loaded, steps = reconciler.preview()
     _print_problems(loaded, steps)
     changes = steps.changes
@@ -211,11 +280,11 @@ def sample_usage(jobs: Sequence[JobRecord], interval: float = 0.1) -> dict[str, 
 
 def cmd_down(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    targets = None
-    if args.service:
-        service, _, action = args.service.partition(".")
-        targets = frozenset({(service, action or None)})
+    targets = frozenset([parse_target(args.target)]) if args.target else None
+    bind(settings, rebind_of(args))
     with Reconciler(settings) as reconciler:
+        if targets is not None:
+            require_known(args.target, targets, reconciler.store.jobs())
         steps = reconciler.down(targets)
     for step in steps.steps:
         print(step.describe())
@@ -224,26 +293,45 @@ def cmd_down(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def parse_target(text: str) -> tuple[str, str | None]:
+    """`SERVICE[.ACTION]`: names cannot contain a dot, so the first one separates them."""
+    service, dot, action = text.partition(".")
+    if not service or (dot and not action):
+        raise UsageError(f"{text!r} is not SERVICE or SERVICE.ACTION")
+    return service, action or None
+
+
+def require_known(text: str, targets: frozenset[tuple[str, str | None]],
+                  jobs: Sequence[JobRecord]) -> None:
+    known = {(j.service, j.action) for j in jobs}
+    for service, action in targets:
+        if not any(s == service and action in (None, a) for s, a in known):
+            raise UsageError(f"no job named {text} in this state dir "
+                             "(`reconcile status` lists them)")
+
+
 def cmd_restart(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    service, _, action = args.target.partition(".")
-    known = {(j.service, j.action) for j in read_jobs(settings)}
-    if not any(s == service and (not action or a == action) for s, a in known):
-        raise UsageError(f"no job named {args.target}")
+    target = parse_target(args.target)
+    require_known(args.target, frozenset([target]), read_jobs(settings))
+    bind(settings, rebind_of(args))
     with Reconciler(settings) as reconciler:
-        stopped = reconciler.restart(frozenset({(service, action or None)}))
+        stopped = reconciler.restart(frozenset({target}))
         started = reconciler.reconcile()
     for step in (*stopped.steps, *started.plan.changes):
         print(step.describe())
     return EXIT_OK
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    for line in repair(settings_from(args)).lines():
+        print(line)
+    return EXIT_OK
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    if not settings.db_path.exists():
-        print("[]" if args.output == "json" else "no events")
-        return EXIT_OK
-    store = Store.open(settings.db_path)
+    store = open_reader(settings)
     try:
         events = store.events(service=args.service, limit=args.limit)
     finally:
@@ -253,6 +341,8 @@ def cmd_events(args: argparse.Namespace) -> int:
                            "action": e.action, "job_id": e.job_id, "reason": e.reason,
                            "detail": e.detail} for i, e in events], indent=2))
         return EXIT_OK
+    if not events:
+        print("no events")
     for _, event in events:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.at))
         target = f"{event.service}.{event.action}" if event.service else "-"
@@ -262,7 +352,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    service, _, action = args.target.partition(".")
+    service, action = parse_target(args.target)
     jobs = [j for j in read_jobs(settings) if j.service == service
             and (not action or j.action == action)]
     if not jobs:
@@ -286,10 +376,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
 # --- output helpers -----------------------------------------------------------------------
 
 
+def open_reader(settings: Settings) -> Store:
+    """For read-only commands: writes nothing at all (no directory, no chmod, no migration),
+    so they work on a read-only state dir; they do not refuse a state dir that is not
+    private either (reading cannot make it worse). Damage is still reported."""
+    statedir.check_not_emptied(settings)
+    return Store.open_readonly(settings.db_path)
+
+
 def read_jobs(settings: Settings) -> list[JobRecord]:
-    if not settings.db_path.exists():
-        return []
-    store = Store.open(settings.db_path)
+    store = open_reader(settings)
     try:
         return store.jobs()
     finally:

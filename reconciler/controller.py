@@ -8,7 +8,6 @@ so a daemon and a `reconcile --once` never run passes at the same time.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -18,7 +17,6 @@ from pathlib import Path
 from reconciler import health, logs
 from reconciler.desired import Desired, ResolvedCache, build_desired
 from reconciler.execute import Executor, Outcome
-from reconciler.files import PRIVATE_DIR, make_private_dirs
 from reconciler.host.identity import Identity
 from reconciler.host.limits import raise_fd_limit
 from reconciler.host.observe import observe
@@ -29,6 +27,7 @@ from reconciler.host.spawn import Children
 from reconciler.plan import KILL_GRACE_SECONDS, Plan, Step, plan, plan_down, plan_restart
 from reconciler.settings import Settings
 from reconciler.spec.load import LoadResult, load_specs
+from reconciler.state import statedir
 from reconciler.state.enrollment import Enrollments, sweep_stale_temps
 from reconciler.state.lock import StateLock
 from reconciler.state.records import Enrollment, Event, JobRecord, SpecRecord
@@ -98,7 +97,8 @@ class Reconciler:
 
     def __init__(self, settings: Settings, *, allow_empty: bool = False,
                  clock: Callable[[], float] = time.time,
-                 housekeeping_interval: float = HOUSEKEEPING_SECONDS) -> None:
+                 housekeeping_interval: float = HOUSEKEEPING_SECONDS,
+                 rebind: bool = False) -> None:
         self.settings = settings
         self.allow_empty = allow_empty
         self.housekeeping_interval = housekeeping_interval
@@ -106,7 +106,7 @@ class Reconciler:
         self.clock = clock
         self.children = Children()
         raise_fd_limit()
-        prepare_state_dir(settings)
+        prepare_state_dir(settings, rebind=rebind)
         self.store = Store.open(settings.db_path)
         self.executor = Executor(settings.run_dir, self.children, clock)
         self.lock = StateLock(settings.lock_path)
@@ -196,7 +196,8 @@ class Reconciler:
                                self.procs if children is not None else None)
         observed = with_health(observed, health)
         steps = plan(desired, observed, records, self.clock(), enrollments=enrollments,
-                     allow_empty=self.allow_empty)
+                     allow_empty=self.allow_empty,
+                     hold_prune=loaded.unsettled_until is not None)
         return _Draft(loaded, spec_records, desired, records, steps)
 
     def _apply(self, planner: Callable[[Observed, list[JobRecord], float], Plan]) -> Plan:
@@ -282,12 +283,15 @@ class Reconciler:
                     self.store.delete_spec_records(gone)
 
 
-def prepare_state_dir(settings: Settings) -> None:
-    """The state dir holds proof of ownership and logs that may carry secrets: 0700, always,
-    even when an operator created it with a looser mode."""
-    for path in (settings.state_dir, settings.run_dir, settings.logs_dir):
-        make_private_dirs(path)
-    os.chmod(settings.state_dir, PRIVATE_DIR)
+def prepare_state_dir(settings: Settings, *, rebind: bool = False) -> None:
+    """Everything a writer checks before it touches the state dir (reconciler/state/
+    statedir.py says why): create what is missing 0700 and chmod nothing that existed; refuse
+    a state dir that is not private, a database that was emptied beside enrollments, and
+    (unless `rebind`) a state dir bound to another specs dir."""
+    statedir.prepare(settings)
+    statedir.check_not_emptied(settings)
+    if not rebind:
+        statedir.check_binding(settings)
 
 
 def observe_for(desired: Desired, records: list[JobRecord], enrollments: dict[str, Enrollment],

@@ -185,8 +185,12 @@ class _Pass:
 
 
 def plan(desired: Desired, observed: Observed, records: list[JobRecord], now: float, *,
-         enrollments: dict[str, Enrollment] | None = None, allow_empty: bool = False) -> Plan:
-    """Compute the steps that make the host match `desired`. Pure: same input, same plan."""
+         enrollments: dict[str, Enrollment] | None = None, allow_empty: bool = False,
+         hold_prune: bool = False) -> Plan:
+    """Compute the steps that make the host match `desired`. Pure: same input, same plan.
+
+    `hold_prune`: a spec file is still being written (not settled), so what looks removed
+    may only be moving (a rename, a checkout): prune nothing until it settles."""
     live = sorted((r for r in records if r.phase != "removed"),
                   key=lambda r: r.created_at or 0.0)
     ctx = _Pass(desired, observed, now, dict(enrollments or {}),
@@ -197,7 +201,7 @@ def plan(desired: Desired, observed: Observed, records: list[JobRecord], now: fl
             ctx.mark_stopping(job)
     for job in list(ctx.retiring.values()):
         _continue_stop(ctx, job, None)
-    prune_held = _prune(ctx, allow_empty)
+    prune_held = False if hold_prune else _prune(ctx, allow_empty)
     for action in desired.actions:
         _plan_action(ctx, action)
     return Plan(tuple(ctx.steps), tuple(ctx.notes), prune_held, ctx.requeue_at)

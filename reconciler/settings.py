@@ -42,7 +42,13 @@ class Settings:
 
     @property
     def lock_path(self) -> Path:
+        """Held for each pass (daemon and `--once` alike)."""
         return self.state_dir / "lock"
+
+    @property
+    def daemon_lock_path(self) -> Path:
+        """Held by a daemon for its lifetime: one daemon per state dir."""
+        return self.state_dir / "daemon.lock"
 
 
 def default_state_dir(env: Mapping[str, str] = os.environ) -> Path:

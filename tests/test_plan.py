@@ -514,3 +514,13 @@ def test_a_blocked_job_looks_again_within_two_seconds_whatever_its_backoff() -> 
     [record] = plan(want, observed(squatter, ports=ports), [job], NOW).steps
     assert record.job.phase == "blocked"  # type: ignore[union-attr]
     assert record.job.next_start_at <= NOW + 2.0  # type: ignore[union-attr]
+
+
+def test_nothing_is_pruned_while_a_spec_file_is_still_being_written() -> None:
+    """A rename or checkout shows a service gone from one file before the other file that
+    now holds it has settled: pruning then would stop it only to start it again."""
+    job = running_job(desired(service("moving")))
+    held = plan(desired(service("other")), observed(proc(500)), [job], NOW, hold_prune=True)
+    assert not any(isinstance(s, Stop) for s in held.steps) and not held.prune_held
+    pruned = plan(desired(service("other")), observed(proc(500)), [job], NOW)
+    assert any(isinstance(s, Stop) for s in pruned.steps)

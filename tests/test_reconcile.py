@@ -493,7 +493,7 @@ def test_bad_wait_duration_is_a_clear_error(settings: Settings,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(settings, "--once", "--wait", "soon") == 2
     err = capsys.readouterr().err
-    assert err.startswith("reconcile: --wait:") and "Traceback" not in err
+    assert err.startswith("reconcile: error: --wait:") and "Traceback" not in err
 
 
 def test_restart_command_restarts_a_running_job_and_counts_it(

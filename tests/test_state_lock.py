@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from reconciler.state.lock import LockTimeout, StateLock
+from reconciler.state.errors import DaemonRunning
+from reconciler.state.lock import DaemonLock, LockTimeout, StateLock
 
 HOLD = """
 import sys, time
@@ -83,3 +85,31 @@ def test_an_empty_or_garbled_lock_file_still_locks(tmp_path: Path) -> None:
     with StateLock(lock_path) as lock:
         assert lock.changed_hands
     assert lock_path.read_text().splitlines()[0].isdigit()  # the counter took over
+
+
+HOLD_DAEMON = """
+import sys
+from pathlib import Path
+from reconciler.state.lock import DaemonLock
+with DaemonLock(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_the_daemon_lock_names_its_holder_and_dies_with_it(tmp_path: Path) -> None:
+    lock = tmp_path / "daemon.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_DAEMON, str(lock)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(DaemonRunning, match=rf"another reconciler \(pid {holder.pid}\) "
+                                                rf"runs on {tmp_path}"), DaemonLock(lock):
+            pass
+    finally:
+        holder.kill()  # kill -9: the kernel drops the flock; the stale pid means nothing
+        holder.wait()
+    with DaemonLock(lock):
+        assert lock.read_text() == f"{os.getpid()}\n"
+        assert lock.stat().st_mode & 0o777 == 0o600
+    assert lock.read_text() == ""

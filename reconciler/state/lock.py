@@ -1,4 +1,5 @@
-"""One pass at a time per state dir, across processes (a daemon and a `--once` alike)."""
+"""One pass at a time per state dir, across processes (a daemon and a `--once` alike), and
+one daemon per state dir."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import time
 from pathlib import Path
 from types import TracebackType
+
+from reconciler.state.errors import DaemonRunning
 
 
 class LockTimeout(Exception):
@@ -63,3 +66,42 @@ def _read_epoch(fd: int) -> int:
     """The counter in the lock file; an empty file (new, or from an older version) is 0."""
     raw = os.pread(fd, _EPOCH_WIDTH + 1, 0).strip()
     return int(raw) if raw.isdigit() else 0
+
+
+class DaemonLock:
+    """One daemon per state dir: an exclusive `flock` on `<state-dir>/daemon.lock` for the
+    daemon's lifetime, with its pid in the file for the message a second daemon prints.
+
+    The kernel drops the lock when the holder dies, however it dies, so a crashed daemon
+    never blocks the next one; a stale pid left in the file means nothing without the lock.
+    The fd is close-on-exec (O_CLOEXEC, and Python's default anyway): a spawned service
+    holding it would outlive the daemon and block every later one.
+    """
+
+    def __init__(self, path: Path, purpose: str = "") -> None:
+        self.path = path
+        self.purpose = purpose  # appended to the refusal, e.g. ": stop it first"
+        self._fd: int | None = None
+
+    def __enter__(self) -> DaemonLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f"pid {holder}" if holder.isdigit() else "pid unknown"
+            raise DaemonRunning(f"another reconciler ({who}) runs on {self.path.parent}"
+                                f"{self.purpose}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # before unlocking: never a pid without its lock
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -26,17 +26,20 @@ from contextlib import contextmanager
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlite_utils import Database, Migrations
 from sqlite_utils.db import Table
 
 from reconciler.files import make_private_dirs
+from reconciler.state.errors import DatabaseDamaged
 from reconciler.state.records import BlockedBy, Event, JobRecord, SpecRecord
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
 FILE_MODE = 0o600
+_DAMAGE_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB (primary codes)
 
 MIGRATIONS = Migrations("reconciler")
 
@@ -315,6 +318,32 @@ def _enable_wal(db: Database) -> None:
             time.sleep(0.01)  # back off before retrying the lock, not a synchronization
 
 
+# --- damage -----------------------------------------------------------------------------------
+
+
+def is_damage(err: sqlite3.DatabaseError) -> bool:
+    """Corrupt or not a database at all, as opposed to busy, locked or read-only."""
+    code = getattr(err, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _DAMAGE_CODES
+    return type(err) is sqlite3.DatabaseError  # no code: only the base class means damage
+
+
+def check_integrity(db: Database) -> None:
+    """`PRAGMA quick_check`: reads every page once (milliseconds for our sizes), so truncation
+    or garbage in the middle is found at open, not by a pass halfway through its writes."""
+    rows = [row[0] for row in db.execute("PRAGMA quick_check(5)").fetchall()]
+    if rows != ["ok"]:
+        raise sqlite3.DatabaseError("; ".join(str(r) for r in rows))
+
+
+def damaged(path: Path, detail: str) -> DatabaseDamaged:
+    return DatabaseDamaged(
+        f"the state database {path} is damaged ({detail}). Managed processes keep running. "
+        f"Run `reconcile repair --state-dir {path.parent}` to move it aside and rebuild the "
+        f"jobs from {path.parent / 'run'}", detail)
+
+
 # --- the store ----------------------------------------------------------------------------------
 
 
@@ -329,29 +358,77 @@ class Store:
         # connection has committed (PRAGMA data_version): a daemon's passes then read no rows.
         self._jobs: dict[str, JobRecord] | None = None
         self._jobs_version: int | None = None
+        self.read_only = False
+        self.tables: frozenset[str] | None = None  # known only to a reader (None: all exist)
 
     @classmethod
     def open(cls, path: Path) -> Store:
+        """The writer's connection: creates the file if needed, checks it is intact (a damaged
+        database is refused before anything is written into it) and migrates it."""
         path = Path(path)
         make_private_dirs(path.parent)
         _precreate(path)
-        db = _connect(path)
+        db: Database | None = None
         try:
+            db = _connect(path)
+            check_integrity(db)
             migrate(db)
-        except BaseException:
-            db.close()
+        except BaseException as err:
+            if db is not None:
+                db.close()
+            if isinstance(err, sqlite3.DatabaseError) and is_damage(err):
+                raise damaged(path, str(err)) from None
             raise
         _restrict_modes(path)
         return cls(db, path)
 
+    @classmethod
+    def open_readonly(cls, path: Path) -> Store:
+        """A reader that writes nothing: no directory, no file, no migration, no WAL switch,
+        so `status`, `events` and `logs` work on a read-only state dir (or one they may not
+        write). An absent database reads as empty.
+
+        With a live write-ahead log (`-wal` and `-shm` present: a writer is at work, or
+        crashed) it opens `mode=ro` and reads through the log. Without one every committed
+        page is in the main file, and `immutable=1` reads it without creating `-shm`/`-wal`
+        (a plain `mode=ro` reader would create both, owned by us, in someone else's dir).
+        """
+        path = Path(path)
+        live_log = os.path.exists(f"{path}-wal") and os.path.exists(f"{path}-shm")
+        if not os.path.exists(path):
+            uri = "file::memory:?mode=ro"  # no file: an empty database, nothing created
+            params = "&cache=private"
+        else:
+            uri = f"file:{quote(str(path))}?mode=ro"
+            params = "" if live_log else "&immutable=1"
+        conn = sqlite3.connect(uri + params, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        db = Database(conn, execute_plugins=False)
+        try:
+            tables = {row[0] for row in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+        except sqlite3.DatabaseError as err:
+            db.close()
+            if is_damage(err):
+                raise damaged(path, str(err)) from None
+            raise
+        store = cls(db, path)
+        store.read_only = True
+        store.tables = frozenset(tables)
+        return store
     def close(self) -> None:
         """Close (twice is fine); an unfinished `atomic()` block is rolled back, never
         half-committed."""
         if self._closed:
             return
         self._closed = True
-        self.db.rollback()
+        if not self.read_only:
+            self.db.rollback()
         self.db.close()
+
+    def _missing(self, table: str) -> bool:
+        """A reader of a database no writer has set up yet (new, or from before the table
+        existed) finds nothing, instead of failing on "no such table"."""
+        return self.tables is not None and table not in self.tables
 
     def __enter__(self) -> Store:
         return self
@@ -381,6 +458,8 @@ class Store:
 
     def jobs(self, *, include_removed: bool = False) -> list[JobRecord]:
         """By service and action, oldest first within an action."""
+        if self._missing("jobs"):
+            return []
         if include_removed:
             rows = self.db.query("SELECT * FROM jobs ORDER BY service, action, rowid")
             return [job_from_row(row) for row in rows]
@@ -398,6 +477,8 @@ class Store:
         return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
     def job(self, job_id: str) -> JobRecord | None:
+        if self._missing("jobs"):
+            return None
         rows = list(self.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]))
         return job_from_row(rows[0]) if rows else None
 
@@ -424,6 +505,8 @@ class Store:
     def events(self, *, service: str | None = None,
                limit: int | None = 100) -> list[tuple[int, Event]]:
         """The newest `limit` events (None: all), returned oldest first like a log."""
+        if self._missing("events"):
+            return []
         where, params = ("WHERE service = ?", [service]) if service is not None else ("", [])
         sql = (f"SELECT * FROM (SELECT * FROM events {where} ORDER BY id DESC LIMIT ?)"
                " ORDER BY id")
@@ -442,6 +525,8 @@ class Store:
     # spec records
 
     def spec_records(self) -> dict[str, SpecRecord]:
+        if self._missing("specs"):
+            return {}
         rows = self.db.query("SELECT * FROM specs ORDER BY file")
         return {row["file"]: spec_from_row(row) for row in rows}
 

@@ -147,7 +147,8 @@ from reconciler.settings import Settings
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(os.environ["C_PORT"]))); s.listen()
 settings = Settings(Path(os.environ["SPECS"]), Path(os.environ["STATE"]))
-run = settings.run_dir; run.mkdir(parents=True, exist_ok=True)
+settings.state_dir.mkdir(mode=0o700)  # a state dir must be private
+run = settings.run_dir; run.mkdir(mode=0o700)
 (run / "parent.twin.pid").write_text(f"{os.getppid()}\n")
 (run / "me.twin.pid").write_text(f"{os.getpid()}\n")
 with Reconciler(settings) as r:
