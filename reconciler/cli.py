@@ -17,6 +17,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wait", default="60s", help="with --once: how long to wait")
     parser.add_argument("--allow-empty", action="store_true",
                         help="let an empty specs dir prune every running service")
+    parser.add_argument("--settle", default="200ms",
+                        help="read a changed spec file once it has been quiet this long "
+                             "(a half-written file is never read; 0s to read at once)")
     parser.add_argument("--resync", default="30s",
                         help="daemon: full resync interval (a safety net; events trigger passes)")
     parser.set_defaults(func=cmd_run)
@@ -154,8 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_SETTLE_SECONDS = 60.0  # longer would mean an edit is not applied for minutes
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
-    return resolve(getattr(args, "specs", None), getattr(args, "state_dir", None))
+    settings = resolve(getattr(args, "specs", None), getattr(args, "state_dir", None))
+    settle = getattr(args, "settle", None)
+    if settle is None:
+        return settings
+    seconds = _duration(settle, "--settle")
+    if seconds > MAX_SETTLE_SECONDS:
+        raise UsageError(f"--settle: at most {MAX_SETTLE_SECONDS:g}s")
+    return replace(settings, settle=seconds)
 
 
 def rebind_of(args: argparse.Namespace) -> bool:

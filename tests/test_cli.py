@@ -116,3 +116,15 @@ def test_no_input_shows_a_traceback(settings: Settings, tmp_path: Path,
     assert code == 2, err
     assert err.startswith("reconcile: error: "), err
     assert "Traceback" not in err and "internal error" not in err, err
+
+
+def test_settle_flag_holds_a_fresh_file_back_until_it_has_been_quiet(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--settle` is how long a changed file must be quiet before it is read: with an hour
+    of it a fresh file is not read within `--wait`; with 0 it is read at once."""
+    write_sleeper(settings.specs_dir, "fresh")
+    assert run_cli(settings, "--once", "--settle", "60s", "--wait", "300ms") == 1
+    assert status(settings, capsys) == []
+    assert run_cli(settings, "--once", "--settle", "0s", "--wait", "20s") == 0
+    assert [r["service"] for r in status(settings, capsys)] == ["fresh"]
+    assert run_cli(settings, "--once", "--settle", "2m") == 2  # bounded: at most 60 s
