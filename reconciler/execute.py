@@ -134,7 +134,7 @@ class Executor:
         try:
             return now, self.children.spawn(list(action.argv), cwd=action.cwd,
                                             env=dict(action.env), log_path=log_path,
-                                            enroll=enroll)
+                                            enroll=enroll, job_id=step.job.id)
         except SpawnError as err:
             return now, err
 
