@@ -120,7 +120,7 @@ class Executor:
         action, now = step.action, self.clock()
         log_path = Path(action.log_path)
         if step.rotate_log:
-            logs.rotate(log_path, action.spec.logs.keep)
+            logs.rotate(log_path, action.spec.logs.keep, action.spec.logs.max_size)
 
         def enroll(identity: Identity) -> None:
             """Proof of ownership, on disk before the command runs (see host/spawn.py)."""
