@@ -58,19 +58,17 @@ def test_write_is_atomic_for_concurrent_readers(tmp_path: Path) -> None:
     assert seen <= {100000, 100001}
 
 
-def test_symlink_at_path_is_refused_never_followed(tmp_path: Path) -> None:
-    """A symlink at the pidfile path is not a pidfile: neither its target nor the link is
-    touched, and the refusal says why (the job is `blocked` with that reason)."""
+def test_symlink_at_path_is_replaced_not_followed(tmp_path: Path) -> None:
+    """The link itself is replaced by the rename; its target (here one that does not look
+    like a pidfile) is never opened for writing."""
     victim = tmp_path / "victim"
-    victim.write_text("1\n")  # even a target that looks like a pidfile
+    victim.write_text("precious\n")
     path = tmp_path / "api.pid"
     path.symlink_to(victim)
-    with pytest.raises(PidfileRefused, match="symlink") as refused:
-        write_pidfile(path, 1234)
-    assert isinstance(refused.value, OSError)
-    assert victim.read_text() == "1\n"
-    assert path.is_symlink() and os.readlink(path) == str(victim)
-    assert sorted(os.listdir(tmp_path)) == ["api.pid", "victim"]  # no temp file left
+    write_pidfile(path, 1234)
+    assert victim.read_text() == "precious\n"
+    assert not path.is_symlink()
+    assert read_pidfile(path) == 1234
 
 
 @pytest.mark.parametrize("content", [

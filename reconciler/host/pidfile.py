@@ -21,7 +21,7 @@ _MAX_PIDFILE_BYTES = 64  # a pid and a newline; anything longer is not a pidfile
 
 
 class PidfileRefused(OSError):
-    """Something other than a pidfile sits at the path (a symlink, a directory, a file with
+    """Something other than a pidfile sits at the path (a directory, a device, a file with
     other content, or one we cannot read): it is never overwritten. `reason` says what, for
     the job's `blocked` status. An OSError, so a caller that only knows "writing the pidfile
     failed" still handles it as the job's failure."""
@@ -109,8 +109,9 @@ def write_pidfile(path: str | os.PathLike[str], pid: int) -> None:
 
 
 def check_overwritable(path: str | os.PathLike[str]) -> None:
-    """Raise `PidfileRefused` unless `path` is missing or a regular file that holds a
-    decimal pid (or nothing). An lstat first, so a device is never opened at all; then the
+    """Raise `PidfileRefused` unless `path` is missing, a symlink (the rename replaces the
+    link itself; what it points to is never opened for writing) or a regular file that
+    holds a decimal pid (or nothing). An lstat first, so a device is never opened at all; then the
     content and type are checked on the opened fd (O_NOFOLLOW, O_NONBLOCK), which is what
     we actually read, whatever was swapped in meanwhile."""
     path = os.fspath(path)
@@ -119,7 +120,7 @@ def check_overwritable(path: str | os.PathLike[str]) -> None:
     except FileNotFoundError:
         return  # (ENOTDIR, EACCES on a parent, … propagate: the write would fail the same way)
     if stat.S_ISLNK(seen.st_mode):
-        raise PidfileRefused(path, "it is a symlink")
+        return  # replaced by the rename, never followed: its target is not touched
     if not stat.S_ISREG(seen.st_mode):
         raise PidfileRefused(path, f"it is not a regular file ({_kind(seen.st_mode)})")
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
