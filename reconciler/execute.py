@@ -169,7 +169,7 @@ class Executor:
         action, now = step.action, self.clock()
         log_path = Path(action.log_path)
         if step.rotate_log:
-            logs.rotate(log_path, action.spec.logs.keep)
+            logs.rotate(log_path, action.spec.logs.keep, action.spec.logs.max_size)
 
         def enroll(identity: Identity) -> None:
             """Proof of ownership, on disk before the command runs (see host/spawn.py)."""
@@ -183,7 +183,7 @@ class Executor:
         try:
             return now, self.children.spawn(list(action.argv), cwd=action.cwd,
                                             env=dict(action.env), log_path=log_path,
-                                            enroll=enroll)
+                                            enroll=enroll, job_id=step.job.id)
         except SpawnError as err:
             return now, err
         except OSError as err:  # e.g. the pidfile cannot be written: the command never ran

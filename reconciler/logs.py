@@ -36,17 +36,25 @@ def previous_path(path: Path, n: int = 1) -> Path:
     return path.with_name(f"{path.name}.{n}")
 
 
-def rotate(path: Path, keep: int) -> None:
+def rotate(path: Path, keep: int, max_size: int | None = None) -> None:
     """Shift `.log` to `.log.1` (and so on), keeping at most `keep` old runs.
 
     keep=0 removes the current log. Old runs beyond `keep` are removed too, so lowering
     `logs.keep` in a spec takes effect at the next restart. A `.log` that is a symlink is left
     alone (logged): rotating it would keep a pointer to a foreign file in the history.
+
+    With `max_size`, a live log bigger than that (a burst the capper could not keep up with)
+    is not renamed whole into the history: only its last `max_size` bytes are copied to
+    `.log.1` and the file is truncated in place (so a leftover writer of the old run, still
+    holding it open, keeps writing into a file that is watched and capped, not into history).
+    Work is proportional to the history files present, never to `keep`.
     """
     if keep < 0:
         raise ValueError(f"keep must be >= 0, got {keep}")
     if path.is_symlink():
         log.warning("not rotating %s: it is a symlink", path)
+        return
+    if max_size is not None and cap_size(path, max_size, keep):
         return
     _remove_beyond(path, keep)
     if not os.path.lexists(path):
@@ -54,34 +62,37 @@ def rotate(path: Path, keep: int) -> None:
     if keep == 0:
         path.unlink(missing_ok=True)
         return
-    for n in range(keep - 1, 0, -1):
-        older = previous_path(path, n)
-        if os.path.lexists(older):
-            os.replace(older, previous_path(path, n + 1))
+    _shift_history(path, keep)
     os.replace(path, previous_path(path, 1))
 
 
-def cap_size(path: Path, max_size: int, keep: int) -> bool:
-    """If the live log is over `max_size`, move its content to `.log.1` (older runs shift
-    like `rotate`) and truncate it in place. Returns whether it rotated.
+def cap_size(path: Path, max_size: int, keep: int, *, over: int | None = None) -> bool:
+    """If the live log is over `over` bytes (default `max_size`), move its last `max_size`
+    bytes to `.log.1` (older runs shift like `rotate`) and truncate it in place. Returns
+    whether it rotated. `.log.1` is therefore never bigger than `max_size`, whatever the
+    live log had grown to.
 
     copytruncate, because the child holds the log open with O_APPEND and we cannot make it
     reopen: after the truncate its next write lands at the new end (offset 0). The price, as
     with logrotate's copytruncate: lines written between the end of the copy and the truncate
-    are lost. The window is one short copy of at most `max_size` (plus what arrives during it).
-    A symlink or anything but a regular file is left alone.
+    are lost, and so is whatever came before the last `max_size` bytes. The copy is done by
+    the kernel (copy_file_range), so the window is short. A symlink or anything but a
+    regular file is left alone.
     """
     if keep < 0:
         raise ValueError(f"keep must be >= 0, got {keep}")
-    fd = _open_live(path, over=max_size)
+    threshold = max_size if over is None else min(over, max_size)
+    fd = _open_live(path, over=threshold)
     if fd is None:
         return False
     try:
-        if os.fstat(fd).st_size <= max_size:
+        size = os.fstat(fd).st_size
+        if size <= threshold:
             return False
         if keep > 0:
             _shift_history(path, keep)
-            _copy_to(fd, previous_path(path, 1))
+            start = _line_start(fd, max(0, size - max_size), size)
+            _copy_to(fd, previous_path(path, 1), start=start, end=size)
         else:
             _remove_beyond(path, 0)
         os.ftruncate(fd, 0)
@@ -117,25 +128,51 @@ def _open_live(path: Path, over: int) -> int | None:
 
 
 def _shift_history(path: Path, keep: int) -> None:
-    """Make room for a new `.log.1`, exactly as `rotate` numbers runs."""
-    _remove_beyond(path, keep)
-    for n in range(keep - 1, 0, -1):
-        older = previous_path(path, n)
-        if os.path.lexists(older):
-            os.replace(older, previous_path(path, n + 1))
+    """Make room for a new `.log.1`, exactly as `rotate` numbers runs: every existing
+    `.log.<n>` becomes `.log.<n+1>` (gaps stay gaps: numbers are ages), and runs that would
+    pass `keep` are removed. Visits the files present, never the numbers up to `keep`."""
+    history = _history(path)
+    for n in sorted(history, reverse=True):
+        if n >= keep:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(history[n])
+        else:
+            os.replace(history[n], previous_path(path, n + 1))
 
 
-def _copy_to(src_fd: int, dest: Path) -> None:
-    """Copy into a private temp file, then rename: `.log.1` is never half-written, and the
-    rename replaces whatever entry is there (even a symlink) instead of writing through it."""
+def _line_start(fd: int, start: int, end: int) -> int:
+    """`start`, moved just past the next newline so the kept tail begins with a whole line;
+    unchanged at offset 0 or when no newline is near (within one block, and never giving up
+    more than half of what is kept)."""
+    if start == 0:
+        return 0
+    head = os.pread(fd, min(_BLOCK, (end - start) // 2), start - 1)
+    newline = head.find(b"\n")
+    return start - 1 + newline + 1 if newline >= 0 else start
+
+
+def _history(path: Path) -> dict[int, Path]:
+    """The previous runs present on disk: {n: path of `.log.<n>`}, one listdir."""
+    prefix = f"{path.name}."
+    try:
+        names = os.listdir(path.parent)
+    except FileNotFoundError:
+        return {}
+    found = {}
+    for name in names:
+        suffix = name[len(prefix):] if name.startswith(prefix) else ""
+        if suffix.isascii() and suffix.isdigit() and not suffix.startswith("0"):
+            found[int(suffix)] = path.parent / name
+    return found
+
+
+def _copy_to(src_fd: int, dest: Path, *, start: int, end: int) -> None:
+    """Copy bytes [start, end) into a private temp file, then rename: `.log.1` is never
+    half-written, and the rename replaces whatever entry is there (even a symlink) instead
+    of writing through it. The kernel copies (no Python buffers) where it can."""
     out_fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     try:
-        offset = 0
-        while chunk := os.pread(src_fd, _BLOCK * 16, offset):
-            offset += len(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(out_fd, view):]
+        _copy_range(src_fd, out_fd, start, end)
         os.close(out_fd)
         out_fd = -1
         os.replace(tmp, dest)
@@ -145,6 +182,25 @@ def _copy_to(src_fd: int, dest: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _copy_range(src_fd: int, out_fd: int, start: int, end: int) -> None:
+    offset = start
+    with contextlib.suppress(OSError):  # EXDEV, ENOSYS, EINVAL: fall back to read/write
+        while offset < end:
+            copied = os.copy_file_range(src_fd, out_fd, end - offset, offset)
+            if copied == 0:
+                return  # the source shrank under us
+            offset += copied
+        return
+    os.ftruncate(out_fd, 0)
+    os.lseek(out_fd, 0, os.SEEK_SET)
+    offset = start
+    while offset < end and (chunk := os.pread(src_fd, min(_BLOCK * 16, end - offset), offset)):
+        offset += len(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(out_fd, view):]
 
 
 def follow(path: Path, *, poll: float = 0.2,
@@ -277,15 +333,9 @@ def _read_tail(fd: int, lines: int) -> bytes:
 
 
 def _remove_beyond(path: Path, keep: int) -> None:
-    prefix = f"{path.name}."
-    try:
-        names = os.listdir(path.parent)
-    except FileNotFoundError:
-        return
-    for name in names:
-        suffix = name[len(prefix):] if name.startswith(prefix) else ""
-        if suffix.isascii() and suffix.isdigit() and int(suffix) > keep:
-            (path.parent / name).unlink(missing_ok=True)
+    for n, older in _history(path).items():
+        if n > keep:
+            older.unlink(missing_ok=True)
 
 
 def _check_name(name: str) -> None:

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from reconciler.controller import Reconciler
+from reconciler.host import procfs
 from reconciler.settings import Settings
 from tests.helpers import wait_for
 
@@ -70,16 +72,52 @@ def _kill_processes_with_env(name: str, value: str) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+FOREIGN_MARKER = "RECONCILER_TEST_FOREIGN"
+
+
+def kill_marked(name: str, value: str, timeout: float = 10.0) -> None:
+    """SIGKILL every process whose initial environment has name=value, until none is left
+    (a process may fork between our scan and its kill). Each is signalled through a pidfd
+    opened BEFORE its environment is checked again: if the pid was recycled after the scan,
+    the pidfd names the newcomer, whose environment then lacks the marker, so it is spared."""
+    def none_left() -> bool:
+        excluded = {1, os.getpid(), os.getppid()}
+        found = False
+        for pid in procfs.iter_pids():
+            if pid in excluded or procfs.read_environ_var(pid, name) != value:
+                continue
+            found = True
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                continue  # gone
+            try:
+                if procfs.read_environ_var(pid, name) == value:
+                    with contextlib.suppress(OSError):
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            finally:
+                os.close(pidfd)
+        return not found  # a zombie has no environ: it is not found, and needs no kill
+    wait_for(none_left, timeout=timeout, message=f"processes with {name}={value} killed")
+
+
 class Foreign:
-    """Processes a test starts outside the reconciler; all killed at teardown."""
+    """Processes a test starts outside the reconciler; all killed at teardown, with
+    everything they started (children, daemons that left the session), found by a marker
+    variable each of them inherits."""
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.marker = f"{os.getpid()}-{secrets.token_hex(8)}"
 
     def start(self, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        given = kwargs.pop("env", None)
+        base: Mapping[str, str] = os.environ if given is None else given  # type: ignore[assignment]
+        # First, so a bounded environ read finds it even behind a huge environment.
+        env = {FOREIGN_MARKER: self.marker, **base}
         proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                **kwargs)  # type: ignore[call-overload]
+                                env=env, **kwargs)  # type: ignore[call-overload]
         self.procs.append(proc)
         return proc
 
@@ -94,10 +132,20 @@ class Foreign:
         return proc
 
     def cleanup(self) -> None:
+        """Each leader leads its own session and group (pgid = sid = its pid). While it is
+        unreaped its pid cannot be reused, so killpg(pid) is safe. Once a test has reaped
+        it, the group may live on (a `sleep &` the shell left behind): the number then stays
+        reserved only while some member exists, and as soon as the last one exits it may be
+        handed to a new process that could make it a stranger's group id, so killpg(pid)
+        could hit that stranger. Members that left the group (setsid, double fork) are not
+        in it at all. Both cases are found instead by the marker every process we started
+        inherited, and killed one by one through pidfds after re-checking the marker."""
         for proc in self.procs:
-            if proc.poll() is None:  # once reaped, its pid may be someone else's group
+            if proc.poll() is None:
                 with contextlib.suppress(OSError):
                     os.killpg(proc.pid, signal.SIGKILL)
+        kill_marked(FOREIGN_MARKER, self.marker)
+        for proc in self.procs:
             proc.wait()
 
 

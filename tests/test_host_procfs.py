@@ -20,6 +20,7 @@ from reconciler.host.procfs import (
     TcpEntry,
     UnixEntry,
     parse_cmdline,
+    parse_environ_var,
     parse_net_tcp,
     parse_net_unix,
     parse_stat,
@@ -138,6 +139,72 @@ def test_read_cmdline_of_missing_process_is_empty() -> None:
     assert procfs.read_cmdline(unused_pid()) == ()
     assert procfs.read_process(unused_pid()) is None
 
+
+
+# --- environ ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (b"A=1\0RECONCILER_JOB_ID=j-1\0B=2\0", "j-1"),
+    (b"RECONCILER_JOB_ID=first\0RECONCILER_JOB_ID=second\0", "first"),  # as getenv sees it
+    (b"A=1\0RECONCILER_JOB_ID=last", "last"),  # no final NUL
+    (b"RECONCILER_JOB_ID=\0", ""),
+    (b"X=RECONCILER_JOB_ID=forged\0", None),  # inside another variable's value
+    (b"XRECONCILER_JOB_ID=no\0", None),
+    (b"RECONCILER_JOB_IDX=no\0", None),
+    (b"", None),
+    (b"RECONCILER_JOB_ID=caf\xc3\xa9\0", "caf\u00e9"),
+])
+def test_parse_environ_var(raw: bytes, expected: str | None) -> None:
+    assert parse_environ_var(raw, b"RECONCILER_JOB_ID") == expected
+
+
+def test_parse_environ_var_distrusts_a_value_cut_by_the_bounded_read() -> None:
+    raw = b"A=1\0RECONCILER_JOB_ID=" + b"x" * procfs.ENVIRON_MAX
+    assert parse_environ_var(raw[:procfs.ENVIRON_MAX], b"RECONCILER_JOB_ID") is None
+
+
+def test_read_environ_var_of_live_process_with_a_huge_environment(foreign: Foreign) -> None:
+    """The marker after 1 MiB of other variables is beyond the bounded read: not found,
+    and the read stays bounded; the one near the top is found."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "EARLY": "yes",
+           **{f"BIG{i}": "v" * 1000 for i in range(1000)}, "LATE": "no"}
+    proc = foreign.start([sys.executable, "-c", "import time; time.sleep(600)"], env=env)
+    wait_for(lambda: procfs.read_environ_var(proc.pid, "EARLY"), message="environ readable")
+    assert procfs.read_environ_var(proc.pid, "EARLY") == "yes"
+    assert procfs.read_environ_var(proc.pid, "BIG0") == "v" * 1000
+    assert procfs.read_environ_var(proc.pid, "LATE") is None
+    assert procfs.read_environ_var(proc.pid, "NOSUCH") is None
+
+
+def test_read_environ_var_of_gone_zombie_and_kernel_thread() -> None:
+    assert procfs.read_environ_var(unused_pid(), "PATH") is None
+    assert procfs.read_environ_var(2, "PATH") is None  # kthreadd (or nothing) has no environ
+    zombie = os.fork()
+    if zombie == 0:
+        os._exit(0)
+    try:
+        def is_zombie() -> bool:
+            stat = procfs.read_stat(zombie)
+            return stat is not None and stat.zombie
+        wait_for(is_zombie, message="the child to be a zombie")
+        assert procfs.read_environ_var(zombie, "PATH") is None
+        assert procfs.read_process_environ(zombie, "PATH") is not None  # stat still there
+    finally:
+        os.waitpid(zombie, 0)
+
+
+def test_read_process_environ_is_one_snapshot() -> None:
+    os.environ["PROCFS_TEST_MARK"] = "here"  # not in our initial environ: exec-time only
+    try:
+        snapshot = procfs.read_process_environ(os.getpid(), "HOME")
+    finally:
+        del os.environ["PROCFS_TEST_MARK"]
+    assert snapshot is not None
+    stat, cmdline, value = snapshot
+    assert stat.pid == os.getpid() and cmdline and value == os.environ.get("HOME")
+    assert procfs.read_environ_var(os.getpid(), "PROCFS_TEST_MARK") is None
+    assert procfs.read_process_environ(unused_pid(), "HOME") is None
 
 # --- /proc/net/unix --------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from reconciler.host.observed import Exit
 from reconciler.host.spawn import (
     DEFAULT_PATH,
     GATE_ARGV0,
+    JOB_ID_VAR,
     Children,
     SpawnError,
     minimal_env,
@@ -90,6 +91,32 @@ def test_child_gets_exactly_the_minimal_env(children: Children, tmp_path: Path,
     environ = dict(item.split(b"=", 1) for item in raw.split(b"\0") if item)
     assert {k.decode(): v.decode() for k, v in environ.items()} == minimal_env(
         {"APP_MODE": "test"})
+
+
+def test_job_id_is_in_the_environment_and_cannot_be_forged(children: Children,
+                                                             tmp_path: Path) -> None:
+    """The spec's env cannot set or hide the job id: spawn sets it last."""
+    env = minimal_env({"RECONCILER_JOB_ID": "forged", "APP": "1"})
+    pid = children.spawn(SLEEP, cwd=tmp_path, env=env, log_path=tmp_path / "main.log",
+                         job_id="api.main.1").pid
+    wait_for(lambda: procfs.read_environ_var(pid, "APP"), message="the command to run")
+    assert procfs.read_environ_var(pid, JOB_ID_VAR) == "api.main.1"
+    assert env["RECONCILER_JOB_ID"] == "forged"  # the caller's mapping is not modified
+
+
+def test_no_job_id_no_variable(children: Children, tmp_path: Path) -> None:
+    pid = spawn(children, tmp_path, SLEEP, APP="1")
+    wait_for(lambda: procfs.read_environ_var(pid, "APP"), message="the command to run")
+    assert procfs.read_environ_var(pid, JOB_ID_VAR) is None
+
+
+@pytest.mark.parametrize("job_id", ["", "a\0b"])
+def test_invalid_job_id_is_a_spawn_error(children: Children, tmp_path: Path,
+                                         job_id: str) -> None:
+    with pytest.raises(SpawnError, match="invalid job id"):
+        children.spawn(SLEEP, cwd=tmp_path, env=minimal_env({}),
+                       log_path=tmp_path / "main.log", job_id=job_id)
+    assert not children.pids()
 
 
 # --- spawning --------------------------------------------------------------------------------

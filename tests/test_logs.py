@@ -168,11 +168,11 @@ def test_cap_size_missing_log(log: Path) -> None:
 def test_cap_size_rotates_when_over_and_shifts_history(log: Path) -> None:
     logs.previous_path(log, 1).write_text("older run\n")
     logs.previous_path(log, 2).write_text("oldest run\n")
-    log.write_text("x" * 200 + "\n")
+    log.write_text("x" * 50 + "y" * 50 + "\n")
     assert logs.cap_size(log, max_size=100, keep=2) is True
     assert names(log.parent) == ["api.log", "api.log.1", "api.log.2"]
     assert log.read_text() == ""
-    assert logs.previous_path(log, 1).read_text() == "x" * 200 + "\n"
+    assert logs.previous_path(log, 1).read_text() == "x" * 49 + "y" * 50 + "\n"  # the last 100
     assert logs.previous_path(log, 2).read_text() == "older run\n"
     assert logs.previous_path(log).stat().st_mode & 0o777 == 0o600  # logs may hold secrets
 
@@ -190,13 +190,13 @@ def test_cap_size_append_writer_continues_at_the_new_end(log: Path) -> None:
     with no hole of NUL bytes where the old content was."""
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, b"before\n" * 40)
-        assert logs.cap_size(log, max_size=100, keep=1) is True
+        os.write(fd, b"before\n" * 14)
+        assert logs.cap_size(log, max_size=91, keep=1) is True  # 13 of the 14 lines
         os.write(fd, b"after\n")
     finally:
         os.close(fd)
     assert log.read_bytes() == b"after\n"
-    assert logs.previous_path(log).read_bytes() == b"before\n" * 40
+    assert logs.previous_path(log).read_bytes() == b"before\n" * 13
 
 
 def test_cap_size_with_a_real_child_writing(log: Path, foreign: Foreign) -> None:
@@ -213,7 +213,9 @@ def test_cap_size_with_a_real_child_writing(log: Path, foreign: Foreign) -> None
     content = log.read_bytes()
     assert b"\0" not in content  # no NUL hole: O_APPEND wrote at offset 0
     assert content.startswith(b"line ")
-    assert logs.previous_path(log).read_bytes().startswith(b"line 0\n")
+    previous = logs.previous_path(log).read_bytes()
+    assert 0 < len(previous) <= 1000  # the last lines, whole lines only
+    assert previous.startswith(b"line ") and previous.endswith(b"\n")
 
 
 def test_cap_size_never_follows_a_symlink(log: Path, tmp_path: Path) -> None:
@@ -324,3 +326,42 @@ def test_follow_stops_when_asked(log: Path) -> None:
     lines = logs.follow(log, poll=0.01, stop=stop.is_set)
     stop.set()
     assert list(lines) == []
+
+
+# --- bounded work and bounded history ---------------------------------------------------------
+
+def test_rotate_and_cap_with_a_huge_keep_do_not_loop_per_number(log: Path) -> None:
+    """keep=10**12 used to loop 10**12 times (days at 100 % CPU): work now follows the
+    files present. Run on a thread so a regression fails the test instead of hanging it."""
+    logs.previous_path(log, 1).write_text("older\n")
+    log.write_text("x" * 300)
+    done = threading.Event()
+
+    def work() -> None:
+        logs.rotate(log, 10**12)
+        log.write_text("y" * 300)
+        logs.cap_size(log, max_size=100, keep=10**12)
+        done.set()
+
+    threading.Thread(target=work, daemon=True).start()
+    assert done.wait(10), "rotate/cap_size still looping"
+    assert names(log.parent) == ["api.log", "api.log.1", "api.log.2", "api.log.3"]
+    assert logs.previous_path(log, 3).read_text() == "older\n"
+
+
+def test_rotate_of_a_huge_log_keeps_only_its_last_max_size_bytes(log: Path) -> None:
+    """At respawn, a live log the capper could not keep small is not renamed whole into the
+    history: `.log.1` gets its last `max_size` bytes (whole lines) and nothing more."""
+    log.write_bytes(b"old line\n" * 1000)  # 9000 bytes
+    logs.rotate(log, keep=2, max_size=95)
+    previous = logs.previous_path(log, 1).read_bytes()
+    assert previous == b"old line\n" * 10  # 90 of the last 95 bytes: whole lines only
+    assert log.read_bytes() == b""
+
+
+def test_rotate_of_a_small_log_is_a_rename(log: Path) -> None:
+    log.write_bytes(b"small\n")
+    inode = log.stat().st_ino
+    logs.rotate(log, keep=2, max_size=1000)
+    assert logs.previous_path(log, 1).stat().st_ino == inode
+    assert not log.exists()

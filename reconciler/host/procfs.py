@@ -206,6 +206,84 @@ def iter_stats() -> Iterator[Stat]:
             yield stat
 
 
+# --- /proc/<pid>/environ ---------------------------------------------------------------------
+
+ENVIRON_MAX = 128 * 1024  # environ can be huge (up to the arg limit); a marker sits near the top
+# The kernel fills a read of environ up to its size (page by page), so a short read is its end.
+_ENVIRON_FIRST = 16 * 1024
+
+
+def parse_environ_var(raw: bytes, name: bytes) -> str | None:
+    """The value of `name` in a NUL-separated environ block, or None. The FIRST occurrence
+    wins, as getenv() sees it; a truncated last entry (bounded read) is not trusted."""
+    key = name + b"="
+    if raw.startswith(key):
+        start = len(key)
+    else:
+        at = raw.find(b"\0" + key)  # after a NUL: "X=RECONCILER_JOB_ID=…" is X's value
+        if at < 0:
+            return None
+        start = at + 1 + len(key)
+    end = raw.find(b"\0", start)
+    if end < 0:
+        if len(raw) >= ENVIRON_MAX:
+            return None  # cut off by the bounded read: the value may be longer
+        end = len(raw)
+    return raw[start:end].decode(_FS_ENCODING, "replace")
+
+
+def _read_bounded(fd: int, limit: int) -> bytes:
+    chunks = []
+    size = 0
+    while size < limit and (chunk := os.read(fd, min(65536, limit - size))):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def read_environ_var(pid: int, name: str) -> str | None:
+    """One variable of another process's initial environment (what it was exec'd with, not
+    later setenv()s), or None when it is unset, the process is gone or a zombie, or not ours
+    to read (EACCES as non-root). At most ENVIRON_MAX bytes are read. Evidence only: a
+    process can exec itself with any environment, so verify identity before acting."""
+    try:
+        fd = os.open(f"{PROC}/{int(pid)}/environ", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        raw = os.read(fd, _ENVIRON_FIRST)  # most environments fit: one read, no EOF read
+        if len(raw) == _ENVIRON_FIRST:
+            raw += _read_bounded(fd, ENVIRON_MAX - _ENVIRON_FIRST)
+    except OSError:  # ESRCH, EACCES at read time (ptrace check), EIO …
+        return None
+    finally:
+        os.close(fd)
+    return parse_environ_var(raw, os.fsencode(name))
+
+
+def read_process_environ(pid: int, name: str) -> tuple[Stat, tuple[str, ...], str | None] | None:
+    """stat, cmdline and one environ variable of the SAME process (one dir fd), or None if
+    it is gone: what a membership check needs to act on a consistent snapshot."""
+    with _proc_dir(pid) as dir_fd:
+        if dir_fd is None:
+            return None
+        stat = _stat_at(dir_fd)
+        raw_cmdline = _read_at(dir_fd, "cmdline")
+        if stat is None or raw_cmdline is None:
+            return None
+        try:
+            fd = os.open("environ", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError:
+            return stat, parse_cmdline(raw_cmdline), None
+        try:
+            raw = _read_bounded(fd, ENVIRON_MAX)
+        except OSError:  # not ours to read, or gone while we read: no evidence either way
+            raw = b""
+        finally:
+            os.close(fd)
+        return stat, parse_cmdline(raw_cmdline), parse_environ_var(raw, os.fsencode(name))
+
+
 # --- /proc/<pid>/fd --------------------------------------------------------------------------
 
 

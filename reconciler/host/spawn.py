@@ -41,6 +41,10 @@ _FALLBACK_POLL_SECONDS = 0.02  # only where the kernel has no pidfds
 _GATE = ('ulimit -S -n "$1" 2>/dev/null; shift; '
          'read -r _ || exit 125; exec "$@" </dev/null')
 GATE_ARGV0 = "reconciler-gate"
+# Inherited by every process of a job, across forks, setsid and exec: how a job's members are
+# found again after they leave its session (host/members.py). Set last, so a spec's env
+# cannot forge or hide it.
+JOB_ID_VAR = "RECONCILER_JOB_ID"
 
 
 def minimal_env(extra: Mapping[str, str]) -> dict[str, str]:
@@ -142,13 +146,20 @@ class Children:
 
     def spawn(self, argv: Sequence[str], *, cwd: str | os.PathLike[str] | None,
               env: Mapping[str, str], log_path: str | os.PathLike[str],
-              enroll: Callable[[Identity], None] | None = None) -> Identity:
-        """Start `argv` in a new session with stdout+stderr appended to `log_path`.
+              enroll: Callable[[Identity], None] | None = None,
+              job_id: str | None = None) -> Identity:
+        """Start `argv` in a new session with stdout+stderr appended to `log_path`, and
+        `RECONCILER_JOB_ID=job_id` in its environment when a job id is given.
 
         `enroll(identity)` runs after the process exists and before it runs `argv` (see the
         module docstring); if it raises, the command never runs and the error propagates.
         Returns once the gate is open (or raises SpawnError)."""
         argv = [os.fspath(a) for a in argv]
+        env = dict(env)
+        if job_id is not None:
+            if not job_id or "\0" in job_id:
+                raise SpawnError(f"invalid job id {job_id!r}")
+            env[JOB_ID_VAR] = job_id
         cwd_str = os.fspath(cwd) if cwd is not None else None
         if not argv:
             raise SpawnError("empty command")
@@ -164,7 +175,7 @@ class Children:
         try:
             gate = ["/bin/sh", "-c", _GATE, GATE_ARGV0, str(child_fd_limit())]
             popen = subprocess.Popen([*gate, *argv], cwd=cwd_str,
-                                     env=dict(env), stdin=gate_read, stdout=log_fd,
+                                     env=env, stdin=gate_read, stdout=log_fd,
                                      stderr=subprocess.STDOUT, start_new_session=True,
                                      close_fds=True)
         except OSError as err:

@@ -1,0 +1,87 @@
+"""A job's members: every live process that carries its `RECONCILER_JOB_ID`.
+
+Sessions and process groups lose a daemon that double-forks (fork, setsid, fork, parents
+exit): it is in a new session, reparented to init, and no longer our child. Its environment
+still carries the job id we put into the first process (host/spawn.py), because environments
+are inherited across fork and exec. So membership is read from /proc/<pid>/environ.
+
+That is evidence, not proof: a process can exec itself with another environment (then it
+escapes, as with systemd's KillMode=process), and anyone may start a process with a forged
+variable. Results therefore carry full identities (boot id, pid, start time), and a caller
+must still verify the identity (pidfd) before it signals anything, and should only ever
+signal members of a job it owns. Only the initial environment is visible (what the process
+was exec'd with), which is exactly what children inherit at fork.
+
+Cost: one open + one read per process for the scan, and a full snapshot (stat, cmdline,
+environ through one /proc dir fd) only for the few that match. Processes of other users are
+unreadable as non-root (EACCES at open): they are skipped, and cannot be our members unless
+a job changed its uid, which we never do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Iterable
+
+from reconciler.host import procfs
+from reconciler.host.identity import Identity
+from reconciler.host.observed import ProcInfo
+from reconciler.host.spawn import JOB_ID_VAR
+
+
+def job_members(job_id: str, *, candidates: Iterable[int] | None = None) -> list[ProcInfo]:
+    """Live, non-zombie processes whose environment has RECONCILER_JOB_ID == job_id,
+    sorted by pid. `candidates` limits the scan (default: every process). Never includes
+    pid 1, the caller, or the caller's ancestors."""
+    return scan_members({job_id}, candidates=candidates).get(job_id, [])
+
+
+def scan_members(job_ids: Collection[str] | None = None, *,
+                 candidates: Iterable[int] | None = None) -> dict[str, list[ProcInfo]]:
+    """One pass over /proc for many jobs at once: {job id: members}, each list sorted by
+    pid. With `job_ids=None`, every process carrying any job id is returned (e.g. to find
+    processes of jobs we no longer know). Cost is one scan whatever the number of jobs."""
+    wanted = None if job_ids is None else frozenset(job_ids)
+    excluded = _self_and_ancestors()
+    found: dict[str, list[ProcInfo]] = {}
+    pids = procfs.iter_pids() if candidates is None else candidates
+    for pid in pids:
+        if pid <= 1 or pid in excluded:
+            continue
+        value = procfs.read_environ_var(pid, JOB_ID_VAR)  # the cheap filter
+        if value is None or (wanted is not None and value not in wanted):
+            continue
+        info = _member(pid, value)
+        if info is not None:
+            found.setdefault(value, []).append(info)
+    for members in found.values():
+        members.sort(key=lambda m: m.pid)
+    return found
+
+
+def _member(pid: int, job_id: str) -> ProcInfo | None:
+    """The process again, read as one snapshot through one dir fd: the pid may have been
+    recycled since the filter read its environ, and then the new process must carry the job
+    id too to count."""
+    snapshot = procfs.read_process_environ(pid, JOB_ID_VAR)
+    if snapshot is None:
+        return None
+    stat, cmdline, value = snapshot
+    if stat.zombie or value != job_id:
+        return None
+    return ProcInfo(identity=Identity(procfs.read_boot_id(), pid, stat.starttime),
+                    cmdline=cmdline, session=stat.session, pgrp=stat.pgrp)
+
+
+def _self_and_ancestors() -> frozenset[int]:
+    """Never report ourselves or a process we descend from (a reconciler run as a job of
+    another one inherits that job's id): the caller must never signal them."""
+    pids = {os.getpid()}
+    pid = os.getppid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        stat = procfs.read_stat(pid)
+        if stat is None:
+            break
+        pid = stat.ppid
+    return frozenset(pids)
