@@ -19,10 +19,10 @@ from reconciler.desired import Desired, ResolvedCache, build_desired
 from reconciler.execute import Executor, Outcome
 from reconciler.host.identity import Identity
 from reconciler.host.limits import raise_fd_limit
+from reconciler.host.members import job_processes
 from reconciler.host.observe import observe
 from reconciler.host.observed import Observed, ProcInfo
 from reconciler.host.proccache import ProcCache
-from reconciler.host.procs import job_members
 from reconciler.host.spawn import Children
 from reconciler.plan import KILL_GRACE_SECONDS, Plan, Step, plan, plan_down, plan_restart
 from reconciler.settings import Settings
@@ -338,7 +338,7 @@ def members_to_sweep(records: list[JobRecord],
         clean = reaped is None or reaped.identity != job.identity or reaped.returncode == 0
         if job.phase == "stopping" or (job.process and clean):
             by_environ.append(job.id)
-    return job_members(leaders, by_environ=by_environ) if leaders else {}
+    return job_processes(leaders, by_environ=by_environ) if leaders else {}
 
 
 def with_health(observed: Observed, health: HealthResults | None) -> Observed:

@@ -25,6 +25,7 @@ from reconciler.controller import PassResult, Reconciler
 from reconciler.desired import Desired
 from reconciler.health import HealthMonitor, ProbeTarget
 from reconciler.host.exits import ExitWatcher
+from reconciler.logcap import LogCapper, LogTarget
 from reconciler.settings import Settings
 from reconciler.state.lock import LockTimeout
 from reconciler.state.records import JobRecord
@@ -60,6 +61,7 @@ class Daemon:
         self.watcher = SpecWatcher(settings.specs_dir, self.kick, step_ms=50)
         self.exits = ExitWatcher(lambda _identity: self.kick())
         self.health = HealthMonitor(self.kick)
+        self.logcap = LogCapper()
 
     def kick(self) -> None:
         self.wake.set()
@@ -135,6 +137,7 @@ class Daemon:
         running = [j for j in result.jobs if j.identity is not None]
         self.exits.sync(j.identity for j in running if j.identity is not None)
         self.health.sync(_probe_targets(result.desired, running))
+        self.logcap.sync(_log_targets(result.desired, running))
         due = result.next_due()
         if due is not None:
             self._kick_at(due, "due")
@@ -163,11 +166,13 @@ class Daemon:
         self.watcher.start()
         self.exits.start()
         self.health.start()
+        self.logcap.start()
 
     def _stop_triggers(self) -> None:
         self.watcher.stop()
         self.exits.stop()
         self.health.stop()
+        self.logcap.stop()
         self.scheduler.shutdown(wait=False)
 
 
@@ -191,3 +196,11 @@ def _probe_targets(desired: Desired, running: list[JobRecord]) -> list[ProbeTarg
                                    env=dict(action.env),
                                    started_at=job.started_at or 0.0))
     return targets
+
+
+def _log_targets(desired: Desired, running: list[JobRecord]) -> list[LogTarget]:
+    """The live logs of running jobs, each held to its spec's `logs` limits between passes
+    (a process writing 100 MB/s fills its cap in a tenth of a second)."""
+    by_key = {a.key: a for a in desired.actions}
+    return [LogTarget(action.log_path, action.spec.logs.max_size, action.spec.logs.keep)
+            for job in running if (action := by_key.get(job.key)) is not None]

@@ -23,12 +23,23 @@ from reconciler import logs
 from reconciler.backoff import retry_delay
 from reconciler.host import pidfile, procs, sockets
 from reconciler.host.identity import Identity
+from reconciler.host.members import job_processes
 from reconciler.host.observed import ProcInfo
+from reconciler.host.pidfile import PidfileRefused
 from reconciler.host.spawn import Children, SpawnError
-from reconciler.plan import MIN_START_INTERVAL, Adopt, Cleanup, Record, Spawn, Step, Stop
+from reconciler.plan import (
+    BLOCKED_RECHECK_SECONDS,
+    MIN_START_INTERVAL,
+    Adopt,
+    Cleanup,
+    Record,
+    Spawn,
+    Step,
+    Stop,
+)
 from reconciler.redact import redact_argv
 from reconciler.state import enrollment
-from reconciler.state.records import Enrollment, Event, JobRecord
+from reconciler.state.records import BlockedBy, Enrollment, Event, JobRecord
 from reconciler.text import printable
 
 log = logging.getLogger(__name__)
@@ -99,7 +110,7 @@ class Executor:
                    if isinstance(s, Stop) and s.scope == "session" and s.job is not None}
         if not leaders:
             return {}
-        return procs.job_members(leaders, by_environ=leaders)
+        return job_processes(leaders, by_environ=leaders)
 
     def _spawn_all(self, steps: Sequence[Spawn], out: Outcome) -> None:
         """Start several jobs at once, recording them in plan order.
@@ -163,7 +174,7 @@ class Executor:
     def _spawn(self, step: Spawn, out: Outcome) -> None:
         self._record_start(step, *self._start(step), out)
 
-    def _start(self, step: Spawn) -> tuple[float, Identity | SpawnError]:
+    def _start(self, step: Spawn) -> tuple[float, Identity | SpawnError | PidfileRefused]:
         """The effects of a spawn, and nothing that touches the outcome (so several can run
         on worker threads): rotate the log, start behind the gate, enroll."""
         action, now = step.action, self.clock()
@@ -184,7 +195,9 @@ class Executor:
             return now, self.children.spawn(list(action.argv), cwd=action.cwd,
                                             env=dict(action.env), log_path=log_path,
                                             enroll=enroll, job_id=step.job.id)
-        except SpawnError as err:
+        except (SpawnError, pidfile.PidfileRefused) as err:
+            if isinstance(err, pidfile.PidfileRefused):
+                enrollment.unenroll(self.run_dir, step.job.id)
             return now, err
         except OSError as err:  # e.g. the pidfile cannot be written: the command never ran
             enrollment.unenroll(self.run_dir, step.job.id)
@@ -194,8 +207,11 @@ class Executor:
             enrollment.unenroll(self.run_dir, step.job.id)
             return now, SpawnError(f"internal error: {type(err).__name__}: {err}")
 
-    def _record_start(self, step: Spawn, now: float, result: Identity | SpawnError,
-                      out: Outcome) -> None:
+    def _record_start(self, step: Spawn, now: float,
+                      result: Identity | SpawnError | PidfileRefused, out: Outcome) -> None:
+        if isinstance(result, PidfileRefused):
+            self._pidfile_refused(step, result, now, out)
+            return
         if isinstance(result, SpawnError):
             self._spawn_failed(step, str(result), now, out)
             return
@@ -205,6 +221,20 @@ class Executor:
         job = replace(step.job.with_identity(result), phase=phase, ready=False,
                       started_at=now, updated_at=now, reason=step.reason)
         out.job(job, "spawn", step.reason, pid=result.pid, argv=redact_argv(step.action.argv))
+
+    def _pidfile_refused(self, step: Spawn, err: PidfileRefused, now: float,
+                         out: Outcome) -> None:
+        """Something that is not our pidfile sits where the spec says it goes: never
+        overwritten, so the job cannot start until an operator moves it. Blocked, looked at
+        again like any blocked job (at most every BLOCKED_RECHECK_SECONDS)."""
+        attempts = step.job.consecutive_failures + 1 if step.job.phase == "blocked" else 1
+        delay = min(retry_delay(attempts, step.action.spec.backoff, step.job.id),
+                    BLOCKED_RECHECK_SECONDS)
+        blocked = (BlockedBy(err.path, None, err.reason),)
+        job = replace(step.job.with_identity(None), phase="blocked", failure_class="spawn-error",
+                      consecutive_failures=attempts, next_start_at=now + delay,
+                      blocked_by=blocked, updated_at=now, reason=f"blocked: {err}")
+        out.job(job, "blocked", f"{job.reason}, retry in {delay:.1f}s")
 
     def _spawn_failed(self, step: Spawn, error: str, now: float, out: Outcome) -> None:
         failures = step.job.consecutive_failures + 1

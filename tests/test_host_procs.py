@@ -99,9 +99,9 @@ def test_protected_pids_are_never_signalled() -> None:
 
 def test_own_session_is_never_swept() -> None:
     boot = procfs.read_boot_id()
-    assert not procs._session_still_ours(Identity(boot, os.getsid(0), 0))
+    assert not procs.session_still_ours(Identity(boot, os.getsid(0), 0))
     parent = identity_of(os.getppid())
-    assert parent is not None and not procs._session_still_ours(parent)
+    assert parent is not None and not procs.session_still_ours(parent)
 
 
 # --- identity checks before signalling -------------------------------------------------------

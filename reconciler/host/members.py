@@ -21,11 +21,12 @@ a job changed its uid, which we never do.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 from reconciler.host import procfs
-from reconciler.host.identity import Identity
+from reconciler.host.identity import Identity, proc_info
 from reconciler.host.observed import ProcInfo
+from reconciler.host.procs import self_and_ancestors, session_still_ours
 from reconciler.host.spawn import JOB_ID_VAR
 
 
@@ -42,7 +43,7 @@ def scan_members(job_ids: Collection[str] | None = None, *,
     pid. With `job_ids=None`, every process carrying any job id is returned (e.g. to find
     processes of jobs we no longer know). Cost is one scan whatever the number of jobs."""
     wanted = None if job_ids is None else frozenset(job_ids)
-    excluded = _self_and_ancestors()
+    excluded = self_and_ancestors()
     found: dict[str, list[ProcInfo]] = {}
     pids = procfs.iter_pids() if candidates is None else candidates
     for pid in pids:
@@ -73,15 +74,46 @@ def _member(pid: int, job_id: str) -> ProcInfo | None:
                     cmdline=cmdline, session=stat.session, pgrp=stat.pgrp)
 
 
-def _self_and_ancestors() -> frozenset[int]:
-    """Never report ourselves or a process we descend from (a reconciler run as a job of
-    another one inherits that job's id): the caller must never signal them."""
-    pids = {os.getpid()}
-    pid = os.getppid()
-    while pid > 1 and pid not in pids:
-        pids.add(pid)
-        stat = procfs.read_stat(pid)
-        if stat is None:
-            break
-        pid = stat.ppid
-    return frozenset(pids)
+def job_processes(leaders: Mapping[str, Identity], *,
+                  by_environ: Iterable[str] = ()) -> dict[str, tuple[ProcInfo, ...]]:
+    """What runs of each job (job id → its main process's identity), except a live main
+    process itself, in one walk over /proc: the main process's session (while that session
+    is provably still the job's, see `procs.session_still_ours`) and, for the jobs named in
+    `by_environ`, every process carrying the job's id. Reading environments costs a read
+    per process, so a pass asks for it only where a member may have left the session (a
+    stop, or a main process that exited well and may have daemonized)."""
+    sessions = {leader.pid: job_id for job_id, leader in leaders.items()
+                if session_still_ours(leader)}
+    wanted = frozenset(by_environ)
+    if not sessions and not wanted:
+        return {}
+    excluded = self_and_ancestors()
+    found: dict[str, list[ProcInfo]] = {}
+    for pid in procfs.iter_pids():
+        if pid <= 1 or pid in excluded:
+            continue
+        info = _session_member(pid, sessions) or _marked_member(pid, wanted)
+        if info is not None and info[1].identity != leaders[info[0]]:
+            found.setdefault(info[0], []).append(info[1])
+    return {job_id: tuple(procs) for job_id, procs in found.items()}
+
+
+def _session_member(pid: int, sessions: Mapping[int, str]) -> tuple[str, ProcInfo] | None:
+    try:
+        job_id = sessions.get(os.getsid(pid))
+    except OSError:  # gone, or a security module said no
+        return None
+    info = proc_info(pid) if job_id is not None else None
+    if job_id is None or info is None or info.session != os.getsid(pid):
+        return None
+    return job_id, info
+
+
+def _marked_member(pid: int, wanted: frozenset[str]) -> tuple[str, ProcInfo] | None:
+    if not wanted:
+        return None
+    job_id = procfs.read_environ_var(pid, JOB_ID_VAR)
+    if job_id is None or job_id not in wanted:
+        return None
+    info = _member(pid, job_id)
+    return (job_id, info) if info is not None else None

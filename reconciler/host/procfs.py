@@ -400,25 +400,3 @@ def read_net_tcp() -> list[TcpEntry]:
         entries.extend(parse_net_tcp(text))
     return entries
 
-
-ENVIRON_READ_LIMIT = 128 * 1024  # an environment can be huge; ours sits early in it
-
-
-def read_environ_var(pid: int, name: str) -> str | None:
-    """One variable of /proc/<pid>/environ (NUL-separated), or None when unreadable or unset.
-    A process can rewrite or clear its environment: this is evidence, not identity."""
-    try:
-        fd = os.open(f"/proc/{pid}/environ", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        raw = os.read(fd, ENVIRON_READ_LIMIT)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    prefix = name.encode() + b"="
-    for item in raw.split(b"\0"):
-        if item.startswith(prefix):
-            return item[len(prefix):].decode(errors="replace")
-    return None

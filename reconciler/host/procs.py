@@ -19,7 +19,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from reconciler.host import procfs
@@ -42,7 +42,7 @@ class StopResult:
 # --- safety ----------------------------------------------------------------------------------
 
 
-def _self_and_ancestors() -> set[int]:
+def self_and_ancestors() -> set[int]:
     """Walked afresh each time: our parent can change (re-parenting when it dies)."""
     chain: set[int] = set()
     pid = os.getpid()
@@ -58,7 +58,7 @@ def _self_and_ancestors() -> set[int]:
 def is_protected(pid: int) -> bool:
     """Killing init, ourselves or whatever supervises us would turn a cleanup into an
     outage, whatever a stale record claims."""
-    return pid <= 1 or pid in _self_and_ancestors()
+    return pid <= 1 or pid in self_and_ancestors()
 
 
 # --- pidfds ----------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ def session_members(sid: int) -> list[ProcInfo]:
     return members
 
 
-def _session_still_ours(leader: Identity) -> bool:
+def session_still_ours(leader: Identity) -> bool:
     """May the session named by `leader.pid` be swept?
 
     Refused when the record is from another boot, when the session is our own (or init's)
@@ -251,12 +251,12 @@ def stop_session(leader: Identity, sig: int, timeout: float) -> StopResult:
     Residual risk: membership is decided by the session id in /proc/<pid>/stat. Linux does
     not hand out a pid while it is still in use as a session (or group) id, so while any
     member lives, no unrelated process can have `sid == leader.pid`; once the session is
-    empty the pid may be reused, which `_session_still_ours` detects by the leader pid's
+    empty the pid may be reused, which `session_still_ours` detects by the leader pid's
     start time before every round. A descendant that called setsid() itself has left the
     job for good and is not found here (as with systemd's scope-less services).
     """
     result = StopResult()
-    if not _session_still_ours(leader):
+    if not session_still_ours(leader):
         return result
     stat = procfs.read_stat(leader.pid)
     if stat is not None and not stat.zombie and stat.session != leader.pid:
@@ -275,7 +275,7 @@ def stop_session(leader: Identity, sig: int, timeout: float) -> StopResult:
 
 def _sweepable(sid: int, result: StopResult) -> list[Identity]:
     """Members of the session that we may signal; protected ones are noted as refused."""
-    protected = _self_and_ancestors()
+    protected = self_and_ancestors()
     members = []
     for member in session_members(sid):
         if member.pid in protected:
@@ -291,7 +291,7 @@ def _kill_session(leader: Identity, result: StopResult) -> tuple[list[int], list
     re-scans, so children forked by a dying member are caught too."""
     deadline = time.monotonic() + KILL_WAIT_SECONDS
     killed: set[int] = set()
-    while _session_still_ours(leader):
+    while session_still_ours(leader):
         members = _sweepable(leader.pid, result)
         remaining = deadline - time.monotonic()
         if not members or remaining <= 0:
@@ -326,9 +326,9 @@ def signal_job(leader: Identity, members: Iterable[Identity], sig: int) -> StopR
     result = StopResult()
     targets: dict[int, Identity] = {leader.pid: leader}  # verified (or skipped) when signalled
     targets.update((m.pid, m) for m in members)
-    if _session_still_ours(leader):
+    if session_still_ours(leader):
         targets.update((m.pid, m) for m in _sweepable(leader.pid, result))
-    protected = _self_and_ancestors()
+    protected = self_and_ancestors()
     for target in targets.values():
         if target.pid in protected:
             if target.pid not in result.refused:
@@ -338,46 +338,3 @@ def signal_job(leader: Identity, members: Iterable[Identity], sig: int) -> StopR
     _continue([targets[pid] for pid in result.signalled], sig)
     return result
 
-
-JOB_ID_VAR = "RECONCILER_JOB_ID"  # in every spawned process's environment (host/spawn.py)
-
-
-def job_members(leaders: Mapping[str, Identity], *,
-                by_environ: Iterable[str] = ()) -> dict[str, tuple[ProcInfo, ...]]:
-    """The live processes of each job (job id → main process identity), except a live main
-    process itself, in one walk over /proc.
-
-    Membership: the session of the main process (while that session is provably still the
-    job's, see `_session_still_ours`), and for jobs named in `by_environ` also every process
-    carrying `RECONCILER_JOB_ID=<job id>`: a daemon that double-forked and called setsid()
-    left the session but kept its environment. Reading every environ costs a file read per
-    process, so only jobs whose main process may have daemonized ask for it.
-    """
-    sessions = {leader.pid: job_id for job_id, leader in leaders.items()
-                if _session_still_ours(leader)}
-    wanted = set(by_environ)
-    protected = _self_and_ancestors()
-    found: dict[str, list[ProcInfo]] = {job_id: [] for job_id in leaders}
-    if not sessions and not wanted:
-        return {}
-    for pid in procfs.iter_pids():
-        if pid in protected:
-            continue
-        job_id = _member_of(pid, sessions, wanted)
-        if job_id is None:
-            continue
-        info = proc_info(pid)
-        if info is not None and info.identity != leaders[job_id]:
-            found[job_id].append(info)
-    return {job_id: tuple(procs) for job_id, procs in found.items() if procs}
-
-
-def _member_of(pid: int, sessions: Mapping[int, str], wanted: set[str]) -> str | None:
-    try:
-        job_id = sessions.get(os.getsid(pid))
-    except OSError:
-        return None
-    if job_id is None and wanted:
-        marked = procfs.read_environ_var(pid, JOB_ID_VAR)
-        job_id = marked if marked in wanted else None
-    return job_id
