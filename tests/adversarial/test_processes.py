@@ -1,0 +1,119 @@
+"""Adversarial processes: daemons that fork into the background, pidfile paths that point
+at files that are not pidfiles. Real processes, real files, a real reconciler."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from reconciler.controller import Reconciler
+from reconciler.host.identity import identity_of
+from reconciler.host.members import job_members, job_processes
+from reconciler.settings import Settings
+from tests.helpers import wait_for
+from tests.test_reconcile import PY, job, write_sleeper, write_spec
+
+# A classic daemon: fork, setsid, fork again, both parents exit 0; the grandchild serves.
+DOUBLE_FORK = (
+    "import os,sys,time\n"
+    "if os.fork(): os._exit(0)\n"
+    "os.setsid()\n"
+    "if os.fork(): os._exit(0)\n"
+    "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+    "while True: time.sleep(3600)\n"
+)
+
+
+def daemons_of(job_id: str) -> list[int]:
+    """Every live process carrying the job's id, wherever it went."""
+    return [p.pid for p in job_members(job_id)]
+
+
+def test_a_double_forking_daemon_is_followed_not_multiplied(
+        settings: Settings, reconciler: Reconciler, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    pidfile = tmp_path / "daemon.pid"
+    write_spec(settings.specs_dir, "d.yaml", f"""\
+    name: d
+    actions:
+      - name: main
+        process: true
+        cmd: {json.dumps([PY, "-c", DOUBLE_FORK, str(pidfile)])}
+    """)
+    write_sleeper(settings.specs_dir, "other")
+    reconciler.reconcile()
+    served = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(),
+                          message="the daemon wrote its pid"))
+
+    def followed() -> bool:
+        reconciler.reconcile()
+        return job(settings, capsys, "d.main")["pid"] == served
+
+    wait_for(followed, message="the job follows the daemon")
+    row = job(settings, capsys, "d.main")
+    for _ in range(5):  # passes later, still that one instance and no restart
+        reconciler.reconcile()
+    assert daemons_of(str(row["job_id"])) == [served]
+    assert job(settings, capsys, "d.main")["restart_count"] == 0
+    kinds = [e.kind for _, e in reconciler.store.events(service="d")]
+    assert "daemonized" in kinds
+    reconciler.down(frozenset({("d", None)}))
+    assert daemons_of(str(row["job_id"])) == []
+    assert identity_of(served) is None
+    assert job(settings, capsys, "d.main")["phase"] == "stopped"
+
+
+def test_down_leaves_no_process_carrying_the_job_id_whatever_its_session(
+        settings: Settings, reconciler: Reconciler, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The main process keeps running, and a child escaped into a session of its own."""
+    escapee = tmp_path / "escapee.pid"
+    code = ("import os,sys,time\n"
+            "if os.fork() == 0:\n"
+            "    os.setsid(); open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+            "    while True: time.sleep(3600)\n"
+            "while True: time.sleep(3600)\n")
+    write_spec(settings.specs_dir, "e.yaml", f"""\
+    name: e
+    actions:
+      - name: main
+        process: true
+        cmd: {json.dumps([PY, "-c", code, str(escapee)])}
+    """)
+    assert reconciler.converge(wait=20).converged
+    wait_for(escapee.exists, message="the escapee started")
+    row = job(settings, capsys, "e.main")
+    leader = identity_of(int(row["pid"]))  # type: ignore[arg-type]
+    assert leader is not None
+    assert len(daemons_of(str(row["job_id"]))) == 2
+    assert job_processes({str(row["job_id"]): leader}, by_environ=[str(row["job_id"])])
+    reconciler.down()
+    assert daemons_of(str(row["job_id"])) == []
+
+
+def test_a_pidfile_path_holding_other_content_is_never_overwritten(
+        settings: Settings, reconciler: Reconciler, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`pidfile:` naming an existing file that is not a pidfile (as `/etc/passwd` would be
+    for root): the file is untouched and the job is blocked, saying why."""
+    precious = tmp_path / "precious.conf"
+    precious.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    write_spec(settings.specs_dir, "p.yaml", f"""\
+    name: p
+    actions:
+      - name: main
+        process: true
+        cmd: {json.dumps([PY, "-c", "import time; time.sleep(3600)"])}
+        pidfile: {precious}
+    """)
+    write_sleeper(settings.specs_dir, "other")
+    reconciler.reconcile()
+    row = job(settings, capsys, "p.main")
+    assert row["phase"] == "blocked" and row["pid"] is None
+    assert "refusing to overwrite" in str(row["reason"])
+    assert precious.read_text() == "root:x:0:0:root:/root:/bin/bash\n"
+    assert job(settings, capsys, "other.main")["pid"]
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("precious.conf.")]  # no temp left
