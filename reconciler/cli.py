@@ -37,7 +37,7 @@ from reconciler.state.lock import DaemonLock, LockTimeout
 from reconciler.state.records import JobRecord
 from reconciler.state.repair import repair
 from reconciler.state.store import Store, is_damage
-from reconciler.text import printable
+from reconciler.text import PrintableFormatter, printable
 
 EXIT_OK, EXIT_CHANGES, EXIT_ERROR = 0, 1, 2
 EXIT_PIPE = 128 + 13  # SIGPIPE: what `yes | head -1` reports for `yes`
@@ -205,8 +205,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     prepare_state_dir(settings, rebind=rebind_of(args))
     with DaemonLock(settings.daemon_lock_path):
         bind(settings, rebind_of(args), daemon=True)
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(message)s")
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
         daemon = Daemon(settings, allow_empty=args.allow_empty, resync=resync)
         daemon.install_signal_handlers()
         return daemon.run()

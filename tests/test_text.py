@@ -1,4 +1,6 @@
-from reconciler.text import printable
+import logging
+
+from reconciler.text import PrintableFormatter, printable
 
 
 def test_control_characters_are_escaped() -> None:
@@ -7,3 +9,12 @@ def test_control_characters_are_escaped() -> None:
 
 def test_plain_text_is_unchanged() -> None:
     assert printable("web.api: exited 1 — ünïcode ok") == "web.api: exited 1 — ünïcode ok"
+
+
+def test_a_log_record_is_always_one_line() -> None:
+    """The daemon's log handler escapes what specs and processes put into a message, so a
+    value with a newline cannot forge a second log line."""
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "spawn %s: %s",
+                               ("web\nFAKE 00:00 INFO all good", "exit\x1b[2J"), None)
+    line = PrintableFormatter("%(levelname)s %(message)s").format(record)
+    assert line == "ERROR spawn web\\nFAKE 00:00 INFO all good: exit\\x1b[2J"
