@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from reconciler.text import printable
+
 SECRET_NAME = re.compile(r"(?i)(token|passw(or)?d|secret|key)")
 MASK = "***"
 _ASSIGNMENT = re.compile(r"^(['\"]?-{0,2}[A-Za-z_][A-Za-z0-9_.-]*)=(.*)$", re.S)
@@ -37,7 +39,7 @@ def redact_argv(argv: Iterable[str]) -> list[str]:
 def command_line(argv: Iterable[str], limit: int = 120) -> str:
     """A command as operators see it in reasons, events and `blocked_by`: redacted, on one
     line, and short enough for a table."""
-    text = " ".join(" ".join(redact_argv(argv)).split())
+    text = printable(" ".join(" ".join(redact_argv(argv)).split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

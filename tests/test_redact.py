@@ -26,3 +26,10 @@ def test_process_descriptions_in_reasons_are_redacted_and_one_line() -> None:
 
     proc = ProcInfo(Identity("b", 77, 1), ("app", "--password=hunter2", "x\ny"), 77, 77)
     assert proc.describe() == f"pid 77 (app --password={MASK} x y)"
+
+
+def test_a_command_line_shown_to_an_operator_has_no_control_characters() -> None:
+    from reconciler.redact import command_line
+
+    assert command_line(["sh", "-c", "printf '\x1b[2J'; echo\x07 done"]) == \
+        "sh -c printf '\\x1b[2J'; echo\\x07 done"
