@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reconciler.redact import MASK, redact_argv
+from reconciler.redact import MASK, command_line, redact_argv
 
 
 def test_assignments_flags_and_shell_words_are_masked() -> None:
@@ -29,7 +29,5 @@ def test_process_descriptions_in_reasons_are_redacted_and_one_line() -> None:
 
 
 def test_a_command_line_shown_to_an_operator_has_no_control_characters() -> None:
-    from reconciler.redact import command_line
-
     assert command_line(["sh", "-c", "printf '\x1b[2J'; echo\x07 done"]) == \
         "sh -c printf '\\x1b[2J'; echo\\x07 done"
