@@ -192,6 +192,8 @@ def _probe_targets(desired: Desired, running: list[JobRecord]) -> list[ProbeTarg
         action = by_key.get(job.key)
         if action is None or action.health is None or action.generation != job.generation:
             continue
+        if job.phase == "stopping":  # going away: its readiness no longer matters
+            continue
         targets.append(ProbeTarget(job_id=job.id, health=action.health, cwd=action.cwd,
                                    env=dict(action.env),
                                    started_at=job.started_at or 0.0))
