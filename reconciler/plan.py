@@ -245,7 +245,7 @@ def _retire(ctx: _Pass, job: JobRecord, then: StopThen, reason: str) -> None:
         phase = _FINAL_PHASE[then]
         final = replace(job.with_identity(None), phase=phase, ready=False, reason=reason,
                         next_start_at=None, blocked_by=(), stop_deadline=None, stop_then=None)
-        ctx.emit(Record(final, phase, reason))
+        ctx.emit(Record(final, "restart" if then == "restart" else phase, reason))
         return
     _begin_stop(ctx, job, then, reason, sig=_stop_signal(job), timeout=_stop_timeout(job),
                 cmd=_cmd_of(proc))
@@ -253,10 +253,9 @@ def _retire(ctx: _Pass, job: JobRecord, then: StopThen, reason: str) -> None:
 
 def _redirect_stop(ctx: _Pass, job: JobRecord, then: StopThen, reason: str) -> JobRecord:
     """A stop is already under way: keep its deadline, change only what follows it. Removal
-    wins over everything (the job's spec is gone), a `down` over a restart."""
-    if job.stop_then == "removed" or (job.stop_then == "stopped" and then == "restart"):
-        return job
-    if job.stop_then == then:
+    wins over everything (the job's spec is gone); otherwise the operator's latest word
+    (`down` or `restart`) does."""
+    if job.stop_then in ("removed", then):
         return job
     updated = replace(job, stop_then=then, reason=reason, updated_at=ctx.now)
     ctx.emit(Record(updated, "stopping", reason))

@@ -524,3 +524,18 @@ def test_nothing_is_pruned_while_a_spec_file_is_still_being_written() -> None:
     assert not any(isinstance(s, Stop) for s in held.steps) and not held.prune_held
     pruned = plan(desired(service("other")), observed(proc(500)), [job], NOW)
     assert any(isinstance(s, Stop) for s in pruned.steps)
+
+
+def test_the_operators_latest_word_decides_what_follows_a_stop_but_removal_wins() -> None:
+    from reconciler.plan import plan_restart
+
+    job = running_job(desired(service()))
+    stopping = plan_down(observed(proc(500)), [job], NOW).steps[0].job  # type: ignore[union-attr]
+    assert stopping.stop_then == "stopped"
+    [record] = plan_restart(observed(proc(500)), [stopping], NOW + 1,
+                            frozenset({("web", None)})).steps
+    assert record.job.stop_then == "restart"  # type: ignore[union-attr]
+    assert record.job.stop_deadline == stopping.stop_deadline  # type: ignore[union-attr]
+    retiring = replace(stopping, stop_then="removed")
+    assert plan_restart(observed(proc(500)), [retiring], NOW + 1,
+                        frozenset({("web", None)})).steps == ()
