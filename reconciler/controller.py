@@ -24,7 +24,15 @@ from reconciler.host.observe import observe
 from reconciler.host.observed import Observed, ProcInfo
 from reconciler.host.proccache import ProcCache
 from reconciler.host.spawn import Children
-from reconciler.plan import KILL_GRACE_SECONDS, Plan, Step, plan, plan_down, plan_restart
+from reconciler.plan import (
+    KILL_GRACE_SECONDS,
+    STOP_POLL_SECONDS,
+    Plan,
+    Step,
+    plan,
+    plan_down,
+    plan_restart,
+)
 from reconciler.settings import Settings
 from reconciler.spec.load import LoadResult, load_specs
 from reconciler.state import statedir
@@ -180,7 +188,10 @@ class Reconciler:
             remaining = deadline - time.monotonic()
             if result.requeue_at is None or remaining <= 0:
                 return Plan(tuple(steps), tuple(notes))
-            self.children.wait(min(max(result.requeue_at - self.clock(), 0.0), remaining))
+            # the processes being stopped are rarely our children (a daemon or an earlier run
+            # started them), so no exit wakes us: look again every STOP_POLL_SECONDS
+            due = max(result.requeue_at - self.clock(), 0.0)
+            self.children.wait(min(due, remaining, STOP_POLL_SECONDS))
 
     def _longest_stop(self) -> float:
         """Long enough for every job to take its whole `stop.timeout`, then SIGKILL."""

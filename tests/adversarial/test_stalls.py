@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,35 @@ def test_a_pidfile_that_cannot_be_written_fails_that_job_only(
     assert bad["phase"] == "backoff" and bad["pid"] is None
     assert "main.pid" in str(bad["reason"])
     assert good["phase"] in ("running", "starting") and good["pid"]
+
+
+# Exits on SIGTERM, but takes a second to shut down, as real services do.
+SLOW_TO_EXIT = ("import signal,sys,time\n"
+                "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1), sys.exit(0)))\n"
+                "while True: time.sleep(3600)\n")
+
+
+def test_down_from_another_controller_returns_once_the_process_is_gone(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """`reconcile down` runs in a process that did not start the job (no exit notification
+    reaches it): it still notices the exit promptly, not at the job's 1 h stop deadline."""
+    write_spec(settings.specs_dir, "calm.yaml", f"""\
+    name: calm
+    actions:
+      - name: main
+        process: true
+        cmd: {json.dumps([PY, "-c", SLOW_TO_EXIT])}
+        stop: {{timeout: 1h}}
+    """)
+    with Reconciler(settings) as starter:
+        assert starter.converge(wait=20).converged
+    done = threading.Event()
+
+    def down() -> None:
+        with Reconciler(settings) as other:
+            other.down()
+        done.set()
+
+    threading.Thread(target=down, daemon=True).start()
+    assert done.wait(timeout=20), "down waited for the stop deadline"
+    assert job(settings, capsys, "calm.main")["phase"] == "stopped"
