@@ -50,7 +50,8 @@ class UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = _main(argv)
-        sys.stdout.flush()  # inside the try: a closed pipe often shows only at this flush
+        if sys.stdout is not None:  # None when started with stdout closed (`>&-`)
+            sys.stdout.flush()  # inside the try: a closed pipe often shows only at this flush
         return code
     except BrokenPipeError:
         # The reader went away (`| head`). Python's documented recipe: point stdout at
