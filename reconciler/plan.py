@@ -253,8 +253,9 @@ def _retire(ctx: _Pass, job: JobRecord, then: StopThen, reason: str) -> None:
 
 def _redirect_stop(ctx: _Pass, job: JobRecord, then: StopThen, reason: str) -> JobRecord:
     """A stop is already under way: keep its deadline, change only what follows it. Removal
-    wins over everything (the job's spec is gone), a `down` over a restart."""
-    if job.stop_then == "removed" or (job.stop_then == "stopped" and then == "restart"):
+    wins over everything (the job's spec is gone); otherwise the operator's latest command
+    wins, as a `systemctl restart` issued during a `systemctl stop` starts the unit again."""
+    if job.stop_then == "removed":
         return job
     if job.stop_then == then:
         return job
