@@ -66,3 +66,14 @@ def test_bidi_overrides_in_a_name_are_escaped(settings: Settings,
     out = capsys.readouterr()
     assert "\u202e" not in out.out + out.err
     assert "\\u202e" in out.out + out.err
+
+
+@pytest.mark.parametrize("value", ["1ms", "0s"])
+def test_a_resync_shorter_than_a_second_is_refused(settings: Settings, value: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`--resync 1ms` ran a pass every millisecond (a core busy, the log flooded with
+    scheduler warnings); `--resync 10ms` cost 27 % of a core with nothing to do."""
+    write_sleeper(settings.specs_dir, "a")
+    assert run_cli(settings, "--once", "--resync", value) == 2  # --once: fails, never hangs
+    assert "--resync" in capsys.readouterr().err
+    assert not (settings.state_dir / "state.db").exists()  # refused before anything ran
