@@ -50,7 +50,8 @@ class UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = _main(argv)
-        sys.stdout.flush()  # inside the try: a closed pipe often shows only at this flush
+        if sys.stdout is not None:  # None when started with stdout closed (`>&-`)
+            sys.stdout.flush()  # inside the try: a closed pipe often shows only at this flush
         return code
     except BrokenPipeError:
         # The reader went away (`| head`). Python's documented recipe: point stdout at
@@ -159,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 MAX_SETTLE_SECONDS = 60.0  # longer would mean an edit is not applied for minutes
+MIN_RESYNC_SECONDS = 1.0  # a safety net, not a poll: `--resync 1ms` busy-looped the daemon
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -198,6 +200,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     wait = _duration(args.wait, "--wait")
     resync = _duration(args.resync, "--resync")
+    if resync < MIN_RESYNC_SECONDS:
+        raise UsageError(f"--resync: at least {MIN_RESYNC_SECONDS:g}s (events trigger passes; "
+                         "the resync is only a safety net)")
     if args.once:
         bind(settings, rebind_of(args))
         with Reconciler(settings, allow_empty=args.allow_empty) as reconciler:

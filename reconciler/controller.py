@@ -335,8 +335,9 @@ def members_to_sweep(records: list[JobRecord],
     """What is left of jobs whose main process exited, and of jobs being stopped: plan
     follows a daemonized survivor, stops the leftovers of a crash, and finishes a stop only
     once nothing of the job runs. Processes carrying the job id outside its session are
-    looked for only where they can matter (a stop, or an exit that may be a daemon forking
-    into the background), because that reads every process's environment."""
+    looked for only where they can matter (a stop, or an exit: a daemon forking into the
+    background, or a crash that left a setsid() child), because that reads every process's
+    environment."""
     leaders: dict[str, Identity] = {}
     by_environ: list[str] = []
     for job in records:
@@ -345,9 +346,9 @@ def members_to_sweep(records: list[JobRecord],
         if job.phase != "stopping" and observed.alive(job.identity) is not None:
             continue
         leaders[job.id] = job.identity
-        reaped = observed.exits.get(job.identity.pid)
-        clean = reaped is None or reaped.identity != job.identity or reaped.returncode == 0
-        if job.phase == "stopping" or (job.process and clean):
+        # every exit of a process action: a daemon forking away exits 0, but a crash may
+        # also leave a child that called setsid(), and that one must go before the restart
+        if job.phase == "stopping" or job.process:
             by_environ.append(job.id)
     return job_processes(leaders, by_environ=by_environ) if leaders else {}
 

@@ -11,8 +11,10 @@ import logging
 import re
 
 # C0 controls (tab included: it misaligns tables), DEL, C1 controls, and the Unicode line and
-# paragraph separators that some log viewers also break lines on.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# paragraph separators that some log viewers also break lines on, and the bidirectional
+# overrides/isolates that make a terminal show text in another order than it is written.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e"
+                      "\u2066-\u2069]")
 
 
 def _escape(match: re.Match[str]) -> str:

@@ -82,7 +82,8 @@ def diagnose(settings: Settings) -> str | None:
     try:
         statedir.check_not_emptied(settings)
     except DatabaseDamaged:
-        return "empty or missing state database beside enrollments of started jobs"
+        return ("empty or missing state database in a state dir that was in use (enrollments "
+                "of started jobs, or its specs-dir binding)")
     if not settings.db_path.exists() or settings.db_path.stat().st_size == 0:
         return None  # a fresh state dir: nothing to rebuild
     try:

@@ -78,12 +78,15 @@ def check_not_emptied(settings: Settings) -> None:
     if size:
         return
     enrolled = count_enrollments(settings.run_dir)
-    if enrolled:
+    # With every service stopped by `down` there is no enrollment, but the binding file
+    # (written only after the database got its first event) still proves earlier use.
+    if enrolled or read_binding(settings.state_dir) is not None:
         state = "empty" if os.path.lexists(db) else "missing"
+        evidence = (f"{printable(str(settings.run_dir))} holds {enrolled} enrollment(s) of "
+                    "started jobs" if enrolled else "this state dir has served a specs dir")
         raise DatabaseDamaged(
-            f"the state database {printable(str(db))} is {state} but "
-            f"{printable(str(settings.run_dir))} holds {enrolled} enrollment(s) of started "
-            "jobs: the database was lost, this is not a fresh start (restart counts and "
+            f"the state database {printable(str(db))} is {state} but {evidence}"
+            ": the database was lost, this is not a fresh start (restart counts and "
             "services stopped with `down` would be forgotten). Managed processes keep "
             f"running. Run `reconcile repair --state-dir {printable(str(settings.state_dir))}`"
             " to rebuild the jobs from them")

@@ -138,3 +138,22 @@ def test_down_from_another_controller_returns_once_the_process_is_gone(
     threading.Thread(target=down, daemon=True).start()
     assert done.wait(timeout=20), "down waited for the stop deadline"
     assert job(settings, capsys, "calm.main")["phase"] == "stopped"
+
+
+def test_a_restart_issued_while_a_down_is_still_stopping_starts_the_job_again(
+        settings: Settings, reconciler: Reconciler, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An operator who interrupts a slow `down` and asks for `restart` wants the service
+    back (systemd: a restart job replaces a running stop job). It used to end `stopped`,
+    silently: the earlier `down` won over the later restart."""
+    flag = tmp_path / "got-term"
+    write_term_ignorer(settings.specs_dir, flag, timeout="300ms")
+    assert reconciler.converge(wait=20).converged
+    old = job(settings, capsys, "slow.main")
+    reconciler.down(wait=0.0)  # signalled, still stopping (the CLI interrupted)
+    assert job(settings, capsys, "slow.main")["phase"] == "stopping"
+    reconciler.restart(frozenset({("slow", None)}))
+    assert reconciler.converge(wait=10).converged
+    new = job(settings, capsys, "slow.main")
+    assert new["phase"] == "running" and new["pid"] != old["pid"]
+    assert new["job_id"] == old["job_id"]
