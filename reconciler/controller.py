@@ -339,18 +339,19 @@ def members_to_sweep(records: list[JobRecord],
     background, or a crash that left a setsid() child), because that reads every process's
     environment."""
     leaders: dict[str, Identity] = {}
-    by_environ: list[str] = []
+    running_sessions: set[int] = set()
     for job in records:
         if job.identity is None or job.phase in ("removed", "stopped", "succeeded"):
             continue
         if job.phase != "stopping" and observed.alive(job.identity) is not None:
+            running_sessions.add(job.identity.pid)
             continue
         leaders[job.id] = job.identity
-        # every exit of a process action: a daemon forking away exits 0, but a crash may
-        # also leave a child that called setsid(), and that one must go before the restart
-        if job.phase == "stopping" or job.process:
-            by_environ.append(job.id)
-    return job_processes(leaders, by_environ=by_environ) if leaders else {}
+    if not leaders:
+        return {}
+    # every exit (a daemon forking away exits 0, a crash may leave a setsid() child, a
+    # one-shot a helper) and every stop: look for the job id outside the session too
+    return job_processes(leaders, by_environ=leaders, other_sessions=running_sessions)
 
 
 def with_health(observed: Observed, health: HealthResults | None) -> Observed:

@@ -231,8 +231,9 @@ def _prune(ctx: _Pass, allow_empty: bool) -> bool:
     return False
 
 
-_FINAL_PHASE: dict[StopThen, Literal["removed", "stopped", "pending"]] = {
-    "removed": "removed", "stopped": "stopped", "restart": "pending"}
+_FINAL_PHASE: dict[StopThen, Literal["removed", "stopped", "pending", "succeeded"]] = {
+    "removed": "removed", "stopped": "stopped", "restart": "pending", "succeeded": "succeeded",
+    "retry": "pending"}
 
 
 def _retire(ctx: _Pass, job: JobRecord, then: StopThen, reason: str) -> None:
@@ -304,6 +305,8 @@ def _stop_finished(ctx: _Pass, job: JobRecord, action: DesiredAction | None) -> 
         if job.spec.get("pidfile") and job.pid is not None else None
     if then == "restart" and action is not None:
         final = _due(ctx, action, base, job.reason or "restart", pidfile=pid_held)
+    elif then == "retry" and action is not None:
+        final = _retry(ctx, action, base, pidfile=pid_held)
     else:
         phase = _FINAL_PHASE[then]
         final = replace(base, phase=phase, next_start_at=None,
@@ -562,29 +565,50 @@ def _plan_oneshot(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
                             "running"))
         return
     if job.identity is not None:
-        job = _record_oneshot_exit(ctx, action, job)
-        if job.phase == "succeeded":
+        ended = _record_oneshot_exit(ctx, action, job)
+        if ended is None or ended.phase == "succeeded":
             return
+        job = ended
     if _waiting(ctx, job):
         return
     _start(ctx, action, job)
 
 
-def _record_oneshot_exit(ctx: _Pass, action: DesiredAction, job: JobRecord) -> JobRecord:
+def _record_oneshot_exit(ctx: _Pass, action: DesiredAction,
+                         job: JobRecord) -> JobRecord | None:
+    """A one-shot's run ends when its command exits. What it left running (a helper it
+    backgrounded, in its session or carrying its job id) is stopped first, as systemd does
+    for a oneshot unit's cgroup: None while that stop is under way."""
     code = _exit_code(ctx.observed.exits.get(job.pid or -1), job.identity)
-    base = replace(job.with_identity(None), last_exit_code=code, last_exit_at=ctx.now,
-                   updated_at=ctx.now)
+    ended = replace(job, last_exit_code=code, last_exit_at=ctx.now, updated_at=ctx.now)
     if code == 0:
-        done = replace(base, phase="succeeded", consecutive_failures=0, failure_class=None,
-                       reason="exited 0")
+        ended = replace(ended, consecutive_failures=0, failure_class=None, reason="exited 0")
+    else:
+        ended = replace(ended, consecutive_failures=job.consecutive_failures + 1,
+                        failure_class="exit-nonzero",
+                        reason=f"one-shot failed ({_exit_text(code)})")
+    if ctx.observed.members.get(job.id):
+        _begin_stop(ctx, ended, "succeeded" if code == 0 else "retry",
+                    f"{ended.reason}: stop what it left running", sig=action.stop_signal,
+                    timeout=action.spec.stop.timeout)
+        return None
+    base = ended.with_identity(None)
+    if code == 0:
+        done = replace(base, phase="succeeded")
         ctx.emit(Record(done, "succeeded", done.reason))
         return done
-    failures = job.consecutive_failures + 1
-    delay = max(retry_delay(failures, action.spec.backoff, job.id), _start_floor(ctx, job))
-    failed = replace(base, phase="backoff", consecutive_failures=failures,
-                     failure_class="exit-nonzero", next_start_at=ctx.now + delay,
-                     reason=f"one-shot failed ({_exit_text(code)})")
-    ctx.emit(Record(failed, "backoff", f"{failed.reason}, retry in {delay:.1f}s"))
+    return _retry(ctx, action, base)
+
+
+def _retry(ctx: _Pass, action: DesiredAction, job: JobRecord, *,
+           pidfile: tuple[str, int] | None = None) -> JobRecord:
+    """A failed one-shot runs again after its backoff (never sooner than
+    MIN_START_INTERVAL after its previous start)."""
+    delay = max(retry_delay(job.consecutive_failures, action.spec.backoff, job.id),
+                _start_floor(ctx, job))
+    failed = replace(job, phase="backoff", next_start_at=ctx.now + delay)
+    ctx.emit(Record(failed, "backoff", f"{failed.reason}, retry in {delay:.1f}s",
+                    pidfile=pidfile))
     return failed
 
 

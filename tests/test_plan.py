@@ -539,3 +539,22 @@ def test_the_operators_latest_word_decides_what_follows_a_stop_but_removal_wins(
     retiring = replace(stopping, stop_then="removed")
     assert plan_restart(observed(proc(500)), [retiring], NOW + 1,
                         frozenset({("web", None)})).steps == ()
+
+
+def test_a_one_shot_that_left_a_helper_running_succeeds_once_the_helper_is_stopped() -> None:
+    want = desired(Service.model_validate({"name": "w", "actions": [
+        {"name": "setup", "cmd": ["setup"]}]}))
+    action = want.actions[0]
+    job = JobRecord(id="j9", service="w", action="setup", generation=action.generation,
+                    phase="running", process=False, pid=42, boot_id=BOOT, starttime_ticks=7,
+                    started_at=NOW)
+    helper = proc(43, session=43)
+    snapshot = observed(helper, exits={42: Exit(Identity(BOOT, 42, 7), 0)},
+                        members={job.id: (helper,)})
+    [stop] = plan(want, snapshot, [job], NOW + 1).steps
+    assert isinstance(stop, Stop) and stop.job is not None
+    assert stop.job.phase == "stopping" and stop.job.stop_then == "succeeded"
+    assert stop.job.last_exit_code == 0
+    [done] = plan(want, observed(), [stop.job], NOW + 2).steps
+    assert isinstance(done, Record) and done.job.phase == "succeeded"
+    assert plan(want, observed(), [done.job], NOW + 3).steps == ()

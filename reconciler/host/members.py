@@ -74,44 +74,51 @@ def _member(pid: int, job_id: str) -> ProcInfo | None:
                     cmdline=cmdline, session=stat.session, pgrp=stat.pgrp)
 
 
-def job_processes(leaders: Mapping[str, Identity], *,
-                  by_environ: Iterable[str] = ()) -> dict[str, tuple[ProcInfo, ...]]:
+def job_processes(leaders: Mapping[str, Identity], *, by_environ: Iterable[str] = (),
+                  other_sessions: Collection[int] = ()) -> dict[str, tuple[ProcInfo, ...]]:
     """What runs of each job (job id → its main process's identity), except a live main
     process itself, in one walk over /proc: the main process's session (while that session
     is provably still the job's, see `procs.session_still_ours`) and, for the jobs named in
-    `by_environ`, every process carrying the job's id. Reading environments costs a read
-    per process, so a pass asks for it only where a member may have left the session (a
-    stop, or a main process that exited well and may have daemonized)."""
+    `by_environ`, every process carrying the job's id.
+
+    Reading environments costs a read per process. A process in `other_sessions` (the
+    sessions of other jobs that still run) is skipped without one: a session cannot be
+    joined, only created, so nothing of these jobs can be in it. On a host whose processes
+    are mostly our jobs', that leaves a handful of reads."""
     sessions = {leader.pid: job_id for job_id, leader in leaders.items()
                 if session_still_ours(leader)}
     wanted = frozenset(by_environ)
     if not sessions and not wanted:
         return {}
+    skipped = frozenset(other_sessions) - sessions.keys()
     excluded = self_and_ancestors()
     found: dict[str, list[ProcInfo]] = {}
     for pid in procfs.iter_pids():
         if pid <= 1 or pid in excluded:
             continue
-        info = _session_member(pid, sessions) or _marked_member(pid, wanted)
+        try:
+            sid = os.getsid(pid)
+        except OSError:  # gone, or a security module said no
+            continue
+        if sid in sessions:
+            info = _session_member(pid, sid, sessions[sid])
+        elif wanted and sid not in skipped:
+            info = _marked_member(pid, wanted)
+        else:
+            continue
         if info is not None and info[1].identity != leaders[info[0]]:
             found.setdefault(info[0], []).append(info[1])
     return {job_id: tuple(procs) for job_id, procs in found.items()}
 
 
-def _session_member(pid: int, sessions: Mapping[int, str]) -> tuple[str, ProcInfo] | None:
-    try:
-        job_id = sessions.get(os.getsid(pid))
-    except OSError:  # gone, or a security module said no
-        return None
-    info = proc_info(pid) if job_id is not None else None
-    if job_id is None or info is None or info.session != os.getsid(pid):
+def _session_member(pid: int, sid: int, job_id: str) -> tuple[str, ProcInfo] | None:
+    info = proc_info(pid)
+    if info is None or info.session != sid:  # recycled since getsid: not a member
         return None
     return job_id, info
 
 
 def _marked_member(pid: int, wanted: frozenset[str]) -> tuple[str, ProcInfo] | None:
-    if not wanted:
-        return None
     job_id = procfs.read_environ_var(pid, JOB_ID_VAR)
     if job_id is None or job_id not in wanted:
         return None

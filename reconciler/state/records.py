@@ -21,7 +21,8 @@ PHASES: tuple[str, ...] = (
 )
 
 # What a job becomes once a stop in progress has finished (see plan._continue_stop).
-StopThen = Literal["removed", "stopped", "restart"]
+# "succeeded" / "retry": a one-shot that exited (0 / not 0) while processes it started live on.
+StopThen = Literal["removed", "stopped", "restart", "succeeded", "retry"]
 
 # Why a run ended badly; shown in `status` so operators see the class of trouble at a glance.
 FailureClass = Literal[

@@ -167,13 +167,12 @@ ONESHOT_WITH_HELPER = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason="a succeeded one-shot is never swept: its leftover "
-                   "children (carrying its job id) survive `down` and removal")
 def test_down_leaves_nothing_of_a_one_shot_that_left_a_helper_running(
         settings: Settings, reconciler: Reconciler, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    """DESIGN §8.1: `down`/stop leaves no process carrying the job id. systemd kills what a
-    Type=oneshot unit leaves in its cgroup; here the helper lives on forever, unmanaged."""
+    """DESIGN §8.1: `down`/stop leaves no process carrying the job id. Like systemd with what a
+    Type=oneshot unit leaves in its cgroup, a one-shot's run ends with its command: what it
+    left running is stopped before the one-shot counts as succeeded."""
     helper_pidfile = tmp_path / "helper.pid"
     write_spec(settings.specs_dir, "o.yaml", f"""\
     name: o
