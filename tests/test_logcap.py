@@ -93,15 +93,16 @@ def test_100_mb_per_second_stays_bounded(capper: LogCapper, log: Path,
                                          foreign: Foreign) -> None:
     """10 × max_size at 100 MB/s, sampled throughout: no history file ever passes max_size
     and there are never more than `keep`. The live log is held near max_size; the contract's
-    max_size + 1 MiB needs the capper thread to run within ~50 ms of a write, which a
-    loaded 2-core VM does not always give (see docs: measured in benchmarks, not asserted
-    here), so each sample is held to 2 × max_size + 1 MiB (without the capper the live log
-    reaches 10 × max_size), and the file must settle under max_size once the writer stops."""
+    max_size + 1 MiB needs each rotation to finish within ~50 ms of the trigger, which a
+    loaded 2-core VM does not always give (the copy of the tail alone took up to 52 ms in
+    1 of ~90 runs; benchmarks/logflood.py measures the contract instead), so each sample is
+    held to 1.5 × max_size + 1 MiB (90 ms of slack; without the capper the live log reaches
+    10 × max_size), and the file must settle under max_size once the writer stops."""
     capper.sync([LogTarget(str(log), MAX_SIZE, KEEP)])
     writer = write_fast(foreign, log, rate=100_000_000, total=10 * MAX_SIZE)
     samples = 0
     while writer.poll() is None:  # type: ignore[attr-defined]
-        assert_bounded(log, live_limit=2 * MAX_SIZE + MiB)
+        assert_bounded(log, live_limit=MAX_SIZE * 3 // 2 + MiB)
         samples += 1
         time.sleep(0.001)  # sampling pace, not synchronization: leave the GIL to the capper
     assert samples > 10
