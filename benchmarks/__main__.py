@@ -49,7 +49,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
                    help="respawn samples per supervisor and N, pooled over the runs")
     p.add_argument("--idle", type=float, default=10.0, help="idle CPU window, seconds")
     p.add_argument("--quick", action="store_true",
-                   help="N=50, 1 run, 10 respawn samples, 5 s idle, slow stop ≤ 50 s (≤ 4 min)")
+                   help="N=50, 1 run, 10 respawn samples, 5 s idle, slow stop ≤ 50 s, "
+                        "one 5 s log flood (≤ 4 min)")
     p.add_argument("--output", default=None,
                    help=f"markdown report path (default {report.DOC.relative_to(REPO)}, "
                         "or none with --scenario slow-stop or log-flood: the section is "
