@@ -81,7 +81,7 @@ class FloodPlan:
     variants: tuple[FloodVariant, ...] = DEFAULT_VARIANTS
     chunk: int = MiB
     settle_s: float = 1.0  # the job runs, its first passes are done, before the flood
-    start_timeout: float = 30.0
+    start_timeout: float = 15.0
 
 
 @dataclass
@@ -125,6 +125,10 @@ class FloodReconciler(Reconciler):
     @property
     def log(self) -> Path:
         return self.state / "logs" / "flood" / "write.log"
+
+    def exited(self) -> bool:
+        """The daemon is gone (a bad spec, a refused dir): no point waiting for the job."""
+        return self.proc is not None and self.proc.poll() is not None
 
     def writer(self) -> int | None:
         """The writer's pid: the daemon's child running our script (after its exec)."""
@@ -170,9 +174,10 @@ def run_variant(variant: FloodVariant, plan: FloodPlan, workdir: Path,
     try:
         sup.write_config()
         sup.start()
-        if procfs.wait_for(lambda: sup.writer() is not None and sup.log.exists(),
-                           plan.start_timeout) is None:
-            return out
+        up = lambda: sup.exited() or (sup.writer() is not None  # noqa: E731
+                                      and sup.log.exists())
+        if procfs.wait_for(up, plan.start_timeout) is None or sup.exited():
+            return out  # reported as "did not start"; the daemon's output is in daemon.out
         out.started = True
         time.sleep(plan.settle_s)  # the first passes are over: the capper knows the job
         writer = sup.writer()
@@ -191,7 +196,7 @@ def flood(sup: FloodReconciler, writer: int, out: FloodResult) -> None:
     before = {p: _ticks(p) for p in pids}
     t0 = time.perf_counter()
     sup.go.touch()
-    deadline = t0 + sup.variant.seconds + 10.0
+    deadline = t0 + sup.variant.seconds + 3.0  # the writer notes at `seconds`
     last, prev_live, gaps = t0, 0, []
     while not sup.note.exists() and time.perf_counter() < deadline:
         live, history = sizes(sup.log)
