@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks import measure, report, slowstop
+from benchmarks import logflood, measure, report, slowstop
 from benchmarks.supervisors import ALL, MARKERS, REPO, Reconciler, Supervisor, kill_all
 
-SCENARIOS = ("all", "compare", "slow-stop")
+SCENARIOS = ("all", "compare", "slow-stop", "log-flood")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Plan:
     noop_n: int
     noop_passes: int
     slow: slowstop.SlowPlan
+    flood: logflood.FloodPlan
     converge_timeout: float = 180.0
 
 
@@ -48,15 +49,18 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
                    help="respawn samples per supervisor and N, pooled over the runs")
     p.add_argument("--idle", type=float, default=10.0, help="idle CPU window, seconds")
     p.add_argument("--quick", action="store_true",
-                   help="N=50, 1 run, 10 respawn samples, 5 s idle, slow stop ≤ 50 s (≤ 4 min)")
+                   help="N=50, 1 run, 10 respawn samples, 5 s idle, slow stop ≤ 50 s, "
+                        "one 5 s log flood (≤ 4 min)")
     p.add_argument("--output", default=None,
                    help=f"markdown report path (default {report.DOC.relative_to(REPO)}, "
-                        "or none with --scenario slow-stop: the section is printed)")
+                        "or none with --scenario slow-stop or log-flood: the section is "
+                        "printed)")
     p.add_argument("--only", default="", help="comma-separated subset of supervisors")
     p.add_argument("--scenario", choices=SCENARIOS, default="all",
                    help="all (default); compare: the three supervisors side by side; "
                         "slow-stop: respawn while another job takes 8 s to stop "
-                        "(reconciler only, ≤ 2 min)")
+                        "(reconciler only, ≤ 2 min); log-flood: a job writing 100 MB/s, "
+                        "its log sampled every 2 ms (reconciler only, ≤ 1 min)")
     p.add_argument("--slow-samples", type=int, default=20,
                    help="slow stop: kills, each while a slow stop is in progress")
     p.add_argument("--slow-trigger", choices=("remove", "down"), default="remove",
@@ -66,14 +70,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
         slow = slowstop.SlowPlan(n=50, samples=min(10, args.slow_samples),
                                  trigger=args.slow_trigger, budget_s=50.0)
         plan = Plan(ns=(50,), runs=1, samples=10, idle_s=5.0, settle_s=1.0, gap_s=0.05,
-                    save_samples=10, noop_n=200, noop_passes=20, slow=slow)
+                    save_samples=10, noop_n=200, noop_passes=20, slow=slow,
+                    flood=logflood.FloodPlan(variants=logflood.QUICK_VARIANTS))
     else:
         ns = tuple(int(x) for x in args.n.split(","))
         slow = slowstop.SlowPlan(n=min(ns), samples=args.slow_samples,
                                  trigger=args.slow_trigger)
         plan = Plan(ns=ns, runs=args.runs, samples=args.samples, idle_s=args.idle,
                     settle_s=2.0, gap_s=0.1, save_samples=10, noop_n=max(1000, *ns),
-                    noop_passes=20, slow=slow)
+                    noop_passes=20, slow=slow, flood=logflood.FloodPlan())
     return args, plan
 
 
@@ -132,6 +137,12 @@ def slow_stop(plan: Plan, root: Path) -> slowstop.SlowStopResult:
     return slowstop.run(s, root, uuid.uuid4().hex)
 
 
+def log_flood(plan: Plan, root: Path) -> list[logflood.FloodResult]:
+    print(f"log flood: {len(plan.flood.variants)} variant(s), sizes sampled every "
+          f"{logflood.SAMPLE_S * 1000:g} ms …", flush=True)
+    return logflood.run(plan.flood, root, uuid.uuid4().hex)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, plan = parse_args(argv)
     only = {s for s in args.only.split(",") if s}
@@ -139,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: Results = {}
     noops: Noops = []
     slow: slowstop.SlowStopResult | None = None
+    flood: list[logflood.FloodResult] = []
     started = time.monotonic()
     # As `pip install` does: otherwise, with PYTHONDONTWRITEBYTECODE set (it is on the
     # machines this was measured on), every start would compile the package from source.
@@ -146,10 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="reconciler-bench-") as tmp:
         root = Path(tmp)
         try:
-            if args.scenario != "slow-stop":
+            if args.scenario in ("all", "compare"):
                 results, noops = compare(plan, classes, root)
-            if args.scenario != "compare" and Reconciler in classes:
+            if args.scenario in ("all", "slow-stop") and Reconciler in classes:
                 slow = slow_stop(plan, root)
+            if args.scenario in ("all", "log-flood") and Reconciler in classes:
+                flood = log_flood(plan, root)
         finally:
             kill_all_started()
     elapsed = time.monotonic() - started
@@ -157,16 +171,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.scenario == "slow-stop":
         text = "\n".join(report.slow_stop(slow, command.strip())) if slow else "no reconciler"
         output = args.output
+    elif args.scenario == "log-flood":
+        text = "\n".join(report.log_flood(flood, command.strip())) if flood else "no reconciler"
+        output = args.output
     else:
         text = report.render(results, noops, plan, command.strip(), elapsed,
-                             {c.name: c.version() for c in classes}, slow)
+                             {c.name: c.version() for c in classes}, slow, flood)
         output = args.output or str(report.DOC)
     print(text)
     if output:
         Path(output).write_text(text + report.kept_notes(Path(output)))
     raw = {"plan": asdict(plan), "results": {k: {n: [asdict(r) for r in v] for n, v in d.items()}
                                              for k, d in results.items()},
-           "noop": noops, "slow_stop": asdict(slow) if slow else None}
+           "noop": noops, "slow_stop": asdict(slow) if slow else None,
+           "log_flood": [{k: v for k, v in asdict(r).items() if k != "live_series"}
+                         for r in flood]}
     Path(__file__).with_name("last-run.json").write_text(json.dumps(raw, indent=1))
     return 0
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.logflood import FloodResult, MiB
 from benchmarks.measure import SessionResult
 from benchmarks.slowstop import SlowStopResult
 
@@ -183,10 +184,46 @@ def slow_stop(res: SlowStopResult, command: str = "") -> list[str]:
     return lines
 
 
+def log_flood(results: list[FloodResult], command: str = "") -> list[str]:
+    """The log flood scenario's table, one row per variant; `command` when run on its own."""
+    lines = ["### Log flood (reconciler only)", ""]
+    if command:
+        wall = sum(r.wall_s for r in results)
+        lines += [f"Produced by `{command}` (wall time {wall:.0f} s).", ""]
+    lines += [
+        "One job writes 1 MiB chunks of 128-byte lines to its log; every ~2 ms the harness "
+        "lstats the live log and each `.log.N`. Goals (docs/operations.md): live ≤ max_size "
+        "+ 1 MiB, each `.log.N` ≤ max_size, history ≤ keep × max_size.", "",
+        "| variant | written (MB) at MB/s | live max (MiB) | over max_size (MiB) "
+        "| samples over goal | max `.log.N` (MiB) | max history (MiB) | kept at end (MiB) "
+        "| daemon CPU (% core) | samples, gap p50/max (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if not r.started or not r.samples:
+            lines.append(f"| {r.label} | did not start | | | | | | | | |")
+            continue
+        over = (r.live_max - r.max_size) / MiB
+        lines.append(
+            f"| {r.label} | {r.written / 1e6:.0f} at {r.written / 1e6 / max(r.write_s, 1e-9):.0f}"
+            f" | {r.live_max / MiB:.1f} | {over:+.2f} → {_goal(over <= 1)} "
+            f"| {r.over_samples} / {r.samples} "
+            f"| {r.history_file_max / MiB:.1f} → {_goal(r.history_file_max <= r.max_size)} "
+            f"| {r.history_total_max / MiB:.1f} (≤ {r.keep} × {r.max_size / MiB:g}) → "
+            f"{_goal(r.history_total_max <= r.keep * r.max_size)} "
+            f"| {r.kept_end / MiB:.1f} | {fmt(r.daemon_cpu_pct)} "
+            f"| {r.samples}, {r.gap_p50_ms:.1f}/{r.gap_max_ms:.1f} |")
+    return [*lines, ""]
+
+
+def _goal(met: bool) -> str:
+    return "met" if met else "**missed**"
+
+
 def render(results: dict[str, dict[int, list[SessionResult]]],
            noops: list[tuple[float | None, list[float]]], plan: Any, command: str,
            elapsed: float, versions: dict[str, str],
-           slow: SlowStopResult | None = None) -> str:
+           slow: SlowStopResult | None = None,
+           flood: Sequence[FloodResult] = ()) -> str:
     polls = [r.poll_ms for d in results.values() for rs in d.values() for r in rs if r.poll_ms]
     out = ["# Benchmarks: reconciler vs supervisord vs circus", "",
            "Produced by (from the repository root, venv with `.[bench]` installed):", "",
@@ -206,6 +243,8 @@ def render(results: dict[str, dict[int, list[SessionResult]]],
         out += reconciler_only(results, noops, plan.noop_n)
     if slow is not None:
         out += slow_stop(slow)
+    if flood:
+        out += log_flood(list(flood))
     out.append(METHOD)
     return "\n".join(out) + "\n"
 
@@ -249,6 +288,13 @@ METHOD = """## Method
   stop. A new stop is opened only within a 100 s budget (50 s with `--quick`), so when
   stops block the pass (one sample per stop, ~8 s each) fewer than `--slow-samples` (20)
   samples are taken.
+- log flood (`--scenario log-flood`; reconciler only): the daemon runs one job, a Python
+  writer appending 1 MiB chunks of 128-byte text lines to its log with `os.write`, paced to
+  100 MB/s (or unthrottled), once the job has run for 1 s. Its `logs` are the default
+  `{max_size: 10MiB, keep: 5}` or `max_size: 1MiB`. Every ~2 ms the harness lstats the live
+  log and each `.log.N`; the writer notes how much it wrote; the daemon's CPU (all threads)
+  is read from /proc over the flood. The sampler may miss a peak between two samples (see
+  the gap column).
 - The harness's own 1 ms poll competes for the 2 cores with the daemons; it does so equally
   for all three.
 """

@@ -10,10 +10,16 @@ growth within milliseconds instead, at almost no idle cost:
   is the same name in the same directory). The kernel merges an event with the identical
   unread one before it, so a writer costs at most one wakeup per read, whatever its rate.
 - Each target's growth rate is tracked, and a fast writer is rotated early (at
-  `max_size - rate × reaction time`, never below `max_size / 2`), so the live file stays
-  within `max_size + 1 MiB` while the copy of its tail runs. `.log.1` is never more than
-  `max_size` (cap_size copies only the last `max_size` bytes), so history stays within
-  `keep × max_size`.
+  `max_size - rate × REACTION_SECONDS`, never below `max_size / 4`), so the live file stays
+  within `max_size + 1 MiB` while the copy of its tail runs. From the trigger to the
+  truncate takes the wake-up, the copy (a few ms for 10 MiB) and any wait for a CPU: under
+  20 ms at 100 MB/s on the shared 2-core VM, but up to ~60 ms now and then (measured with
+  benchmarks/logflood.py; the spikes are in the kernel copy, not the wake-up). With the floor
+  at `max_size / 2` a 100 MB/s writer had 60 ms of slack on a 10 MiB log and reached the
+  bound in one run of three; at `/ 4` it has ~90 ms. The price: such a writer's `.log.N`
+  files hold about `max_size / 4` plus what came during the rotation, not `max_size`.
+  `.log.1` is never more than `max_size` (cap_size copies only the last `max_size` bytes),
+  so history stays within `keep × max_size`.
 - Where inotify is missing (or a directory cannot be watched yet), targets are polled:
   every few ms while they grow, less often the longer they stay quiet (see
   `_poll_interval`; the bound then holds once a burst has been seen, not for its first ms).
@@ -42,6 +48,7 @@ from reconciler import logs
 log = logging.getLogger(__name__)
 
 REACTION_SECONDS = 0.1  # how far ahead of max_size a fast writer is rotated (rate × this)
+EARLIEST = 4  # ... but never below max_size / EARLIEST
 POLL_MIN, POLL_MAX = 0.002, 1.0  # adaptive polling of targets inotify does not cover
 _QUIET_MAX = 0.005  # longest pause between reads while a watched log grows (0.5 MB at 100 MB/s)
 _RECENT = 0.5  # a log that changed this recently is polled every few ms (without inotify)
@@ -130,7 +137,7 @@ class _Watched:
     def trigger(self) -> int:
         """Rotate above this size: `max_size`, less what the writer adds while we react."""
         max_size = self.target.max_size
-        return max_size - min(max_size // 2, int(self.rate * REACTION_SECONDS))
+        return max_size - min(max_size - max_size // EARLIEST, int(self.rate * REACTION_SECONDS))
 
 
 class LogCapper:

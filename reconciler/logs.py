@@ -75,9 +75,15 @@ def cap_size(path: Path, max_size: int, keep: int, *, over: int | None = None) -
     copytruncate, because the child holds the log open with O_APPEND and we cannot make it
     reopen: after the truncate its next write lands at the new end (offset 0). The price, as
     with logrotate's copytruncate: lines written between the end of the copy and the truncate
-    are lost, and so is whatever came before the last `max_size` bytes. The copy is done by
-    the kernel (copy_file_range), so the window is short. A symlink or anything but a
-    regular file is left alone.
+    are lost, and so is whatever came before the last `max_size` bytes. A symlink or anything
+    but a regular file is left alone.
+
+    The live file grows by the writer's rate for as long as this takes, so only the copy (by
+    the kernel: copy_file_range) stands between the decision and the truncate. The tail goes
+    to a hidden temp file; shifting the history (whose unlink of the oldest file frees
+    `max_size` of blocks) and naming the copy `.log.1` come after the truncate. Should we die
+    in between, the tail is left in that hidden `.<name>.1.*` file: no history file is ever
+    half-written or over `max_size`.
     """
     if keep < 0:
         raise ValueError(f"keep must be >= 0, got {keep}")
@@ -85,20 +91,30 @@ def cap_size(path: Path, max_size: int, keep: int, *, over: int | None = None) -
     fd = _open_live(path, over=threshold)
     if fd is None:
         return False
+    tail = None
     try:
         size = os.fstat(fd).st_size
         if size <= threshold:
             return False
         if keep > 0:
-            _shift_history(path, keep)
             start = _line_start(fd, max(0, size - max_size), size)
-            _copy_to(fd, previous_path(path, 1), start=start, end=size)
-        else:
-            _remove_beyond(path, 0)
+            tail = _copy_to_temp(fd, previous_path(path, 1), start=start, end=size)
         os.ftruncate(fd, 0)
-        return True
+    except BaseException:
+        _discard(tail)
+        raise
     finally:
         os.close(fd)
+    if tail is None:
+        _remove_beyond(path, 0)
+        return True
+    try:
+        _shift_history(path, keep)
+        os.replace(tail, previous_path(path, 1))  # replaces even a symlink: never writes through
+    except BaseException:
+        _discard(tail)
+        raise
+    return True
 
 
 def _open_live(path: Path, over: int) -> int | None:
@@ -166,22 +182,26 @@ def _history(path: Path) -> dict[int, Path]:
     return found
 
 
-def _copy_to(src_fd: int, dest: Path, *, start: int, end: int) -> None:
-    """Copy bytes [start, end) into a private temp file, then rename: `.log.1` is never
-    half-written, and the rename replaces whatever entry is there (even a symlink) instead
-    of writing through it. The kernel copies (no Python buffers) where it can."""
+def _copy_to_temp(src_fd: int, dest: Path, *, start: int, end: int) -> str:
+    """Copy bytes [start, end) into a new private temp file beside `dest` and return its
+    path, for the caller to rename onto `dest`: `dest` is never half-written, and the rename
+    replaces whatever entry is there (even a symlink) instead of writing through it. The
+    kernel copies (no Python buffers) where it can."""
     out_fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     try:
         _copy_range(src_fd, out_fd, start, end)
-        os.close(out_fd)
-        out_fd = -1
-        os.replace(tmp, dest)
     except BaseException:
-        if out_fd >= 0:
-            os.close(out_fd)
+        os.close(out_fd)
+        _discard(tmp)
+        raise
+    os.close(out_fd)
+    return tmp
+
+
+def _discard(tmp: str | None) -> None:
+    if tmp is not None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
 
 
 def _copy_range(src_fd: int, out_fd: int, start: int, end: int) -> None:

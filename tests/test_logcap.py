@@ -16,8 +16,8 @@ from tests.conftest import Foreign
 from tests.helpers import wait_for
 
 MiB = 1024 * 1024
-# The default is 10 MiB. Smaller sizes leave less headroom for early rotation (at most half of
-# max_size), so the fixed 1 MiB margin must then absorb all scheduling delay on a loaded box.
+# The default is 10 MiB. Smaller sizes leave less headroom for early rotation (at most 3/4 of
+# max_size), so the fixed 1 MiB margin must then absorb more of the delay on a loaded box.
 MAX_SIZE = 8 * MiB
 KEEP = 3
 
@@ -92,16 +92,17 @@ def write_fast(foreign: Foreign, log: Path, rate: int, total: int) -> object:
 def test_100_mb_per_second_stays_bounded(capper: LogCapper, log: Path,
                                          foreign: Foreign) -> None:
     """10 × max_size at 100 MB/s, sampled throughout: no history file ever passes max_size
-    and there are never more than `keep`. The live log is held near max_size; the contract's
-    max_size + 1 MiB needs the capper thread to run within ~50 ms of a write, which a
-    loaded 2-core VM does not always give (see docs: measured in benchmarks, not asserted
-    here), so each sample is held to 2 × max_size + 1 MiB (without the capper the live log
-    reaches 10 × max_size), and the file must settle under max_size once the writer stops."""
+    and there are never more than `keep`, and the live log never passes the contract's
+    max_size + 1 MiB (without the capper it reaches 10 × max_size). That needs each rotation
+    to finish within ~70 ms of the trigger (a fast writer is rotated at max_size / 4); with
+    the floor at max_size / 2 it failed 3 times in ~90 runs on the shared 2-core VM, now
+    none in 30 (10 of them beside two busy loops). Once the writer stops, the file settles
+    under max_size."""
     capper.sync([LogTarget(str(log), MAX_SIZE, KEEP)])
     writer = write_fast(foreign, log, rate=100_000_000, total=10 * MAX_SIZE)
     samples = 0
     while writer.poll() is None:  # type: ignore[attr-defined]
-        assert_bounded(log, live_limit=2 * MAX_SIZE + MiB)
+        assert_bounded(log)
         samples += 1
         time.sleep(0.001)  # sampling pace, not synchronization: leave the GIL to the capper
     assert samples > 10

@@ -365,3 +365,20 @@ def test_rotate_of_a_small_log_is_a_rename(log: Path) -> None:
     logs.rotate(log, keep=2, max_size=1000)
     assert logs.previous_path(log, 1).stat().st_ino == inode
     assert not log.exists()
+
+
+def test_cap_size_truncates_before_shifting_the_history(log: Path) -> None:
+    """Only the copy of the tail stands between the decision and the truncate: shifting the
+    history (renames, and the unlink of the oldest run, which frees `max_size` of blocks)
+    comes after it. Seen here through a history entry that cannot be removed: the live log
+    is still bounded, the error still reported, and no temp file is left behind."""
+    logs.previous_path(log, 1).write_text("older run\n")
+    blocker = logs.previous_path(log, 2)
+    blocker.mkdir()
+    (blocker / "inside").write_text("")
+    log.write_text("x" * 200)
+    with pytest.raises(OSError):
+        logs.cap_size(log, max_size=100, keep=2)  # unlink of the oldest run: EISDIR
+    assert log.read_text() == ""
+    assert names(log.parent) == ["api.log", "api.log.1", "api.log.2"]
+    assert logs.previous_path(log, 1).read_text() == "older run\n"
