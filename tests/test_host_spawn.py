@@ -87,10 +87,12 @@ def test_child_gets_exactly_the_minimal_env(children: Children, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECRET_TOKEN", "hunter2")
     pid = spawn(children, tmp_path, SLEEP, APP_MODE="test")
-    raw = wait_for(lambda: Path(f"/proc/{pid}/environ").read_bytes(), message="environ")
+    wait_for(lambda: procfs.read_cmdline(pid) == tuple(SLEEP), message="the command runs")
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
     environ = dict(item.split(b"=", 1) for item in raw.split(b"\0") if item)
-    assert {k.decode(): v.decode() for k, v in environ.items()} == minimal_env(
-        {"APP_MODE": "test"})
+    # the gate shell exports PWD (its working directory) to the command, as any shell does
+    assert {k.decode(): v.decode() for k, v in environ.items()} == {
+        **minimal_env({"APP_MODE": "test"}), "PWD": str(tmp_path)}
 
 
 def test_job_id_is_in_the_environment_and_cannot_be_forged(children: Children,
@@ -99,14 +101,14 @@ def test_job_id_is_in_the_environment_and_cannot_be_forged(children: Children,
     env = minimal_env({"RECONCILER_JOB_ID": "forged", "APP": "1"})
     pid = children.spawn(SLEEP, cwd=tmp_path, env=env, log_path=tmp_path / "main.log",
                          job_id="api.main.1").pid
-    wait_for(lambda: procfs.read_environ_var(pid, "APP"), message="the command to run")
+    wait_for(lambda: procfs.read_cmdline(pid) == tuple(SLEEP), message="the command runs")
     assert procfs.read_environ_var(pid, JOB_ID_VAR) == "api.main.1"
     assert env["RECONCILER_JOB_ID"] == "forged"  # the caller's mapping is not modified
 
 
 def test_no_job_id_no_variable(children: Children, tmp_path: Path) -> None:
     pid = spawn(children, tmp_path, SLEEP, APP="1")
-    wait_for(lambda: procfs.read_environ_var(pid, "APP"), message="the command to run")
+    wait_for(lambda: procfs.read_cmdline(pid) == tuple(SLEEP), message="the command runs")
     assert procfs.read_environ_var(pid, JOB_ID_VAR) is None
 
 
