@@ -300,6 +300,8 @@ def test_chaos_soak(specs_dir: Path, state_dir: Path, tmp_path: Path, daemon: Da
                 save(specs_dir / "k.yaml", specs["k.yaml"])
             faults["quick successive edits"] += 1
         if not gone_removed and time.monotonic() > deadline - FAULT_SECONDS / 2:
+            if garbled == "gone.yaml":  # nothing to restore once it is removed
+                garbled = None
             del specs["gone.yaml"]
             (specs_dir / "gone.yaml").unlink()
             gone_removed = True
