@@ -33,6 +33,7 @@ from reconciler import cli
 from reconciler.host.identity import identity_of
 from reconciler.host.procfs import read_cmdline
 from reconciler.settings import Settings
+from reconciler.state.store import Store
 from tests.conftest import Foreign
 from tests.helpers import wait_for
 
@@ -348,7 +349,8 @@ def test_chaos_soak(specs_dir: Path, state_dir: Path, tmp_path: Path, daemon: Da
             mismatched[key] = (got, count)
     untouched = {k: r["restart_count"] for k, r in final.items()
                  if k not in crashes and r["restart_count"] != 0}
-    assert mismatched == {} and untouched == {}
+    assert mismatched == {} and untouched == {}, \
+        (mismatched, untouched, events_of(settings, {k.split(".")[0] for k in mismatched}))
     # the database is sound
     with contextlib.closing(sqlite3.connect(f"file:{settings.db_path}?mode=ro", uri=True)) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -370,3 +372,10 @@ def test_chaos_soak(specs_dir: Path, state_dir: Path, tmp_path: Path, daemon: Da
     }
     (tmp_path / "soak-figures.json").write_text(json.dumps(figures, indent=2))
     print("\nchaos soak figures:", json.dumps(figures, indent=2))
+
+
+def events_of(settings: Settings, services: set[str]) -> list[tuple[str, str, str]]:
+    """What the controller recorded for these services: why a count is off, when it is."""
+    with Store.open_readonly(settings.db_path) as store:
+        return [(e.service or "", e.kind, e.reason) for service in sorted(services)
+                for _, e in store.events(service=service, limit=None)]
