@@ -182,13 +182,15 @@ def read_cmdline(pid: int) -> tuple[str, ...]:
 def read_process(pid: int) -> tuple[Stat, tuple[str, ...]] | None:
     """stat and cmdline of the SAME process (one dir fd), or None if it is gone."""
     with _proc_dir(pid) as dir_fd:
-        if dir_fd is None:
-            return None
-        stat = _stat_at(dir_fd)
-        raw = _read_at(dir_fd, "cmdline")
-        if stat is None or raw is None:
-            return None
-        return stat, parse_cmdline(raw)
+        return None if dir_fd is None else _process_at(dir_fd)
+
+
+def _process_at(dir_fd: int) -> tuple[Stat, tuple[str, ...]] | None:
+    stat = _stat_at(dir_fd)
+    raw = _read_at(dir_fd, "cmdline")
+    if stat is None or raw is None:
+        return None
+    return stat, parse_cmdline(raw)
 
 
 def iter_pids() -> Iterator[int]:
@@ -265,23 +267,21 @@ def read_process_environ(pid: int, name: str) -> tuple[Stat, tuple[str, ...], st
     """stat, cmdline and one environ variable of the SAME process (one dir fd), or None if
     it is gone: what a membership check needs to act on a consistent snapshot."""
     with _proc_dir(pid) as dir_fd:
-        if dir_fd is None:
+        process = None if dir_fd is None else _process_at(dir_fd)
+        if dir_fd is None or process is None:
             return None
-        stat = _stat_at(dir_fd)
-        raw_cmdline = _read_at(dir_fd, "cmdline")
-        if stat is None or raw_cmdline is None:
-            return None
+        stat, cmdline = process
         try:
             fd = os.open("environ", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
         except OSError:
-            return stat, parse_cmdline(raw_cmdline), None
+            return stat, cmdline, None
         try:
             raw = _read_bounded(fd, ENVIRON_MAX)
         except OSError:  # not ours to read, or gone while we read: no evidence either way
             raw = b""
         finally:
             os.close(fd)
-        return stat, parse_cmdline(raw_cmdline), parse_environ_var(raw, os.fsencode(name))
+        return stat, cmdline, parse_environ_var(raw, os.fsencode(name))
 
 
 # --- /proc/<pid>/fd --------------------------------------------------------------------------
