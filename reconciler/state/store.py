@@ -95,12 +95,7 @@ def m002_job_failure_class_ready(db: Database) -> None:
 @MIGRATIONS()
 def m003_job_stop_in_progress(db: Database) -> None:
     """Asynchronous stops: the deadline of a stop in progress and what follows it."""
-    jobs = _table(db, "jobs")
-    columns = jobs.columns_dict
-    if "stop_deadline" not in columns:
-        jobs.add_column("stop_deadline", float)
-    if "stop_then" not in columns:
-        jobs.add_column("stop_then", str)
+    _add_missing_columns(_table(db, "jobs"), {"stop_deadline": float, "stop_then": str}, {})
 
 
 def _ensure_events_table(db: Database) -> None:
