@@ -28,7 +28,6 @@ from reconciler.host.observed import ProcInfo
 from reconciler.host.pidfile import PidfileRefused
 from reconciler.host.spawn import Children, SpawnError
 from reconciler.plan import (
-    BLOCKED_RECHECK_SECONDS,
     MIN_START_INTERVAL,
     Adopt,
     Cleanup,
@@ -36,6 +35,7 @@ from reconciler.plan import (
     Spawn,
     Step,
     Stop,
+    blocked_retry,
 )
 from reconciler.redact import redact_argv
 from reconciler.state import enrollment
@@ -55,10 +55,15 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
 
     def job(self, job: JobRecord, kind: str, reason: str, **detail: object) -> None:
+        """A job's new record, and the event that says why."""
         self.jobs[job.id] = job
-        self.events.append(Event(at=job.updated_at or time.time(), kind=kind, reason=reason,
-                                 job_id=job.id, service=job.service, action=job.action,
-                                 detail=dict(detail)))
+        self.job_event(job, kind, reason, job.updated_at or time.time(), **detail)
+
+    def job_event(self, job: JobRecord, kind: str, reason: str, at: float,
+                  **detail: object) -> None:
+        """An event about a job whose record does not change."""
+        self.events.append(Event(at=at, kind=kind, reason=reason, job_id=job.id,
+                                 service=job.service, action=job.action, detail=dict(detail)))
 
     def event(self, kind: str, reason: str, at: float, **detail: object) -> None:
         self.events.append(Event(at=at, kind=kind, reason=reason, detail=dict(detail)))
@@ -96,9 +101,7 @@ class Executor:
         job = getattr(step, "job", None)
         detail = {"step": step.describe(), "error": f"{type(err).__name__}: {err}"}
         if isinstance(job, JobRecord):
-            out.events.append(Event(at=self.clock(), kind="error", reason=detail["error"],
-                                    job_id=job.id, service=job.service, action=job.action,
-                                    detail=detail))
+            out.job_event(job, "error", detail["error"], self.clock(), **detail)
         else:
             out.event("error", detail["error"], self.clock(), **detail)
 
@@ -227,9 +230,7 @@ class Executor:
         """Something that is not our pidfile sits where the spec says it goes: never
         overwritten, so the job cannot start until an operator moves it. Blocked, looked at
         again like any blocked job (at most every BLOCKED_RECHECK_SECONDS)."""
-        attempts = step.job.consecutive_failures + 1 if step.job.phase == "blocked" else 1
-        delay = min(retry_delay(attempts, step.action.spec.backoff, step.job.id),
-                    BLOCKED_RECHECK_SECONDS)
+        attempts, delay = blocked_retry(step.job, step.action)
         blocked = (BlockedBy(err.path, None, err.reason),)
         job = replace(step.job.with_identity(None), phase="blocked", failure_class="spawn-error",
                       consecutive_failures=attempts, next_start_at=now + delay,

@@ -795,11 +795,18 @@ def _owning_job(ctx: _Pass, proc: ProcInfo) -> JobRecord | None:
     return None
 
 
-def _block(ctx: _Pass, action: DesiredAction, job: JobRecord, blocked: list[BlockedBy]) -> None:
-    """Retry with backoff, but look again at least every BLOCKED_RECHECK_SECONDS (a freed
-    port is taken promptly), and soon when the holder is a process we are stopping."""
+def blocked_retry(job: JobRecord, action: DesiredAction) -> tuple[int, float]:
+    """(attempts, seconds until the next look) for a job that cannot start yet: its backoff,
+    but at most BLOCKED_RECHECK_SECONDS, so a freed resource is taken promptly."""
     attempts = job.consecutive_failures + 1 if job.phase == "blocked" else 1
-    delay = min(retry_delay(attempts, action.spec.backoff, job.id), BLOCKED_RECHECK_SECONDS)
+    return attempts, min(retry_delay(attempts, action.spec.backoff, job.id),
+                         BLOCKED_RECHECK_SECONDS)
+
+
+def _block(ctx: _Pass, action: DesiredAction, job: JobRecord, blocked: list[BlockedBy]) -> None:
+    """Retry with backoff (see `blocked_retry`), and soon when the holder is a process we
+    are stopping."""
+    attempts, delay = blocked_retry(job, action)
     if all(b.pid is not None and b.pid in ctx.stopping_pids for b in blocked):
         delay = STOP_POLL_SECONDS
     first = blocked[0]

@@ -320,14 +320,13 @@ def signal_process(identity: Identity, sig: int) -> StopResult:
 
 def signal_job(leader: Identity, members: Iterable[Identity], sig: int) -> StopResult:
     """Send `sig` to every process of a job and return at once: its main process (`leader`,
-    alive or not), the rest of its session, and `members` found elsewhere (a daemonized
-    child carrying the job's id). The session is re-scanned here, so a child forked since
-    the pass observed it is not missed; each signal verifies its target's identity first."""
+    alive or not) and its `members` (the rest of its session and whatever carries its job
+    id: host/members.job_processes, found for every stop of a pass in one walk just before).
+    Each signal verifies its target's identity first; a child forked after that walk is
+    found by the next pass, which finishes the stop only once nothing of the job is left."""
     result = StopResult()
     targets: dict[int, Identity] = {leader.pid: leader}  # verified (or skipped) when signalled
     targets.update((m.pid, m) for m in members)
-    if session_still_ours(leader):
-        targets.update((m.pid, m) for m in _sweepable(leader.pid, result))
     protected = self_and_ancestors()
     for target in targets.values():
         if target.pid in protected:
