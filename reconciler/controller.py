@@ -17,13 +17,13 @@ from pathlib import Path
 from reconciler import health, logs
 from reconciler.desired import Desired, ResolvedCache, build_desired
 from reconciler.execute import Executor, Outcome
-from reconciler.host.identity import Identity
 from reconciler.host.limits import raise_fd_limit
 from reconciler.host.members import job_processes
 from reconciler.host.observe import observe
-from reconciler.host.observed import Observed, ProcInfo
 from reconciler.host.proccache import ProcCache
 from reconciler.host.spawn import Children
+from reconciler.identity import Identity
+from reconciler.observed import Observed, ProcInfo
 from reconciler.plan import (
     KILL_GRACE_SECONDS,
     STOP_POLL_SECONDS,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reconciler.host.spawn import minimal_env
+from reconciler.environment import minimal_env
 from reconciler.settings import Settings
 from reconciler.spec.model import Action, Health, Service, UnixHealth
 

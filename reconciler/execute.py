@@ -22,11 +22,11 @@ from pathlib import Path
 from reconciler import logs
 from reconciler.backoff import retry_delay
 from reconciler.host import pidfile, procs, sockets
-from reconciler.host.identity import Identity
 from reconciler.host.members import job_processes
-from reconciler.host.observed import ProcInfo
 from reconciler.host.pidfile import PidfileRefused
 from reconciler.host.spawn import Children, SpawnError
+from reconciler.identity import Identity
+from reconciler.observed import ProcInfo
 from reconciler.plan import (
     MIN_START_INTERVAL,
     Adopt,

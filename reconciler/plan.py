@@ -23,8 +23,8 @@ from typing import Literal
 
 from reconciler.backoff import restart_delay, retry_delay
 from reconciler.desired import Desired, DesiredAction
-from reconciler.host.identity import Identity
-from reconciler.host.observed import Exit, Observed, ProcInfo
+from reconciler.identity import Identity
+from reconciler.observed import Exit, Observed, ProcInfo
 from reconciler.redact import command_line
 from reconciler.state.records import BlockedBy, Enrollment, JobRecord, StopThen
 

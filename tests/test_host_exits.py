@@ -16,7 +16,8 @@ import pytest
 from reconciler.host import exits as exits_module
 from reconciler.host import procfs
 from reconciler.host.exits import ExitWatcher
-from reconciler.host.identity import Identity, identity_of
+from reconciler.host.identity import identity_of
+from reconciler.identity import Identity
 from tests.conftest import Foreign
 from tests.helpers import wait_for
 

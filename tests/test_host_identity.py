@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 from reconciler.host import procfs
-from reconciler.host.identity import Identity, identity_of, proc_info
+from reconciler.host.identity import identity_of, proc_info
+from reconciler.identity import Identity
 from tests.conftest import Foreign
 from tests.helpers import wait_for
 

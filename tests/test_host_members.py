@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.environment import minimal_env
 from reconciler.host import procfs
 from reconciler.host.identity import identity_of
 from reconciler.host.members import job_members, scan_members
-from reconciler.host.spawn import Children, minimal_env
+from reconciler.host.spawn import Children
 from tests.helpers import wait_for
 
 # fork, setsid, fork again, both parents exit: the grandchild is in a new session, reparented

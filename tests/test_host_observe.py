@@ -7,12 +7,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from reconciler.environment import minimal_env
 from reconciler.host import procfs
 from reconciler.host.identity import identity_of
 from reconciler.host.observe import observe
-from reconciler.host.observed import Exit, PidfileState
 from reconciler.host.pidfile import write_pidfile
-from reconciler.host.spawn import Children, minimal_env
+from reconciler.host.spawn import Children
+from reconciler.observed import Exit, PidfileState
 from tests.conftest import Foreign
 from tests.helpers import wait_for
 

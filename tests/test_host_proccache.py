@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.environment import minimal_env
 from reconciler.host.identity import proc_info
 from reconciler.host.proccache import ProcCache
-from reconciler.host.spawn import Children, minimal_env
+from reconciler.host.spawn import Children
 from tests.conftest import Foreign
 from tests.helpers import wait_for
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.environment import minimal_env
 from reconciler.host import procfs, procs
-from reconciler.host.identity import Identity, identity_of
-from reconciler.host.observed import ProcInfo
+from reconciler.host.identity import identity_of
 from reconciler.host.procs import (
     StopResult,
     is_protected,
@@ -22,7 +22,9 @@ from reconciler.host.procs import (
     stop_process,
     stop_session,
 )
-from reconciler.host.spawn import Children, minimal_env
+from reconciler.host.spawn import Children
+from reconciler.identity import Identity
+from reconciler.observed import ProcInfo
 from tests.conftest import Foreign
 from tests.helpers import wait_for
 

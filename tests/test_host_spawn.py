@@ -14,17 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.environment import DEFAULT_PATH, minimal_env
 from reconciler.host import procfs
-from reconciler.host.identity import Identity, identity_of
-from reconciler.host.observed import Exit
-from reconciler.host.spawn import (
-    DEFAULT_PATH,
-    GATE_ARGV0,
-    JOB_ID_VAR,
-    Children,
-    SpawnError,
-    minimal_env,
-)
+from reconciler.host.identity import identity_of
+from reconciler.host.spawn import GATE_ARGV0, JOB_ID_VAR, Children, SpawnError
+from reconciler.identity import Identity
+from reconciler.observed import Exit
 from tests.helpers import wait_for
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
@@ -282,7 +277,8 @@ def test_a_parent_killed_before_opening_the_gate_leaves_nothing_running(
     marker, pidfile = tmp_path / "ran", tmp_path / "child.pid"
     code = (
         "import os, signal, sys\n"
-        "from reconciler.host.spawn import Children, minimal_env\n"
+        "from reconciler.environment import minimal_env\n"
+        "from reconciler.host.spawn import Children\n"
         "def enroll(identity):\n"
         f"    open({str(pidfile)!r}, 'w').write(str(identity.pid))\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -312,7 +308,8 @@ def test_children_get_the_fd_limit_the_controller_was_started_with(tmp_path: Pat
         "soft, hard = 256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))\n"
         "from reconciler.host.limits import raise_fd_limit\n"
-        "from reconciler.host.spawn import Children, minimal_env\n"
+        "from reconciler.environment import minimal_env\n"
+        "from reconciler.host.spawn import Children\n"
         "raise_fd_limit()\n"
         "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0] > soft, flush=True)\n"
         f"Children().spawn(['/bin/sh', '-c', 'ulimit -S -n'], cwd={str(tmp_path)!r},\n"

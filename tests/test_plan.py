@@ -11,8 +11,8 @@ import pytest
 
 from reconciler.backoff import restart_delay, retry_delay
 from reconciler.desired import Desired, desired_from_services
-from reconciler.host.identity import Identity
-from reconciler.host.observed import Exit, Observed, PidfileState, PortState, ProcInfo, SocketState
+from reconciler.identity import Identity
+from reconciler.observed import Exit, Observed, PidfileState, PortState, ProcInfo, SocketState
 from reconciler.plan import (
     STARTUP_SECONDS,
     Adopt,

@@ -17,9 +17,10 @@ import pytest
 
 from reconciler import cli
 from reconciler.controller import Reconciler
+from reconciler.environment import minimal_env
 from reconciler.host.identity import identity_of
 from reconciler.host.procs import session_members
-from reconciler.host.spawn import Children, minimal_env
+from reconciler.host.spawn import Children
 from reconciler.settings import Settings
 from reconciler.state.enrollment import enroll
 from reconciler.state.lock import StateLock

@@ -21,8 +21,8 @@ def test_ordinary_arguments_are_untouched() -> None:
 
 
 def test_process_descriptions_in_reasons_are_redacted_and_one_line() -> None:
-    from reconciler.host.identity import Identity
-    from reconciler.host.observed import ProcInfo
+    from reconciler.identity import Identity
+    from reconciler.observed import ProcInfo
 
     proc = ProcInfo(Identity("b", 77, 1), ("app", "--password=hunter2", "x\ny"), 77, 77)
     assert proc.describe() == f"pid 77 (app --password={MASK} x y)"

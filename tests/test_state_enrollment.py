@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.host.identity import Identity
+from reconciler.identity import Identity
 from reconciler.state.enrollment import (
     Enrollments,
     enroll,

@@ -19,7 +19,8 @@ import selectors
 import threading
 from collections.abc import Callable, Iterable
 
-from reconciler.host.identity import Identity, identity_of
+from reconciler.host.identity import identity_of
+from reconciler.identity import Identity
 
 log = logging.getLogger(__name__)
 

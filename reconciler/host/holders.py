@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from reconciler.host import procfs
 from reconciler.host.identity import proc_info
-from reconciler.host.observed import ProcInfo
+from reconciler.observed import ProcInfo
 
 
 def _scan(pids: Iterable[int], wanted: set[int],

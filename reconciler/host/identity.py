@@ -1,30 +1,10 @@
-"""Process identity: the only thing we trust to say "this is the process we started".
-
-A PID alone is never enough because PIDs recycle. The triple (boot id, pid, start time in
-clock ticks since boot) is unique for the life of the machine's boot, and stays valid across
-clock steps because start time is measured from boot, not from the wall clock.
-"""
+"""Reading a live process's identity (`reconciler.identity`) and snapshot from /proc."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
-
 from reconciler.host import procfs
-
-if TYPE_CHECKING:
-    from reconciler.host.observed import ProcInfo
-
-
-class Identity(NamedTuple):
-    """A tuple, so hashing and comparing it run in C: every pass compares and hashes the
-    identity of every job several times."""
-
-    boot_id: str
-    pid: int
-    starttime_ticks: int
-
-    def __str__(self) -> str:
-        return f"pid {self.pid} (start {self.starttime_ticks}, boot {self.boot_id[:8]})"
+from reconciler.identity import Identity
+from reconciler.observed import ProcInfo
 
 
 def identity_of(pid: int) -> Identity | None:
@@ -39,8 +19,6 @@ def identity_of(pid: int) -> Identity | None:
 def proc_info(pid: int) -> ProcInfo | None:
     """What an operator and the planner need to know about a live process, read as one
     consistent snapshot (stat and cmdline of the same process, even if the pid recycles)."""
-    from reconciler.host.observed import ProcInfo  # observed imports this module
-
     snapshot = procfs.read_process(pid)
     if snapshot is None or snapshot[0].zombie:
         return None

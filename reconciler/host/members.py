@@ -24,10 +24,11 @@ import os
 from collections.abc import Collection, Iterable, Mapping
 
 from reconciler.host import procfs
-from reconciler.host.identity import Identity, proc_info
-from reconciler.host.observed import ProcInfo
+from reconciler.host.identity import proc_info
 from reconciler.host.procs import self_and_ancestors, session_still_ours
 from reconciler.host.spawn import JOB_ID_VAR
+from reconciler.identity import Identity
+from reconciler.observed import ProcInfo
 
 
 def job_members(job_id: str, *, candidates: Iterable[int] | None = None) -> list[ProcInfo]:

@@ -11,13 +11,13 @@ import os
 from collections.abc import Iterable, Mapping
 
 from reconciler.host.identity import proc_info
-from reconciler.host.observed import Observed, PidfileState, ProcInfo
 from reconciler.host.pidfile import read_pidfile
 from reconciler.host.ports import inspect_tcp_ports
 from reconciler.host.proccache import ProcCache
 from reconciler.host.procfs import read_boot_id
 from reconciler.host.sockets import inspect_unix_sockets
 from reconciler.host.spawn import Children
+from reconciler.observed import Observed, PidfileState, ProcInfo
 
 
 def observe(*, pids: Iterable[int] = (), pidfiles: Iterable[str] = (),

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from reconciler.host import procfs
 from reconciler.host.holders import find_socket_holders
-from reconciler.host.observed import PortState, ProcInfo
+from reconciler.observed import PortState, ProcInfo
 
 
 def inspect_tcp_ports(ports: Iterable[int],

@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from reconciler.host.identity import proc_info
-from reconciler.host.observed import ProcInfo
 from reconciler.host.spawn import GATE_ARGV0, open_pidfd
+from reconciler.observed import ProcInfo
 
 
 @dataclass(slots=True)

@@ -23,8 +23,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from reconciler.host import procfs
-from reconciler.host.identity import Identity, identity_of, proc_info
-from reconciler.host.observed import ProcInfo
+from reconciler.host.identity import identity_of, proc_info
+from reconciler.identity import Identity
+from reconciler.observed import ProcInfo
 
 KILL_WAIT_SECONDS = 5.0  # how long we wait for SIGKILLed processes to disappear
 _FALLBACK_POLL_SECONDS = 0.02  # only where the kernel has no pidfds

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 
 from reconciler.host import procfs
 from reconciler.host.holders import find_socket_holders
-from reconciler.host.observed import ProcInfo, SocketKind, SocketState
+from reconciler.observed import ProcInfo, SocketKind, SocketState
 
 # A stream connect to a datagram/seqpacket socket fails with EPROTOTYPE: retry as those.
 _SOCKET_TYPES = (socket.SOCK_STREAM, socket.SOCK_SEQPACKET, socket.SOCK_DGRAM)

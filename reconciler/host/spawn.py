@@ -27,14 +27,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from reconciler.environment import DEFAULT_PATH
 from reconciler.files import make_private_dirs
 from reconciler.host import procfs
-from reconciler.host.identity import Identity
 from reconciler.host.limits import child_fd_limit
-from reconciler.host.observed import Exit
+from reconciler.identity import Identity
+from reconciler.observed import Exit
 
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-_INHERITED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR"})
 _FALLBACK_POLL_SECONDS = 0.02  # only where the kernel has no pidfds
 # Waits for the parent's go on stdin; end-of-file (the parent died) means never run "$@".
 # $1 is the soft open-file limit the command gets (host/limits.py).
@@ -45,16 +44,6 @@ GATE_ARGV0 = "reconciler-gate"
 # found again after they leave its session (host/members.py). Set last, so a spec's env
 # cannot forge or hide it.
 JOB_ID_VAR = "RECONCILER_JOB_ID"
-
-
-def minimal_env(extra: Mapping[str, str]) -> dict[str, str]:
-    """The controller's own environment (credentials, sockets of the shell that started it,
-    …) must not leak into services, and a service must not behave differently depending on
-    who restarted the controller: inherit only locale, identity and search path."""
-    env = {k: v for k, v in os.environ.items() if k in _INHERITED or k.startswith("LC_")}
-    env.setdefault("PATH", DEFAULT_PATH)
-    env.update(extra)
-    return env
 
 
 class SpawnError(Exception):

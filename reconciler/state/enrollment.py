@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.files import make_private_dirs, write_atomic
-from reconciler.host.identity import Identity
+from reconciler.identity import Identity
 from reconciler.state.records import Enrollment
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from reconciler.host.identity import Identity
+from reconciler.identity import Identity
 
 Phase = Literal[
     "pending", "starting", "running", "succeeded", "backoff",

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from reconciler.host import procs
-from reconciler.host.identity import Identity, identity_of
+from reconciler.host.identity import identity_of
 from reconciler.host.procfs import read_boot_id, read_stat
+from reconciler.identity import Identity
 from reconciler.settings import Settings
 from tests.conftest import Foreign
 from tests.helpers import wait_for

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from reconciler.host.identity import Identity
+from reconciler.identity import Identity
 from reconciler.redact import command_line
 
 
