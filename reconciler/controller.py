@@ -106,10 +106,11 @@ class Reconciler:
     def __init__(self, settings: Settings, *, allow_empty: bool = False,
                  clock: Callable[[], float] = time.time,
                  housekeeping_interval: float = HOUSEKEEPING_SECONDS,
-                 rebind: bool = False) -> None:
+                 events_kept: int = EVENTS_KEPT, rebind: bool = False) -> None:
         self.settings = settings
         self.allow_empty = allow_empty
         self.housekeeping_interval = housekeeping_interval
+        self.events_kept = events_kept
         self._housekept_at = -math.inf  # time.monotonic() of the last housekeeping
         self.clock = clock
         self.children = Children()
@@ -195,7 +196,7 @@ class Reconciler:
 
     def _longest_stop(self) -> float:
         """Long enough for every job to take its whole `stop.timeout`, then SIGKILL."""
-        timeouts = [float(j.spec.get("stop_timeout", 10.0)) for j in self.store.jobs()]
+        timeouts = [j.spec.stop_timeout for j in self.store.jobs()]
         return max(timeouts, default=0.0) + 2 * KILL_GRACE_SECONDS
 
     def _draft(self, children: Children | None, health: HealthResults | None,
@@ -206,10 +207,10 @@ class Reconciler:
         observed = observe_for(desired, records, enrollments, children,
                                self.procs if children is not None else None)
         observed = with_health(observed, health)
-        steps = plan(desired, observed, records, self.clock(), enrollments=enrollments,
-                     allow_empty=self.allow_empty,
-                     hold_prune=loaded.unsettled_until is not None)
-        return _Draft(loaded, spec_records, desired, records, steps)
+        planned = plan(desired, observed, records, self.clock(), enrollments=enrollments,
+                       allow_empty=self.allow_empty,
+                       hold_prune=loaded.unsettled_until is not None)
+        return _Draft(loaded, spec_records, desired, records, planned)
 
     def _apply(self, planner: Callable[[Observed, list[JobRecord], float], Plan]) -> Plan:
         """Run an operator's command (`down`, `restart`) as one locked, recorded pass."""
@@ -217,16 +218,16 @@ class Reconciler:
             records, enrollments = self._records()
             observed = observe_for(Desired(actions=()), records, enrollments, self.children,
                                    self.procs)
-            steps = planner(observed, records, self.clock())
-            self._save(self._execute(steps), [], None)
-            return steps
+            planned = planner(observed, records, self.clock())
+            self._save(self._execute(planned), [], None)
+            return planned
 
     def _housekeeping_when_due(self, desired: Desired, jobs: Iterable[JobRecord]) -> None:
         """Bounds on disk use need no per-pass precision, and checking a thousand logs
         costs more than the rest of a no-op pass."""
         if time.monotonic() - self._housekept_at >= self.housekeeping_interval:
             cap_logs(desired, jobs)
-            self.store.prune_events(keep=EVENTS_KEPT)
+            self.store.prune_events(keep=self.events_kept)
             self._housekept_at = time.monotonic()
 
     @contextmanager
@@ -238,8 +239,8 @@ class Reconciler:
                 self.enrollments.invalidate()
             yield
 
-    def _execute(self, steps: Plan) -> Outcome:
-        outcome = self.executor.run(steps.steps)
+    def _execute(self, planned: Plan) -> Outcome:
+        outcome = self.executor.run(planned.steps)
         self.enrollments.refresh(outcome.jobs)  # their enrollments were written or removed
         return outcome
 

@@ -12,11 +12,12 @@ import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from reconciler.environment import minimal_env
 from reconciler.settings import Settings
 from reconciler.spec.model import Action, Health, Service, UnixHealth
+from reconciler.state.records import JobSpec
 
 if TYPE_CHECKING:
     from reconciler.spec.load import LoadResult
@@ -47,19 +48,13 @@ class DesiredAction:
     def stop_signal(self) -> int:
         return int(signal.Signals[self.spec.stop.signal])
 
-    def record_spec(self) -> dict[str, Any]:
+    def job_spec(self) -> JobSpec:
         """What a job must remember to be stopped and cleaned correctly after its spec is gone."""
-        return {
-            "argv": list(self.argv),
-            "pidfile": self.pidfile,
-            "sockets": list(self.sockets),
-            "tcp_ports": list(self.spec.tcp_ports),
-            "stop_signal": self.spec.stop.signal,
-            "stop_timeout": self.spec.stop.timeout,
-            "log_path": self.log_path,
-            "health": self.spec.health is not None,
-            "keep_logs": self.spec.logs.keep,
-        }
+        return JobSpec(
+            argv=self.argv, pidfile=self.pidfile, sockets=self.sockets,
+            tcp_ports=tuple(self.spec.tcp_ports), stop_signal=self.spec.stop.signal,
+            stop_timeout=self.spec.stop.timeout, log_path=self.log_path,
+            health=self.spec.health is not None, keep_logs=self.spec.logs.keep)
 
 
 @dataclass(frozen=True, slots=True)

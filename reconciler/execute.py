@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import assert_never
 
 from reconciler import logs
 from reconciler.backoff import retry_delay
@@ -31,10 +32,10 @@ from reconciler.plan import (
     MIN_START_INTERVAL,
     Adopt,
     Cleanup,
-    Record,
+    Kill,
     Spawn,
     Step,
-    Stop,
+    UpdateJob,
     blocked_retry,
 )
 from reconciler.redact import redact_argv
@@ -81,17 +82,31 @@ class Executor:
 
     def run(self, steps: Sequence[Step]) -> Outcome:
         outcome = Outcome()
-        self._members = self._members_of_stopped_jobs(steps)
+        self._members = self._members_of_killed_jobs(steps)
         for batch in _batches(steps):
-            if len(batch) > 1:
-                self._spawn_all(batch, outcome)  # type: ignore[arg-type]
+            if isinstance(batch, tuple):
+                self._spawn_all(batch, outcome)
                 continue
-            handler = getattr(self, f"_{type(batch[0]).__name__.lower()}")
             try:
-                handler(batch[0], outcome)
+                self._carry_out(batch, outcome)
             except Exception as err:  # one job's trouble must not fail the pass
-                self._step_failed(batch[0], err, outcome)
+                self._step_failed(batch, err, outcome)
         return outcome
+
+    def _carry_out(self, step: Step, out: Outcome) -> None:
+        match step:
+            case Spawn():
+                self._spawn(step, out)
+            case Adopt():
+                self._adopt(step, out)
+            case Kill():
+                self._kill(step, out)
+            case Cleanup():
+                self._cleanup(step, out)
+            case UpdateJob():
+                self._update_job(step, out)
+            case _:
+                assert_never(step)
 
     def _step_failed(self, step: Step, err: Exception, out: Outcome) -> None:
         log.error("%s failed: %s", printable(step.describe()), err, exc_info=err)
@@ -106,11 +121,11 @@ class Executor:
             out.event("error", detail["error"], self.clock(), **detail)
 
     @staticmethod
-    def _members_of_stopped_jobs(steps: Sequence[Step]) -> dict[str, tuple[ProcInfo, ...]]:
-        """Every process carrying the id of a job this batch stops, found in one walk over
+    def _members_of_killed_jobs(steps: Sequence[Step]) -> dict[str, tuple[ProcInfo, ...]]:
+        """Every process carrying the id of a job this batch signals, found in one walk over
         /proc for all of them (a daemonized child left the job's session, not its job)."""
         leaders = {s.job.id: s.target for s in steps
-                   if isinstance(s, Stop) and s.scope == "session" and s.job is not None}
+                   if isinstance(s, Kill) and s.scope == "session" and s.job is not None}
         if not leaders:
             return {}
         return job_processes(leaders, by_environ=leaders)
@@ -130,14 +145,14 @@ class Executor:
         for step, (now, result) in zip(steps, started, strict=True):
             self._record_start(step, now, result, out)
 
-    def _record(self, step: Record, out: Outcome) -> None:
+    def _update_job(self, step: UpdateJob, out: Outcome) -> None:
         if step.job.identity is None:
             enrollment.unenroll(self.run_dir, step.job.id)  # its process is gone for good
         if step.pidfile is not None:
             pidfile.remove_pidfile(*step.pidfile)
         out.job(replace(step.job, updated_at=self.clock()), step.kind, step.reason)
 
-    def _stop(self, step: Stop, out: Outcome) -> None:
+    def _kill(self, step: Kill, out: Outcome) -> None:
         """Signal and move on: the job is `stopping`, and a later pass escalates or records
         its end (see plan._continue_stop)."""
         if step.scope == "session" and step.job is not None:
@@ -168,10 +183,10 @@ class Executor:
             enrollment.enroll(self.run_dir, Enrollment(
                 job_id=job.id, service=job.service, action=job.action,
                 generation=job.generation, identity=job.identity,
-                cmdline=old.cmdline if old else tuple(job.spec.get("argv", ())),
+                cmdline=old.cmdline if old else job.spec.argv,
                 enrolled_at=self.clock()))
-        if job.pid is not None and job.spec.get("pidfile"):
-            pidfile.write_pidfile(job.spec["pidfile"], job.pid)
+        if job.pid is not None and job.spec.pidfile is not None:
+            pidfile.write_pidfile(job.spec.pidfile, job.pid)
         out.job(job, step.kind, step.reason, pid=job.pid)
 
     def _spawn(self, step: Spawn, out: Outcome) -> None:
@@ -182,8 +197,7 @@ class Executor:
         on worker threads): rotate the log, start behind the gate, enroll."""
         action, now = step.action, self.clock()
         log_path = Path(action.log_path)
-        if step.rotate_log:
-            logs.rotate(log_path, action.spec.logs.keep, action.spec.logs.max_size)
+        logs.rotate(log_path, action.spec.logs.keep, action.spec.logs.max_size)
 
         def enroll(identity: Identity) -> None:
             """Proof of ownership, on disk before the command runs (see host/spawn.py)."""
@@ -218,11 +232,7 @@ class Executor:
         if isinstance(result, SpawnError):
             self._spawn_failed(step, str(result), now, out)
             return
-        # Not ready until a later pass sees it alive (or its probe passes): a process that
-        # dies at once crashed *before* it was ready.
-        phase = "starting" if step.action.spec.health else "running"
-        job = replace(step.job.with_identity(result), phase=phase, ready=False,
-                      started_at=now, updated_at=now, reason=step.reason)
+        job = replace(step.job.with_identity(result), started_at=now, updated_at=now)
         out.job(job, "spawn", step.reason, pid=result.pid, argv=redact_argv(step.action.argv))
 
     def _pidfile_refused(self, step: Spawn, err: PidfileRefused, now: float,
@@ -247,12 +257,20 @@ class Executor:
         out.job(job, "backoff", f"{job.reason}, retry in {delay:.1f}s")
 
 
-def _batches(steps: Sequence[Step]) -> list[list[Step]]:
-    """Runs of consecutive spawns form one batch; every other step is a batch of its own."""
-    batches: list[list[Step]] = []
-    for step in steps:
-        if isinstance(step, Spawn) and batches and isinstance(batches[-1][-1], Spawn):
-            batches[-1].append(step)
+def _batches(steps: Sequence[Step]) -> list[Step | tuple[Spawn, ...]]:
+    """Runs of two or more consecutive spawns form one batch (a tuple, started together);
+    every other step stands alone."""
+    batches: list[Step | tuple[Spawn, ...]] = []
+    run: list[Spawn] = []
+    for step in (*steps, None):
+        if isinstance(step, Spawn):
+            run.append(step)
+            continue
+        if len(run) > 1:
+            batches.append(tuple(run))
         else:
-            batches.append([step])
+            batches.extend(run)
+        run = []
+        if step is not None:
+            batches.append(step)
     return batches

@@ -11,6 +11,8 @@ import contextlib
 import os
 import secrets
 
+# The modes of everything we create (state dir, run dir, logs, pidfiles, enrollments, the
+# database, locks): one place, so no module picks its own.
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
 

@@ -26,7 +26,14 @@ from reconciler.desired import Desired, DesiredAction
 from reconciler.identity import Identity
 from reconciler.observed import Exit, Observed, ProcInfo
 from reconciler.redact import command_line
-from reconciler.state.records import BlockedBy, Enrollment, JobRecord, StopThen
+from reconciler.state.records import (
+    BlockedBy,
+    Enrollment,
+    FailureClass,
+    JobRecord,
+    Phase,
+    StopThen,
+)
 
 # A process without a health check that dies sooner than this after its start crashed before
 # it was ready (see `_had_started`).
@@ -48,9 +55,11 @@ KILL_GRACE_SECONDS = 5.0
 
 @dataclass(frozen=True, slots=True)
 class Spawn:
+    """Start the action's command (its live log is rotated first: each run starts a fresh
+    log, and the previous run, or the previous generation, is `logs --previous`)."""
+
     job: JobRecord  # the record as it should be once the process runs (identity filled later)
     action: DesiredAction
-    rotate_log: bool
     reason: str
     verb: str = "spawn"
 
@@ -60,6 +69,8 @@ class Spawn:
 
 @dataclass(frozen=True, slots=True)
 class Adopt:
+    """Take a live process we can prove is ours as the job's main process."""
+
     job: JobRecord  # with the identity of the process it now runs as
     reason: str
     kind: str = "adopt"  # event kind: "adopt", or "daemonized" when a forked child took over
@@ -70,9 +81,10 @@ class Adopt:
 
 
 @dataclass(frozen=True, slots=True)
-class Stop:
-    """Send one signal, never wait: to every process of a job of ours (`job` set: its main
-    process, its session and whatever carries its job id), or to one foreign process."""
+class Kill:
+    """Send one signal (as kill(2) does: not necessarily SIGKILL) and never wait: to every
+    process of a job of ours (`job` set: its main process, its session and whatever carries
+    its job id), or to one foreign process."""
 
     target: Identity
     scope: Literal["session", "process"]  # session: a job of ours; process: a foreign process
@@ -89,6 +101,8 @@ class Stop:
 
 @dataclass(frozen=True, slots=True)
 class Cleanup:
+    """Unlink a unix socket, only once the host layer proved it stale right before."""
+
     path: str
     reason: str
     verb: str = "cleanup"
@@ -98,25 +112,27 @@ class Cleanup:
 
 
 @dataclass(frozen=True, slots=True)
-class Record:
+class UpdateJob:
     """Bookkeeping only: a job's phase or reason changes without touching the host."""
 
     job: JobRecord
     kind: str  # event kind
     reason: str
     pidfile: tuple[str, int] | None = None  # (path, pid): remove it if it still names pid
-    verb: str = "record"
+    verb: str = "update"
 
     def describe(self) -> str:
         return f"{self.kind} {self.job.service}.{self.job.action}: {self.reason}"
 
 
-Step = Spawn | Adopt | Stop | Cleanup | Record
-HOST_STEPS = (Spawn, Adopt, Stop, Cleanup)
+Step = Spawn | Adopt | Kill | Cleanup | UpdateJob
+HOST_STEPS = (Spawn, Adopt, Kill, Cleanup)
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
+    """What one pass will do, in order, and when the next pass should look again."""
+
     steps: tuple[Step, ...]
     notes: tuple[str, ...] = ()
     prune_held: bool = False  # the empty-specs guard kept running services from being pruned
@@ -153,7 +169,7 @@ class _Pass:
                 isinstance(s, Cleanup) and s.path == step.path for s in self.steps):
             return
         self.steps.append(step)
-        if isinstance(step, Stop):
+        if isinstance(step, Kill):
             self.stopping_pids.add(step.target.pid)
         job = getattr(step, "job", None)
         if not isinstance(job, JobRecord):
@@ -246,10 +262,10 @@ def _retire(ctx: _Pass, job: JobRecord, then: StopThen, reason: str) -> None:
         phase = _FINAL_PHASE[then]
         final = replace(job.with_identity(None), phase=phase, ready=False, reason=reason,
                         next_start_at=None, blocked_by=(), stop_deadline=None, stop_then=None)
-        ctx.emit(Record(final, "restart" if then == "restart" else phase, reason))
+        ctx.emit(UpdateJob(final, "restart" if then == "restart" else phase, reason))
         return
-    _begin_stop(ctx, job, then, reason, sig=_stop_signal(job), timeout=_stop_timeout(job),
-                cmd=_cmd_of(proc))
+    _begin_stop(ctx, job, then, reason, sig=job.spec.stop_signal_number,
+                timeout=job.spec.stop_timeout, cmd=_cmd_of(proc))
 
 
 def _redirect_stop(ctx: _Pass, job: JobRecord, then: StopThen, reason: str) -> JobRecord:
@@ -259,7 +275,7 @@ def _redirect_stop(ctx: _Pass, job: JobRecord, then: StopThen, reason: str) -> J
     if job.stop_then in ("removed", then):
         return job
     updated = replace(job, stop_then=then, reason=reason, updated_at=ctx.now)
-    ctx.emit(Record(updated, "stopping", reason))
+    ctx.emit(UpdateJob(updated, "stopping", reason))
     return updated
 
 
@@ -270,7 +286,7 @@ def _begin_stop(ctx: _Pass, job: JobRecord, then: StopThen, reason: str, *, sig:
     stopping = replace(job, phase="stopping", ready=False, stop_then=then,
                        stop_deadline=ctx.now + timeout, next_start_at=None, blocked_by=(),
                        reason=reason, updated_at=ctx.now)
-    ctx.emit(Stop(target=job.identity, scope="session", signal=sig, reason=reason,
+    ctx.emit(Kill(target=job.identity, scope="session", signal=sig, reason=reason,
                   job=stopping, cmd=cmd))
     ctx.requeue(min(ctx.now + STOP_POLL_SECONDS, stopping.stop_deadline or ctx.now))
 
@@ -287,9 +303,9 @@ def _continue_stop(ctx: _Pass, job: JobRecord, action: DesiredAction | None) -> 
         ctx.requeue(deadline if leader is not None else
                     min(deadline, ctx.now + STOP_POLL_SECONDS))
         return None
-    reason = f"still running after {_stop_timeout(job):g}s: SIGKILL"
+    reason = f"still running after {job.spec.stop_timeout:g}s: SIGKILL"
     escalated = replace(job, stop_deadline=ctx.now + KILL_GRACE_SECONDS, updated_at=ctx.now)
-    ctx.emit(Stop(target=job.identity, scope="session", signal=signal.SIGKILL, reason=reason,
+    ctx.emit(Kill(target=job.identity, scope="session", signal=signal.SIGKILL, reason=reason,
                   job=escalated, cmd=_cmd_of(leader)))
     ctx.requeue(ctx.now + STOP_POLL_SECONDS)
     return None
@@ -301,8 +317,8 @@ def _stop_finished(ctx: _Pass, job: JobRecord, action: DesiredAction | None) -> 
     then: StopThen = job.stop_then or "removed"
     base = replace(job.with_identity(None), ready=False, blocked_by=(), stop_deadline=None,
                    stop_then=None, updated_at=ctx.now)
-    pid_held = (str(job.spec["pidfile"]), job.pid) \
-        if job.spec.get("pidfile") and job.pid is not None else None
+    pid_held = (job.spec.pidfile, job.pid) \
+        if job.spec.pidfile is not None and job.pid is not None else None
     if then == "restart" and action is not None:
         final = _due(ctx, action, base, job.reason or "restart", pidfile=pid_held)
     elif then == "retry" and action is not None:
@@ -311,14 +327,10 @@ def _stop_finished(ctx: _Pass, job: JobRecord, action: DesiredAction | None) -> 
         phase = _FINAL_PHASE[then]
         final = replace(base, phase=phase, next_start_at=None,
                         reason=job.reason or f"{phase} after a stop")
-        ctx.emit(Record(final, phase, f"stopped ({final.reason})", pidfile=pid_held))
-    for path in job.spec.get("sockets", []):
+        ctx.emit(UpdateJob(final, phase, f"stopped ({final.reason})", pidfile=pid_held))
+    for path in job.spec.sockets:
         ctx.emit(Cleanup(path, f"socket of stopped {job.service}.{job.action}"))
     return final
-
-
-def _stop_timeout(job: JobRecord) -> float:
-    return float(job.spec.get("stop_timeout", 10.0))
 
 
 def _plan_action(ctx: _Pass, action: DesiredAction) -> None:
@@ -349,7 +361,7 @@ def _new_job(ctx: _Pass, action: DesiredAction) -> JobRecord:
     job = JobRecord(
         id=job_id_for(action, ctx.now), service=action.service, action=action.name,
         generation=action.generation, phase="pending", process=action.spec.process,
-        spec=action.record_spec(), created_at=ctx.now, updated_at=ctx.now,
+        spec=action.job_spec(), created_at=ctx.now, updated_at=ctx.now,
         reason="new job",
     )
     ctx.jobs[action.key] = job
@@ -360,7 +372,7 @@ def _forget_previous_boot(ctx: _Pass, job: JobRecord) -> JobRecord:
     fresh = replace(job.with_identity(None), phase="pending", ready=False, started_at=None,
                     last_exit_at=job.started_at or ctx.now, last_exit_code=None,
                     reason="record from a previous boot: starting fresh")
-    ctx.emit(Record(fresh, "stale-record", fresh.reason))
+    ctx.emit(UpdateJob(fresh, "stale-record", fresh.reason))
     return fresh
 
 
@@ -369,7 +381,8 @@ def _forget_previous_boot(ctx: _Pass, job: JobRecord) -> JobRecord:
 
 def _plan_process(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
     proc = ctx.observed.alive(job.identity)
-    if proc is not None and not _unhealthy(ctx, action, job):
+    unhealthy = proc is not None and _unhealthy(ctx, action, job)
+    if proc is not None and not unhealthy:
         _keep_running(ctx, job)
         return
     enrollment = _adoptable(ctx, job)
@@ -377,12 +390,15 @@ def _plan_process(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
         ctx.emit(Adopt(_adopted(job, enrollment, ctx),
                        "enrolled by us for this job and still running"))
         return
+    if unhealthy:
+        _stop_unhealthy(ctx, action, job)
+        return
     if job.identity is not None:
-        successor = _successor(ctx, job) if proc is None else None
+        successor = _successor(ctx, job)
         if successor is not None:
             _follow(ctx, job, successor)
             return
-        ended = _record_process_exit(ctx, action, job, unhealthy=proc is not None)
+        ended = _record_exit(ctx, action, job)
         if ended is None or ended.phase == "stopped":
             return
         job = ended
@@ -425,14 +441,14 @@ def _keep_running(ctx: _Pass, job: JobRecord) -> None:
     Without a health probe a running process is ready; with one it is `starting` until the
     probe passes once.
     """
-    has_probe = bool(job.spec.get("health"))
+    has_probe = job.spec.health
     ready = job.ready or not has_probe or ctx.observed.ready.get(job.id, False)
-    phase = "running" if ready else "starting"
+    phase: Phase = "running" if ready else "starting"
     if (job.phase, job.ready, job.blocked_by) == (phase, ready, ()):
         return
     updated = replace(job, phase=phase, ready=ready, blocked_by=(), next_start_at=None,
                       reason="ready" if ready else "waiting for its health check")
-    ctx.emit(Record(updated, "ready" if ready else "running", updated.reason))
+    ctx.emit(UpdateJob(updated, "ready" if ready else "running", updated.reason))
 
 
 def _running(job: JobRecord, ctx: _Pass, ready: bool) -> JobRecord:
@@ -460,43 +476,56 @@ def _adopted(job: JobRecord, enrollment: Enrollment, ctx: _Pass) -> JobRecord:
                    started_at=enrollment.enrolled_at)
 
 
-def _record_process_exit(ctx: _Pass, action: DesiredAction, job: JobRecord, *,
-                         unhealthy: bool = False) -> JobRecord | None:
-    """The job's process is gone (or is unhealthy and must go): record how it ended and
-    decide when it comes back. Returns the job's new record, or None while what is left of
-    the run (an unhealthy process, children of a crashed one) is being stopped first."""
-    exit_code = None if unhealthy else _exit_code(ctx.observed.exits.get(job.pid or -1),
-                                                  job.identity)
+def _record_exit(ctx: _Pass, action: DesiredAction, job: JobRecord) -> JobRecord | None:
+    """The job's main process is gone: record how it ended and decide when it comes back.
+    Returns the job's new record, or None while what is left of the run (children of a
+    crashed process) is being stopped first."""
+    exit_code = _exit_code(ctx.observed.exits.get(job.pid or -1), job.identity)
+    lived = ctx.now - job.started_at if job.started_at is not None else 0.0
+    crash: FailureClass = ("crash-after-ready" if _had_started(action, job, lived)
+                           else "crash-before-ready")
+    what = _exit_text(exit_code)
+    ended, restart = _run_ended(ctx, action, job, exit_code, crash, what)
+    if ctx.observed.members.get(job.id):
+        _begin_stop(ctx, ended, "restart" if restart else "stopped",
+                    f"{what}: stop what is left of its run", sig=action.stop_signal,
+                    timeout=action.spec.stop.timeout)
+        return None
+    base = ended.with_identity(None)
+    if not restart:
+        stopped = replace(base, phase="stopped")
+        ctx.emit(UpdateJob(stopped, "exit", stopped.reason))
+        return stopped
+    return _due(ctx, action, base, what)
+
+
+def _stop_unhealthy(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
+    """The process runs but failed `failures` probes in a row after it was ready: an outage
+    like a crash. Stop it; it restarts (or stays stopped, per `restart`) once gone."""
+    what = f"unhealthy: {ctx.observed.failing.get(job.id, 0)} health checks failed in a row"
+    ended, restart = _run_ended(ctx, action, job, None, "unhealthy", what)
+    _begin_stop(ctx, ended, "restart" if restart else "stopped", what, sig=action.stop_signal,
+                timeout=action.spec.stop.timeout, cmd=command_line(action.argv))
+
+
+def _run_ended(ctx: _Pass, action: DesiredAction, job: JobRecord, exit_code: int | None,
+               failure: FailureClass, what: str) -> tuple[JobRecord, bool]:
+    """The record of a run that ended (exit code, failure counting, class, reason), and
+    whether the restart policy restarts it. A run of at least `backoff.reset_after` resets
+    the count of consecutive failures."""
     lived = ctx.now - job.started_at if job.started_at is not None else 0.0
     reset = lived >= action.spec.backoff.reset_after
     failures = 1 if reset else job.consecutive_failures + 1
     if exit_code == 0 and reset:
         failures = 0
-    failure_class = ("unhealthy" if unhealthy
-                     else "crash-after-ready" if _had_started(action, job, lived)
-                     else "crash-before-ready")
     policy = action.spec.effective_restart
     restart = not (policy == "never" or (policy == "on-failure" and exit_code == 0))
-    what = (f"unhealthy: {ctx.observed.failing.get(job.id, 0)} health checks failed in a row"
-            if unhealthy else _exit_text(exit_code))
     ended = replace(job, last_exit_code=exit_code, last_exit_at=ctx.now, ready=False,
                     blocked_by=(), updated_at=ctx.now,
                     consecutive_failures=failures if restart else 0,
-                    failure_class=(failure_class if restart and exit_code != 0
-                                   else job.failure_class),
+                    failure_class=failure if restart and exit_code != 0 else job.failure_class,
                     reason=what if restart else f"{what}; restart={policy}")
-    if unhealthy or ctx.observed.members.get(job.id):
-        why = what if unhealthy else f"{what}: stop what is left of its run"
-        _begin_stop(ctx, ended, "restart" if restart else "stopped", why,
-                    sig=action.stop_signal, timeout=action.spec.stop.timeout,
-                    cmd=command_line(action.argv) if unhealthy else "")
-        return None
-    base = ended.with_identity(None)
-    if not restart:
-        stopped = replace(base, phase="stopped")
-        ctx.emit(Record(stopped, "exit", stopped.reason))
-        return stopped
-    return _due(ctx, action, base, what)
+    return ended, restart
 
 
 def _due(ctx: _Pass, action: DesiredAction, job: JobRecord, what: str, *,
@@ -509,13 +538,13 @@ def _due(ctx: _Pass, action: DesiredAction, job: JobRecord, what: str, *,
     if delay > 0:
         waiting = replace(job, phase="backoff", next_start_at=ctx.now + delay,
                           reason=f"crash-loop ({job.failure_class or 'restart'}, {what})")
-        ctx.emit(Record(waiting, "backoff", f"{waiting.reason}, next start in {delay:.1f}s",
+        ctx.emit(UpdateJob(waiting, "backoff", f"{waiting.reason}, next start in {delay:.1f}s",
                         pidfile=pidfile))
         return waiting
     due = replace(job, phase="pending", next_start_at=None,
                   failure_class=job.failure_class if failures else None,
                   reason=f"{what}; restarting")
-    ctx.emit(Record(due, "exit", due.reason, pidfile=pidfile))
+    ctx.emit(UpdateJob(due, "exit", due.reason, pidfile=pidfile))
     return due
 
 
@@ -561,7 +590,7 @@ def _plan_oneshot(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
         return
     if ctx.observed.alive(job.identity) is not None:
         if job.phase != "running":
-            ctx.emit(Record(replace(job, phase="running", reason="running"), "running",
+            ctx.emit(UpdateJob(replace(job, phase="running", reason="running"), "running",
                             "running"))
         return
     if job.identity is not None:
@@ -595,7 +624,7 @@ def _record_oneshot_exit(ctx: _Pass, action: DesiredAction,
     base = ended.with_identity(None)
     if code == 0:
         done = replace(base, phase="succeeded")
-        ctx.emit(Record(done, "succeeded", done.reason))
+        ctx.emit(UpdateJob(done, "succeeded", done.reason))
         return done
     return _retry(ctx, action, base)
 
@@ -607,7 +636,7 @@ def _retry(ctx: _Pass, action: DesiredAction, job: JobRecord, *,
     delay = max(retry_delay(job.consecutive_failures, action.spec.backoff, job.id),
                 _start_floor(ctx, job))
     failed = replace(job, phase="backoff", next_start_at=ctx.now + delay)
-    ctx.emit(Record(failed, "backoff", f"{failed.reason}, retry in {delay:.1f}s",
+    ctx.emit(UpdateJob(failed, "backoff", f"{failed.reason}, retry in {delay:.1f}s",
                     pidfile=pidfile))
     return failed
 
@@ -632,12 +661,14 @@ def _start(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
         _take_over(ctx, action, job, in_the_way)
         return
     restart = job.started_at is not None  # it ran in this boot: this start is a restart
-    had_log = restart or job.last_exit_at is not None
+    # Not ready until a later pass sees it alive (or its probe passes): a process that
+    # dies at once crashed *before* it was ready.
     spawned = replace(
-        job, phase="starting", restart_count=job.restart_count + (1 if restart else 0),
-        blocked_by=(), next_start_at=None, ready=False, updated_at=ctx.now,
-        stop_deadline=None, reason="restart" if restart else "start")
-    ctx.emit(Spawn(spawned, action, rotate_log=had_log,
+        job, phase="starting" if action.health else "running",
+        restart_count=job.restart_count + (1 if restart else 0), blocked_by=(),
+        next_start_at=None, ready=False, updated_at=ctx.now, stop_deadline=None,
+        reason="waiting for its health check" if action.health else "running")
+    ctx.emit(Spawn(spawned, action,
                    reason=f"{'restart' if restart else 'start'} ({job.reason or 'new job'})"))
 
 
@@ -645,7 +676,7 @@ def _wait(ctx: _Pass, job: JobRecord, reason: str) -> None:
     """Pending on something a later pass will see change; recorded only when the reason
     changes, so waiting costs no writes."""
     if job.phase != "pending" or job.reason != reason:
-        ctx.emit(Record(replace(job, phase="pending", reason=reason), "pending", reason))
+        ctx.emit(UpdateJob(replace(job, phase="pending", reason=reason), "pending", reason))
 
 
 def _take_over(ctx: _Pass, action: DesiredAction, job: JobRecord,
@@ -664,12 +695,12 @@ def _take_over(ctx: _Pass, action: DesiredAction, job: JobRecord,
     reason = f"waiting for {first.describe()} to stop: it holds what this action needs"
     if sig is not None:
         for proc in procs:
-            ctx.emit(Stop(target=proc.identity, scope="process", signal=sig, cmd=_cmd_of(proc),
+            ctx.emit(Kill(target=proc.identity, scope="process", signal=sig, cmd=_cmd_of(proc),
                           reason=f"{_why_in_the_way(ctx, action, proc)} "
                                  f"({'singleton' if action.spec.singleton else 'kill_others'})"))
     waiting = replace(job, phase="pending", stop_deadline=deadline, reason=reason)
     if waiting != job:
-        ctx.emit(Record(waiting, "pending", reason))
+        ctx.emit(UpdateJob(waiting, "pending", reason))
     ctx.requeue(min(deadline, ctx.now + STOP_POLL_SECONDS))
 
 
@@ -816,19 +847,11 @@ def _block(ctx: _Pass, action: DesiredAction, job: JobRecord, blocked: list[Bloc
                       failure_class="bind-conflict", consecutive_failures=attempts,
                       next_start_at=ctx.now + delay, reason=reason, updated_at=ctx.now,
                       stop_deadline=None)
-    ctx.emit(Record(updated, "blocked", f"{reason}, retry in {delay:.1f}s"))
+    ctx.emit(UpdateJob(updated, "blocked", f"{reason}, retry in {delay:.1f}s"))
 
 
 def _cmd_of(proc: ProcInfo | None) -> str:
     return proc.command() if proc is not None else ""
-
-
-def _stop_signal(job: JobRecord) -> int:
-    name = str(job.spec.get("stop_signal", "SIGTERM"))
-    try:
-        return int(signal.Signals[name])
-    except KeyError:
-        return int(signal.SIGTERM)
 
 
 def plan_down(observed: Observed, records: list[JobRecord], now: float,

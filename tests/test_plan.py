@@ -17,10 +17,10 @@ from reconciler.plan import (
     STARTUP_SECONDS,
     Adopt,
     Cleanup,
+    Kill,
     Plan,
-    Record,
     Spawn,
-    Stop,
+    UpdateJob,
     plan,
     plan_down,
 )
@@ -57,7 +57,7 @@ def running_job(want: Desired, pid: int = 500, start: int = 100, **fields: Any) 
     base = JobRecord(id="j1", service=action.service, action=action.name,
                      generation=action.generation, phase="running", process=True, pid=pid,
                      boot_id=BOOT, starttime_ticks=start, ready=True, started_at=NOW - 100,
-                     spec=action.record_spec(), created_at=NOW - 100)
+                     spec=action.job_spec(), created_at=NOW - 100)
     return replace(base, **fields)
 
 
@@ -71,7 +71,7 @@ def test_new_process_action_is_spawned() -> None:
     assert kinds(result) == ["Spawn"]
     spawn = result.steps[0]
     assert isinstance(spawn, Spawn)
-    assert spawn.job.restart_count == 0 and not spawn.rotate_log
+    assert spawn.job.restart_count == 0
     assert spawn.action.argv == ("python3", "-m", "http.server")
 
 
@@ -88,19 +88,19 @@ def test_generation_change_stops_old_job_and_starts_a_new_one() -> None:
     job = running_job(old)
     new = desired(service(cmd=["new"]))
     result = plan(new, observed(proc(500)), [job], NOW)
-    assert kinds(result) == ["Stop", "Record"]
+    assert kinds(result) == ["Kill", "UpdateJob"]
     stop, waiting = result.steps
-    assert isinstance(stop, Stop) and stop.scope == "session" and stop.job is not None
+    assert isinstance(stop, Kill) and stop.scope == "session" and stop.job is not None
     assert stop.job.phase == "stopping" and stop.job.stop_then == "removed"
     assert stop.job.stop_deadline == NOW + 10.0
-    assert isinstance(waiting, Record) and waiting.job.id != job.id
+    assert isinstance(waiting, UpdateJob) and waiting.job.id != job.id
     assert "previous generation to stop" in waiting.job.reason
     assert result.requeue_at is not None and result.requeue_at <= NOW + 10.0
     # the next pass, once the old process is gone: the old job is retired, the new starts
     later = plan(new, observed(), [stop.job, waiting.job], NOW + 1)
-    assert kinds(later) == ["Record", "Spawn"]
+    assert kinds(later) == ["UpdateJob", "Spawn"]
     retired, spawn = later.steps
-    assert isinstance(retired, Record) and retired.job.phase == "removed"
+    assert isinstance(retired, UpdateJob) and retired.job.phase == "removed"
     assert isinstance(spawn, Spawn) and spawn.job.id == waiting.job.id
     assert spawn.job.restart_count == 0
 
@@ -118,10 +118,10 @@ def test_crash_after_long_run_restarts_at_once_with_same_job_id() -> None:
     want = desired(service())
     job = running_job(want, started_at=NOW - 3600)
     result = plan(want, observed(exits={500: Exit(job.identity, -9)}), [job], NOW)
-    assert kinds(result) == ["Record", "Spawn"]
+    assert kinds(result) == ["UpdateJob", "Spawn"]
     spawn = result.steps[-1]
     assert isinstance(spawn, Spawn)
-    assert spawn.job.id == job.id and spawn.job.restart_count == 1 and spawn.rotate_log
+    assert spawn.job.id == job.id and spawn.job.restart_count == 1
     assert spawn.job.last_exit_code == -9
 
 
@@ -129,9 +129,9 @@ def test_crash_loop_backs_off_instead_of_spawning() -> None:
     want = desired(service())
     job = running_job(want, started_at=NOW - 1, consecutive_failures=3)
     result = plan(want, observed(), [job], NOW)
-    assert kinds(result) == ["Record"]
+    assert kinds(result) == ["UpdateJob"]
     record = result.steps[-1]
-    assert isinstance(record, Record) and record.job.phase == "backoff"
+    assert isinstance(record, UpdateJob) and record.job.phase == "backoff"
     assert record.job.next_start_at is not None and record.job.next_start_at > NOW
     assert record.job.failure_class == "crash-after-ready"
     assert "crash-loop" in record.job.reason
@@ -145,7 +145,7 @@ def test_a_quick_death_is_a_crash_before_ready_unless_a_probe_passed() -> None:
         want = desired(svc)
         job = running_job(want, started_at=NOW - lived, ready=True)
         record = plan(want, observed(), [job], NOW).steps[0]
-        assert isinstance(record, Record)
+        assert isinstance(record, UpdateJob)
         return record.job.failure_class
 
     assert failure_class(service(), lived=0.05) == "crash-before-ready"
@@ -167,7 +167,7 @@ def test_restart_never_leaves_the_job_stopped() -> None:
     want = desired(service(restart="never"))
     job = running_job(want)
     result = plan(want, observed(), [job], NOW)
-    assert kinds(result) == ["Record"]
+    assert kinds(result) == ["UpdateJob"]
     assert result.steps[-1].job.phase == "stopped"  # type: ignore[union-attr]
     stopped = result.steps[-1].job  # type: ignore[union-attr]
     assert plan(want, observed(), [stopped], NOW + 60).steps == ()
@@ -178,7 +178,7 @@ def test_foreign_port_holder_blocks_without_kill_others() -> None:
     squatter = proc(4070, cmd=("python3", "-m", "http.server"))
     ports = {8080: PortState(8080, True, (squatter,))}
     result = plan(want, observed(squatter, ports=ports), [], NOW)
-    assert kinds(result) == ["Record"]
+    assert kinds(result) == ["UpdateJob"]
     job = result.steps[0].job  # type: ignore[union-attr]
     assert job.phase == "blocked"
     assert job.blocked_by[0].pid == 4070 and job.blocked_by[0].resource == ":8080"
@@ -190,16 +190,16 @@ def test_foreign_port_holder_is_stopped_with_kill_others() -> None:
     squatter = proc(4070)
     ports = {8080: PortState(8080, True, (squatter,))}
     result = plan(want, observed(squatter, ports=ports), [], NOW)
-    assert kinds(result) == ["Stop", "Record"]
+    assert kinds(result) == ["Kill", "UpdateJob"]
     stop, waiting = result.steps
-    assert isinstance(stop, Stop) and stop.scope == "process" and stop.target.pid == 4070
+    assert isinstance(stop, Kill) and stop.scope == "process" and stop.target.pid == 4070
     assert stop.signal == signal.SIGTERM
-    assert isinstance(waiting, Record) and waiting.job.phase == "pending"
+    assert isinstance(waiting, UpdateJob) and waiting.job.phase == "pending"
     assert waiting.job.stop_deadline == NOW + 10.0 and "pid 4070" in waiting.job.reason
     # still there before the deadline: no second signal; after it: SIGKILL; gone: start
     assert plan(want, observed(squatter, ports=ports), [waiting.job], NOW + 5).steps == ()
     late = plan(want, observed(squatter, ports=ports), [waiting.job], NOW + 10)
-    assert [s.signal for s in late.steps if isinstance(s, Stop)] == [signal.SIGKILL]
+    assert [s.signal for s in late.steps if isinstance(s, Kill)] == [signal.SIGKILL]
     gone = plan(want, observed(), [waiting.job], NOW + 10)
     assert kinds(gone) == ["Spawn"]
     assert gone.steps[0].job.stop_deadline is None  # type: ignore[union-attr]
@@ -208,7 +208,7 @@ def test_foreign_port_holder_is_stopped_with_kill_others() -> None:
 def test_port_listening_with_invisible_owner_blocks() -> None:
     want = desired(service(tcp_ports=[8080], kill_others=True))
     result = plan(want, observed(ports={8080: PortState(8080, True, ())}), [], NOW)
-    assert kinds(result) == ["Record"]
+    assert kinds(result) == ["UpdateJob"]
     assert result.steps[0].job.blocked_by[0].pid is None  # type: ignore[union-attr]
 
 
@@ -223,7 +223,7 @@ def test_regular_file_at_socket_path_blocks_and_is_never_cleaned() -> None:
     want = desired(service(sockets=["/run/x.sock"]))
     socks = {"/run/x.sock": SocketState("/run/x.sock", "not-socket")}
     result = plan(want, observed(sockets=socks), [], NOW)
-    assert kinds(result) == ["Record"]
+    assert kinds(result) == ["UpdateJob"]
     assert not any(isinstance(s, Cleanup) for s in result.steps)
 
 
@@ -245,7 +245,7 @@ def test_singleton_stops_foreign_instance_of_its_own_command() -> None:
     assert pidfile is not None
     pidfiles = {pidfile: PidfileState(pidfile, 888, twin)}
     result = plan(want, observed(twin, pidfiles=pidfiles), [], NOW)
-    assert kinds(result) == ["Stop", "Record"]
+    assert kinds(result) == ["Kill", "UpdateJob"]
     assert result.steps[0].target.pid == 888  # type: ignore[union-attr]
     assert "singleton" in result.steps[0].reason
 
@@ -257,7 +257,7 @@ def test_after_waits_for_oneshot_and_starts_in_the_pass_it_succeeds() -> None:
     ]})
     want = desired(svc)
     first = plan(want, observed(), [], NOW)
-    assert [type(s).__name__ for s in first.steps] == ["Spawn", "Record"]
+    assert [type(s).__name__ for s in first.steps] == ["Spawn", "UpdateJob"]
     migrate = first.steps[0].job  # type: ignore[union-attr]
     assert migrate.action == "migrate"
     assert first.steps[1].job.reason == "waiting for migrate"  # type: ignore[union-attr]
@@ -266,7 +266,7 @@ def test_after_waits_for_oneshot_and_starts_in_the_pass_it_succeeds() -> None:
     pending_api = first.steps[1].job  # type: ignore[union-attr]
     done = plan(want, observed(exits={42: Exit(Identity(BOOT, 42, 7), 0)}),
                 [ran, pending_api], NOW + 1)
-    assert kinds(done) == ["Record", "Spawn"]
+    assert kinds(done) == ["UpdateJob", "Spawn"]
     assert done.steps[0].job.phase == "succeeded"  # type: ignore[union-attr]
     assert done.steps[1].job.action == "api"  # type: ignore[union-attr]
 
@@ -279,7 +279,7 @@ def test_failed_oneshot_retries_with_backoff() -> None:
                     phase="running", process=False, pid=42, boot_id=BOOT, starttime_ticks=7,
                     started_at=NOW)
     result = plan(want, observed(exits={42: Exit(Identity(BOOT, 42, 7), 3)}), [job], NOW + 1)
-    assert kinds(result) == ["Record"]
+    assert kinds(result) == ["UpdateJob"]
     failed = result.steps[0].job  # type: ignore[union-attr]
     assert failed.phase == "backoff" and failed.last_exit_code == 3
     assert failed.next_start_at > NOW + 1
@@ -290,11 +290,11 @@ def test_removed_service_is_stopped_and_retired() -> None:
     job = running_job(desired(gone))
     result = plan(desired(keep), observed(proc(500)), [job], NOW)
     stop = result.steps[0]
-    assert isinstance(stop, Stop) and stop.job is not None and stop.job.phase == "stopping"
+    assert isinstance(stop, Kill) and stop.job is not None and stop.job.phase == "stopping"
     assert stop.job.stop_then == "removed"
-    assert kinds(result) == ["Stop", "Spawn"]  # the other service does not wait
+    assert kinds(result) == ["Kill", "Spawn"]  # the other service does not wait
     gone = plan(desired(keep), observed(), [stop.job], NOW + 1)
-    assert kinds(gone) == ["Record", "Spawn"] and gone.steps[0].job.phase == "removed"  # type: ignore[union-attr]
+    assert kinds(gone) == ["UpdateJob", "Spawn"] and gone.steps[0].job.phase == "removed"  # type: ignore[union-attr]
 
 
 def test_empty_specs_prune_nothing_without_allow_empty() -> None:
@@ -302,7 +302,7 @@ def test_empty_specs_prune_nothing_without_allow_empty() -> None:
     held = plan(Desired(actions=()), observed(proc(500)), [job], NOW)
     assert held.steps == () and held.prune_held and held.notes
     pruned = plan(Desired(actions=()), observed(proc(500)), [job], NOW, allow_empty=True)
-    assert kinds(pruned) == ["Stop"] and not pruned.prune_held
+    assert kinds(pruned) == ["Kill"] and not pruned.prune_held
 
 
 def test_live_enrollment_without_recorded_identity_is_adopted() -> None:
@@ -322,14 +322,14 @@ def test_recycled_pid_counts_as_a_crash() -> None:
     job = running_job(want, started_at=NOW - 3600)
     impostor = proc(500, start=999)  # same pid, other start time
     result = plan(want, observed(impostor), [job], NOW)
-    assert kinds(result) == ["Record", "Spawn"]
+    assert kinds(result) == ["UpdateJob", "Spawn"]
 
 
 def test_record_from_previous_boot_starts_fresh_without_counting_a_crash() -> None:
     want = desired(service())
     job = replace(running_job(want), boot_id="boot-old")
     result = plan(want, observed(), [job], NOW)
-    assert kinds(result) == ["Record", "Spawn"]
+    assert kinds(result) == ["UpdateJob", "Spawn"]
     assert result.steps[-1].job.restart_count == job.restart_count  # type: ignore[union-attr]
 
 
@@ -338,7 +338,7 @@ def test_down_stops_running_jobs_and_records_the_rest() -> None:
     a = running_job(desired(service("a")), pid=500)
     b = replace(running_job(desired(service("b")), pid=501), id="j2")
     result = plan_down(observed(proc(500)), [a, b], NOW, frozenset({("a", None), ("b", None)}))
-    assert kinds(result) == ["Stop", "Record"]
+    assert kinds(result) == ["Kill", "UpdateJob"]
     stopping, recorded = (s.job for s in result.steps)  # type: ignore[union-attr]
     assert stopping.phase == "stopping" and stopping.stop_then == "stopped"
     assert recorded.phase == "stopped"
@@ -346,9 +346,9 @@ def test_down_stops_running_jobs_and_records_the_rest() -> None:
     # driven again before the deadline nothing happens; after it SIGKILL; once gone: stopped
     assert plan_down(observed(proc(500)), [stopping], NOW + 1).steps == ()
     late = plan_down(observed(proc(500)), [stopping], NOW + 10)
-    assert [s.signal for s in late.steps if isinstance(s, Stop)] == [signal.SIGKILL]
+    assert [s.signal for s in late.steps if isinstance(s, Kill)] == [signal.SIGKILL]
     done = plan_down(observed(), [stopping], NOW + 11)
-    assert [s.job.phase for s in done.steps if isinstance(s, Record)] == ["stopped"]
+    assert [s.job.phase for s in done.steps if isinstance(s, UpdateJob)] == ["stopped"]
 
 
 @pytest.mark.parametrize("failures", range(1, 12))
@@ -383,13 +383,13 @@ def test_unhealthy_process_is_stopped_and_restarted_with_its_class() -> None:
     still_failing = observed(proc(500), failing={job.id: 2})
     assert plan(want, still_failing, [job], NOW).steps == ()
     result = plan(want, observed(proc(500), failing={job.id: 3}), [job], NOW)
-    assert kinds(result) == ["Stop"]
+    assert kinds(result) == ["Kill"]
     stop = result.steps[0]
-    assert isinstance(stop, Stop) and stop.target == job.identity and "unhealthy" in stop.reason
+    assert isinstance(stop, Kill) and stop.target == job.identity and "unhealthy" in stop.reason
     assert stop.job is not None and stop.job.phase == "stopping"
     assert stop.job.stop_then == "restart" and stop.job.failure_class == "unhealthy"
     restarted = plan(want, observed(), [stop.job], NOW + 1)
-    assert kinds(restarted) == ["Record", "Spawn"]
+    assert kinds(restarted) == ["UpdateJob", "Spawn"]
     spawn = restarted.steps[-1]
     assert isinstance(spawn, Spawn) and spawn.job.id == job.id and spawn.job.restart_count == 1
 
@@ -406,16 +406,16 @@ def test_restart_stops_running_jobs_and_reruns_stopped_ones() -> None:
     want = desired(service())
     job = running_job(want)
     result = plan_restart(observed(proc(500)), [job], NOW, frozenset({("web", None)}))
-    assert kinds(result) == ["Stop"]
+    assert kinds(result) == ["Kill"]
     stopping = result.steps[0].job  # type: ignore[union-attr]
     assert stopping.phase == "stopping" and stopping.stop_then == "restart"
     assert plan(want, observed(proc(500)), [stopping], NOW + 1).steps == ()  # still going
     again = plan(want, observed(), [stopping], NOW + 1)
-    assert kinds(again) == ["Record", "Spawn"]
+    assert kinds(again) == ["UpdateJob", "Spawn"]
     assert again.steps[-1].job.restart_count == 1  # type: ignore[union-attr]
     stopped = replace(job, phase="stopped", pid=None)
     rerun = plan_restart(observed(), [stopped], NOW, frozenset({("web", "api")}))
-    assert kinds(rerun) == ["Record"] and rerun.steps[0].job.phase == "pending"  # type: ignore[union-attr]
+    assert kinds(rerun) == ["UpdateJob"] and rerun.steps[0].job.phase == "pending"  # type: ignore[union-attr]
     other = plan_restart(observed(proc(500)), [job], NOW, frozenset({("other", None)}))
     assert other.steps == ()
 
@@ -445,10 +445,10 @@ def test_a_stop_never_waits_and_other_jobs_keep_healing() -> None:
     other_job = replace(running_job(desired(other), pid=600), id="j2", started_at=NOW - 3600)
     removing = plan(desired(other), observed(proc(500), proc(600)), [slow_job, other_job], NOW)
     [stop] = removing.steps
-    assert isinstance(stop, Stop) and stop.job is not None and stop.job.phase == "stopping"
+    assert isinstance(stop, Kill) and stop.job is not None and stop.job.phase == "stopping"
     assert stop.job.stop_deadline == NOW + 8.0
     crashed = plan(desired(other), observed(proc(500)), [stop.job, other_job], NOW + 2)
-    assert kinds(crashed) == ["Record", "Spawn"]
+    assert kinds(crashed) == ["UpdateJob", "Spawn"]
     assert crashed.steps[-1].job.id == "j2"  # type: ignore[union-attr]
     assert crashed.requeue_at == NOW + 8.0  # the slow stop's deadline
 
@@ -463,7 +463,7 @@ def test_a_stop_is_finished_only_when_every_member_of_the_job_is_gone() -> None:
     assert plan_down(leftovers, [stopping], NOW + 1).requeue_at == NOW + 1 + 0.25
     late = plan_down(leftovers, [stopping], NOW + 10)
     [kill] = late.steps
-    assert isinstance(kill, Stop) and kill.signal == signal.SIGKILL and kill.job is not None
+    assert isinstance(kill, Kill) and kill.signal == signal.SIGKILL and kill.job is not None
     done = plan_down(observed(), [kill.job], NOW + 11)
     assert [s.job.phase for s in done.steps] == ["stopped"]  # type: ignore[union-attr]
 
@@ -488,11 +488,11 @@ def test_a_crash_with_leftover_children_stops_them_before_restarting() -> None:
     child = proc(510, session=500)
     snapshot = observed(child, exits={500: Exit(job.identity, 1)}, members={job.id: (child,)})
     [stop] = plan(want, snapshot, [job], NOW).steps
-    assert isinstance(stop, Stop) and stop.job is not None
+    assert isinstance(stop, Kill) and stop.job is not None
     assert stop.job.phase == "stopping" and stop.job.stop_then == "restart"
     assert stop.job.last_exit_code == 1
     restarted = plan(want, observed(), [stop.job], NOW + 1)
-    assert kinds(restarted) == ["Record", "Spawn"]
+    assert kinds(restarted) == ["UpdateJob", "Spawn"]
 
 
 def test_no_job_starts_more_than_once_a_second_whatever_its_backoff() -> None:
@@ -500,7 +500,7 @@ def test_no_job_starts_more_than_once_a_second_whatever_its_backoff() -> None:
     want = desired(service(backoff={"initial": "10ms", "factor": 1, "reset_after": "1s"}))
     job = running_job(want, started_at=NOW - 0.05, consecutive_failures=0)
     [record] = plan(want, observed(), [job], NOW).steps
-    assert isinstance(record, Record) and record.job.phase == "backoff"
+    assert isinstance(record, UpdateJob) and record.job.phase == "backoff"
     assert record.job.next_start_at is not None
     assert record.job.next_start_at >= job.started_at + 1.0  # type: ignore[operator]
 
@@ -521,9 +521,9 @@ def test_nothing_is_pruned_while_a_spec_file_is_still_being_written() -> None:
     now holds it has settled: pruning then would stop it only to start it again."""
     job = running_job(desired(service("moving")))
     held = plan(desired(service("other")), observed(proc(500)), [job], NOW, hold_prune=True)
-    assert not any(isinstance(s, Stop) for s in held.steps) and not held.prune_held
+    assert not any(isinstance(s, Kill) for s in held.steps) and not held.prune_held
     pruned = plan(desired(service("other")), observed(proc(500)), [job], NOW)
-    assert any(isinstance(s, Stop) for s in pruned.steps)
+    assert any(isinstance(s, Kill) for s in pruned.steps)
 
 
 def test_the_operators_latest_word_decides_what_follows_a_stop_but_removal_wins() -> None:
@@ -552,9 +552,9 @@ def test_a_one_shot_that_left_a_helper_running_succeeds_once_the_helper_is_stopp
     snapshot = observed(helper, exits={42: Exit(Identity(BOOT, 42, 7), 0)},
                         members={job.id: (helper,)})
     [stop] = plan(want, snapshot, [job], NOW + 1).steps
-    assert isinstance(stop, Stop) and stop.job is not None
+    assert isinstance(stop, Kill) and stop.job is not None
     assert stop.job.phase == "stopping" and stop.job.stop_then == "succeeded"
     assert stop.job.last_exit_code == 0
     [done] = plan(want, observed(), [stop.job], NOW + 2).steps
-    assert isinstance(done, Record) and done.job.phase == "succeeded"
+    assert isinstance(done, UpdateJob) and done.job.phase == "succeeded"
     assert plan(want, observed(), [done.job], NOW + 3).steps == ()

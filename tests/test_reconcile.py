@@ -454,7 +454,7 @@ def test_enrollment_proves_ownership_when_the_record_was_never_committed(
         first.store.db.execute("DELETE FROM jobs")
     with Reconciler(settings) as second:
         result = second.reconcile()
-    assert [s.verb for s in result.plan.steps] == ["record"]  # recovered, nothing spawned
+    assert [s.verb for s in result.plan.steps] == ["update"]  # recovered, nothing spawned
     assert job(settings, capsys, "a.main")["pid"] == pid and alive(pid)
 
 
@@ -542,13 +542,13 @@ def test_status_shows_usage_and_a_running_log_is_capped(
 
 
 def test_old_events_are_pruned_so_the_database_stays_bounded(
-        settings: Settings, reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch) -> None:
+        settings: Settings, reconciler: Reconciler) -> None:
     write_sleeper(settings.specs_dir, "a")
     write_sleeper(settings.specs_dir, "b")
     assert reconciler.converge(wait=20).converged
     assert len(reconciler.store.events(limit=None)) > 3
     newest = reconciler.store.events(limit=3)
-    monkeypatch.setattr("reconciler.controller.EVENTS_KEPT", 3)
+    reconciler.events_kept = 3
     reconciler.housekeeping_interval = 0.0
     reconciler.reconcile()
     assert reconciler.store.events(limit=None) == newest

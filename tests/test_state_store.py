@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-from reconciler.state.records import BlockedBy, Event, JobRecord, SpecRecord
+from reconciler.state.records import BlockedBy, Event, JobRecord, JobSpec, SpecRecord
 from reconciler.state.store import MIGRATIONS, Store, job_to_row
 
 
@@ -39,7 +39,9 @@ def full_job(job_id: str = "j-1", **changes: object) -> JobRecord:
         reason="blocked: :8080 held by pid 4070",
         blocked_by=(BlockedBy(":8080", 4070, "python3 -m http.server"),
                     BlockedBy("/run/web/api.sock", None, "")),
-        spec={"cmd": ["python3", "-m", "http.server"], "env": {"A": "1"}, "nested": [1, 2.5]},
+        spec=JobSpec(argv=("python3", "-m", "http.server"), pidfile="/run/web/api.pid",
+                     sockets=("/run/web/api.sock",), tcp_ports=(8080,), stop_signal="SIGINT",
+                     stop_timeout=2.5, log_path="/var/log/api.log", health=True, keep_logs=3),
         created_at=900.0, updated_at=1001.0,
     )
     return replace(job, **changes)  # type: ignore[arg-type]
@@ -68,7 +70,7 @@ def test_default_job_round_trips(store: Store) -> None:
 def test_upsert_updates_in_place(store: Store) -> None:
     store.upsert_jobs([full_job()])
     changed = full_job(phase="running", restart_count=4, blocked_by=(), ready=False,
-                       spec={"cmd": ["x"]}, pid=None)
+                       spec=JobSpec(argv=("x",)), pid=None)
     store.upsert_jobs([changed])
     assert store.jobs(include_removed=True) == [changed]
     assert store.db.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1
@@ -265,7 +267,9 @@ OLD_JOB_ROW = {
     "last_exit_code": 1, "last_exit_at": 10.0, "started_at": 11.0, "next_start_at": None,
     "consecutive_failures": 1, "health": "ok", "reason": "up",
     "blocked_by": json.dumps([{"pid": 9, "cmd": "nc -l", "resource": ":81"}]),
-    "spec": json.dumps({"cmd": ["x"]}), "updated_at": 12.0,
+    # written before stop_signal, log_path, health and keep_logs were kept; an unknown key
+    "spec": json.dumps({"argv": ["x"], "pidfile": "/run/x.pid", "stop_timeout": 3,
+                        "sockets": [], "from_the_future": 1}), "updated_at": 12.0,
 }
 
 
@@ -291,7 +295,8 @@ def test_old_database_opens_without_loss(db_path: Path) -> None:
             process=True, pid=77, boot_id="b", starttime_ticks=123, restart_count=5,
             last_exit_code=1, last_exit_at=10.0, started_at=11.0, next_start_at=None,
             consecutive_failures=1, health="ok", reason="up",
-            blocked_by=(BlockedBy(":81", 9, "nc -l"),), spec={"cmd": ["x"]},
+            blocked_by=(BlockedBy(":81", 9, "nc -l"),),
+            spec=JobSpec(argv=("x",), pidfile="/run/x.pid", stop_timeout=3.0),
             updated_at=12.0,
             failure_class=None, ready=False, created_at=None,  # the new columns' defaults
         )
@@ -350,7 +355,17 @@ def test_unreadable_json_degrades_to_empty(store: Store) -> None:
     store.upsert_jobs([full_job()])
     store.db.execute("UPDATE jobs SET blocked_by = 'not json', spec = '[1]'")
     job = store.job("j-1")
-    assert job is not None and job.blocked_by == () and job.spec == {}
+    assert job is not None and job.blocked_by == () and job.spec == JobSpec()
+
+
+def test_job_spec_of_wrong_types_falls_back_per_field(store: Store) -> None:
+    """A hand-edited or damaged spec column costs the bad fields, not the job."""
+    store.upsert_jobs([full_job()])
+    store.db.execute("""UPDATE jobs SET spec = '{"argv": "not a list", "stop_timeout": "9",
+                     "stop_signal": 15, "tcp_ports": [80, "x", true], "pidfile": "/p"}'""")
+    job = store.job("j-1")
+    assert job is not None
+    assert job.spec == JobSpec(pidfile="/p", tcp_ports=(80,))
 
 
 def test_row_conversion_is_json_text() -> None:
@@ -358,7 +373,8 @@ def test_row_conversion_is_json_text() -> None:
     assert row["process"] == 0 and row["ready"] == 1
     assert json.loads(row["blocked_by"])[0] == {"pid": 4070, "cmd": "python3 -m http.server",
                                                 "resource": ":8080"}
-    assert json.loads(row["spec"])["env"] == {"A": "1"}
+    assert json.loads(row["spec"])["argv"] == ["python3", "-m", "http.server"]
+    assert JobSpec.from_dict(json.loads(row["spec"])) == full_job().spec
 
 
 def test_two_stores_migrate_a_fresh_database_concurrently(db_path: Path) -> None:

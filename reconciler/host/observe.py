@@ -40,17 +40,18 @@ def observe(*, pids: Iterable[int] = (), pidfiles: Iterable[str] = (),
     else:
         for pid in dict.fromkeys(pids):
             _remember(procs, pid)
-    pidfile_states = {}
+    pidfile_states: dict[str, PidfileState] = {}
     for path in dict.fromkeys(os.fspath(p) for p in pidfiles):
-        pid = read_pidfile(path)
-        proc = _remember(procs, pid) if pid is not None else None
-        pidfile_states[path] = PidfileState(path, pid, proc)
+        named = read_pidfile(path)
+        proc = _remember(procs, named) if named is not None else None
+        pidfile_states[path] = PidfileState(path, named, proc)
     suspects = list(dict.fromkeys([*candidates, *procs]))
     socket_states = inspect_unix_sockets(sockets, suspects)
     port_states = inspect_tcp_ports(ports, suspects)
-    for state in (*socket_states.values(), *port_states.values()):
-        for holder in state.holders:
-            procs.setdefault(holder.pid, holder)
+    holders = [h for s in socket_states.values() for h in s.holders] \
+        + [h for p in port_states.values() for h in p.holders]
+    for holder in holders:
+        procs.setdefault(holder.pid, holder)
     return Observed(boot_id=read_boot_id(), procs=procs, sockets=socket_states,
                     ports=port_states, pidfiles=pidfile_states, exits=exits)
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from reconciler.files import make_private_dirs, write_atomic
+from reconciler.files import PRIVATE_FILE, make_private_dirs, write_atomic
 from reconciler.identity import Identity
 from reconciler.state.records import Enrollment
 
@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".enroll.json"
 FORMAT = 1
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 
 
 def enrollment_path(run_dir: Path, job_id: str) -> Path:
@@ -50,7 +48,7 @@ def enroll(run_dir: Path, enrollment: Enrollment) -> Path:
     """
     target = enrollment_path(run_dir, enrollment.job_id)
     make_private_dirs(run_dir)
-    write_atomic(target, json.dumps(_to_json(enrollment), indent=1).encode(), FILE_MODE,
+    write_atomic(target, json.dumps(_to_json(enrollment), indent=1).encode(), PRIVATE_FILE,
                  durable=False)
     return target
 

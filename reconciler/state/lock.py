@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from reconciler.files import PRIVATE_FILE
 from reconciler.state.errors import DaemonRunning
 
 
@@ -36,7 +37,7 @@ class StateLock:
         self.changed_hands = True
 
     def __enter__(self) -> StateLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
         deadline = time.monotonic() + self.timeout
         while True:
             try:
@@ -84,7 +85,7 @@ class DaemonLock:
         self._fd: int | None = None
 
     def __enter__(self) -> DaemonLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -6,7 +6,9 @@ These are what `plan` reads (together with the spec and the host snapshot) and w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 from reconciler.identity import Identity
@@ -15,10 +17,6 @@ Phase = Literal[
     "pending", "starting", "running", "succeeded", "backoff",
     "blocked", "stopping", "stopped", "removed",
 ]
-PHASES: tuple[str, ...] = (
-    "pending", "starting", "running", "succeeded", "backoff",
-    "blocked", "stopping", "stopped", "removed",
-)
 
 # What a job becomes once a stop in progress has finished (see plan._continue_stop).
 # "succeeded" / "retry": a one-shot that exited (0 / not 0) while processes it started live on.
@@ -27,8 +25,13 @@ StopThen = Literal["removed", "stopped", "restart", "succeeded", "retry"]
 # Why a run ended badly; shown in `status` so operators see the class of trouble at a glance.
 FailureClass = Literal[
     "spawn-error", "bind-conflict", "crash-before-ready", "crash-after-ready",
-    "unhealthy", "exit-nonzero", "lost",
+    "unhealthy", "exit-nonzero",
 ]
+
+# A stop's defaults, for a record written before the field existed; the spec model's
+# `StopSpec` defaults are these same values.
+DEFAULT_STOP_SIGNAL = "SIGTERM"
+DEFAULT_STOP_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +47,87 @@ class BlockedBy:
 
 
 @dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What a job must remember of its action to be stopped and cleaned up correctly after
+    its service vanished from the specs dir (and by a controller that never saw the spec).
+
+    Stored as JSON in the job's row. Reading is tolerant: a key from an older version that is
+    missing takes its default, one from a newer version is ignored, a value of the wrong type
+    falls back to the default (see `from_dict`), so an old or damaged database still opens.
+    """
+
+    argv: tuple[str, ...] = ()
+    pidfile: str | None = None
+    sockets: tuple[str, ...] = ()
+    tcp_ports: tuple[int, ...] = ()
+    stop_signal: str = DEFAULT_STOP_SIGNAL
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT
+    log_path: str | None = None
+    health: bool = False  # it has a health probe: not ready until the probe passes once
+    keep_logs: int = 5
+
+    @property
+    def stop_signal_number(self) -> int:
+        """The stop signal as a number; SIGTERM for a name this Python does not know."""
+        try:
+            return int(signal.Signals[self.stop_signal])
+        except KeyError:
+            return int(signal.SIGTERM)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> JobSpec:
+        default = cls()
+        return cls(
+            argv=_strings(raw.get("argv"), default.argv),
+            pidfile=_optional_str(raw.get("pidfile")),
+            sockets=_strings(raw.get("sockets"), default.sockets),
+            tcp_ports=tuple(p for p in _items(raw.get("tcp_ports"))
+                            if isinstance(p, int) and not isinstance(p, bool)),
+            stop_signal=_str(raw.get("stop_signal"), default.stop_signal),
+            stop_timeout=_number(raw.get("stop_timeout"), default.stop_timeout),
+            log_path=_optional_str(raw.get("log_path")),
+            health=bool(raw.get("health", default.health)),
+            keep_logs=int(_number(raw.get("keep_logs"), default.keep_logs)),
+        )
+
+
+def _jsonable(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _items(value: object) -> tuple[object, ...]:
+    return tuple(value) if isinstance(value, list | tuple) else ()
+
+
+def _strings(value: object, default: tuple[str, ...]) -> tuple[str, ...]:
+    items = _items(value)
+    strings = tuple(i for i in items if isinstance(i, str))
+    return strings if items and len(strings) == len(items) else default
+
+
+def _str(value: object, default: str) -> str:
+    return value if isinstance(value, str) else default
+
+
+def _optional_str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _number(value: object, default: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
 class JobRecord:
     """One action run inside one generation of its service.
 
     The id is stable for the job's whole life: every respawn reuses it and bumps
-    `restart_count`. `spec` is the action's config (JSON-able dict) at this generation, kept so a
-    job can still be stopped correctly after its service vanished from the specs dir.
+    `restart_count`. `spec` is what the job keeps of its action's config at this generation.
     """
 
     id: str
@@ -72,7 +150,7 @@ class JobRecord:
     health: str | None = None
     reason: str = ""
     blocked_by: tuple[BlockedBy, ...] = ()
-    spec: dict[str, Any] = field(default_factory=dict)
+    spec: JobSpec = field(default_factory=JobSpec)
     created_at: float | None = None
     updated_at: float | None = None
     # A stop in progress (never waited for inside a pass): when to escalate to SIGKILL, and
@@ -87,9 +165,9 @@ class JobRecord:
     key: tuple[str, str] = field(init=False, repr=False, compare=False)  # (service, action)
 
     def __post_init__(self) -> None:
-        known = self.pid is not None and self.boot_id is not None \
-            and self.starttime_ticks is not None
-        identity = Identity(self.boot_id, self.pid, self.starttime_ticks) if known else None  # type: ignore[arg-type]
+        identity = None
+        if self.pid is not None and self.boot_id is not None and self.starttime_ticks is not None:
+            identity = Identity(self.boot_id, self.pid, self.starttime_ticks)
         object.__setattr__(self, "identity", identity)
         object.__setattr__(self, "key", (self.service, self.action))
 

@@ -33,7 +33,7 @@ from sqlite_utils.db import Table
 
 from reconciler.files import make_private_dirs
 from reconciler.state.errors import DatabaseDamaged
-from reconciler.state.records import BlockedBy, Event, JobRecord, SpecRecord
+from reconciler.state.records import BlockedBy, Event, JobRecord, JobSpec, SpecRecord
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def job_to_row(job: JobRecord) -> dict[str, Any]:
     row["process"] = int(job.process)
     row["ready"] = int(job.ready)
     row["blocked_by"] = json.dumps([b.to_dict() for b in job.blocked_by])
-    row["spec"] = json.dumps(job.spec, sort_keys=True)
+    row["spec"] = json.dumps(job.spec.to_dict(), sort_keys=True)
     return row
 
 
@@ -201,7 +201,7 @@ def job_from_row(row: dict[str, Any]) -> JobRecord:
     values["process"] = bool(values.get("process", True))
     values["ready"] = bool(values.get("ready", False))
     values["blocked_by"] = _blocked_by_from_json(values.get("blocked_by"), row.get("id"))
-    values["spec"] = _dict_from_json(values.get("spec"), "spec", row.get("id"))
+    values["spec"] = _job_spec_from_json(values.get("spec"), row.get("id"))
     return JobRecord(**values)
 
 
@@ -223,6 +223,12 @@ def _blocked_by_from_json(raw: Any, job_id: Any) -> tuple[BlockedBy, ...]:
     except (TypeError, ValueError, KeyError, AttributeError):
         log.warning("job %s: unreadable blocked_by %r, treated as empty", job_id, raw)
         return ()
+
+
+def _job_spec_from_json(raw: Any, job_id: Any) -> JobSpec:
+    if isinstance(raw, JobSpec):
+        return raw  # column absent: already the dataclass default
+    return JobSpec.from_dict(_dict_from_json(raw, "spec", job_id))
 
 
 def _dict_from_json(raw: Any, what: str, owner: Any) -> dict[str, Any]:
