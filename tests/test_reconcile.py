@@ -580,3 +580,41 @@ def test_many_starts_in_one_pass_are_each_recorded_in_plan_order(
         assert (settings.run_dir / f"{name}.main.pid").read_text() == f"{row['pid']}\n"
         assert (settings.logs_dir / name / "main.log").is_file()
     assert len(reconciler.enrollments.current()) == len(names) - 1
+
+
+def _printer(settings: Settings, word: str) -> None:
+    """A service `p` whose process prints `word`, then sleeps."""
+    argv = yaml_list([PY, "-c", f"import time; print({word!r}, flush=True); time.sleep(3600)"])
+    write_spec(settings.specs_dir, "p.yaml", f"""\
+    name: p
+    actions:
+      - {{name: main, process: true, cmd: {argv}}}
+    """)
+
+
+def test_a_new_generation_starts_a_fresh_log_and_the_old_one_is_previous(
+        settings: Settings, reconciler: Reconciler) -> None:
+    """`logs --previous` right after a spec change shows the old generation's output."""
+    live = settings.logs_dir / "p" / "main.log"
+    _printer(settings, "generation-one")
+    assert reconciler.converge(wait=20).converged
+    wait_for(lambda: "generation-one" in live.read_text())
+    _printer(settings, "generation-two")
+    assert reconciler.converge(wait=20).converged
+    wait_for(lambda: "generation-two" in live.read_text())
+    assert "generation-one" not in live.read_text()
+    assert "generation-one" in (settings.logs_dir / "p" / "main.log.1").read_text()
+
+
+def test_a_started_job_says_what_state_it_is_in(
+        settings: Settings, reconciler: Reconciler,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The reason of a running one-shot is `running`, not the spawn's `start (new job)`."""
+    write_spec(settings.specs_dir, "o.yaml", f"""\
+    name: o
+    actions:
+      - {{name: slow, process: false, cmd: {yaml_list(SLEEPER)}}}
+    """)
+    reconciler.reconcile()
+    row = job(settings, capsys, "o.slow")
+    assert (row["phase"], row["reason"]) == ("running", "running")
