@@ -82,8 +82,8 @@ def desired_from_services(services: Iterable[Service], settings: Settings,
 
     With a `cache` (kept by the caller across passes, for one `settings`), a service object
     seen in the previous call is not resolved again: the spec loader hands back the very
-    same frozen objects while a file is unchanged, and resolving (paths, generation hash)
-    was a third of a no-op pass at 1000 actions.
+    same frozen objects while a file is unchanged, and resolving (paths, generation hash,
+    environment) was a large share of a no-op pass (docs/benchmarks.md, Findings).
     """
     fresh: ResolvedCache = {}
     actions: list[DesiredAction] = []

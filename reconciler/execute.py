@@ -136,8 +136,8 @@ class Executor:
         Consecutive spawns are independent: `plan` starts an action only once what it waits
         for runs (or succeeded) in an earlier pass, and each action's conflict stops and
         cleanups come before its spawns. A start mostly waits (on the disk for a new log and
-        its dir, on the kernel for the child's exec), so a few at a time overlap: at start-up
-        with hundreds of new jobs this halves the pass.
+        its dir, on the kernel for the child's exec), so a few at a time overlap (what that
+        saves at start-up: docs/benchmarks.md, Findings).
         """
         with ThreadPoolExecutor(max_workers=_SPAWN_WORKERS,
                                 thread_name_prefix="spawn") as pool:

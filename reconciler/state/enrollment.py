@@ -44,7 +44,7 @@ def enrollment_file_name(job_id: str) -> str:
 def enroll(run_dir: Path, enrollment: Enrollment) -> Path:
     """Write `<run_dir>/<job_id>.enroll.json` atomically; returns its path.
 
-    Not fsynced (see the module docstring): skipping the fsyncs halves the cost of a spawn.
+    Not fsynced (see the module docstring): the fsyncs were most of a spawn's cost.
     """
     target = enrollment_path(run_dir, enrollment.job_id)
     make_private_dirs(run_dir)

@@ -159,7 +159,7 @@ class JobRecord:
     stop_deadline: float | None = None
     stop_then: StopThen | None = None
     # Derived once, at construction: every pass asks for the identity and key of every job
-    # several times (building the identity each time was 18 % of a pass at 1000 jobs).
+    # several times (building them each time showed in profiles: docs/benchmarks.md).
     # Not columns: the store reads and writes the init fields only.
     identity: Identity | None = field(init=False, repr=False, compare=False)
     key: tuple[str, str] = field(init=False, repr=False, compare=False)  # (service, action)
