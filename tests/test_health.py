@@ -3,6 +3,7 @@ in flight per job, slow probes that never starve another job's, and `--once` pro
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler import health
 from reconciler.controller import PassResult, Reconciler
 from reconciler.health import HealthMonitor, HealthState, ProbeTarget
 from reconciler.settings import Settings
@@ -81,6 +83,18 @@ def target(job_id: str, probe: Health, started_at: float | None = None) -> Probe
 
 def state_of(monitor: HealthMonitor, job_id: str) -> HealthState:
     return monitor.states()[job_id]
+
+
+def test_the_scheduling_module_does_no_io_of_its_own() -> None:
+    """Sockets, processes and signals are host work (reconciler.host.probes); health.py only
+    schedules probes and keeps their results."""
+    tree = ast.parse(Path(health.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert imported & {"os", "socket", "select", "signal", "subprocess"} == set()
+    assert "reconciler.host.probes" in imported
 
 
 # --- HealthMonitor ---------------------------------------------------------------------------

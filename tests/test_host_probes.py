@@ -72,22 +72,21 @@ def test_tcp_probe_ready_against_a_real_listener(free_port: Callable[[], int],
     probe = TcpHealth(tcp=port, **FAST)
     assert probes.probe_reason(probe) == "connection refused"
     listener(port)
-    assert probes.probe(probe)
     assert probes.probe_reason(probe) is None
 
 
 def test_http_probe_2xx_is_ready_500_is_not(http_server: Callable[[int], str]) -> None:
-    assert probes.probe(HttpHealth(http=http_server(200), **FAST))
-    assert probes.probe(HttpHealth(http=http_server(204), **FAST))
+    assert probes.probe_reason(HttpHealth(http=http_server(200), **FAST)) is None
+    assert probes.probe_reason(HttpHealth(http=http_server(204), **FAST)) is None
     assert probes.probe_reason(HttpHealth(http=http_server(500), **FAST)) == "HTTP 500"
-    assert not probes.probe(HttpHealth(http=http_server(404), **FAST))
+    assert probes.probe_reason(HttpHealth(http=http_server(404), **FAST)) == "HTTP 404"
 
 
 def test_http_probe_ignores_proxy_settings(http_server: Callable[[int], str],
                                            free_port: Callable[[], int],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
-    assert probes.probe(HttpHealth(http=http_server(200), **FAST))
+    assert probes.probe_reason(HttpHealth(http=http_server(200), **FAST)) is None
 
 
 def test_http_probe_connection_refused(free_port: Callable[[], int]) -> None:
@@ -102,17 +101,18 @@ def test_unix_probe(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
         server.bind(str(path))
         server.listen(8)
-        assert probes.probe(probe)
+        assert probes.probe_reason(probe) is None
     assert probes.probe_reason(probe) == "connection refused"  # stale socket file
 
 
 def test_exec_probe_exit_codes(tmp_path: Path) -> None:
-    assert probes.probe(ExecHealth(exec=[sys.executable, "-c", "pass"], **FAST))
+    assert probes.probe_reason(ExecHealth(exec=[sys.executable, "-c", "pass"], **FAST)) is None
     assert probes.probe_reason(ExecHealth(exec="exit 1", **FAST)) == "exit 1"
-    assert probes.probe(ExecHealth(exec="test -d sub", **FAST), cwd=str(tmp_path)) is False
+    test_sub = ExecHealth(exec="test -d sub", **FAST)
+    assert probes.probe_reason(test_sub, cwd=str(tmp_path)) == "exit 1"
     (tmp_path / "sub").mkdir()
-    assert probes.probe(ExecHealth(exec="test -d sub", **FAST), cwd=str(tmp_path))
-    assert probes.probe(ExecHealth(exec='test "$X" = 1', **FAST), env={"X": "1"})
+    assert probes.probe_reason(test_sub, cwd=str(tmp_path)) is None
+    assert probes.probe_reason(ExecHealth(exec='test "$X" = 1', **FAST), env={"X": "1"}) is None
 
 
 def test_exec_probe_timeout_kills_its_whole_group() -> None:

@@ -43,12 +43,6 @@ class _Failed(Exception):
     """A probe that got an answer, just not a healthy one; the message is the reason."""
 
 
-def probe(health: Health, *, cwd: str | None = None, env: dict[str, str] | None = None,
-          deadline: float | None = None) -> bool:
-    """One probe attempt, bounded by `health.timeout` (and `deadline`). Never raises."""
-    return probe_reason(health, cwd=cwd, env=env, deadline=deadline) is None
-
-
 def probe_reason(health: Health, *, cwd: str | None = None, env: dict[str, str] | None = None,
                  deadline: float | None = None) -> str | None:
     """One probe attempt: None when healthy, else a short reason for `status` ("connection
