@@ -15,13 +15,16 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from types import FrameType
+from typing import Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from reconciler.controller import PassResult, Reconciler
+from reconciler.controller import HealthResults, PassResult, Reconciler
 from reconciler.desired import Desired
 from reconciler.health import HealthMonitor, ProbeTarget
 from reconciler.host.exits import ExitWatcher
@@ -44,12 +47,46 @@ RETRY_INITIAL_SECONDS = 0.2
 RETRY_MAX_SECONDS = 30.0
 
 
+class Passes(Protocol):
+    """What the daemon needs of a `Reconciler`: one pass, given the monitor's probe results.
+
+    The daemon opens it (`open_passes`) on the thread that runs the passes, because the
+    Reconciler's SQLite connection belongs to one thread. A protocol, so that a test hands
+    the daemon a reconciler that fails or kicks on purpose instead of patching the class.
+    """
+
+    def reconcile(self, health: HealthResults | None = None) -> PassResult: ...
+
+
+OpenPasses = Callable[[], AbstractContextManager[Passes]]
+
+
+def retry_delay(failed_passes: int, initial: float, most: float) -> float:
+    """How long after the n-th failed pass in a row the next try runs: doubling from
+    `initial`, never more than `most`."""
+    return min(initial * 2.0 ** (failed_passes - 1), most)
+
+
 class Daemon:
+    """The controller process: starts the triggers, runs one pass per burst of kicks until
+    stopped, and survives any single pass failing.
+
+    `open_passes` is the seam to what runs a pass (default: a `Reconciler` on `settings`);
+    `retry_initial`/`retry_max` bound the retry backoff of failed passes (production
+    defaults; a test shortens them rather than waiting them out).
+    """
+
     def __init__(self, settings: Settings, *, allow_empty: bool = False,
-                 resync: float = RESYNC_SECONDS) -> None:
+                 resync: float = RESYNC_SECONDS,
+                 retry_initial: float = RETRY_INITIAL_SECONDS,
+                 retry_max: float = RETRY_MAX_SECONDS,
+                 open_passes: OpenPasses | None = None) -> None:
         self.settings = settings
         self.allow_empty = allow_empty
         self.resync = resync
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self._open_passes = open_passes or self._open_reconciler
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.passes = 0
@@ -63,6 +100,9 @@ class Daemon:
         self.health = HealthMonitor(self.kick)
         self.logcap = LogCapper()
 
+    def _open_reconciler(self) -> Reconciler:
+        return Reconciler(self.settings, allow_empty=self.allow_empty)
+
     def kick(self) -> None:
         self.wake.set()
 
@@ -74,14 +114,14 @@ class Daemon:
         """Converge until `stop()` (or SIGTERM/SIGINT when installed). Managed processes run in
         their own sessions and keep running after this returns."""
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
-        with Reconciler(self.settings, allow_empty=self.allow_empty) as reconciler:
+        with self._open_passes() as passes:
             self._start_triggers()
             try:
                 self.kick()
                 while not self.stopping.is_set():
                     if self.wake.wait(timeout=1.0) and not self.stopping.is_set():
                         self.wake.clear()
-                        self._pass(reconciler)
+                        self._pass(passes)
                         if self.passes == 1:
                             _freeze_start_up_heap()
             finally:
@@ -97,9 +137,9 @@ class Daemon:
 
     # --- one pass ---------------------------------------------------------------------------
 
-    def _pass(self, reconciler: Reconciler) -> None:
+    def _pass(self, passes: Passes) -> None:
         try:
-            result = reconciler.reconcile(health=self.health.states())
+            result = passes.reconcile(health=self.health.states())
         except LockTimeout as err:
             log.warning("%s; trying again", err)
             self.kick()
@@ -120,11 +160,11 @@ class Daemon:
         """Retry with backoff; log the traceback once per distinct error, not on every try
         (a broken disk would otherwise fill the log five times a second)."""
         self.failed_passes += 1
-        delay = min(RETRY_INITIAL_SECONDS * 2 ** (self.failed_passes - 1), RETRY_MAX_SECONDS)
+        delay = retry_delay(self.failed_passes, self.retry_initial, self.retry_max)
         what = f"{type(err).__name__}: {err}"
         if what != self._last_failure:
             log.error("pass failed: %s; retrying in %.1fs (with backoff up to %.0fs)",
-                      printable(what), delay, RETRY_MAX_SECONDS, exc_info=err)
+                      printable(what), delay, self.retry_max, exc_info=err)
             self._last_failure = what
         self._kick_at(time.time() + delay, "retry")
 

@@ -95,7 +95,7 @@ class _Inotify:
 
     def read(self) -> list[tuple[int, int, str]]:
         """Every queued event as (wd, mask, name); [] when none is queued."""
-        events = []
+        events: list[tuple[int, int, str]] = []
         while True:
             try:
                 data = os.read(self.fd, 64 * 1024)
@@ -180,7 +180,8 @@ class LogCapper:
         self._thread = threading.Thread(target=self._run, name="log-capper", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
+        """False when the thread did not end within `timeout` (logged; its fds stay open)."""
         with self._lock:
             self._stopping = True
         self._wake()
@@ -188,13 +189,14 @@ class LogCapper:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.error("log capper did not stop within %.1fs", timeout)
-                return
+                return False
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        return True
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):  # full: a wakeup is pending

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -17,8 +18,14 @@ from typing import Any
 import pytest
 
 from reconciler import cli
-from reconciler.controller import Reconciler
-from reconciler.daemon import Daemon
+from reconciler.controller import HealthResults, PassResult, Reconciler
+from reconciler.daemon import (
+    RETRY_INITIAL_SECONDS,
+    RETRY_MAX_SECONDS,
+    Daemon,
+    OpenPasses,
+    retry_delay,
+)
 from reconciler.host.identity import identity_of
 from reconciler.settings import Settings
 from tests.helpers import wait_for
@@ -279,52 +286,81 @@ def test_logs_and_events_commands(settings: Settings, daemon: DaemonRunner,
     assert "spawn" in text and "a.main" in text
 
 
-class KickDuringPass(Daemon):
-    """A daemon whose first pass receives a kick while it runs, as a spec save or a process
-    exit would deliver it; the real pass machinery is replaced by a recorder."""
+class ScriptedPasses:
+    """Real passes on a real Reconciler, with a script run before each (it may raise): the
+    daemon's seam (`open_passes`) instead of patching Reconciler or the daemon's internals."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings, resync=3600)
+    def __init__(self, real: Reconciler, before: Callable[[int], None]) -> None:
+        self.real = real
+        self.before = before
         self.calls = 0
 
-    def _pass(self, reconciler: Reconciler) -> None:
+    def reconcile(self, health: HealthResults | None = None) -> PassResult:
         self.calls += 1
-        if self.calls == 1:
-            self.kick()  # arrives mid-pass
-        else:
-            self.stop()
+        self.before(self.calls)
+        return self.real.reconcile(health)
 
 
-def test_a_kick_during_a_pass_is_never_lost(settings: Settings) -> None:
-    daemon = KickDuringPass(settings)
-    runner = threading.Thread(target=daemon.run, daemon=True)
-    runner.start()
-    runner.join(timeout=30)
-    assert not runner.is_alive() and daemon.calls == 2
+def scripted(settings: Settings, before: Callable[[int], None]
+             ) -> tuple[list[ScriptedPasses], OpenPasses]:
+    """An `open_passes` for Daemon, and the list that receives what it opened (the daemon
+    opens it on its own thread)."""
+    opened: list[ScriptedPasses] = []
+
+    @contextlib.contextmanager
+    def open_passes() -> Iterator[ScriptedPasses]:
+        with Reconciler(settings, allow_empty=True) as real:  # no specs: a pass changes nothing
+            opened.append(ScriptedPasses(real, before))
+            yield opened[-1]
+
+    return opened, open_passes
 
 
-def test_a_failed_pass_is_retried_with_backoff_and_logged_once(
-        settings: Settings, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
-    """A pass that fails as a whole (here: the first three, with the same error) is retried
-    after 200 ms, 400 ms, 800 ms, not at the next resync (an hour away here), and its
-    traceback is logged once, not once per try."""
-    real = Reconciler.reconcile
-    failures = iter(range(3))
-
-    def flaky(self: Reconciler, health: object = None) -> object:
-        if next(failures, None) is not None:
-            raise OSError(5, "Input/output error")
-        return real(self, health)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Reconciler, "reconcile", flaky)
-    daemon = Daemon(settings, resync=3600)
+def run_until_stopped(daemon: Daemon, until: Callable[[], object], message: str) -> None:
     runner = threading.Thread(target=daemon.run, daemon=True)
     runner.start()
     try:
-        wait_for(lambda: daemon.passes >= 1, timeout=20, message="a pass after three failures")
+        wait_for(until, timeout=20, message=message)
     finally:
         daemon.stop()
         runner.join(timeout=30)
+    assert not runner.is_alive()
+
+
+def test_a_kick_during_a_pass_is_never_lost(settings: Settings) -> None:
+    """The first pass receives a kick while it runs, as a spec save or a process exit would
+    deliver it; with nothing else to wake it (resync an hour away, no changes planned) only
+    that kick can cause the second pass."""
+    daemon: Daemon | None = None
+
+    def kick_during_the_first(call: int) -> None:
+        assert daemon is not None
+        if call == 1:
+            daemon.kick()  # arrives mid-pass
+
+    opened, open_passes = scripted(settings, kick_during_the_first)
+    daemon = Daemon(settings, resync=3600, open_passes=open_passes)
+    run_until_stopped(daemon, lambda: opened and opened[0].calls >= 2, "the kicked pass")
+    assert daemon.passes >= 2
+
+
+def test_a_failed_pass_is_retried_with_backoff_and_logged_once(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """A pass that fails as a whole (here: the first three, with the same error) is retried
+    with backoff, not at the next resync (an hour away here), and its traceback is logged
+    once, not once per try. The backoff starts at 10 ms here, 200 ms in production."""
+    def fail_three_times(call: int) -> None:
+        if call <= 3:
+            raise OSError(5, "Input/output error")
+
+    opened, open_passes = scripted(settings, fail_three_times)
+    daemon = Daemon(settings, resync=3600, retry_initial=0.01, open_passes=open_passes)
+    run_until_stopped(daemon, lambda: daemon.passes >= 1, "a pass after three failures")
+    assert opened[0].calls >= 4 and daemon.failed_passes == 0
     failed = [r for r in caplog.records if r.getMessage().startswith("pass failed")]
     assert len(failed) == 1 and "Input/output error" in failed[0].getMessage()
+
+
+def test_retry_delay_doubles_up_to_its_maximum() -> None:
+    delays = [retry_delay(n, RETRY_INITIAL_SECONDS, RETRY_MAX_SECONDS) for n in range(1, 11)]
+    assert delays == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0]

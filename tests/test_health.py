@@ -1,18 +1,15 @@
-"""Health probes against real listeners, and the HealthMonitor's ready/unhealthy transitions."""
+"""HealthMonitor's scheduling against real listeners: ready/unhealthy transitions, one probe
+in flight per job, slow probes that never starve another job's, and `--once` probing."""
 
 from __future__ import annotations
 
-import contextlib
+import ast
 import json
 import os
-import signal
-import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,10 +18,11 @@ from reconciler import health
 from reconciler.controller import PassResult, Reconciler
 from reconciler.health import HealthMonitor, HealthState, ProbeTarget
 from reconciler.settings import Settings
-from reconciler.spec.model import ExecHealth, HttpHealth, TcpHealth, UnixHealth
+from reconciler.spec.model import ExecHealth, Health, HttpHealth, TcpHealth
 from reconciler.state.lock import LockTimeout, StateLock
 from tests.conftest import Foreign
 from tests.helpers import wait_for
+from tests.probe_peers import Listeners, Trickler, in_thread
 
 FAST = {"interval": "50ms", "timeout": "1s"}
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(3600)"]
@@ -48,112 +46,11 @@ class Counter:
 
 
 @pytest.fixture
-def listener() -> Iterator[Callable[[int], socket.socket]]:
+def listener() -> Iterator[Listeners]:
     """In-process TCP listeners on 127.0.0.1, closed at teardown."""
-    opened: list[socket.socket] = []
-
-    def listen(port: int) -> socket.socket:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        sock.listen(64)
-        opened.append(sock)
-        return sock
-
-    yield listen
-    for sock in opened:
-        sock.close()
-
-
-@pytest.fixture
-def http_server() -> Iterator[Callable[[int], str]]:
-    """A tiny HTTP server answering GET /<status> with that status; returns its base URL."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(int(self.path.strip("/")))
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    port = server.server_address[1]
-    yield lambda status: f"http://127.0.0.1:{port}/{status}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
-
-
-class Trickler:
-    """An HTTP server on 127.0.0.1 that answers every connection with a status line that never
-    ends, one byte every 0.3 s for up to 60 s: every recv of a client gets data well within
-    any per-operation timeout, so only a deadline for the whole probe ends it."""
-
-    TRICKLE_SECONDS = 60.0
-
-    def __init__(self) -> None:
-        self._server = socket.socket()
-        self._server.bind(("127.0.0.1", 0))
-        self._server.listen(64)
-        self._server.settimeout(0.05)
-        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}/health"
-        self.stopping = threading.Event()
-        self.on_connect: Callable[[], None] = lambda: None
-        self._lock = threading.Lock()
-        self._connections = 0
-        self._trickling = 0
-        self._threads: list[threading.Thread] = [
-            threading.Thread(target=self._accept, name="trickler", daemon=True)]
-        self._threads[0].start()
-
-    @property
-    def connections(self) -> int:
-        with self._lock:
-            return self._connections
-
-    @property
-    def trickling(self) -> int:
-        """Connections still being trickled to (the client has not gone away)."""
-        with self._lock:
-            return self._trickling
-
-    def _accept(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            thread = threading.Thread(target=self._trickle, args=(conn,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _trickle(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._connections += 1
-            self._trickling += 1
-        try:
-            with conn:
-                self.on_connect()
-                conn.sendall(b"HTTP/1.1 200 ")
-                until = time.monotonic() + self.TRICKLE_SECONDS
-                while not self.stopping.wait(0.3) and time.monotonic() < until:  # the pace
-                    conn.sendall(b"O")
-        except OSError:
-            pass  # the client gave up
-        finally:
-            with self._lock:
-                self._trickling -= 1
-
-    def close(self) -> None:
-        self.stopping.set()
-        for thread in list(self._threads):
-            thread.join()
-        self._server.close()
+    listeners = Listeners()
+    yield listeners
+    listeners.close()
 
 
 @pytest.fixture
@@ -161,13 +58,6 @@ def trickler() -> Iterator[Trickler]:
     server = Trickler()
     yield server
     server.close()
-
-
-def in_thread(call: Callable[[], object]) -> list[object]:
-    """Run `call` on a daemon thread; the returned list receives its result."""
-    box: list[object] = []
-    threading.Thread(target=lambda: box.append(call()), daemon=True).start()
-    return box
 
 
 @pytest.fixture
@@ -186,8 +76,8 @@ def monitors() -> Iterator[Callable[[Callable[[], None]], HealthMonitor]]:
         monitor.stop()
 
 
-def target(job_id: str, probe: object, started_at: float | None = None) -> ProbeTarget:
-    return ProbeTarget(job_id=job_id, health=probe, cwd=None, env=None,  # type: ignore[arg-type]
+def target(job_id: str, probe: Health, started_at: float | None = None) -> ProbeTarget:
+    return ProbeTarget(job_id=job_id, health=probe, cwd=None, env=None,
                        started_at=time.time() if started_at is None else started_at)
 
 
@@ -195,89 +85,23 @@ def state_of(monitor: HealthMonitor, job_id: str) -> HealthState:
     return monitor.states()[job_id]
 
 
-# --- single probes ---------------------------------------------------------------------------
-
-def test_tcp_probe_ready_against_a_real_listener(free_port: Callable[[], int],
-                                                 listener: Callable[[int], socket.socket]) -> None:
-    port = free_port()
-    probe = TcpHealth(tcp=port, **FAST)
-    assert health.probe_reason(probe) == "connection refused"
-    listener(port)
-    assert health.probe(probe)
-    assert health.probe_reason(probe) is None
-
-
-def test_http_probe_2xx_is_ready_500_is_not(http_server: Callable[[int], str]) -> None:
-    assert health.probe(HttpHealth(http=http_server(200), **FAST))
-    assert health.probe(HttpHealth(http=http_server(204), **FAST))
-    assert health.probe_reason(HttpHealth(http=http_server(500), **FAST)) == "HTTP 500"
-    assert not health.probe(HttpHealth(http=http_server(404), **FAST))
-
-
-def test_http_probe_ignores_proxy_settings(http_server: Callable[[int], str],
-                                           free_port: Callable[[], int],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
-    assert health.probe(HttpHealth(http=http_server(200), **FAST))
-
-
-def test_http_probe_connection_refused(free_port: Callable[[], int]) -> None:
-    probe = HttpHealth(http=f"http://127.0.0.1:{free_port()}/", **FAST)
-    assert health.probe_reason(probe) == "connection refused"
-
-
-def test_unix_probe(tmp_path: Path) -> None:
-    path = tmp_path / "api.sock"
-    probe = UnixHealth(unix=str(path), **FAST)
-    assert health.probe_reason(probe) == "no such file or directory"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
-        server.bind(str(path))
-        server.listen(8)
-        assert health.probe(probe)
-    assert health.probe_reason(probe) == "connection refused"  # stale socket file
-
-
-def test_exec_probe_exit_codes(tmp_path: Path) -> None:
-    assert health.probe(ExecHealth(exec=[sys.executable, "-c", "pass"], **FAST))
-    assert health.probe_reason(ExecHealth(exec="exit 1", **FAST)) == "exit 1"
-    assert health.probe(ExecHealth(exec="test -d sub", **FAST), cwd=str(tmp_path)) is False
-    (tmp_path / "sub").mkdir()
-    assert health.probe(ExecHealth(exec="test -d sub", **FAST), cwd=str(tmp_path))
-    assert health.probe(ExecHealth(exec='test "$X" = 1', **FAST), env={"X": "1"})
-
-
-def test_exec_probe_timeout_kills_its_whole_group() -> None:
-    mark = f"probe-{uuid.uuid4()}"
-    probe = ExecHealth(exec="sleep 30; true", interval="50ms", timeout="100ms")
-    try:
-        assert health.probe_reason(probe, env={"PROBE_MARK": mark}) == "timeout"
-        wait_for(lambda: not pids_with_mark(mark), message="the probe's sleep to be killed")
-    finally:
-        for pid in pids_with_mark(mark):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def pids_with_mark(mark: str) -> list[int]:
-    """Live processes carrying PROBE_MARK=mark (a zombie's environ reads empty)."""
-    needle = f"PROBE_MARK={mark}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        with contextlib.suppress(OSError):
-            if entry.isdigit() and needle in Path(f"/proc/{entry}/environ").read_bytes():
-                found.append(int(entry))
-    return found
-
-
-def test_exec_probe_missing_command() -> None:
-    reason = health.probe_reason(ExecHealth(exec=["/nonexistent/probe"], **FAST))
-    assert reason is not None and reason.startswith("cannot run /nonexistent/probe")
+def test_the_scheduling_module_does_no_io_of_its_own() -> None:
+    """Sockets, processes and signals are host work (reconciler.host.probes); health.py only
+    schedules probes and keeps their results."""
+    tree = ast.parse(Path(health.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert imported & {"os", "socket", "select", "signal", "subprocess"} == set()
+    assert "reconciler.host.probes" in imported
 
 
 # --- HealthMonitor ---------------------------------------------------------------------------
 
+
 def test_monitor_becomes_ready_and_calls_on_change(free_port: Callable[[], int],
-                                                   listener: Callable[[int], socket.socket],
+                                                   listener: Listeners,
                                                    monitors: Callable[..., HealthMonitor]) -> None:
     port = free_port()
     changes = Counter()
@@ -329,7 +153,7 @@ def test_monitor_start_period_defers_counting(free_port: Callable[[], int], fore
 
 
 def test_resync_with_new_started_at_resets_state(free_port: Callable[[], int],
-                                                 listener: Callable[[int], socket.socket],
+                                                 listener: Listeners,
                                                  monitors: Callable[..., HealthMonitor]) -> None:
     port = free_port()
     listener(port)
@@ -349,7 +173,7 @@ def test_resync_with_new_started_at_resets_state(free_port: Callable[[], int],
 
 
 def test_on_change_exceptions_do_not_kill_the_monitor(free_port: Callable[[], int],
-                                                      listener: Callable[[int], socket.socket],
+                                                      listener: Listeners,
                                                       monitors: Callable[..., HealthMonitor]
                                                       ) -> None:
     port = free_port()
@@ -369,7 +193,7 @@ def test_on_change_exceptions_do_not_kill_the_monitor(free_port: Callable[[], in
 
 
 def test_stop_is_prompt_while_a_probe_hangs(free_port: Callable[[], int],
-                                           listener: Callable[[int], socket.socket],
+                                           listener: Listeners,
                                            monitors: Callable[..., HealthMonitor]) -> None:
     """An HTTP server that accepts but never answers holds the probe for its whole timeout."""
     port = free_port()
@@ -407,126 +231,11 @@ def test_one_job_is_never_probed_twice_at_once(tmp_path: Path,
     assert lines == ["start", "end"] * (len(lines) // 2)
 
 
-# --- bounds: a probe ends by its timeout, whatever the other side does ----------------------
-
-def test_http_timeout_bounds_the_whole_probe_not_each_read(trickler: Trickler) -> None:
-    """urllib's timeout applied per recv: a byte every 0.3 s kept a 0.5 s probe going for as
-    long as the server trickled (60 s here)."""
-    probe = HttpHealth(http=trickler.url, interval="50ms", timeout="500ms")
-    result = in_thread(lambda: health.probe_reason(probe))
-    wait_for(lambda: result, timeout=10.0, message="the probe to give up mid-trickle")
-    assert result == ["timeout"]
-    assert trickler.connections == 1 and not trickler.stopping.is_set()
-
-
-def test_a_callers_deadline_cuts_a_longer_probe_timeout(trickler: Trickler,
-                                                        tmp_path: Path) -> None:
-    """`--once --wait` passes its own deadline; a probe with a 60 s timeout ends by it."""
-    mark = f"probe-{uuid.uuid4()}"
-    slow = [HttpHealth(http=trickler.url, interval="1s", timeout="60s"),
-            ExecHealth(exec="sleep 60", interval="1s", timeout="60s")]
-    try:
-        for probe in slow:
-            result = in_thread(lambda probe=probe: health.probe_reason(
-                probe, env={"PROBE_MARK": mark}, deadline=time.monotonic() + 0.3))
-            wait_for(lambda result=result: result, timeout=10.0, message=f"{probe.kind} probe")
-            assert result == ["timeout"]
-        wait_for(lambda: not pids_with_mark(mark), message="the exec probe's sleep to be killed")
-    finally:
-        for pid in pids_with_mark(mark):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def test_unix_probe_against_a_listener_that_never_accepts_ends_promptly(
-        tmp_path: Path) -> None:
-    """Once the backlog of a listener that never accepts is full, a blocking connect() waits
-    for good; with the probe's deadline it fails at once (Linux: EAGAIN) or by the deadline."""
-    path = str(tmp_path / "full.sock")
-    clients: list[socket.socket] = []
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
-        server.bind(path)
-        server.listen(0)
-        try:
-            with contextlib.suppress(BlockingIOError):
-                while True:  # fill the backlog
-                    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    clients.append(client)
-                    client.setblocking(False)
-                    client.connect(path)
-            probe = UnixHealth(unix=path, interval="1s", timeout="60s")
-            result = in_thread(lambda: health.probe_reason(
-                probe, deadline=time.monotonic() + 0.3))
-            wait_for(lambda: result, timeout=10.0, message="the unix probe to give up")
-            assert result[0] in ("timeout", "resource temporarily unavailable")
-        finally:
-            for client in clients:
-                client.close()
-
-
-def test_http_probe_reads_a_bounded_head_and_never_the_body() -> None:
-    """A server that sends endless headers fast is read up to MAX_HEAD_BYTES, not forever."""
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        theirs.setblocking(False)
-        theirs.send(b"HTTP/1.1 200 OK\r\nX-Flood: ")
-        with contextlib.suppress(BlockingIOError):
-            while True:  # as much as the kernel buffers: far more than the cap
-                theirs.send(b"a" * 65536)
-        head = health._read_head(ours, time.monotonic() + 5.0)
-        assert len(head) == health.MAX_HEAD_BYTES
-        assert health._parse_head(head) == (200, None)
-
-
-def test_http_probe_follows_a_redirect_within_the_deadline(
-        http_server: Callable[[int], str], free_port: Callable[[], int]) -> None:
-    """urllib followed redirects; the raw-socket probe keeps doing so (http:// only)."""
-    port = free_port()
-    ready = http_server(204)
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", port))
-        server.listen(8)
-        redirect = in_thread(lambda: serve_once(server, f"HTTP/1.1 302 Found\r\n"
-                                                        f"Location: {ready}\r\n\r\n"))
-        assert health.probe_reason(HttpHealth(http=f"http://127.0.0.1:{port}/", **FAST)) is None
-        wait_for(lambda: redirect, message="the redirecting server to be asked")
-        assert redirect[0].startswith(b"GET / HTTP/1.1\r\n")
-
-
-def serve_once(server: socket.socket, answer: str) -> bytes:
-    """Accept one connection, read its request head, answer, close; returns the request."""
-    server.settimeout(10)
-    conn, _ = server.accept()
-    with conn:
-        conn.settimeout(10)
-        request = b""
-        while b"\r\n\r\n" not in request:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            request += chunk
-        conn.sendall(answer.encode())
-        return request
-
-
-def test_exec_probe_leaves_nothing_behind_after_it_exits() -> None:
-    """A probe that backgrounds something and exits 0 would leave one orphan per interval."""
-    mark = f"probe-{uuid.uuid4()}"
-    probe = ExecHealth(exec="sleep 30 & exit 0", interval="1s", timeout="5s")
-    try:
-        assert health.probe_reason(probe, env={"PROBE_MARK": mark}) is None
-        wait_for(lambda: not pids_with_mark(mark), timeout=3.0,
-                 message="the backgrounded sleep to be killed")
-    finally:
-        for pid in pids_with_mark(mark):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-
-
 # --- scheduling: a slow probe never delays another job's ------------------------------------
 
+
 def test_slow_probes_never_starve_a_healthy_job(trickler: Trickler, free_port: Callable[[], int],
-                                                listener: Callable[[int], socket.socket],
+                                                listener: Listeners,
                                                 monitors: Callable[..., HealthMonitor]) -> None:
     """With a fixed pool of four workers, four trickling endpoints (30 s timeouts) held every
     worker and the healthy job waited for them."""
@@ -554,6 +263,7 @@ def test_a_monitor_probe_gives_up_at_its_timeout_and_is_retried(
 
 
 # --- --once: probes run outside the state lock and within --wait ---------------------------
+
 
 def test_once_probes_outside_the_lock_and_returns_by_its_wait(settings: Settings,
                                                              trickler: Trickler) -> None:
