@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from reconciler import logs
 from reconciler.environment import minimal_env
 from reconciler.settings import Settings
 from reconciler.spec.model import Action, Health, Service, UnixHealth
@@ -133,7 +134,7 @@ def _resolve(service: Service, action: Action, settings: Settings) -> DesiredAct
     if action.process:
         pidfile = _under(run_dir, action.pidfile or f"{service.name}.{action.name}.pid")
     cwd = _under(settings.specs_dir, action.cwd) if action.cwd else str(settings.specs_dir)
-    log_path = settings.logs_dir / service.name / f"{action.name}.log"
+    log_path = logs.log_path(settings.logs_dir, service.name, action.name)
     env = minimal_env({
         **action.env,
         "RECONCILER_SERVICE": service.name,

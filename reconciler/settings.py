@@ -1,18 +1,25 @@
 """Where the reconciler reads specs and keeps its state.
 
 Precedence is flags, then environment (`RECONCILER_SPECS`, `RECONCILER_STATE_DIR`), then
-defaults, as operators expect from most Unix tools. Under pytest, pointing at the real default
-state dir is refused: a test that forgot its fixture must fail loudly instead of adopting,
-stopping or pruning the developer's real services.
+defaults, as operators expect from most Unix tools.
+
+With `RECONCILER_REFUSE_DEFAULT_STATE_DIR=1` in the environment, constructing `Settings` that
+point at the real default state dir raises. The test suite sets it for the whole session
+(tests/conftest.py), so a test that forgot its fixture, or a CLI subprocess it started without
+`--state-dir`, fails loudly instead of adopting, stopping or pruning the developer's real
+services. A guard at construction cannot be bypassed by a code path that builds `Settings`
+itself, and production code never has to guess whether it runs under a test runner.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+DEFAULT_SPECS_DIR = "specs"  # relative to the working directory, like `./Makefile`
+REFUSE_DEFAULT_STATE_DIR = "RECONCILER_REFUSE_DEFAULT_STATE_DIR"
 
 
 class SettingsError(Exception):
@@ -21,11 +28,20 @@ class SettingsError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """The two directories a reconciler works with, and how it reads spec files."""
+
     specs_dir: Path
     state_dir: Path
     # A changed spec file is read once it has been quiet this long (seconds), so a file
     # caught half-written (truncate, then write) is never taken for the whole of it.
     settle: float = 0.2
+
+    def __post_init__(self) -> None:
+        if os.environ.get(REFUSE_DEFAULT_STATE_DIR) == "1" and _same_path(
+                Path(self.state_dir), default_state_dir()):
+            raise SettingsError(
+                f"refusing the real state dir {self.state_dir} ({REFUSE_DEFAULT_STATE_DIR}=1, "
+                "set by the test suite); give the test its own state dir")
 
     @property
     def db_path(self) -> Path:
@@ -58,21 +74,22 @@ def default_state_dir(env: Mapping[str, str] = os.environ) -> Path:
     return Path(xdg) / "reconciler"
 
 
-def under_pytest(env: Mapping[str, str] = os.environ) -> bool:
-    return "PYTEST_CURRENT_TEST" in env or "pytest" in sys.modules
+def specs_dir_of(specs: str | Path | None = None, env: Mapping[str, str] = os.environ) -> Path:
+    """The specs dir: the flag, else `RECONCILER_SPECS`, else `./specs`."""
+    return Path(specs or env.get("RECONCILER_SPECS") or DEFAULT_SPECS_DIR)
+
+
+def state_dir_of(state_dir: str | Path | None = None,
+                 env: Mapping[str, str] = os.environ) -> Path:
+    """The state dir: the flag, else `RECONCILER_STATE_DIR`, else the per-user default."""
+    return Path(state_dir or env.get("RECONCILER_STATE_DIR") or default_state_dir(env))
 
 
 def resolve(specs: str | Path | None = None, state_dir: str | Path | None = None,
             env: Mapping[str, str] = os.environ) -> Settings:
-    specs_path = Path(specs or env.get("RECONCILER_SPECS") or "specs")
-    state_path = Path(state_dir or env.get("RECONCILER_STATE_DIR") or default_state_dir(env))
-    settings = Settings(specs_dir=specs_path.absolute(), state_dir=state_path.absolute())
-    if under_pytest(env) and _same_path(settings.state_dir, default_state_dir(env)):
-        raise SettingsError(
-            f"refusing the real state dir {settings.state_dir} under pytest; "
-            "give the test its own state dir")
-    return settings
+    return Settings(specs_dir=specs_dir_of(specs, env).absolute(),
+                    state_dir=state_dir_of(state_dir, env).absolute())
 
 
 def _same_path(a: Path, b: Path) -> bool:
-    return a.resolve() == b.absolute().resolve()
+    return a.absolute().resolve() == b.absolute().resolve()

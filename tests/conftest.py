@@ -17,8 +17,18 @@ import pytest
 
 from reconciler.controller import Reconciler
 from reconciler.host import procfs
-from reconciler.settings import Settings
+from reconciler.settings import REFUSE_DEFAULT_STATE_DIR, Settings
 from tests.helpers import wait_for
+
+
+@pytest.fixture(scope="session", autouse=True)
+def refuse_the_real_state_dir() -> Iterator[None]:
+    """For the whole session, `Settings` refuse the real default state dir (see
+    reconciler/settings.py). An environment variable rather than a patch, so the CLI
+    subprocesses tests start are guarded too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(REFUSE_DEFAULT_STATE_DIR, "1")
+        yield
 
 
 @pytest.fixture

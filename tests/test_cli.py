@@ -1,5 +1,5 @@
 """The command line's contract: flags in either place, quiet closed pipes, unknown names are
-errors, and no input ever shows a traceback."""
+errors, no input ever shows a traceback, and read-only commands write nothing."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from reconciler import cli
 from reconciler.settings import Settings
 from tests.test_reconcile import PY, SLEEPER, alive, run_cli, status, write_sleeper, write_spec
+from tests.test_state_dir import immutable, snapshot
 
 
 def test_output_json_works_before_or_after_the_command(
@@ -128,3 +129,81 @@ def test_settle_flag_holds_a_fresh_file_back_until_it_has_been_quiet(
     assert run_cli(settings, "--once", "--settle", "0s", "--wait", "20s") == 0
     assert [r["service"] for r in status(settings, capsys)] == ["fresh"]
     assert run_cli(settings, "--once", "--settle", "2m") == 2  # bounded: at most 60 s
+
+
+def test_diff_of_a_fresh_state_dir_creates_nothing(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """No state.db, logs/ or run/ (nor the state dir itself): a preview changes nothing."""
+    write_sleeper(settings.specs_dir, "a")
+    for output in ("table", "json"):
+        capsys.readouterr()
+        assert run_cli(settings, "diff", "-o", output) == 1  # differences: a would start
+        assert "a.main" in capsys.readouterr().out
+    assert not settings.state_dir.exists()
+    settings.state_dir.mkdir(mode=0o700)  # an existing, empty one stays empty
+    assert run_cli(settings, "diff") == 1
+    assert list(settings.state_dir.iterdir()) == []
+
+
+def test_read_only_commands_work_on_a_read_only_state_dir(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    write_sleeper(settings.specs_dir, "a")
+    assert run_cli(settings, "--once", "--wait", "20s") == 0
+    write_sleeper(settings.specs_dir, "b")
+    root = settings.state_dir
+    before = snapshot(root)
+    with immutable([p for p in [root, *sorted(root.rglob("*"))] if not p.is_symlink()]):
+        with pytest.raises(PermissionError):
+            (root / "probe").touch()  # the condition holds, even for root
+        capsys.readouterr()
+        assert run_cli(settings, "diff", "-o", "json") == 1
+        changes = json.loads(capsys.readouterr().out)
+        assert [c["description"] for c in changes if c["step"] == "spawn"] == [
+            c["description"] for c in changes]  # only b's start
+        assert len(changes) == 1 and "b.main" in changes[0]["description"]
+        for command in (("status",), ("events",), ("logs", "a.main"), ("validate",),
+                        ("schema",)):
+            assert run_cli(settings, *command) == 0, command
+    assert snapshot(root) == before
+
+
+def test_allow_empty_is_one_flag_before_or_after_diff(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_sleeper(settings.specs_dir, "a")
+    assert run_cli(settings, "--once", "--wait", "20s") == 0
+    spec.unlink()
+    assert run_cli(settings, "diff") == 2  # an empty specs dir prunes nothing by default
+    for argv in (["diff", "--allow-empty"], ["--allow-empty", "diff"]):
+        capsys.readouterr()
+        assert run_cli(settings, *argv, "-o", "json") == 1, argv
+        [stop] = json.loads(capsys.readouterr().out)  # the stop of a.main (its verb may change)
+        assert "a.main" in stop["description"], argv
+
+
+def test_logs_of_a_service_removed_from_the_specs_stay_readable(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    write_sleeper(settings.specs_dir, "keep")
+    old = write_sleeper(settings.specs_dir, "old")
+    assert run_cli(settings, "--once", "--wait", "20s") == 0
+    log = settings.logs_dir / "old" / "main.log"
+    log.write_text("last words\n")
+    old.unlink()  # removed (or renamed: the old name is gone the same way)
+    assert run_cli(settings, "--once", "--wait", "20s") == 0
+    assert [r["service"] for r in status(settings, capsys)] == ["keep"]
+    for target in ("old.main", "old"):
+        capsys.readouterr()
+        assert run_cli(settings, "logs", target) == 0, target
+        assert "last words" in capsys.readouterr().out
+    assert run_cli(settings, "logs", "old.nosuch") == 2
+
+
+def test_logs_by_name_when_the_database_no_longer_knows_the_job(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """After `repair` rebuilt only the running jobs, a log on disk is still found by name."""
+    log = settings.logs_dir / "gone" / "main.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("from before\n")
+    capsys.readouterr()
+    assert run_cli(settings, "logs", "gone.main") == 0
+    assert "from before" in capsys.readouterr().out
+    assert run_cli(settings, "logs", "gone.other") == 2

@@ -61,3 +61,16 @@ def test_recycled_pid_does_not_reuse_the_old_sample(foreign: Foreign) -> None:
 def _cpu_above(pid: int, threshold: float) -> Usage | None:
     sample = usage(pid)
     return sample if sample is not None and sample.cpu_percent > threshold else None
+
+
+def test_sample_measures_the_named_processes_and_skips_a_recycled_pid(foreign: Foreign) -> None:
+    from reconciler.host.identity import identity_of
+
+    busy = foreign.start([sys.executable, "-c", "while True: pass"])
+    ident = identity_of(busy.pid)
+    assert ident is not None
+    stranger = ident._replace(starttime_ticks=ident.starttime_ticks + 1)  # same pid, not it
+    found = usage_module.sample({"job": ident, "stale": stranger}, interval=0.05)
+    assert set(found) == {"job"}
+    assert found["job"].rss_bytes > 0
+    assert usage_module.sample({}) == {}  # nothing to measure: no window waited either

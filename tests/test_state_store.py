@@ -394,3 +394,41 @@ def test_two_stores_migrate_a_fresh_database_concurrently(db_path: Path) -> None
     for thread in threads:
         thread.join()
     assert results == ["ok"] * 4
+
+
+# --- the read-only reader (status, events, logs, diff) --------------------------------------
+
+
+def test_a_reader_of_a_missing_database_finds_nothing_and_creates_nothing(db_path: Path) -> None:
+    with Store.open_readonly(db_path) as reader:
+        assert reader.jobs() == [] and reader.events() == [] and reader.spec_records() == {}
+        assert reader.job("j-1") is None
+    assert not db_path.parent.exists()  # not the database, not even its directory
+
+
+def test_a_reader_reads_an_old_database_without_migrating_it(db_path: Path) -> None:
+    db_path.parent.mkdir()
+    old = Database(db_path)
+    MIGRATIONS.apply(old, stop_before="m002_job_failure_class_ready")
+    old.table("jobs").insert(OLD_JOB_ROW)
+    old.close()
+    before = db_path.read_bytes()
+    with Store.open_readonly(db_path) as reader:
+        job = reader.job("old-1")
+        assert job is not None and (job.restart_count, job.ready, job.failure_class) == (
+            5, False, None)  # the columns it lacks read as their defaults
+        assert [j.id for j in reader.jobs()] == ["old-1"]
+        assert MIGRATIONS.pending(reader.db)  # still the old schema: nothing was migrated
+    assert db_path.read_bytes() == before
+    assert sorted(p.name for p in db_path.parent.iterdir()) == ["state.db"]  # no -wal/-shm
+
+
+def test_a_reader_cannot_write_even_as_root(store: Store, db_path: Path) -> None:
+    """`mode=ro` is enforced by SQLite itself, not by file permissions root would ignore."""
+    store.upsert_jobs([full_job()])
+    with Store.open_readonly(db_path) as reader:
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.upsert_jobs([full_job("j-2")])
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.db.execute("DELETE FROM jobs")
+        assert reader.jobs() == [full_job()]

@@ -8,9 +8,14 @@ process's create time so a recycled PID never inherits another process's sample.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import psutil
+
+from reconciler.host.identity import identity_of
+from reconciler.identity import Identity
 
 _MAX_CACHED = 1024
 
@@ -23,6 +28,26 @@ class Usage:
 
 _cache: dict[tuple[int, float], psutil.Process] = {}
 _lock = threading.Lock()
+
+SAMPLE_SECONDS = 0.1  # the window a one-off `status` measures CPU over
+
+
+def sample(identities: Mapping[str, Identity], interval: float = SAMPLE_SECONDS
+           ) -> dict[str, Usage]:
+    """Usage of each process (by key, e.g. job id) that still is the one named.
+
+    A one-off reader has no earlier sample, so CPU % needs a window: sample every process,
+    wait `interval` once (the measuring window, not a synchronization), sample again. A pid
+    that is no longer the recorded identity is skipped: its numbers would be a stranger's.
+    """
+    pids = {key: ident.pid for key, ident in identities.items()
+            if identity_of(ident.pid) == ident}
+    for pid in pids.values():
+        usage(pid)
+    if pids:
+        time.sleep(interval)
+    found = {key: usage(pid) for key, pid in pids.items()}
+    return {key: u for key, u in found.items() if u is not None}
 
 
 def usage(pid: int) -> Usage | None:

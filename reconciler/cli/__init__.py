@@ -1,0 +1,71 @@
+"""`reconcile`: the command line. Parsing (`args`), commands (`commands`) and output
+(`render`) live in their own modules; this one owns the error policy.
+
+No traceback reaches a user: expected failures print one line `reconcile: error: ...` and
+exit 2; anything unexpected prints one line and how to get the details. Exit codes are in
+`reconciler.cli.errors`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+from collections.abc import Sequence
+
+from reconciler.cli.args import build_parser
+from reconciler.cli.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPE, UsageError
+from reconciler.settings import SettingsError
+from reconciler.state.errors import StateError
+from reconciler.state.lock import LockTimeout
+from reconciler.state.store import is_damage
+from reconciler.text import printable
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        if sys.stdout is not None:  # None when started with stdout closed (`>&-`)
+            sys.stdout.flush()  # inside the try: a closed pipe often shows only at this flush
+        return code
+    except BrokenPipeError:
+        # The reader went away (`| head`). Python's documented recipe: point stdout at
+        # /dev/null so the flush at interpreter exit cannot raise again, and end quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from reconciler.cli.commands import run  # after parsing: `--help` stays fast
+
+        return int(run(args))
+    except (SettingsError, StateError, LockTimeout, UsageError) as err:
+        return _error(str(err))
+    except sqlite3.DatabaseError as err:
+        if is_damage(err):
+            return _error(f"the state database is damaged ({err}). Managed processes keep "
+                          "running. Run `reconcile repair` with the same --state-dir")
+        return _error(f"state database: {err}")
+    except BrokenPipeError:
+        raise  # main() ends quietly
+    except OSError as err:  # the host said no (permissions, full disk): not our bug
+        return _error(str(err))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as err:  # the last line of defence: one line, never a traceback
+        if os.environ.get("RECONCILER_DEBUG"):
+            raise
+        print(f"reconcile: internal error: {type(err).__name__}: {printable(str(err))} "
+              "(set RECONCILER_DEBUG=1 for a traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _error(message: str) -> int:
+    print(f"reconcile: error: {printable(message)}", file=sys.stderr)
+    return EXIT_ERROR

@@ -1,0 +1,136 @@
+"""Argument parsing: the flags and commands of `reconcile`, and what they turn into.
+
+Options shared by several commands are defined once, in parent parsers, with
+`default=argparse.SUPPRESS`: a subcommand's copy then only overrides the top level's when it
+is given, so `reconcile -o json status` and `reconcile status -o json` mean the same (the
+same holds for `--allow-empty`). Readers use the accessors below for their defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from reconciler import __version__
+from reconciler.cli.errors import UsageError
+from reconciler.settings import Settings, resolve
+from reconciler.spec.units import parse_duration
+
+MAX_SETTLE_SECONDS = 60.0  # longer would mean an edit is not applied for minutes
+MIN_RESYNC_SECONDS = 1.0  # a safety net, not a poll: `--resync 1ms` busy-looped the daemon
+OUTPUTS = ("table", "json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`args.command` names the subcommand (None: the daemon, or `--once`)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--specs", metavar="DIR", default=argparse.SUPPRESS,
+                        help="specs directory (default: $RECONCILER_SPECS or ./specs)")
+    common.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS,
+                        help="state directory (default: $RECONCILER_STATE_DIR or per-user)")
+    common.add_argument("--rebind", action="store_true", default=argparse.SUPPRESS,
+                        help="let this state dir serve this --specs dir from now on (it "
+                             "refuses another specs dir than the one it serves)")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("-o", "--output", choices=OUTPUTS, default=argparse.SUPPRESS)
+    allow_empty = argparse.ArgumentParser(add_help=False)
+    allow_empty.add_argument("--allow-empty", action="store_true", default=argparse.SUPPRESS,
+                             help="let an empty specs dir prune every running service")
+
+    parser = argparse.ArgumentParser(
+        prog="reconcile", parents=[common, allow_empty],
+        description="Make this host run what the specs dir says, and keep it that way.")
+    # its own action, not the parent's: set_defaults on a shared action would change the
+    # subcommands' default too
+    parser.add_argument("-o", "--output", choices=OUTPUTS, default="table")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--once", action="store_true",
+                        help="converge once, print a table and exit (0 ok, 1 not converged, "
+                             "2 invalid specs)")
+    parser.add_argument("--wait", default="60s", help="with --once: how long to wait")
+    parser.add_argument("--settle", default="200ms",
+                        help="read a changed spec file once it has been quiet this long "
+                             "(a half-written file is never read; 0s to read at once)")
+    parser.add_argument("--resync", default="30s",
+                        help="daemon: full resync interval (a safety net; events trigger passes)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help_text: str, *parents: argparse.ArgumentParser
+            ) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common, *parents], help=help_text,
+                              description=help_text)
+
+    add("diff", "print the steps a pass would take, change nothing", output, allow_empty)
+    add("status", "show services, jobs, phases and why", output)
+    validate = add("validate", "check specs: file:line:column: message", output)
+    validate.add_argument("dir", nargs="?", help="specs dir to check")
+    add("schema", "print the JSON Schema of the spec format")
+    down = add("down", "stop a service or one action (all when none is named)")
+    down.add_argument("target", nargs="?", metavar="SERVICE[.ACTION]")
+    restart = add("restart", "stop a job and start it again now (counts in restart_count)")
+    restart.add_argument("target", metavar="SERVICE[.ACTION]")
+    events = add("events", "what was killed, cleaned, spawned, adopted, and why", output)
+    events.add_argument("service", nargs="?")
+    events.add_argument("-n", "--limit", type=int, default=50)
+    log_cmd = add("logs", "show a job's log")
+    log_cmd.add_argument("target", metavar="SERVICE[.ACTION]")
+    log_cmd.add_argument("--previous", action="store_true", help="the previous run's log")
+    log_cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    log_cmd.add_argument("-n", "--lines", type=int, default=100)
+    add("repair", "rebuild the jobs from run/ after damage to state.db")
+    return parser
+
+
+# --- what the flags mean ------------------------------------------------------------------
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    settings = resolve(specs_flag(args), state_dir_flag(args))
+    settle = getattr(args, "settle", None)
+    if settle is None:
+        return settings
+    seconds = duration(settle, "--settle")
+    if seconds > MAX_SETTLE_SECONDS:
+        raise UsageError(f"--settle: at most {MAX_SETTLE_SECONDS:g}s")
+    return replace(settings, settle=seconds)
+
+
+def specs_flag(args: argparse.Namespace) -> str | None:
+    value: str | None = getattr(args, "specs", None)
+    return value
+
+
+def state_dir_flag(args: argparse.Namespace) -> str | None:
+    value: str | None = getattr(args, "state_dir", None)
+    return value
+
+
+def rebind_of(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "rebind", False))
+
+
+def allow_empty_of(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "allow_empty", False))
+
+
+def resync_of(args: argparse.Namespace) -> float:
+    resync = duration(args.resync, "--resync")
+    if resync < MIN_RESYNC_SECONDS:
+        raise UsageError(f"--resync: at least {MIN_RESYNC_SECONDS:g}s (events trigger passes; "
+                         "the resync is only a safety net)")
+    return resync
+
+
+def parse_target(text: str) -> tuple[str, str | None]:
+    """`SERVICE[.ACTION]`: names cannot contain a dot, so the first one separates them."""
+    service, dot, action = text.partition(".")
+    if not service or (dot and not action):
+        raise UsageError(f"{text!r} is not SERVICE or SERVICE.ACTION")
+    return service, action or None
+
+
+def duration(text: str, flag: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise UsageError(f"{flag}: {err}") from None

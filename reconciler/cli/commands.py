@@ -1,0 +1,241 @@
+"""The commands of `reconcile`: each reads its flags, asks the controller, the store or the
+host, and hands the result to `render`. No reconciling logic and no host access live here.
+
+Read-only commands (`status`, `events`, `logs`, `diff`, `validate`, `schema`) open the state
+through `reconciler.state.reader` and create nothing, so they work on a read-only state dir
+and leave a fresh one absent. Commands that act (`--once`, the daemon, `down`, `restart`,
+`repair`) check and bind the state dir first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from reconciler import logs
+from reconciler.cli import render
+from reconciler.cli.args import (
+    allow_empty_of,
+    duration,
+    parse_target,
+    rebind_of,
+    resync_of,
+    settings_from,
+    specs_flag,
+    state_dir_flag,
+)
+from reconciler.cli.errors import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UsageError
+from reconciler.controller import PassResult, Reconciler, prepare_state_dir
+from reconciler.daemon import Daemon
+from reconciler.host import usage
+from reconciler.preview import preview
+from reconciler.settings import Settings, specs_dir_of, state_dir_of
+from reconciler.spec.load import load_specs
+from reconciler.spec.model import spec_json_schema
+from reconciler.state import statedir
+from reconciler.state.lock import DaemonLock
+from reconciler.state.reader import open_reader, read_jobs
+from reconciler.state.records import JobRecord
+from reconciler.state.repair import repair
+from reconciler.text import PrintableFormatter
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def run(args: argparse.Namespace) -> int:
+    command: str | None = args.command
+    return COMMANDS[command](args)
+
+
+def emit(lines: str | Sequence[str]) -> None:
+    for line in [lines] if isinstance(lines, str) else lines:
+        print(line)
+
+
+def bind(settings: Settings, rebind: bool, *, daemon: bool = False) -> None:
+    """Before anything acts: check the state dir, refuse another specs dir than the bound
+    one (unless `rebind`), and bind an unbound state dir to this one (first use).
+
+    A rebind is refused while a daemon runs (unless we are that daemon, holding its lock):
+    it would go on serving the old specs dir, and the two would undo each other's passes.
+    """
+    prepare_state_dir(settings, rebind=rebind)
+    if rebind and not daemon and not statedir.binding(settings).matches:
+        with DaemonLock(settings.daemon_lock_path, ": stop it before --rebind"):
+            statedir.bind(settings)
+        return
+    statedir.bind(settings)
+
+
+# --- commands that act ----------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    wait = duration(args.wait, "--wait")
+    resync = resync_of(args)
+    if args.once:
+        bind(settings, rebind_of(args))
+        with Reconciler(settings, allow_empty=allow_empty_of(args)) as reconciler:
+            return report_pass(reconciler.converge(wait), args.output)
+    prepare_state_dir(settings, rebind=rebind_of(args))
+    with DaemonLock(settings.daemon_lock_path):
+        bind(settings, rebind_of(args), daemon=True)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
+        daemon = Daemon(settings, allow_empty=allow_empty_of(args), resync=resync)
+        daemon.install_signal_handlers()
+        return daemon.run()
+
+
+def report_pass(result: PassResult, output: str) -> int:
+    render.print_problems(result.loaded, result.plan)
+    jobs = [j for j in result.jobs if j.phase != "removed"]
+    emit(render.jobs_json(jobs) if output == "json" else render.status_table(jobs))
+    if not result.loaded.ok or result.plan.prune_held:
+        return EXIT_ERROR
+    return EXIT_OK if result.converged else EXIT_CHANGES
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    targets = frozenset([parse_target(args.target)]) if args.target else None
+    bind(settings, rebind_of(args))
+    with Reconciler(settings) as reconciler:
+        if targets is not None:
+            require_known(args.target, targets, reconciler.store.jobs())
+        stopped = reconciler.down(targets)
+    emit(render.step_lines(stopped.steps, none="nothing to stop"))
+    return EXIT_OK
+
+
+def require_known(text: str, targets: frozenset[tuple[str, str | None]],
+                  jobs: Sequence[JobRecord]) -> None:
+    known = {(j.service, j.action) for j in jobs}
+    for service, action in targets:
+        if not any(s == service and action in (None, a) for s, a in known):
+            raise UsageError(f"no job named {text} in this state dir "
+                             "(`reconcile status` lists them)")
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    target = parse_target(args.target)
+    require_known(args.target, frozenset([target]), read_jobs(settings))
+    bind(settings, rebind_of(args))
+    with Reconciler(settings) as reconciler:
+        stopped = reconciler.restart(frozenset({target}))
+        started = reconciler.reconcile()
+    emit(render.step_lines([*stopped.steps, *started.plan.changes]))
+    return EXIT_OK
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    emit(repair(settings_from(args)).lines())
+    return EXIT_OK
+
+
+# --- read-only commands ---------------------------------------------------------------------
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    # --rebind here previews the new specs dir without binding to it: diff changes nothing
+    loaded, planned = preview(settings_from(args), allow_empty=allow_empty_of(args),
+                              rebind=rebind_of(args))
+    render.print_problems(loaded, planned)
+    changes = planned.changes
+    if args.output == "json":
+        emit(render.steps_json(changes))
+    else:
+        emit(render.step_lines(changes, none="no changes"))
+    if not loaded.ok or planned.prune_held:
+        return EXIT_ERROR
+    return EXIT_CHANGES if changes else EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Needs no Settings: it never writes, so the default state dir is fine even in tests."""
+    specs_dir = specs_dir_of(args.dir or specs_flag(args))
+    loaded = load_specs(specs_dir, state_dir=state_dir_of(state_dir_flag(args)).absolute())
+    if args.output == "json":
+        emit(render.validation_json(loaded))
+    else:
+        render.print_problems(loaded, None)
+        if loaded.ok:
+            emit(render.validation_summary(loaded))
+    return EXIT_OK if loaded.ok else EXIT_ERROR
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    emit(render.to_json(spec_json_schema()))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    jobs = read_jobs(settings_from(args))
+    usages = usage.sample({j.id: j.identity for j in jobs if j.pid and j.identity})
+    if args.output == "json":
+        emit(render.jobs_json(jobs, usages))
+    else:
+        emit(render.status_table(jobs, usages) if jobs else "no jobs")
+    return EXIT_OK
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    with open_reader(settings_from(args)) as store:
+        events = store.events(service=args.service, limit=args.limit)
+    emit(render.events_json(events) if args.output == "json" else render.event_lines(events))
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    keys = logged_jobs(settings, args.target)
+    paths = [logs.log_path(settings.logs_dir, service, action) for service, action in keys]
+    for (service, action), path in zip(keys, paths, strict=True):
+        if len(keys) > 1:
+            print(f"==> {service}.{action} <==")
+        shown = logs.previous_path(path) if args.previous else path
+        emit([line.rstrip("\n") for line in logs.tail(shown, args.lines)])
+    if args.follow:
+        if len(keys) > 1 or args.previous:
+            raise UsageError("-f follows the current log of one action: name SERVICE.ACTION")
+        for line in logs.follow(paths[0]):
+            print(line, flush=True)
+    return EXIT_OK
+
+
+def logged_jobs(settings: Settings, target: str) -> list[tuple[str, str]]:
+    """The (service, action) pairs `logs TARGET` shows: of every job the state dir has
+    recorded, removed ones included (the log of a service taken out of the specs, or renamed,
+    stays readable), else a log on disk under that name (a database rebuilt by `repair`)."""
+    service, action = parse_target(target)
+    jobs = read_jobs(settings, include_removed=True)
+    keys = list(dict.fromkeys((j.service, j.action) for j in jobs if j.service == service
+                              and (not action or j.action == action)))
+    if not keys and action and _has_log(settings, service, action):
+        keys = [(service, action)]
+    if not keys:
+        raise UsageError(f"no job named {target}")
+    return keys
+
+
+def _has_log(settings: Settings, service: str, action: str) -> bool:
+    try:
+        path = logs.log_path(settings.logs_dir, service, action)
+    except ValueError:  # not a name that can be a path part: no log by that name
+        return False
+    return os.path.lexists(path) or os.path.lexists(logs.previous_path(path))
+
+
+COMMANDS: dict[str | None, Command] = {
+    None: cmd_run, "diff": cmd_diff, "status": cmd_status, "validate": cmd_validate,
+    "schema": cmd_schema, "down": cmd_down, "restart": cmd_restart, "events": cmd_events,
+    "logs": cmd_logs, "repair": cmd_repair,
+}
+
+

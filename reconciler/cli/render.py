@@ -1,0 +1,147 @@
+"""What the commands print: tables, JSON documents, ages and problem lines.
+
+Pure functions of records (and `now`): no state dir, no host. The JSON shapes are the CLI
+contract (docs/operations.md); tables are for people and may change.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from reconciler.host.usage import Usage
+from reconciler.plan import Plan, Step
+from reconciler.spec.load import LoadResult
+from reconciler.state.records import Event, JobRecord
+
+
+def to_json(value: object) -> str:
+    return json.dumps(value, indent=2)
+
+
+def job_json(job: JobRecord, now: float | None = None,
+             usage: Usage | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    return {
+        "service": job.service,
+        "action": job.action,
+        "job_id": job.id,
+        "phase": job.phase,
+        "ready": job.ready,
+        "pid": job.pid,
+        "restart_count": job.restart_count,
+        "last_exit_code": job.last_exit_code,
+        "reason": describe_reason(job, now),
+        "failure_class": job.failure_class,
+        "blocked_by": [b.to_dict() for b in job.blocked_by],
+        "started_at": job.started_at,
+        "next_start_at": job.next_start_at,
+        "generation": job.generation,
+        "uptime_seconds": round(now - job.started_at, 3) if job.pid and job.started_at else None,
+        "last_exit_at": job.last_exit_at,
+        "cpu_percent": round(usage.cpu_percent, 1) if usage else None,
+        "rss_bytes": usage.rss_bytes if usage else None,
+    }
+
+
+def jobs_json(jobs: Iterable[JobRecord], usages: dict[str, Usage] | None = None) -> str:
+    usages = usages or {}
+    return to_json([job_json(j, usage=usages.get(j.id)) for j in jobs])
+
+
+def describe_reason(job: JobRecord, now: float | None = None) -> str:
+    """The stored reason plus how long until the next attempt, computed at display time."""
+    now = time.time() if now is None else now
+    if job.phase in ("backoff", "blocked") and job.next_start_at is not None:
+        wait = max(job.next_start_at - now, 0.0)
+        return f"{job.reason}, next start in {wait:.0f}s"
+    return job.reason
+
+
+def status_table(jobs: Sequence[JobRecord], usages: dict[str, Usage] | None = None) -> str:
+    now = time.time()
+    usages = usages or {}
+    rows = [("SERVICE", "ACTION", "PHASE", "READY", "PID", "RESTARTS", "UPTIME", "CPU%", "RSS",
+             "LAST EXIT", "REASON")]
+    for job in jobs:
+        uptime = age(now - job.started_at) if job.pid and job.started_at else "-"
+        used = usages.get(job.id)
+        ready = ("yes" if job.ready else "no") if job.process else "-"
+        rows.append((job.service, job.action, job.phase, ready,
+                     str(job.pid or "-"), str(job.restart_count), uptime,
+                     f"{used.cpu_percent:.1f}" if used else "-",
+                     f"{used.rss_bytes / 2**20:.1f}MiB" if used else "-",
+                     "-" if job.last_exit_code is None else str(job.last_exit_code),
+                     describe_reason(job, now)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows)
+
+
+def age(seconds: float) -> str:
+    """`42s`, `3m5s`, `2h10m`, `4d3h`: two units at most, like `kubectl get`'s AGE."""
+    rest = int(max(seconds, 0))
+    days, rest = divmod(rest, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def events_json(events: Sequence[tuple[int, Event]]) -> str:
+    return to_json([{"id": i, "at": e.at, "kind": e.kind, "service": e.service,
+                     "action": e.action, "job_id": e.job_id, "reason": e.reason,
+                     "detail": e.detail} for i, e in events])
+
+
+def event_lines(events: Sequence[tuple[int, Event]]) -> list[str]:
+    if not events:
+        return ["no events"]
+    lines = []
+    for _, event in events:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.at))
+        target = f"{event.service}.{event.action}" if event.service else "-"
+        lines.append(f"{when}  {event.kind:<12} {target:<24} {event.reason}")
+    return lines
+
+
+def steps_json(steps: Sequence[Step]) -> str:
+    return to_json([{"step": s.verb, "description": s.describe(), "reason": s.reason}
+                    for s in steps])
+
+
+def step_lines(steps: Sequence[Step], *, none: str | None = None) -> list[str]:
+    """One line per step; `none` is what to say when there are none (or nothing)."""
+    lines = [step.describe() for step in steps]
+    return lines if lines or none is None else [none]
+
+
+def validation_json(loaded: LoadResult) -> str:
+    return to_json({"errors": [str(e) for e in loaded.errors],
+                    "dir_error": loaded.dir_error,
+                    "services": sorted(loaded.services)})
+
+
+def validation_summary(loaded: LoadResult) -> str:
+    return f"{len(loaded.services)} services in {len(loaded.files)} files: valid"
+
+
+def print_problems(loaded: LoadResult, steps: Plan | None) -> None:
+    """Spec errors, last-good fallbacks and plan notes, to stderr (stdout stays parseable)."""
+    if loaded.dir_error:
+        print(f"reconcile: {loaded.dir_error}", file=sys.stderr)
+    for error in loaded.errors:
+        print(str(error), file=sys.stderr)
+    for name, outcome in loaded.files.items():
+        if outcome.used_last_good:
+            print(f"reconcile: {name} is invalid; its last good version stays in force",
+                  file=sys.stderr)
+    for note in steps.notes if steps else ():
+        print(f"reconcile: {note}", file=sys.stderr)

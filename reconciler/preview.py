@@ -1,0 +1,59 @@
+"""The plan a pass would execute now (`reconcile diff`), computed without writing anything.
+
+`Reconciler.preview` needs a `Reconciler`, whose construction prepares the state dir (creates
+it, `run/` and `logs/`), opens and migrates the writer's database and sweeps stale temp files:
+`diff` on a fresh state dir used to leave `state.db`, `logs/` and `run/` behind, and failed on
+a read-only one. Here the same steps run on a read-only store: load the specs (with the last
+good versions the store keeps), resolve them, observe the host, plan. No lock is taken, so
+enrollments are read in full; spec files are read as they are now, without waiting for them
+to settle.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+
+from reconciler.controller import observe_for, with_unrecorded_enrollments
+from reconciler.desired import build_desired
+from reconciler.plan import Plan, plan
+from reconciler.settings import Settings
+from reconciler.spec.load import LoadResult, load_specs
+from reconciler.state import statedir
+from reconciler.state.enrollment import read_enrollments
+from reconciler.state.reader import open_reader
+from reconciler.state.store import check_integrity, damaged, is_damage
+
+
+def preview(settings: Settings, *, allow_empty: bool = False, rebind: bool = False,
+            clock: Callable[[], float] = time.time) -> tuple[LoadResult, Plan]:
+    """What a pass would do. Refuses what a pass would refuse (a state dir that is not
+    private, an emptied database, another specs dir unless `rebind`), so `diff` never shows
+    a plan the pass then cannot run; `rebind` previews the new specs dir without binding."""
+    if os.path.lexists(settings.state_dir):
+        statedir.check_private(settings.state_dir)
+    statedir.check_not_emptied(settings)
+    if not rebind:
+        statedir.check_binding(settings)
+    with open_reader(settings) as store:
+        try:
+            check_integrity(store.db)  # as the writer does: a truncated file is damage too
+        except sqlite3.DatabaseError as err:
+            if is_damage(err):
+                raise damaged(settings.db_path, str(err)) from None
+            raise
+        previous = store.spec_records()
+        records = store.jobs()
+    last_good = {name: r.content for name, r in previous.items() if r.content is not None}
+    loaded = load_specs(settings.specs_dir, last_good, settle=0.0,
+                        state_dir=settings.state_dir)
+    desired = build_desired(loaded, settings)
+    enrollments = read_enrollments(settings.run_dir)
+    now = clock()
+    records = with_unrecorded_enrollments(records, enrollments, now)
+    observed = observe_for(desired, records, enrollments, children=None)
+    steps = plan(desired, observed, records, now, enrollments=enrollments,
+                 allow_empty=allow_empty, hold_prune=loaded.unsettled_until is not None)
+    return loaded, steps
