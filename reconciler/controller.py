@@ -151,14 +151,6 @@ class Reconciler:
             self._housekeeping_when_due(draft.desired, jobs)
             return PassResult(draft.loaded, draft.desired, draft.plan, jobs)
 
-    def preview(self) -> tuple[LoadResult, Plan]:
-        """The plan a pass would execute now (`reconcile diff`): writes nothing, reaps
-        nothing, takes no lock (so it cannot know who wrote enrollments: it reads them all).
-        Spec files are read as they are now, without waiting for them to settle."""
-        self.enrollments.invalidate()
-        draft = self._draft(children=None, health=None, settle=0.0)
-        return draft.loaded, draft.plan
-
     def down(self, targets: frozenset[tuple[str, str | None]] | None = None, *,
              wait: float | None = None) -> Plan:
         """Stop jobs ((service, action) pairs, action None for a whole service; all when
@@ -202,14 +194,10 @@ class Reconciler:
     def _draft(self, children: Children | None, health: HealthResults | None,
                settle: float | None = None) -> _Draft:
         loaded, spec_records = self._load(settle)
-        desired = build_desired(loaded, self.settings, self.resolved_cache)
-        records, enrollments = self._records()
-        observed = observe_for(desired, records, enrollments, children,
-                               self.procs if children is not None else None)
-        observed = with_health(observed, health)
-        planned = plan(desired, observed, records, self.clock(), enrollments=enrollments,
-                       allow_empty=self.allow_empty,
-                       hold_prune=loaded.unsettled_until is not None)
+        desired, records, planned = plan_for(
+            self.settings, loaded, self.store.jobs(), self.enrollments.current(), self.clock(),
+            children=children, procs=self.procs if children is not None else None,
+            health=health, allow_empty=self.allow_empty, cache=self.resolved_cache)
         return _Draft(loaded, spec_records, desired, records, planned)
 
     def _apply(self, planner: Callable[[Observed, list[JobRecord], float], Plan]) -> Plan:
@@ -304,6 +292,22 @@ def prepare_state_dir(settings: Settings, *, rebind: bool = False) -> None:
     statedir.check_not_emptied(settings)
     if not rebind:
         statedir.check_binding(settings)
+
+
+def plan_for(settings: Settings, loaded: LoadResult, jobs: list[JobRecord],
+             enrollments: dict[str, Enrollment], now: float, *,
+             children: Children | None = None, procs: ProcCache | None = None,
+             health: HealthResults | None = None, allow_empty: bool = False,
+             cache: ResolvedCache | None = None) -> tuple[Desired, list[JobRecord], Plan]:
+    """Resolve, observe, plan: the one sequence a pass and `diff` (`preview.py`, on a
+    read-only store) share, so `diff` shows exactly what a pass would do. Returns the desired
+    state, the job records planned against (with any rebuilt from enrollments) and the plan."""
+    desired = build_desired(loaded, settings, cache)
+    records = with_unrecorded_enrollments(jobs, enrollments, now)
+    observed = with_health(observe_for(desired, records, enrollments, children, procs), health)
+    planned = plan(desired, observed, records, now, enrollments=enrollments,
+                   allow_empty=allow_empty, hold_prune=loaded.unsettled_until is not None)
+    return desired, records, planned
 
 
 def observe_for(desired: Desired, records: list[JobRecord], enrollments: dict[str, Enrollment],

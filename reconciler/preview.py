@@ -1,12 +1,12 @@
 """The plan a pass would execute now (`reconcile diff`), computed without writing anything.
 
-`Reconciler.preview` needs a `Reconciler`, whose construction prepares the state dir (creates
-it, `run/` and `logs/`), opens and migrates the writer's database and sweeps stale temp files:
-`diff` on a fresh state dir used to leave `state.db`, `logs/` and `run/` behind, and failed on
-a read-only one. Here the same steps run on a read-only store: load the specs (with the last
-good versions the store keeps), resolve them, observe the host, plan. No lock is taken, so
-enrollments are read in full; spec files are read as they are now, without waiting for them
-to settle.
+A `Reconciler` prepares the state dir when it is built (creates it, `run/` and `logs/`), opens
+and migrates the writer's database and sweeps stale temp files: `diff` through one left
+`state.db`, `logs/` and `run/` behind on a fresh state dir, and failed on a read-only one.
+Here a pass's own sequence (`controller.plan_for`: resolve, observe, plan) runs on a
+read-only store, after loading the specs with the last good versions the store keeps. No
+lock is taken, so enrollments are read in full; spec files are read as they are now, without
+waiting for them to settle.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from reconciler.controller import observe_for, with_unrecorded_enrollments
-from reconciler.desired import build_desired
-from reconciler.plan import Plan, plan
+from reconciler.controller import plan_for
+from reconciler.plan import Plan
 from reconciler.settings import Settings
 from reconciler.spec.load import LoadResult, load_specs
 from reconciler.state import statedir
@@ -49,11 +48,6 @@ def preview(settings: Settings, *, allow_empty: bool = False, rebind: bool = Fal
     last_good = {name: r.content for name, r in previous.items() if r.content is not None}
     loaded = load_specs(settings.specs_dir, last_good, settle=0.0,
                         state_dir=settings.state_dir)
-    desired = build_desired(loaded, settings)
-    enrollments = read_enrollments(settings.run_dir)
-    now = clock()
-    records = with_unrecorded_enrollments(records, enrollments, now)
-    observed = observe_for(desired, records, enrollments, children=None)
-    steps = plan(desired, observed, records, now, enrollments=enrollments,
-                 allow_empty=allow_empty, hold_prune=loaded.unsettled_until is not None)
-    return loaded, steps
+    _, _, planned = plan_for(settings, loaded, records, read_enrollments(settings.run_dir),
+                             clock(), allow_empty=allow_empty)
+    return loaded, planned

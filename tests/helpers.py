@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
+
+from reconciler.host import procfs
+from reconciler.host.sockets import inspect_unix_sockets
+from reconciler.observed import SocketState
 
 T = TypeVar("T")
 
@@ -20,3 +24,14 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def cmdline(pid: int) -> tuple[str, ...]:
+    """The command line of a live process; empty for one that is gone or a zombie."""
+    snapshot = procfs.read_process(pid)
+    return snapshot[1] if snapshot is not None else ()
+
+
+def socket_state(path: str, candidates: Iterable[int] = ()) -> SocketState:
+    """The state of one socket path (`inspect_unix_sockets` of just that path)."""
+    return inspect_unix_sockets([path], candidates)[path]

@@ -26,7 +26,7 @@ from reconciler.host.procfs import (
     parse_stat,
 )
 from tests.conftest import Foreign
-from tests.helpers import wait_for
+from tests.helpers import cmdline, wait_for
 
 
 def stat_line(pid: int = 1234, comm: str = "sleep", state: str = "S", ppid: int = 1,
@@ -132,11 +132,11 @@ def test_parse_cmdline(raw: bytes, expected: tuple[str, ...]) -> None:
 def test_read_cmdline_of_live_process(foreign: Foreign) -> None:
     argv = [sys.executable, "-c", "import time; time.sleep(600)", "arg with spaces", ""]
     proc = foreign.start(argv)
-    assert wait_for(lambda: procfs.read_cmdline(proc.pid)) == tuple(argv)
+    assert wait_for(lambda: cmdline(proc.pid)) == tuple(argv)
 
 
 def test_read_cmdline_of_missing_process_is_empty() -> None:
-    assert procfs.read_cmdline(unused_pid()) == ()
+    assert cmdline(unused_pid()) == ()
     assert procfs.read_process(unused_pid()) is None
 
 

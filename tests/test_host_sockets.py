@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from reconciler.host.sockets import inspect_unix_socket, inspect_unix_sockets, remove_stale_socket
+from reconciler.host.sockets import inspect_unix_sockets, remove_stale_socket
 from tests.conftest import Foreign
-from tests.helpers import wait_for
+from tests.helpers import socket_state, wait_for
 
 
 def stale_socket(path: Path) -> Path:
@@ -31,21 +31,21 @@ def listen_unix(foreign: Foreign, path: Path, kind: str = "SOCK_STREAM",
             + "time.sleep(600)\n")
     bind_path = os.path.relpath(path, cwd) if cwd else str(path)
     proc = foreign.start([sys.executable, "-c", code, bind_path], cwd=cwd)
-    wait_for(lambda: inspect_unix_socket(str(path)).kind == "listening",
+    wait_for(lambda: socket_state(str(path)).kind == "listening",
              message=f"listener on {path}")
     return proc
 
 
 def test_absent(tmp_path: Path) -> None:
-    state = inspect_unix_socket(str(tmp_path / "none.sock"))
+    state = socket_state(str(tmp_path / "none.sock"))
     assert (state.kind, state.holders) == ("absent", ())
-    assert inspect_unix_socket(str(tmp_path / "no" / "dir.sock")).kind == "absent"
+    assert socket_state(str(tmp_path / "no" / "dir.sock")).kind == "absent"
     assert remove_stale_socket(str(tmp_path / "none.sock")) is False
 
 
 def test_stale_socket_is_detected_and_removed(tmp_path: Path) -> None:
     path = stale_socket(tmp_path / "stale.sock")
-    assert inspect_unix_socket(str(path)).kind == "stale"
+    assert socket_state(str(path)).kind == "stale"
     assert remove_stale_socket(str(path)) is True
     assert not path.exists()
     assert remove_stale_socket(str(path)) is False
@@ -55,7 +55,7 @@ def test_listening_socket_found_with_its_holder(tmp_path: Path, foreign: Foreign
     path = tmp_path / "api.sock"
     pid = listen_unix(foreign, path).pid
     for candidates in ((), (pid,)):  # found by the full scan and among candidates
-        state = inspect_unix_socket(str(path), candidates)
+        state = socket_state(str(path), candidates)
         assert state.kind == "listening"
         assert [h.pid for h in state.holders] == [pid]
         assert state.holders[0].cmdline[0] == sys.executable
@@ -68,7 +68,7 @@ def test_listening_socket_of_this_process(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(path))
         sock.listen()
-        state = inspect_unix_socket(str(path))
+        state = socket_state(str(path))
         assert state.kind == "listening"
         assert [h.pid for h in state.holders] == [os.getpid()]
 
@@ -76,7 +76,7 @@ def test_listening_socket_of_this_process(tmp_path: Path) -> None:
 def test_datagram_socket_counts_as_listening(tmp_path: Path, foreign: Foreign) -> None:
     path = tmp_path / "dgram.sock"
     pid = listen_unix(foreign, path, kind="SOCK_DGRAM").pid
-    assert [h.pid for h in inspect_unix_socket(str(path)).holders] == [pid]
+    assert [h.pid for h in socket_state(str(path)).holders] == [pid]
     assert remove_stale_socket(str(path)) is False
 
 
@@ -85,7 +85,7 @@ def test_socket_becomes_stale_when_its_holder_dies(tmp_path: Path, foreign: Fore
     holder = listen_unix(foreign, path)
     holder.kill()
     holder.wait()
-    assert wait_for(lambda: inspect_unix_socket(str(path)).kind == "stale")
+    assert wait_for(lambda: socket_state(str(path)).kind == "stale")
     assert remove_stale_socket(str(path)) is True
 
 
@@ -96,11 +96,11 @@ def test_long_path_beyond_sun_path(tmp_path: Path, foreign: Foreign) -> None:
     path = deep / "api.sock"
     assert len(str(path)) > 108
     holder = listen_unix(foreign, path, cwd=deep)
-    state = inspect_unix_socket(str(path))
+    state = socket_state(str(path))
     assert state.kind == "listening"  # bound via a relative path: holder may be unknown
     holder.kill()
     holder.wait()
-    wait_for(lambda: inspect_unix_socket(str(path)).kind == "stale")
+    wait_for(lambda: socket_state(str(path)).kind == "stale")
     assert remove_stale_socket(str(path)) is True
 
 
@@ -115,7 +115,7 @@ def test_regular_file_dir_and_symlink_are_never_removed(tmp_path: Path) -> None:
     dangling = tmp_path / "dangling.sock"
     dangling.symlink_to(tmp_path / "nowhere")
     for path in (regular, directory, link, dangling):
-        assert inspect_unix_socket(str(path)).kind == "not-socket"
+        assert socket_state(str(path)).kind == "not-socket"
         assert remove_stale_socket(str(path)) is False
         assert path.is_symlink() or path.exists()
     assert regular.read_text() == "data"

@@ -20,7 +20,7 @@ from reconciler.host.identity import identity_of
 from reconciler.host.spawn import GATE_ARGV0, JOB_ID_VAR, Children, SpawnError
 from reconciler.identity import Identity
 from reconciler.observed import Exit
-from tests.helpers import wait_for
+from tests.helpers import cmdline, wait_for
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
 
@@ -82,7 +82,7 @@ def test_child_gets_exactly_the_minimal_env(children: Children, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECRET_TOKEN", "hunter2")
     pid = spawn(children, tmp_path, SLEEP, APP_MODE="test")
-    wait_for(lambda: procfs.read_cmdline(pid) == tuple(SLEEP), message="the command runs")
+    wait_for(lambda: cmdline(pid) == tuple(SLEEP), message="the command runs")
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     environ = dict(item.split(b"=", 1) for item in raw.split(b"\0") if item)
     # the gate shell exports PWD (its working directory) to the command, as any shell does
@@ -96,14 +96,14 @@ def test_job_id_is_in_the_environment_and_cannot_be_forged(children: Children,
     env = minimal_env({"RECONCILER_JOB_ID": "forged", "APP": "1"})
     pid = children.spawn(SLEEP, cwd=tmp_path, env=env, log_path=tmp_path / "main.log",
                          job_id="api.main.1").pid
-    wait_for(lambda: procfs.read_cmdline(pid) == tuple(SLEEP), message="the command runs")
+    wait_for(lambda: cmdline(pid) == tuple(SLEEP), message="the command runs")
     assert procfs.read_environ_var(pid, JOB_ID_VAR) == "api.main.1"
     assert env["RECONCILER_JOB_ID"] == "forged"  # the caller's mapping is not modified
 
 
 def test_no_job_id_no_variable(children: Children, tmp_path: Path) -> None:
     pid = spawn(children, tmp_path, SLEEP, APP="1")
-    wait_for(lambda: procfs.read_cmdline(pid) == tuple(SLEEP), message="the command runs")
+    wait_for(lambda: cmdline(pid) == tuple(SLEEP), message="the command runs")
     assert procfs.read_environ_var(pid, JOB_ID_VAR) is None
 
 
@@ -129,7 +129,7 @@ def test_spawn_identity_session_and_stdin(children: Children, tmp_path: Path) ->
     stat_ = procfs.read_stat(identity.pid)
     assert stat_ is not None and stat_.session == identity.pid and stat_.ppid == os.getpid()
     # the gate opened: the command itself runs (same pid, same identity), stdin /dev/null
-    wait_for(lambda: procfs.read_cmdline(identity.pid) == tuple(SLEEP), message="exec")
+    wait_for(lambda: cmdline(identity.pid) == tuple(SLEEP), message="exec")
     assert identity_of(identity.pid) == identity
     assert os.readlink(f"/proc/{identity.pid}/fd/0") == "/dev/null"
     assert os.readlink(f"/proc/{identity.pid}/cwd") == str(tmp_path)
@@ -244,7 +244,7 @@ def test_enroll_runs_before_the_command(children: Children, tmp_path: Path) -> N
 
     def enroll(identity: Identity) -> None:
         # the gate waits for us, so this holds however long we look
-        seen.append(wait_for(lambda: procfs.read_cmdline(identity.pid), message="cmdline"))
+        seen.append(wait_for(lambda: cmdline(identity.pid), message="cmdline"))
         assert not marker.exists()
 
     identity = children.spawn(["/bin/sh", "-c", f"touch {marker}; exec sleep 600"],
@@ -252,7 +252,7 @@ def test_enroll_runs_before_the_command(children: Children, tmp_path: Path) -> N
                               enroll=enroll)
     assert seen[0][:2] == ("/bin/sh", "-c") and seen[0][3] == GATE_ARGV0  # still the gate
     wait_for(marker.exists, message="the command to run once the gate opened")
-    wait_for(lambda: procfs.read_cmdline(identity.pid) == ("sleep", "600"), message="exec")
+    wait_for(lambda: cmdline(identity.pid) == ("sleep", "600"), message="exec")
 
 
 def test_a_failed_enrollment_never_runs_the_command(children: Children, tmp_path: Path) -> None:

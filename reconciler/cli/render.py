@@ -133,7 +133,7 @@ def validation_summary(loaded: LoadResult) -> str:
     return f"{len(loaded.services)} services in {len(loaded.files)} files: valid"
 
 
-def print_problems(loaded: LoadResult, steps: Plan | None) -> None:
+def print_problems(loaded: LoadResult, planned: Plan | None) -> None:
     """Spec errors, last-good fallbacks and plan notes, to stderr (stdout stays parseable)."""
     if loaded.dir_error:
         print(f"reconcile: {loaded.dir_error}", file=sys.stderr)
@@ -143,5 +143,5 @@ def print_problems(loaded: LoadResult, steps: Plan | None) -> None:
         if outcome.used_last_good:
             print(f"reconcile: {name} is invalid; its last good version stays in force",
                   file=sys.stderr)
-    for note in steps.notes if steps else ():
+    for note in planned.notes if planned else ():
         print(f"reconcile: {note}", file=sys.stderr)

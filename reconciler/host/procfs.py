@@ -172,13 +172,6 @@ def read_stat(pid: int) -> Stat | None:
         os.close(fd)
 
 
-def read_cmdline(pid: int) -> tuple[str, ...]:
-    """Empty for kernel threads, zombies, and processes that are gone."""
-    with _proc_dir(pid) as dir_fd:
-        raw = None if dir_fd is None else _read_at(dir_fd, "cmdline")
-    return parse_cmdline(raw or b"")
-
-
 def read_process(pid: int) -> tuple[Stat, tuple[str, ...]] | None:
     """stat and cmdline of the SAME process (one dir fd), or None if it is gone."""
     with _proc_dir(pid) as dir_fd:

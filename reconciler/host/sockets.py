@@ -112,11 +112,6 @@ def inspect_unix_sockets(paths: Iterable[str],
     return {path: SocketState(path, kind, holders.get(path, ())) for path, kind in kinds.items()}
 
 
-def inspect_unix_socket(path: str, candidates: Iterable[int] = ()) -> SocketState:
-    """State of one declared socket path; `candidates` are pids checked first for holders."""
-    return inspect_unix_sockets([path], candidates)[os.fspath(path)]
-
-
 def remove_stale_socket(path: str) -> bool:
     """Unlink `path` only if it is, right now, a socket file nobody listens on.
 

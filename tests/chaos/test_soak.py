@@ -31,11 +31,10 @@ import pytest
 
 from reconciler import cli
 from reconciler.host.identity import identity_of
-from reconciler.host.procfs import read_cmdline
 from reconciler.settings import Settings
 from reconciler.state.store import Store
 from tests.conftest import Foreign
-from tests.helpers import wait_for
+from tests.helpers import cmdline, wait_for
 
 pytestmark = pytest.mark.chaos
 
@@ -328,7 +327,7 @@ def test_chaos_soak(specs_dir: Path, state_dir: Path, tmp_path: Path, daemon: Da
     # singletons: exactly one instance each
     for i in range(6):
         argv = (PY, "-c", SLEEP, f"s{i}")
-        instances = [pid for pid, _ in managed(state_dir) if read_cmdline(pid) == argv]
+        instances = [pid for pid, _ in managed(state_dir) if cmdline(pid) == argv]
         assert len(instances) == 1, (f"s{i}", instances)
     # no orphan of the removed service
     assert not [pid for pid, env in managed(state_dir) if env.get("RECONCILER_SERVICE") == "gone"]

@@ -16,10 +16,10 @@ import pytest
 from reconciler.controller import Reconciler
 from reconciler.host.identity import identity_of
 from reconciler.host.pidfile import read_pidfile, remove_pidfile, write_pidfile
-from reconciler.host.sockets import inspect_unix_socket, remove_stale_socket
+from reconciler.host.sockets import remove_stale_socket
 from reconciler.settings import Settings
 from tests.conftest import Foreign
-from tests.helpers import wait_for
+from tests.helpers import socket_state, wait_for
 from tests.security.common import PY, SLEEPER, write_spec
 
 
@@ -106,7 +106,7 @@ def test_remove_stale_socket_never_removes_anything_but_a_stale_socket(
     before = snapshot(tmp_path)
     assert remove_stale_socket(str(path)) is False
     assert snapshot(tmp_path) == before
-    assert inspect_unix_socket(str(path)).kind in ("not-socket", "absent")
+    assert socket_state(str(path)).kind in ("not-socket", "absent")
 
 
 def test_remove_stale_socket_removes_a_stale_socket_and_spares_a_live_one(
