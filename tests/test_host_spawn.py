@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import resource
 import signal
@@ -17,6 +18,7 @@ import pytest
 from reconciler.environment import DEFAULT_PATH, minimal_env
 from reconciler.host import procfs
 from reconciler.host.identity import identity_of
+from reconciler.host.pidfd import Pidfds
 from reconciler.host.spawn import GATE_ARGV0, JOB_ID_VAR, Children, SpawnError
 from reconciler.identity import Identity
 from reconciler.observed import Exit
@@ -171,19 +173,38 @@ def test_killed_child_reports_the_signal(children: Children, tmp_path: Path) -> 
     assert reaped(children, pid).returncode == -signal.SIGKILL
 
 
-def test_reap_only_collects_the_exited_and_works_without_pidfds(
-        children: Children, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+class _FdsRunOut(Pidfds):
+    """A kernel with pidfds that cannot open one more (EMFILE) once `exhausted` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(self._open)
+        self.exhausted = False
+
+    def _open(self, pid: int) -> int:
+        if self.exhausted and pid != os.getpid():
+            raise OSError(errno.EMFILE, "Too many open files")
+        return os.pidfd_open(pid)
+
+
+def test_reap_only_collects_the_exited_and_works_without_pidfds(tmp_path: Path) -> None:
     """reap() asks the kernel once (a poll over pidfds) which children exited; children the
-    kernel gave no pidfd (old kernels, seccomp) are each asked with waitpid instead."""
-    running = spawn(children, tmp_path, SLEEP)
-    exiting = spawn(children, tmp_path, [sys.executable, "-c", "raise SystemExit(4)"])
-    monkeypatch.setattr("reconciler.host.spawn.open_pidfd", lambda _pid: None)
-    unwatched = spawn(children, tmp_path, SLEEP)
-    monkeypatch.undo()
-    assert reaped(children, exiting).returncode == 4
-    os.kill(unwatched, signal.SIGKILL)
-    assert reaped(children, unwatched).returncode == -signal.SIGKILL
-    assert children.pids() == {running} and children.reap() == {}
+    kernel gave no pidfd (no fds left, old kernels, seccomp) are each asked with waitpid."""
+    pidfds = _FdsRunOut()
+    children = Children(pidfds=pidfds)
+    try:
+        running = spawn(children, tmp_path, SLEEP)
+        exiting = spawn(children, tmp_path, [sys.executable, "-c", "raise SystemExit(4)"])
+        pidfds.exhausted = True
+        unwatched = spawn(children, tmp_path, SLEEP)
+        assert reaped(children, exiting).returncode == 4
+        os.kill(unwatched, signal.SIGKILL)
+        assert reaped(children, unwatched).returncode == -signal.SIGKILL
+        assert children.pids() == {running} and children.reap() == {}
+    finally:
+        for pid in children.pids():
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not (children.reap() or children.pids()), message="children reaped")
+        children.close()
 
 
 def test_wait_wakes_on_exit_and_times_out_otherwise(children: Children, tmp_path: Path) -> None:

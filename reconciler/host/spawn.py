@@ -31,6 +31,7 @@ from reconciler.environment import DEFAULT_PATH
 from reconciler.files import make_private_dirs
 from reconciler.host import procfs
 from reconciler.host.limits import child_fd_limit
+from reconciler.host.pidfd import SYSTEM, NoPidfd, Pidfds
 from reconciler.identity import Identity
 from reconciler.observed import Exit
 
@@ -99,13 +100,6 @@ def _spawn_error(err: OSError, argv: Sequence[str], cwd: str | None) -> SpawnErr
     return SpawnError(f"cannot execute {argv[0]}: {err.strerror or err}")
 
 
-def open_pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (OSError, AttributeError):  # ENOSYS (kernel < 5.3), or no os.pidfd_open
-        return None
-
-
 class _Gate:
     """The parent's end of a child's gate. Closing it without `open()` makes the child exit
     unrun (125), exactly as if the controller had died."""
@@ -124,7 +118,8 @@ class _Gate:
 class Children:
     """Registry of the processes WE started and have not reaped yet. Thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, pidfds: Pidfds = SYSTEM) -> None:
+        self._pidfds = pidfds
         self._children: dict[int, _Child] = {}
         self._lock = threading.Lock()
         # For `reap`: the pidfds of all children in one poll object, and the children that
@@ -162,8 +157,8 @@ class Children:
             os.close(log_fd)
             raise SpawnError(f"cannot create the spawn gate: {err.strerror}") from err
         try:
-            gate = ["/bin/sh", "-c", _GATE, GATE_ARGV0, str(child_fd_limit())]
-            popen = subprocess.Popen([*gate, *argv], cwd=cwd_str,
+            gate_argv = ["/bin/sh", "-c", _GATE, GATE_ARGV0, str(child_fd_limit())]
+            popen = subprocess.Popen([*gate_argv, *argv], cwd=cwd_str,
                                      env=env, stdin=gate_read, stdout=log_fd,
                                      stderr=subprocess.STDOUT, start_new_session=True,
                                      close_fds=True)
@@ -189,7 +184,10 @@ class Children:
             popen.poll()
             raise SpawnError(f"{popen.args!r} exited and was reaped before it could be tracked")
         identity = Identity(procfs.read_boot_id(), popen.pid, stat.starttime)
-        pidfd = open_pidfd(popen.pid)
+        try:  # our unreaped child: its pid cannot be recycled, and a zombie is still it
+            pidfd = self._pidfds.open_verified(identity, zombie_ok=True)
+        except NoPidfd:
+            pidfd = None
         with self._lock:
             self._children[popen.pid] = _Child(popen, identity, pidfd)
             if pidfd is None:
