@@ -237,6 +237,46 @@ def test_missing_command(children: Children, tmp_path: Path) -> None:
     assert children.pids() == frozenset()
 
 
+def test_a_string_command_whose_program_is_missing_fails_like_the_list_form(
+        children: Children, tmp_path: Path) -> None:
+    """`cmd: "prog args"` runs as /bin/sh -c; a missing `prog` is a spawn error, as for
+    `cmd: [prog, args]`, not a shell that exits 127 again and again."""
+    for script in ("no-such-command-xyz --port=8080", "  no-such-command-xyz",
+                   "'no-such-command-xyz' 'an arg'", "./missing arg"):
+        with pytest.raises(SpawnError, match="command not found"):
+            spawn(children, tmp_path, ["/bin/sh", "-c", script])
+    assert children.pids() == frozenset()
+
+
+@pytest.mark.parametrize("script", [
+    "no-such-command-xyz || true",  # an operator: the shell decides
+    "X=1 no-such-command-xyz; exit 0",
+    "NO_SUCH=1",  # an assignment
+    "exec true",  # a builtin
+    "if true; then :; fi",  # a keyword
+    "# only a comment",
+    "true",
+])
+def test_a_string_command_the_shell_must_interpret_is_left_to_it(
+        children: Children, tmp_path: Path, script: str) -> None:
+    pid = spawn(children, tmp_path, ["/bin/sh", "-c", script])
+    assert reaped(children, pid).returncode == 0
+
+
+def test_a_string_command_is_looked_up_on_the_services_path(
+        children: Children, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "only-here"
+    tool.write_text("#!/bin/sh\nexit 0\n")
+    tool.chmod(0o755)
+    with pytest.raises(SpawnError, match="command not found: only-here"):
+        spawn(children, tmp_path, ["/bin/sh", "-c", "only-here --flag"])
+    pid = spawn(children, tmp_path, ["/bin/sh", "-c", "only-here --flag"],
+                PATH=f"{bin_dir}:{DEFAULT_PATH}")
+    assert reaped(children, pid).returncode == 0
+
+
 def test_missing_cwd(children: Children, tmp_path: Path) -> None:
     with pytest.raises(SpawnError, match="working directory missing"):
         children.spawn(SLEEP, cwd=tmp_path / "gone", env=minimal_env({}),

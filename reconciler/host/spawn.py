@@ -20,6 +20,7 @@ import errno
 import math
 import os
 import select
+import shlex
 import shutil
 import subprocess
 import threading
@@ -81,6 +82,36 @@ def _check_executable(argv0: str, cwd: str | None, env: Mapping[str, str]) -> No
             raise SpawnError(f"permission denied: {argv0}")
     elif shutil.which(argv0, path=env.get("PATH", DEFAULT_PATH)) is None:
         raise SpawnError(f"command not found: {argv0}")
+
+
+# What /bin/sh runs without looking it up on PATH (POSIX special and regular builtins, and the
+# reserved words): a string command starting with one of these is left to the shell.
+_SHELL_WORDS = frozenset(
+    "! { } case do done elif else esac fi for if in then until while function select time "
+    ". : [ alias bg break cd command continue echo eval exec exit export false fc fg getopts "
+    "hash jobs kill local printf pwd read readonly return set shift test times trap true type "
+    "ulimit umask unalias unset wait".split())
+# Operators and expansions that may make the shell run something other than (or more than)
+# the first word: then the string is left to the shell, as it always was.
+_SHELL_SYNTAX = frozenset("|&;<>()$`\\\n")
+_NOT_PLAIN = frozenset("=*?[~#{!")  # in the first word: an assignment, a glob, a comment...
+
+
+def _shell_program(argv: Sequence[str]) -> str | None:
+    """The program a string `cmd:` (run as `/bin/sh -c "<string>"`) starts, when the
+    string is a plain `program arg...`; None for anything the shell must interpret."""
+    if len(argv) != 3 or list(argv[:2]) != ["/bin/sh", "-c"]:
+        return None
+    script = argv[2]
+    if any(char in _SHELL_SYNTAX for char in script):
+        return None
+    try:
+        words = shlex.split(script)
+    except ValueError:  # unbalanced quotes: the shell reports that itself
+        return None
+    if not words or words[0] in _SHELL_WORDS or any(c in _NOT_PLAIN for c in words[0]):
+        return None
+    return words[0]
 
 
 def _spawn_error(err: OSError, argv: Sequence[str], cwd: str | None) -> SpawnError:
@@ -150,6 +181,9 @@ class Children:
         if cwd_str is not None and not os.path.isdir(cwd_str):
             raise SpawnError(f"working directory missing: {cwd_str}")
         _check_executable(argv[0], cwd_str, env)
+        program = _shell_program(argv)
+        if program is not None:  # as exec would fail for the list form, not as exit 127
+            _check_executable(program, cwd_str, env)
         log_fd = _open_log(os.fspath(log_path))
         try:
             gate_read, gate_write = os.pipe()  # both close-on-exec; the child gets gate_read
