@@ -86,11 +86,13 @@ def _check_executable(argv0: str, cwd: str | None, env: Mapping[str, str]) -> No
 
 # What /bin/sh runs without looking it up on PATH (POSIX special and regular builtins, and the
 # reserved words): a string command starting with one of these is left to the shell.
-_SHELL_WORDS = frozenset(
-    "! { } case do done elif else esac fi for if in then until while function select time "
-    ". : [ alias bg break cd command continue echo eval exec exit export false fc fg getopts "
-    "hash jobs kill local printf pwd read readonly return set shift test times trap true type "
-    "ulimit umask unalias unset wait".split())
+_SHELL_WORDS = frozenset((
+    "!", "{", "}", "case", "do", "done", "elif", "else", "esac", "fi", "for", "if", "in",
+    "then", "until", "while", "function", "select", "time",
+    ".", ":", "[", "alias", "bg", "break", "cd", "command", "continue", "echo", "eval", "exec",
+    "exit", "export", "false", "fc", "fg", "getopts", "hash", "jobs", "kill", "local",
+    "printf", "pwd", "read", "readonly", "return", "set", "shift", "test", "times", "trap",
+    "true", "type", "ulimit", "umask", "unalias", "unset", "wait"))
 # Operators and expansions that may make the shell run something other than (or more than)
 # the first word: then the string is left to the shell, as it always was.
 _SHELL_SYNTAX = frozenset("|&;<>()$`\\\n")
