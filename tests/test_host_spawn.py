@@ -127,7 +127,6 @@ def test_spawn_identity_session_and_stdin(children: Children, tmp_path: Path) ->
     assert identity == identity_of(identity.pid)
     assert identity.boot_id == procfs.read_boot_id()
     assert children.pids() == {identity.pid}
-    assert children.identity(identity.pid) == identity
     stat_ = procfs.read_stat(identity.pid)
     assert stat_ is not None and stat_.session == identity.pid and stat_.ppid == os.getpid()
     # the gate opened: the command itself runs (same pid, same identity), stdin /dev/null
@@ -215,15 +214,6 @@ def test_wait_wakes_on_exit_and_times_out_otherwise(children: Children, tmp_path
     assert children.wait(10) is True
     assert children.wait(0) is True  # not reaped yet: still reported
     assert pid in children.reap()
-
-
-def test_forget(children: Children, tmp_path: Path) -> None:
-    pid = spawn(children, tmp_path, [sys.executable, "-c", "pass"])
-    children.forget(pid)
-    assert children.pids() == frozenset()
-    assert children.reap() == {}
-    with contextlib.suppress(ChildProcessError):  # subprocess may reap it in the background
-        os.waitpid(pid, 0)
 
 
 # --- errors ----------------------------------------------------------------------------------

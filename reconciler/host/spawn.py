@@ -247,12 +247,6 @@ class Children:
                 self._drop(pid)
         return exits
 
-    def forget(self, pid: int) -> None:
-        """Stop tracking `pid` (its exit code will not be reported). If it is still running,
-        subprocess reaps it later in the background, so it cannot linger as a zombie."""
-        with self._lock:
-            self._drop(pid)
-
     def _maybe_exited(self) -> list[int]:
         """Children whose pidfd is readable, and those without one: one poll() instead of a
         waitpid per child (a thousand syscalls a pass at a thousand jobs)."""
@@ -268,13 +262,9 @@ class Children:
             os.close(child.pidfd)
 
     def pids(self) -> frozenset[int]:
+        """The children not reaped yet (what a teardown must still kill)."""
         with self._lock:
             return frozenset(self._children)
-
-    def identity(self, pid: int) -> Identity | None:
-        with self._lock:
-            child = self._children.get(pid)
-            return child.identity if child else None
 
     def wait(self, timeout: float) -> bool:
         """Block up to `timeout` seconds until some own child has exited (it is not reaped
