@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.host import exits as exits_module
 from reconciler.host import procfs
 from reconciler.host.exits import ExitWatcher
 from reconciler.host.identity import identity_of
+from reconciler.host.pidfd import Pidfds
 from reconciler.identity import Identity
 from tests.conftest import Foreign
 from tests.helpers import wait_for
@@ -220,10 +221,12 @@ def test_callback_errors_do_not_kill_the_thread(foreign: Foreign) -> None:
         w.stop()
 
 
-def test_polling_fallback_without_pidfds(foreign: Foreign, calls: Calls,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(exits_module, "_open_pidfd", lambda _pid: None)
-    w = ExitWatcher(calls, poll_interval=0.05)
+def _no_pidfds(_pid: int) -> int:
+    raise OSError(errno.ENOSYS, "pidfd_open not implemented")
+
+
+def test_polling_fallback_without_pidfds(foreign: Foreign, calls: Calls) -> None:
+    w = ExitWatcher(calls, poll_interval=0.05, pidfds=Pidfds(_no_pidfds))
     w.start()
     try:
         proc, identity = _sleeper(foreign)

@@ -1,4 +1,4 @@
-"""Signalling and stopping real processes: never the wrong one, never one that survives."""
+"""Signalling real processes: never the wrong one, and every process of a job."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ import pytest
 from reconciler.environment import minimal_env
 from reconciler.host import procfs, procs
 from reconciler.host.identity import identity_of
+from reconciler.host.members import job_processes
 from reconciler.host.procs import (
     StopResult,
     is_protected,
     session_members,
     signal_identity,
-    stop_process,
-    stop_session,
+    signal_job,
+    signal_process,
 )
 from reconciler.host.spawn import Children
 from reconciler.identity import Identity
@@ -96,7 +97,8 @@ def test_protected_pids_are_never_signalled() -> None:
         assert signal_identity(identity, 0) is False
     me = identity_of(os.getpid())
     assert me is not None
-    assert stop_process(me, 0, 0.1) == StopResult(refused=[os.getpid()])
+    assert signal_process(me, 0) == StopResult(refused=[os.getpid()])
+    assert signal_job(me, [], 0) == StopResult(refused=[os.getpid()])
 
 
 def test_own_session_is_never_swept() -> None:
@@ -122,41 +124,53 @@ def test_mismatched_identity_is_not_signalled(foreign: Foreign) -> None:
     other_boot = identity._replace(boot_id="00000000-0000-0000-0000-000000000000")
     for wrong in (recycled, other_boot):
         assert signal_identity(wrong, signal.SIGKILL) is False
-        assert stop_process(wrong, signal.SIGKILL, 0.1) == StopResult()
-        assert stop_session(wrong, signal.SIGKILL, 0.1) == StopResult()
+        assert signal_process(wrong, signal.SIGKILL) == StopResult()
+        assert signal_job(wrong, [wrong], signal.SIGKILL) == StopResult()
     assert identity_of(identity.pid) == identity  # untouched
 
 
-# --- stop_process ----------------------------------------------------------------------------
+# --- signal_process --------------------------------------------------------------------------
 
 
-def test_stop_process_stops_only_that_process(foreign: Foreign) -> None:
+def test_signal_process_signals_only_that_process(foreign: Foreign) -> None:
     code = (f"import subprocess, sys, time; subprocess.Popen({SLEEP!r}); time.sleep(600)")
     proc = foreign.start([sys.executable, "-c", code])
     members = wait_for(lambda: len(m := session_members(proc.pid)) == 2 and m,
                        message="parent and child running")
     [child] = [m for m in members if m.pid != proc.pid]
     [parent] = [m for m in members if m.pid == proc.pid]
-    result = stop_process(parent.identity, signal.SIGTERM, 0.5)
+    result = signal_process(parent.identity, signal.SIGTERM)
     assert result == StopResult(signalled=[proc.pid])
-    assert gone(parent)
+    wait_for(lambda: gone(parent), message="parent stopped")
     assert not gone(child)  # same process group and session, but not the target
 
 
-def test_stop_process_kills_what_ignores_sigterm(foreign: Foreign, tmp_path: Path) -> None:
-    marker = tmp_path / "ready"
-    identity = start_sleeper(foreign, [sys.executable, "-c", IGNORE_TERM, str(marker)])
-    wait_for(marker.exists, message="SIGTERM ignored")
-    result = stop_process(identity, signal.SIGTERM, 0.2)
-    assert result == StopResult(signalled=[identity.pid], killed=[identity.pid])
-    assert identity_of(identity.pid) is None
+def test_a_stopped_process_is_continued_so_it_can_act_on_sigterm(
+        foreign: Foreign, tmp_path: Path) -> None:
+    """Its SIGTERM handler only runs once it is continued (as systemd knows): signal_process
+    sends SIGCONT after the signal."""
+    marker, ready = tmp_path / "terminated", tmp_path / "ready"
+    code = ("import pathlib, signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *_: (pathlib.Path(sys.argv[1]).touch(),"
+            " sys.exit(0)))\n"
+            "pathlib.Path(sys.argv[2]).touch()\n"
+            "time.sleep(600)\n")
+    identity = start_sleeper(foreign, [sys.executable, "-c", code, str(marker), str(ready)])
+    wait_for(ready.exists, message="handler installed")
+    os.kill(identity.pid, signal.SIGSTOP)
+    wait_for(lambda: (s := procfs.read_stat(identity.pid)) is not None and s.state == "T",
+             message="process stopped")
+    assert signal_process(identity, signal.SIGTERM) == StopResult(signalled=[identity.pid])
+    wait_for(marker.exists, message="SIGTERM handled")
 
 
-# --- stop_session ----------------------------------------------------------------------------
+# --- signal_job ------------------------------------------------------------------------------
 
 
-def test_stop_session_kills_leader_strays_and_term_ignorers(
+def test_signal_job_reaches_the_leader_and_strays_that_left_its_group(
         foreign: Foreign, sessions: list[int], tmp_path: Path) -> None:
+    """The members job_processes finds (the whole session, including a grandchild that
+    left the process group) all get the signal, each verified first."""
     marker = tmp_path / "ignoring"
     leader = foreign.start([sys.executable, "-c", TREE, str(marker)])
     sessions.append(leader.pid)
@@ -164,43 +178,46 @@ def test_stop_session_kills_leader_strays_and_term_ignorers(
     members = wait_for(lambda: len(m := session_members(leader.pid)) == 3 and m,
                        message="leader, child and grandchild running")
     assert len({m.pgrp for m in members}) == 2  # the grandchild left the process group
-    [ignorer] = [m for m in members if m.cmdline[2:3] == (IGNORE_TERM,)]
     leader_identity = identity_of(leader.pid)
     assert leader_identity is not None
+    found = job_processes({"job": leader_identity})["job"]
+    assert {m.identity for m in found} == {m.identity for m in members} - {leader_identity}
 
-    result = stop_session(leader_identity, signal.SIGTERM, 0.5)
+    result = signal_job(leader_identity, [m.identity for m in found], signal.SIGKILL)
 
     assert sorted(result.signalled) == sorted(m.pid for m in members)
-    assert result.killed == [ignorer.pid]
-    assert result.survivors == [] and result.refused == []
+    assert result.refused == []
+    wait_for(lambda: all(gone(m) for m in members), message="whole job killed")
     assert session_members(leader.pid) == []
-    assert all(gone(m) for m in members)
 
 
-def test_stop_session_sweeps_after_the_leader_exited(sessions: list[int],
-                                                     tmp_path: Path) -> None:
-    """The leader is dead and reaped; what it left behind in its session is still swept."""
+def test_signal_job_after_the_leader_exited_signals_what_it_left(sessions: list[int],
+                                                                 tmp_path: Path) -> None:
+    """The leader is dead and reaped; what it left behind in its session is still found
+    and signalled, and the dead leader is not."""
     children = Children()
     code = f"import subprocess; subprocess.Popen({SLEEP!r})"
     leader = children.spawn([sys.executable, "-c", code], cwd=tmp_path, env=minimal_env({}),
                             log_path=tmp_path / "leader.log")
     sessions.append(leader.pid)
     wait_for(lambda: children.reap().get(leader.pid), message="leader exited")
-    [orphan] = wait_for(lambda: session_members(leader.pid), message="orphan running")
+    [orphan] = wait_for(lambda: job_processes({"job": leader}).get("job"),
+                        message="orphan running")
 
-    result = stop_session(leader, signal.SIGTERM, 0.5)
+    result = signal_job(leader, [orphan.identity], signal.SIGTERM)
 
     assert result == StopResult(signalled=[orphan.pid])
-    assert gone(orphan)
+    wait_for(lambda: gone(orphan), message="orphan stopped")
     children.close()
 
 
-def test_stop_session_of_an_empty_session_does_nothing(tmp_path: Path) -> None:
+def test_signal_job_of_an_empty_session_does_nothing(tmp_path: Path) -> None:
     children = Children()
     leader = children.spawn([sys.executable, "-c", "pass"], cwd=tmp_path,
                             env=minimal_env({}), log_path=tmp_path / "leader.log")
     wait_for(lambda: children.reap().get(leader.pid), message="leader exited")
-    assert stop_session(leader, signal.SIGTERM, 0.5) == StopResult()
+    assert job_processes({"job": leader}) == {}
+    assert signal_job(leader, [], signal.SIGTERM) == StopResult()
     children.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import resource
 import signal
@@ -17,6 +18,7 @@ import pytest
 from reconciler.environment import DEFAULT_PATH, minimal_env
 from reconciler.host import procfs
 from reconciler.host.identity import identity_of
+from reconciler.host.pidfd import Pidfds
 from reconciler.host.spawn import GATE_ARGV0, JOB_ID_VAR, Children, SpawnError
 from reconciler.identity import Identity
 from reconciler.observed import Exit
@@ -125,7 +127,6 @@ def test_spawn_identity_session_and_stdin(children: Children, tmp_path: Path) ->
     assert identity == identity_of(identity.pid)
     assert identity.boot_id == procfs.read_boot_id()
     assert children.pids() == {identity.pid}
-    assert children.identity(identity.pid) == identity
     stat_ = procfs.read_stat(identity.pid)
     assert stat_ is not None and stat_.session == identity.pid and stat_.ppid == os.getpid()
     # the gate opened: the command itself runs (same pid, same identity), stdin /dev/null
@@ -171,19 +172,38 @@ def test_killed_child_reports_the_signal(children: Children, tmp_path: Path) -> 
     assert reaped(children, pid).returncode == -signal.SIGKILL
 
 
-def test_reap_only_collects_the_exited_and_works_without_pidfds(
-        children: Children, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+class _FdsRunOut(Pidfds):
+    """A kernel with pidfds that cannot open one more (EMFILE) once `exhausted` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(self._open)
+        self.exhausted = False
+
+    def _open(self, pid: int) -> int:
+        if self.exhausted and pid != os.getpid():
+            raise OSError(errno.EMFILE, "Too many open files")
+        return os.pidfd_open(pid)
+
+
+def test_reap_only_collects_the_exited_and_works_without_pidfds(tmp_path: Path) -> None:
     """reap() asks the kernel once (a poll over pidfds) which children exited; children the
-    kernel gave no pidfd (old kernels, seccomp) are each asked with waitpid instead."""
-    running = spawn(children, tmp_path, SLEEP)
-    exiting = spawn(children, tmp_path, [sys.executable, "-c", "raise SystemExit(4)"])
-    monkeypatch.setattr("reconciler.host.spawn.open_pidfd", lambda _pid: None)
-    unwatched = spawn(children, tmp_path, SLEEP)
-    monkeypatch.undo()
-    assert reaped(children, exiting).returncode == 4
-    os.kill(unwatched, signal.SIGKILL)
-    assert reaped(children, unwatched).returncode == -signal.SIGKILL
-    assert children.pids() == {running} and children.reap() == {}
+    kernel gave no pidfd (no fds left, old kernels, seccomp) are each asked with waitpid."""
+    pidfds = _FdsRunOut()
+    children = Children(pidfds=pidfds)
+    try:
+        running = spawn(children, tmp_path, SLEEP)
+        exiting = spawn(children, tmp_path, [sys.executable, "-c", "raise SystemExit(4)"])
+        pidfds.exhausted = True
+        unwatched = spawn(children, tmp_path, SLEEP)
+        assert reaped(children, exiting).returncode == 4
+        os.kill(unwatched, signal.SIGKILL)
+        assert reaped(children, unwatched).returncode == -signal.SIGKILL
+        assert children.pids() == {running} and children.reap() == {}
+    finally:
+        for pid in children.pids():
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not (children.reap() or children.pids()), message="children reaped")
+        children.close()
 
 
 def test_wait_wakes_on_exit_and_times_out_otherwise(children: Children, tmp_path: Path) -> None:
@@ -196,15 +216,6 @@ def test_wait_wakes_on_exit_and_times_out_otherwise(children: Children, tmp_path
     assert pid in children.reap()
 
 
-def test_forget(children: Children, tmp_path: Path) -> None:
-    pid = spawn(children, tmp_path, [sys.executable, "-c", "pass"])
-    children.forget(pid)
-    assert children.pids() == frozenset()
-    assert children.reap() == {}
-    with contextlib.suppress(ChildProcessError):  # subprocess may reap it in the background
-        os.waitpid(pid, 0)
-
-
 # --- errors ----------------------------------------------------------------------------------
 
 
@@ -214,6 +225,46 @@ def test_missing_command(children: Children, tmp_path: Path) -> None:
     with pytest.raises(SpawnError, match="command not found"):
         spawn(children, tmp_path, [str(tmp_path / "missing")])
     assert children.pids() == frozenset()
+
+
+def test_a_string_command_whose_program_is_missing_fails_like_the_list_form(
+        children: Children, tmp_path: Path) -> None:
+    """`cmd: "prog args"` runs as /bin/sh -c; a missing `prog` is a spawn error, as for
+    `cmd: [prog, args]`, not a shell that exits 127 again and again."""
+    for script in ("no-such-command-xyz --port=8080", "  no-such-command-xyz",
+                   "'no-such-command-xyz' 'an arg'", "./missing arg"):
+        with pytest.raises(SpawnError, match="command not found"):
+            spawn(children, tmp_path, ["/bin/sh", "-c", script])
+    assert children.pids() == frozenset()
+
+
+@pytest.mark.parametrize("script", [
+    "no-such-command-xyz || true",  # an operator: the shell decides
+    "X=1 no-such-command-xyz; exit 0",
+    "NO_SUCH=1",  # an assignment
+    "exec true",  # a builtin
+    "if true; then :; fi",  # a keyword
+    "# only a comment",
+    "true",
+])
+def test_a_string_command_the_shell_must_interpret_is_left_to_it(
+        children: Children, tmp_path: Path, script: str) -> None:
+    pid = spawn(children, tmp_path, ["/bin/sh", "-c", script])
+    assert reaped(children, pid).returncode == 0
+
+
+def test_a_string_command_is_looked_up_on_the_services_path(
+        children: Children, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "only-here"
+    tool.write_text("#!/bin/sh\nexit 0\n")
+    tool.chmod(0o755)
+    with pytest.raises(SpawnError, match="command not found: only-here"):
+        spawn(children, tmp_path, ["/bin/sh", "-c", "only-here --flag"])
+    pid = spawn(children, tmp_path, ["/bin/sh", "-c", "only-here --flag"],
+                PATH=f"{bin_dir}:{DEFAULT_PATH}")
+    assert reaped(children, pid).returncode == 0
 
 
 def test_missing_cwd(children: Children, tmp_path: Path) -> None:

@@ -5,9 +5,8 @@ adopted from an earlier controller run are not our children at all. A pidfd work
 it becomes readable when the process exits (a zombie counts as exited), and reading its
 readiness never reaps, so `Children.reap()` still gets the exit code exactly once.
 
-A pidfd is opened first and the identity verified second: if the pid had been recycled before
-the open, the check sees the new start time; if it is recycled after, the pidfd still refers
-to the old, exited process and is readable. No window in which a stranger is watched.
+Each pidfd is opened first and the identity verified second (host/pidfd.py), so no stranger
+that got a recycled pid is ever watched in place of the process we meant.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from reconciler.host.identity import identity_of
+from reconciler.host.pidfd import SYSTEM, NoPidfd, Pidfds
 from reconciler.identity import Identity
 
 log = logging.getLogger(__name__)
@@ -27,22 +27,10 @@ log = logging.getLogger(__name__)
 _JOIN_SECONDS = 5.0
 
 
-def _open_pidfd(pid: int) -> int | None:
-    """A pidfd, or None where we must poll instead: no pidfds in this kernel (ENOSYS) or
-    sandbox (EPERM from seccomp), or no fds left (EMFILE). ProcessLookupError if gone."""
-    try:
-        return os.pidfd_open(pid)
-    except ProcessLookupError:
-        raise
-    except (OSError, AttributeError) as err:
-        log.debug("no pidfd for pid %d (%s); polling it instead", pid, err)
-        return None
-
-
 class ExitWatcher:
     """Wakes the controller the moment a watched process exits, whether it is our own child or
     a process adopted from an earlier controller run: a pidfd per process, in a selector thread.
-    Falls back to polling identity_of() every poll_interval where pidfd_open is unavailable.
+    Falls back to polling identity_of() every poll_interval where there is no pidfd.
 
     on_exit(identity) runs on the watcher's thread, at most once per identity while the
     controller keeps syncing it (an exited identity never comes back, so repeating it would
@@ -50,8 +38,9 @@ class ExitWatcher:
     """
 
     def __init__(self, on_exit: Callable[[Identity], None], *,
-                 poll_interval: float = 0.5) -> None:
+                 poll_interval: float = 0.5, pidfds: Pidfds = SYSTEM) -> None:
         self._on_exit = on_exit
+        self._pidfds = pidfds
         self._poll_interval = poll_interval
         self._lock = threading.Lock()
         # Shared under _lock. fds are closed only by the thread (or once it is gone), so an
@@ -118,16 +107,14 @@ class ExitWatcher:
 
     def _add(self, identity: Identity) -> None:
         try:
-            fd = _open_pidfd(identity.pid)
-        except ProcessLookupError:
-            fd, alive = None, False
-        else:
-            alive = identity_of(identity.pid) == identity  # AFTER the open: see module doc
+            fd = self._pidfds.open_verified(identity)
+            alive = fd is not None
+        except NoPidfd as err:  # no pidfds, or none now: poll this one instead
+            log.debug("no pidfd for %s (%s); polling it instead", identity, err)
+            fd, alive = None, identity_of(identity.pid) == identity
         if alive:
             self._watched[identity] = fd
             return
-        if fd is not None:
-            os.close(fd)  # never registered: safe to close here
         self._reported.add(identity)
         self._exited.append(identity)
 
@@ -178,10 +165,10 @@ class ExitWatcher:
                 self._registered.discard(fd)
             os.close(fd)
         self._closing.clear()
-        for identity, fd in self._watched.items():
-            if fd is not None and fd not in self._registered:
-                self._selector.register(fd, selectors.EVENT_READ, identity)
-                self._registered.add(fd)
+        for identity, watched_fd in self._watched.items():
+            if watched_fd is not None and watched_fd not in self._registered:
+                self._selector.register(watched_fd, selectors.EVENT_READ, identity)
+                self._registered.add(watched_fd)
 
     def _ready(self, fd: int, identity: Identity) -> None:
         with self._lock:

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from reconciler.host.identity import proc_info
-from reconciler.host.spawn import GATE_ARGV0, open_pidfd
+from reconciler.host.pidfd import SYSTEM
+from reconciler.host.spawn import GATE_ARGV0
 from reconciler.observed import ProcInfo
 
 
@@ -82,7 +83,7 @@ class ProcCache:
                 self._drop(pid)
 
     def _take(self, pid: int, now: float) -> ProcInfo | None:
-        fd = open_pidfd(pid)  # first: see the module docstring
+        fd = SYSTEM.try_open(pid)  # first: see the module docstring
         info = proc_info(pid)
         if fd is None:
             return info

@@ -1,42 +1,33 @@
-"""Signalling and stopping processes without ever hitting the wrong one.
+"""Signalling processes without ever hitting the wrong one.
 
 Two rules hold for every signal sent from here:
 
-* Protected pids (≤ 1, the controller itself, its ancestors) are never signalled.
-* The target's identity is re-read right before the signal. With pidfds the order is
-  `pidfd_open` → verify identity → `pidfd_send_signal`: once the pidfd is open it pins that
-  exact process, and the identity (which includes the start time) proves it is the one we
-  mean, so a recycled pid cannot be hit. Without pidfds (kernel < 5.3) we verify, then
-  `kill`, leaving a window of a few microseconds.
+* Protected pids (<= 1, the controller itself, its ancestors) are never signalled.
+* The target's identity is verified right before the signal, through a pidfd opened first
+  (host/pidfd.py states that rule, and the fallback where the kernel has no pidfds).
+
+A pass never waits here for a process to exit: it signals and moves on, and a later pass
+escalates (plan.py). Everything that delivers a signal takes a `Pidfds` (the kernel's by
+default), so tests can record signals instead of sending them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import math
 import os
-import select
 import signal
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from reconciler.host import procfs
 from reconciler.host.identity import identity_of, proc_info
+from reconciler.host.pidfd import SYSTEM, NoPidfd, Pidfds
 from reconciler.identity import Identity
 from reconciler.observed import ProcInfo
-
-KILL_WAIT_SECONDS = 5.0  # how long we wait for SIGKILLed processes to disappear
-_FALLBACK_POLL_SECONDS = 0.02  # only where the kernel has no pidfds
-_pidfd_supported = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
 
 
 @dataclass(slots=True)
 class StopResult:
-    signalled: list[int] = field(default_factory=list)  # got the stop signal
-    killed: list[int] = field(default_factory=list)  # still there after the timeout: SIGKILL
-    survivors: list[int] = field(default_factory=list)  # alive even after SIGKILL + wait
+    signalled: list[int] = field(default_factory=list)  # got the signal
     refused: list[int] = field(default_factory=list)  # protected: never signalled
 
 
@@ -62,141 +53,48 @@ def is_protected(pid: int) -> bool:
     return pid <= 1 or pid in self_and_ancestors()
 
 
-# --- pidfds ----------------------------------------------------------------------------------
+# --- signalling one verified process ----------------------------------------------------
 
 
-class _NoPidfd(Exception):
-    """The kernel has no pidfd_open (ENOSYS): fall back to verify-then-kill."""
-
-
-def _pidfd_open(pid: int) -> int | None:
-    """A pidfd for `pid`, or None if no such process exists."""
-    global _pidfd_supported
-    if not _pidfd_supported:
-        raise _NoPidfd
-    try:
-        return os.pidfd_open(pid)
-    except ProcessLookupError:
-        return None
-    except OSError as err:
-        if err.errno == errno.ENOSYS:
-            _pidfd_supported = False
-            raise _NoPidfd from err
-        if err.errno == errno.EINVAL:  # not a thread-group leader, or a bad pid
-            return None
-        raise
-
-
-@contextlib.contextmanager
-def _verified_pidfd(identity: Identity) -> Iterator[int | None]:
-    """A pidfd that provably refers to the process `identity` names, else None."""
-    fd = _pidfd_open(identity.pid)
-    if fd is None:
-        yield None
-        return
-    try:
-        yield fd if identity_of(identity.pid) == identity else None
-    finally:
-        os.close(fd)
-
-
-def signal_identity(identity: Identity, sig: int) -> bool:
+def signal_identity(identity: Identity, sig: int, *, pidfds: Pidfds = SYSTEM) -> bool:
     """Send `sig` to the process `identity` names. False if it is gone, a zombie, recycled,
     from another boot, or protected: in all those cases nothing was signalled."""
     if identity.boot_id != procfs.read_boot_id() or is_protected(identity.pid):
         return False
     try:
-        with _verified_pidfd(identity) as fd:
-            if fd is None:
-                return False
-            signal.pidfd_send_signal(fd, sig)
-            return True
-    except _NoPidfd:
-        if identity_of(identity.pid) != identity:
-            return False
-        os.kill(identity.pid, sig)
-        return True
+        fd = pidfds.open_verified(identity)
+    except NoPidfd:
+        return _verify_then_kill(identity, sig, pidfds)
+    if fd is None:
+        return False
+    try:
+        pidfds.send_signal(fd, sig)
+    except ProcessLookupError:  # exited since the check: the fd names no one else
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _verify_then_kill(identity: Identity, sig: int, pidfds: Pidfds) -> bool:
+    """Without a pidfd: the same check, then kill(2), a few microseconds apart."""
+    if identity_of(identity.pid) != identity:
+        return False
+    try:
+        pidfds.kill(identity.pid, sig)
     except ProcessLookupError:
         return False
+    return True
 
 
-# --- waiting ---------------------------------------------------------------------------------
-
-
-def _wait_gone(targets: Iterable[Identity], timeout: float) -> list[Identity]:
-    """Wait until every target has exited (a zombie counts as exited); return the ones
-    still alive at the deadline. Uses pidfds, which become readable on exit."""
-    deadline = time.monotonic() + timeout
-    fds: dict[int, Identity] = {}
-    polled: list[Identity] = []  # no pidfd support: checked by re-reading /proc
-    try:
-        for target in targets:
-            try:
-                fd = _pidfd_open(target.pid)
-            except _NoPidfd:
-                polled.append(target)
-                continue
-            if fd is not None and identity_of(target.pid) == target:
-                fds[fd] = target
-            elif fd is not None:
-                os.close(fd)
-        _poll_until(fds, polled, deadline)
-        return [*fds.values(), *polled]
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-def _poll_until(fds: dict[int, Identity], polled: list[Identity], deadline: float) -> None:
-    """Remove from `fds`/`polled` every process that exits before `deadline`."""
-    poller = select.poll()
-    for fd in fds:
-        poller.register(fd, select.POLLIN)
-    while fds or polled:
-        polled[:] = [t for t in polled if identity_of(t.pid) == t]
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not (fds or polled):
-            return
-        wait = min(remaining, _FALLBACK_POLL_SECONDS) if polled else remaining
-        if not fds:
-            time.sleep(wait)
-            continue
-        for fd, _event in poller.poll(math.ceil(wait * 1000)):
-            poller.unregister(fd)
-            os.close(fd)
-            del fds[fd]
-
-
-# --- stopping one process --------------------------------------------------------------------
-
-
-def stop_process(identity: Identity, sig: int, timeout: float) -> StopResult:
-    """Stop ONE process (a foreign holder of our socket or port), not its group: `sig`,
-    wait up to `timeout`, then SIGKILL and wait again."""
-    result = StopResult()
-    if is_protected(identity.pid):
-        result.refused.append(identity.pid)
-        return result
-    if not signal_identity(identity, sig):
-        return result
-    result.signalled.append(identity.pid)
-    _continue([identity], sig)
-    if not _wait_gone([identity], timeout):
-        return result
-    if signal_identity(identity, signal.SIGKILL):
-        result.killed.append(identity.pid)
-    result.survivors = [t.pid for t in _wait_gone([identity], KILL_WAIT_SECONDS)]
-    return result
-
-
-def _continue(targets: Iterable[Identity], sig: int) -> None:
+def _continue(targets: Iterable[Identity], sig: int, pidfds: Pidfds) -> None:
     """A stopped process (SIGSTOP, ^Z) only acts on SIGTERM once continued, as systemd knows."""
     if sig not in (signal.SIGKILL, signal.SIGCONT):
         for target in targets:
-            signal_identity(target, signal.SIGCONT)
+            signal_identity(target, signal.SIGCONT, pidfds=pidfds)
 
 
-# --- stopping a session ----------------------------------------------------------------------
+# --- sessions --------------------------------------------------------------------------------
 
 
 def session_members(sid: int) -> list[ProcInfo]:
@@ -239,87 +137,24 @@ def session_still_ours(leader: Identity) -> bool:
     return stat is None or stat.starttime == leader.starttime_ticks
 
 
-def stop_session(leader: Identity, sig: int, timeout: float) -> StopResult:
-    """Stop a job we started in its own session: every process of that session, including
-    descendants that left the process group (setpgid, a shell's `&`) and processes that
-    ignore `sig`.
-
-    `sig` to every member, wait up to `timeout` for all to exit, then re-scan the session
-    (to catch children forked meanwhile) and SIGKILL whatever is left, in rounds, for up to
-    KILL_WAIT_SECONDS. Works whether the leader is still running, a zombie, or already
-    reaped: the session outlives its leader.
-
-    Residual risk: membership is decided by the session id in /proc/<pid>/stat. Linux does
-    not hand out a pid while it is still in use as a session (or group) id, so while any
-    member lives, no unrelated process can have `sid == leader.pid`; once the session is
-    empty the pid may be reused, which `session_still_ours` detects by the leader pid's
-    start time before every round. A descendant that called setsid() itself has left the
-    job for good and is not found here (as with systemd's scope-less services).
-    """
-    result = StopResult()
-    if not session_still_ours(leader):
-        return result
-    stat = procfs.read_stat(leader.pid)
-    if stat is not None and not stat.zombie and stat.session != leader.pid:
-        return stop_process(leader, sig, timeout)  # not a session leader: no session to sweep
-    members = _sweepable(leader.pid, result)
-    if not members:
-        return result  # empty (the common crash): no member is left to fork another
-    for member in members:
-        if signal_identity(member, sig):
-            result.signalled.append(member.pid)
-    _continue(members, sig)
-    _wait_gone(members, timeout)
-    result.killed, result.survivors = _kill_session(leader, result)
-    return result
-
-
-def _sweepable(sid: int, result: StopResult) -> list[Identity]:
-    """Members of the session that we may signal; protected ones are noted as refused."""
-    protected = self_and_ancestors()
-    members = []
-    for member in session_members(sid):
-        if member.pid in protected:
-            if member.pid not in result.refused:
-                result.refused.append(member.pid)
-        else:
-            members.append(member.identity)
-    return members
-
-
-def _kill_session(leader: Identity, result: StopResult) -> tuple[list[int], list[int]]:
-    """SIGKILL rounds until the session is empty or KILL_WAIT_SECONDS passed; a round
-    re-scans, so children forked by a dying member are caught too."""
-    deadline = time.monotonic() + KILL_WAIT_SECONDS
-    killed: set[int] = set()
-    while session_still_ours(leader):
-        members = _sweepable(leader.pid, result)
-        remaining = deadline - time.monotonic()
-        if not members or remaining <= 0:
-            return sorted(killed), [m.pid for m in members]
-        for member in members:
-            if signal_identity(member, signal.SIGKILL):
-                killed.add(member.pid)
-        _wait_gone(members, min(remaining, 1.0))
-    return sorted(killed), []
-
-
 # --- signalling without waiting (a pass never blocks on a stop) ------------------------------
 
 
-def signal_process(identity: Identity, sig: int) -> StopResult:
+def signal_process(identity: Identity, sig: int, *,
+                   pidfds: Pidfds = SYSTEM) -> StopResult:
     """Send `sig` to ONE verified process (a foreign holder of our resource) and return at
     once; the pass that sent it escalates in a later pass if it is still there."""
     result = StopResult()
     if is_protected(identity.pid):
         result.refused.append(identity.pid)
-    elif signal_identity(identity, sig):
+    elif signal_identity(identity, sig, pidfds=pidfds):
         result.signalled.append(identity.pid)
-        _continue([identity], sig)
+        _continue([identity], sig, pidfds)
     return result
 
 
-def signal_job(leader: Identity, members: Iterable[Identity], sig: int) -> StopResult:
+def signal_job(leader: Identity, members: Iterable[Identity], sig: int, *,
+               pidfds: Pidfds = SYSTEM) -> StopResult:
     """Send `sig` to every process of a job and return at once: its main process (`leader`,
     alive or not) and its `members` (the rest of its session and whatever carries its job
     id: host/members.job_processes, found for every stop of a pass in one walk just before).
@@ -333,8 +168,8 @@ def signal_job(leader: Identity, members: Iterable[Identity], sig: int) -> StopR
         if target.pid in protected:
             if target.pid not in result.refused:
                 result.refused.append(target.pid)
-        elif signal_identity(target, sig):
+        elif signal_identity(target, sig, pidfds=pidfds):
             result.signalled.append(target.pid)
-    _continue([targets[pid] for pid in result.signalled], sig)
+    _continue([targets[pid] for pid in result.signalled], sig, pidfds)
     return result
 

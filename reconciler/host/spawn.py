@@ -20,6 +20,7 @@ import errno
 import math
 import os
 import select
+import shlex
 import shutil
 import subprocess
 import threading
@@ -31,6 +32,7 @@ from reconciler.environment import DEFAULT_PATH
 from reconciler.files import make_private_dirs
 from reconciler.host import procfs
 from reconciler.host.limits import child_fd_limit
+from reconciler.host.pidfd import SYSTEM, NoPidfd, Pidfds
 from reconciler.identity import Identity
 from reconciler.observed import Exit
 
@@ -82,6 +84,38 @@ def _check_executable(argv0: str, cwd: str | None, env: Mapping[str, str]) -> No
         raise SpawnError(f"command not found: {argv0}")
 
 
+# What /bin/sh runs without looking it up on PATH (POSIX special and regular builtins, and the
+# reserved words): a string command starting with one of these is left to the shell.
+_SHELL_WORDS = frozenset((
+    "!", "{", "}", "case", "do", "done", "elif", "else", "esac", "fi", "for", "if", "in",
+    "then", "until", "while", "function", "select", "time",
+    ".", ":", "[", "alias", "bg", "break", "cd", "command", "continue", "echo", "eval", "exec",
+    "exit", "export", "false", "fc", "fg", "getopts", "hash", "jobs", "kill", "local",
+    "printf", "pwd", "read", "readonly", "return", "set", "shift", "test", "times", "trap",
+    "true", "type", "ulimit", "umask", "unalias", "unset", "wait"))
+# Operators and expansions that may make the shell run something other than (or more than)
+# the first word: then the string is left to the shell, as it always was.
+_SHELL_SYNTAX = frozenset("|&;<>()$`\\\n")
+_NOT_PLAIN = frozenset("=*?[~#{!")  # in the first word: an assignment, a glob, a comment...
+
+
+def _shell_program(argv: Sequence[str]) -> str | None:
+    """The program a string `cmd:` (run as `/bin/sh -c "<string>"`) starts, when the
+    string is a plain `program arg...`; None for anything the shell must interpret."""
+    if len(argv) != 3 or list(argv[:2]) != ["/bin/sh", "-c"]:
+        return None
+    script = argv[2]
+    if any(char in _SHELL_SYNTAX for char in script):
+        return None
+    try:
+        words = shlex.split(script)
+    except ValueError:  # unbalanced quotes: the shell reports that itself
+        return None
+    if not words or words[0] in _SHELL_WORDS or any(c in _NOT_PLAIN for c in words[0]):
+        return None
+    return words[0]
+
+
 def _spawn_error(err: OSError, argv: Sequence[str], cwd: str | None) -> SpawnError:
     """Turn the child's exec/chdir failure (re-raised in the parent by subprocess) into
     words an operator can act on."""
@@ -97,13 +131,6 @@ def _spawn_error(err: OSError, argv: Sequence[str], cwd: str | None) -> SpawnErr
     if isinstance(err, PermissionError):
         return SpawnError(f"permission denied: {argv[0]}")
     return SpawnError(f"cannot execute {argv[0]}: {err.strerror or err}")
-
-
-def open_pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (OSError, AttributeError):  # ENOSYS (kernel < 5.3), or no os.pidfd_open
-        return None
 
 
 class _Gate:
@@ -124,7 +151,8 @@ class _Gate:
 class Children:
     """Registry of the processes WE started and have not reaped yet. Thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, pidfds: Pidfds = SYSTEM) -> None:
+        self._pidfds = pidfds
         self._children: dict[int, _Child] = {}
         self._lock = threading.Lock()
         # For `reap`: the pidfds of all children in one poll object, and the children that
@@ -155,6 +183,9 @@ class Children:
         if cwd_str is not None and not os.path.isdir(cwd_str):
             raise SpawnError(f"working directory missing: {cwd_str}")
         _check_executable(argv[0], cwd_str, env)
+        program = _shell_program(argv)
+        if program is not None:  # as exec would fail for the list form, not as exit 127
+            _check_executable(program, cwd_str, env)
         log_fd = _open_log(os.fspath(log_path))
         try:
             gate_read, gate_write = os.pipe()  # both close-on-exec; the child gets gate_read
@@ -162,8 +193,8 @@ class Children:
             os.close(log_fd)
             raise SpawnError(f"cannot create the spawn gate: {err.strerror}") from err
         try:
-            gate = ["/bin/sh", "-c", _GATE, GATE_ARGV0, str(child_fd_limit())]
-            popen = subprocess.Popen([*gate, *argv], cwd=cwd_str,
+            gate_argv = ["/bin/sh", "-c", _GATE, GATE_ARGV0, str(child_fd_limit())]
+            popen = subprocess.Popen([*gate_argv, *argv], cwd=cwd_str,
                                      env=env, stdin=gate_read, stdout=log_fd,
                                      stderr=subprocess.STDOUT, start_new_session=True,
                                      close_fds=True)
@@ -189,7 +220,10 @@ class Children:
             popen.poll()
             raise SpawnError(f"{popen.args!r} exited and was reaped before it could be tracked")
         identity = Identity(procfs.read_boot_id(), popen.pid, stat.starttime)
-        pidfd = open_pidfd(popen.pid)
+        try:  # our unreaped child: its pid cannot be recycled, and a zombie is still it
+            pidfd = self._pidfds.open_verified(identity, zombie_ok=True)
+        except NoPidfd:
+            pidfd = None
         with self._lock:
             self._children[popen.pid] = _Child(popen, identity, pidfd)
             if pidfd is None:
@@ -213,12 +247,6 @@ class Children:
                 self._drop(pid)
         return exits
 
-    def forget(self, pid: int) -> None:
-        """Stop tracking `pid` (its exit code will not be reported). If it is still running,
-        subprocess reaps it later in the background, so it cannot linger as a zombie."""
-        with self._lock:
-            self._drop(pid)
-
     def _maybe_exited(self) -> list[int]:
         """Children whose pidfd is readable, and those without one: one poll() instead of a
         waitpid per child (a thousand syscalls a pass at a thousand jobs)."""
@@ -234,13 +262,9 @@ class Children:
             os.close(child.pidfd)
 
     def pids(self) -> frozenset[int]:
+        """The children not reaped yet (what a teardown must still kill)."""
         with self._lock:
             return frozenset(self._children)
-
-    def identity(self, pid: int) -> Identity | None:
-        with self._lock:
-            child = self._children.get(pid)
-            return child.identity if child else None
 
     def wait(self, timeout: float) -> bool:
         """Block up to `timeout` seconds until some own child has exited (it is not reaped

@@ -1,23 +1,26 @@
-"""PID ≤ 1, the controller itself and its ancestors are never signalled, whatever a record,
+"""PID <= 1, the controller itself and its ancestors are never signalled, whatever a record,
 a pidfile or a port holder says.
 
-In-process checks replace the kernel calls that deliver signals with recorders (so a
-regression cannot take the test runner or its parents down); the end-to-end check runs the
-controller in a sacrificial child process whose parent is sacrificial too, with real
-signals."""
+In-process checks pass a recording `Pidfds` (the seam everything that signals takes) that
+records the target of each signal and delivers nothing, so a regression cannot take the test
+runner or its parents down; each check runs both with pidfds and on the verify-then-kill
+path of a kernel without them. The end-to-end check runs the controller in a sacrificial
+child process whose parent is sacrificial too, with real signals."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from reconciler.host import procs
 from reconciler.host.identity import identity_of
+from reconciler.host.members import job_processes
+from reconciler.host.pidfd import Pidfds
 from reconciler.host.procfs import read_boot_id, read_stat
 from reconciler.identity import Identity
 from reconciler.settings import Settings
@@ -28,33 +31,33 @@ from tests.security.common import PY, SLEEPER, run_cli, write_spec
 REPO = str(Path(__file__).resolve().parents[2])
 
 
-class Recorder:
-    """Stands in for pidfd_send_signal / kill: records the target pid, delivers nothing."""
+class Recorder(Pidfds):
+    """Stands in for pidfd_send_signal / kill: records the target pid, delivers nothing.
+    With `pidfds=False` it is a kernel without pidfds (ENOSYS), so the kill path is used."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, *, pidfds: bool) -> None:
+        super().__init__(self._open)
+        self._pidfds = pidfds
         self.sent: list[tuple[int, int]] = []
         self._fds: dict[int, int] = {}
-        real_open = os.pidfd_open
 
-        def pidfd_open(pid: int, flags: int = 0) -> int:
-            fd = real_open(pid, flags)
-            self._fds[fd] = pid
-            return fd
+    def _open(self, pid: int) -> int:
+        if not self._pidfds:
+            raise OSError(errno.ENOSYS, "pidfd_open not implemented")
+        fd = os.pidfd_open(pid)
+        self._fds[fd] = pid
+        return fd
 
-        def pidfd_send_signal(fd: int, sig: int, *args: object) -> None:
-            self.sent.append((self._fds.get(fd, -999), sig))
+    def send_signal(self, fd: int, sig: int) -> None:
+        self.sent.append((self._fds.get(fd, -999), sig))
 
-        def kill(pid: int, sig: int) -> None:
-            self.sent.append((pid, sig))
-
-        monkeypatch.setattr(os, "pidfd_open", pidfd_open)
-        monkeypatch.setattr(signal, "pidfd_send_signal", pidfd_send_signal)
-        monkeypatch.setattr(os, "kill", kill)
+    def kill(self, pid: int, sig: int) -> None:
+        self.sent.append((pid, sig))
 
 
-@pytest.fixture
-def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
-    yield Recorder(monkeypatch)
+@pytest.fixture(params=[True, False], ids=["pidfd", "no-pidfd"])
+def recorder(request: pytest.FixtureRequest) -> Recorder:
+    return Recorder(pidfds=request.param)
 
 
 def ancestors() -> list[int]:
@@ -82,26 +85,36 @@ def test_recorder_sees_an_ordinary_signal(recorder: Recorder, foreign: Foreign) 
     """Control: the recorder does catch a signal the code may send."""
     proc = foreign.start(SLEEPER)
     ident = wait_for(lambda: identity_of(proc.pid), message="sleeper running")
-    assert procs.signal_identity(ident, signal.SIGTERM) is True
+    assert procs.signal_identity(ident, signal.SIGTERM, pidfds=recorder) is True
     assert recorder.sent == [(proc.pid, signal.SIGTERM)]
 
 
 def test_signal_identity_refuses_protected_pids(recorder: Recorder) -> None:
     for ident in protected_identities():
-        assert procs.signal_identity(ident, signal.SIGTERM) is False, ident
-        assert procs.signal_identity(ident, signal.SIGKILL) is False, ident
+        assert procs.signal_identity(ident, signal.SIGTERM, pidfds=recorder) is False, ident
+        assert procs.signal_identity(ident, signal.SIGKILL, pidfds=recorder) is False, ident
     assert recorder.sent == []
 
 
-def test_stop_process_refuses_protected_pids(recorder: Recorder) -> None:
+def test_signal_process_refuses_protected_pids(recorder: Recorder) -> None:
     for ident in protected_identities():
-        result = procs.stop_process(ident, signal.SIGTERM, 0.05)
-        assert result.signalled == [] and result.killed == [], ident
+        result = procs.signal_process(ident, signal.SIGTERM, pidfds=recorder)
+        assert result.signalled == [], ident
         assert ident.pid in result.refused
     assert recorder.sent == []
 
 
-def test_stop_session_refuses_our_session_and_our_ancestors(recorder: Recorder) -> None:
+def test_signal_job_refuses_protected_leaders_and_members(recorder: Recorder) -> None:
+    protected = protected_identities()
+    for leader in protected:
+        result = procs.signal_job(leader, protected, signal.SIGTERM, pidfds=recorder)
+        assert result.signalled == [], leader
+    assert recorder.sent == []
+
+
+def test_our_session_and_our_ancestors_are_never_a_job_session() -> None:
+    """A job's members are found by its session only while that session is provably still
+    the job's: never our own session, nor one led by a protected pid."""
     boot = read_boot_id()
     leaders = [*protected_identities()]
     own_sid = os.getsid(0)
@@ -109,29 +122,20 @@ def test_stop_session_refuses_our_session_and_our_ancestors(recorder: Recorder) 
     if stat is not None:
         leaders.append(Identity(boot, own_sid, stat.starttime))
     for leader in leaders:
-        result = procs.stop_session(leader, signal.SIGTERM, 0.05)
-        assert result.signalled == [] and result.killed == [], leader
-    assert recorder.sent == []
+        assert not procs.session_still_ours(leader), leader
+        assert job_processes({"job": leader}) == {}, leader
 
 
-def test_session_sweep_skips_a_protected_member(recorder: Recorder, foreign: Foreign,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """A session of ours that (somehow) contains the controller: the others are signalled,
-    the controller is not. Simulated by treating the sleeper's session as containing us."""
+def test_a_job_that_lists_the_controller_gets_it_refused(recorder: Recorder,
+                                                         foreign: Foreign) -> None:
+    """A job whose members (somehow) include the controller: the others are signalled, the
+    controller is not."""
     proc = foreign.start(SLEEPER)
     leader = wait_for(lambda: identity_of(proc.pid), message="leader running")
     me = identity_of(os.getpid())
     assert me is not None
-    real_members = procs.session_members
-
-    def members(sid: int) -> list[object]:
-        found = list(real_members(sid))
-        mine = procs.proc_info(os.getpid())
-        return [*found, mine] if sid == leader.pid and mine is not None else found
-
-    monkeypatch.setattr(procs, "session_members", members)
-    result = procs.stop_session(leader, signal.SIGTERM, 0.05)
-    assert os.getpid() in result.refused
+    result = procs.signal_job(leader, [leader, me], signal.SIGTERM, pidfds=recorder)
+    assert result.refused == [os.getpid()]
     assert all(pid != os.getpid() for pid, _ in recorder.sent)
     assert (proc.pid, signal.SIGTERM) in recorder.sent
 

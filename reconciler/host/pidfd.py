@@ -1,0 +1,119 @@
+"""The one place that opens pidfds, and the rule that makes signalling a pid safe.
+
+**Open first, verify second.** A pid names a process only until it is reaped; then the
+kernel may hand the number to a stranger. A pidfd pins one exact process for as long as it is
+open. So every pidfd for an `Identity` (boot id, pid, start time) is opened *before* the
+identity is checked against /proc, and the check is made while the fd is held:
+
+* recycled before the open: the check sees the new process's start time, and we refuse;
+* recycled after the open: the fd still names the old process, which has exited (a signal
+  through it fails with ESRCH; polling it reports the exit).
+
+There is no window in which a stranger is signalled or watched. Checking first and opening
+second would leave exactly that window; nothing here does it.
+
+Where the kernel has no pidfds (Linux < 5.3: ENOSYS) or a sandbox forbids them (seccomp:
+EPERM), `Pidfds.supported()` says so, decided once by probing ourselves (trio's
+`can_try_pidfd_open`). Callers then fall back to checking /proc right before they act: a
+window of microseconds for a signal, polling for exit detection. A single open that fails
+for want of resources (EMFILE, ENFILE, ENOMEM) gets the same fallback for that call only;
+nothing is remembered from it. ESRCH (and EINVAL: not a thread-group leader) means the
+process is gone.
+
+`Pidfds` is also the seam: everything that opens a pidfd or delivers a signal takes one
+(the real `SYSTEM` by default), so tests pass a recorder instead of patching modules.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from collections.abc import Callable
+
+from reconciler.host import procfs
+from reconciler.identity import Identity
+
+_UNSUPPORTED = (errno.ENOSYS, errno.EPERM)  # no pidfds in this kernel, or seccomp says no
+_GONE = (errno.ESRCH, errno.EINVAL)  # no such process, or not a thread-group leader
+
+
+class NoPidfd(Exception):
+    """No pidfd for this call: the kernel or sandbox has none, or none could be opened now.
+    The caller falls back to checking /proc right before it acts."""
+
+
+def _system_open(pid: int) -> int:
+    if not hasattr(os, "pidfd_open"):  # a Python built without it
+        raise OSError(errno.ENOSYS, "os.pidfd_open is not available")
+    return os.pidfd_open(pid)
+
+
+class Pidfds:
+    """Opens pidfds (through `open_fd`, with `os.pidfd_open`'s contract: an fd, or OSError)
+    and delivers signals. The defaults are the kernel's; a test passes its own."""
+
+    def __init__(self, open_fd: Callable[[int], int] = _system_open) -> None:
+        self._open_fd = open_fd
+        self._supported: bool | None = None  # decided by the first probe
+
+    def supported(self) -> bool:
+        """Whether this kernel (and sandbox) has pidfds at all, decided once by opening one
+        for ourselves. Only ENOSYS and EPERM mean no; any other error leaves it undecided."""
+        if self._supported is None:
+            try:
+                os.close(self._open_fd(os.getpid()))
+            except OSError as err:
+                if err.errno not in _UNSUPPORTED:
+                    return True  # e.g. EMFILE: the kernel has them; try again per call
+                self._supported = False
+            else:
+                self._supported = True
+        return self._supported
+
+    def open(self, pid: int) -> int | None:
+        """A pidfd for whatever process `pid` is now (verify before trusting it, see the
+        module docstring), or None if there is none. Raises NoPidfd (see there)."""
+        if not self.supported():
+            raise NoPidfd
+        try:
+            return self._open_fd(pid)
+        except OSError as err:
+            if err.errno in _GONE:
+                return None
+            raise NoPidfd(f"pid {pid}: {err.strerror}") from err
+
+    def open_verified(self, identity: Identity, *, zombie_ok: bool = False) -> int | None:
+        """A pidfd that provably names the process `identity` names, else None (gone,
+        recycled, from another boot, or a zombie unless `zombie_ok`). Raises NoPidfd.
+        The caller owns the fd and closes it."""
+        if identity.boot_id != procfs.read_boot_id():
+            return None
+        fd = self.open(identity.pid)
+        if fd is None:
+            return None
+        stat = procfs.read_stat(identity.pid)  # AFTER the open: see the module docstring
+        if (stat is not None and stat.starttime == identity.starttime_ticks
+                and (zombie_ok or not stat.zombie)):
+            return fd
+        os.close(fd)
+        return None
+
+    def try_open(self, pid: int) -> int | None:
+        """A pidfd, or None for whatever reason, for callers whose fallback is the same
+        either way (a cache that then just re-reads /proc)."""
+        try:
+            return self.open(pid)
+        except NoPidfd:
+            return None
+
+    def send_signal(self, fd: int, sig: int) -> None:
+        """Deliver `sig` through a verified pidfd. ProcessLookupError if it has exited."""
+        signal.pidfd_send_signal(fd, sig)
+
+    def kill(self, pid: int, sig: int) -> None:
+        """The fallback without pidfds: only right after verifying `pid`'s identity."""
+        os.kill(pid, sig)
+
+
+SYSTEM = Pidfds()  # the kernel's pidfds; the default everywhere
