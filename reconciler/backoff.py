@@ -1,5 +1,10 @@
 """How long to wait before the next attempt: pure arithmetic, shared by plan and execute.
 
+The sequence (docs/lifecycle.md, "Restarts and backoff", pinned by tests/test_backoff.py):
+a process's first failure in a row restarts at once, as systemd's `Restart=` does, so a
+service that crashes once is healed immediately; the n-th waits initial × factor^(n−2). A
+failed one-shot, or a start that must wait, waits initial × factor^(n−1) from the first.
+
 Jitter is derived from a hash of the job id and the attempt number instead of a random
 generator, so `plan` stays a pure function (same input, same steps) while many jobs that
 crash together still spread their restarts out.
@@ -15,12 +20,8 @@ JITTER = 0.2
 
 
 def restart_delay(consecutive_failures: int, backoff: Backoff, job_id: str) -> float:
-    """Seconds to wait before restarting after `consecutive_failures` failures in a row.
-
-    The first failure restarts at once (a process that ran fine for a long time and crashed
-    once should be back immediately); each further one waits initial × factor^(n−2), capped at
-    `max`, with ±20 % jitter.
-    """
+    """Seconds to wait before restarting a process after `consecutive_failures` failures in
+    a row: 0 for the first, then `restart_base`, with ±20 % jitter."""
     if consecutive_failures <= 1:
         return 0.0
     return retry_delay(consecutive_failures - 1, backoff, job_id)
@@ -28,9 +29,20 @@ def restart_delay(consecutive_failures: int, backoff: Backoff, job_id: str) -> f
 
 def retry_delay(attempt: int, backoff: Backoff, job_id: str) -> float:
     """Seconds before retry number `attempt` (1-based) of something that must wait each time,
-    such as a blocked start or a failed one-shot."""
-    capped = _grown(backoff.initial, backoff.factor, max(attempt - 1, 0), backoff.max)
-    return capped * (1.0 + JITTER * _unit_jitter(job_id, attempt))
+    such as a blocked start or a failed one-shot: `retry_base` with ±20 % jitter."""
+    return retry_base(attempt, backoff) * (1.0 + JITTER * _unit_jitter(job_id, attempt))
+
+
+def restart_base(consecutive_failures: int, backoff: Backoff) -> float:
+    """`restart_delay` before jitter: 0, then initial × factor^(n−2), capped at max."""
+    if consecutive_failures <= 1:
+        return 0.0
+    return retry_base(consecutive_failures - 1, backoff)
+
+
+def retry_base(attempt: int, backoff: Backoff) -> float:
+    """`retry_delay` before jitter: initial × factor^(attempt−1), capped at max."""
+    return _grown(backoff.initial, backoff.factor, max(attempt - 1, 0), backoff.max)
 
 
 def _grown(initial: float, factor: float, times: int, cap: float) -> float:

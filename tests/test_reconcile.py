@@ -486,7 +486,7 @@ def test_a_running_controller_sees_what_a_crashed_concurrent_pass_enrolled(
 def test_schema_is_json_schema_for_editors(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
-    assert schema["$schema"].startswith("http://json-schema.org/draft-07")
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert "actions" in schema["properties"]
 
 

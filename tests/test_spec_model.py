@@ -333,7 +333,7 @@ def test_generation_of_process_flag() -> None:
 
 def test_json_schema_for_editors() -> None:
     schema = spec_json_schema()
-    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["title"]
     assert {"name", "description", "actions"} <= set(schema["properties"])
     assert {"name", "actions"} <= set(schema["required"])

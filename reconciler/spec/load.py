@@ -879,7 +879,7 @@ def _describe(err: Any) -> str:
         size = ctx.get("min_length", 1)
         return "must not be empty" if size == 1 else f"needs at least {size} items"
     if kind == "string_pattern_mismatch":
-        template = _PATTERN_HELP.get(ctx.get("pattern"), "must match {pattern}")
+        template = _PATTERN_HELP.get(str(ctx.get("pattern")), "must match {pattern}")
         return template.replace("{input}", _short(str(err.get("input")))).replace(
             "{pattern}", str(ctx.get("pattern")))
     if kind in _TEMPLATES:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -26,14 +28,19 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     PlainSerializer,
+    StrictBool,
     StringConstraints,
     Tag,
     ValidationInfo,
     WithJsonSchema,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic.config import JsonDict
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
 
 from reconciler.spec.units import (
     DURATION_PATTERN,
@@ -53,7 +60,8 @@ PROBE_KINDS = ("tcp", "unix", "http", "exec")
 # A one-shot runs and exits: it holds no pidfile, socket or port between passes, so these
 # keys on a one-shot are a misunderstanding worth reporting, not something to ignore.
 PROCESS_ONLY = ("singleton", "pidfile", "sockets", "tcp_ports", "kill_others")
-JSON_SCHEMA_DRAFT = "http://json-schema.org/draft-07/schema#"
+# What pydantic emits (`$defs`, `prefixItems`) and what editors speak: JSON Schema 2020-12.
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 # Bounds (docs/spec.md explains each). Generous for any real service, small enough that no
 # value can make a pass, a rotation or a validation run for minutes, or fill memory.
@@ -97,34 +105,68 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
 
 
 # --- scalar types ---------------------------------------------------------------------------
+#
+# One source of truth: each type below is what the loader checks *and* what the JSON Schema
+# says. Where a check is a Python function, the schema gets the same rule as a pattern (and
+# the function tests that very pattern with Python's `re`, the engine `jsonschema` uses too),
+# or, for a range that a string pattern cannot carry (durations, sizes), in words in its
+# `description`. tests/test_spec_schema.py holds the two to the same verdicts.
 
-def _reject_bool(value: Any) -> Any:
-    """pydantic's lax mode turns `true` into 1; in a spec that is always a mistake."""
+NO_NUL_PATTERN = r"^[^\u0000]*$"
+# Something besides whitespace (what `str.strip` removes is what `\s` matches), and no NUL.
+NOT_BLANK_PATTERN = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+
+
+@dataclass(frozen=True)
+class SchemaExtra:
+    """Annotation metadata that adds keywords to a type's JSON Schema and nothing to its
+    validation: for rules the type's own validator already enforces (a NUL-free string, a
+    port listed once) that pydantic cannot derive from a Python function."""
+
+    keywords: Mapping[str, Any] = field(hash=False)  # typing hashes Annotated metadata
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema.update(self.keywords)
+        return json_schema
+
+
+def _plain_number(value: Any) -> Any:
+    """pydantic's lax mode turns `true` into 1 and `"5"` into 5; in a spec both are mistakes
+    (and the JSON Schema, where a number is a number, refuses them too)."""
     if isinstance(value, bool):
         raise spec_error("must be a number, not true/false")
+    if isinstance(value, str):
+        raise spec_error("must be a number, not a string (remove the quotes)")
     return value
 
 
 def _no_nul(value: str) -> str:
-    if "\x00" in value:
+    if not re.search(NO_NUL_PATTERN, value):
         raise spec_error("must not contain a NUL character")
     return value
 
 
 def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise spec_error("must not be empty")
+    if not re.search(NOT_BLANK_PATTERN, value):
+        raise spec_error("must not be empty" if "\x00" not in value
+                         else "must not contain a NUL character")
     return value
 
 
 # Constraints go before the validators: pydantic then folds them into the schema
-# (`minimum`, `maximum`) instead of leaking raw `ge`/`le` keys into the JSON Schema.
-Port = Annotated[int, Field(ge=1, le=65535), BeforeValidator(_reject_bool)]
-Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(_no_nul)]
-PathText = Annotated[str, StringConstraints(max_length=MAX_PATH), AfterValidator(_no_nul),
-                     AfterValidator(_not_blank)]
+# (`minimum`, `maximum`) instead of leaking raw `ge`/`le` keys into the JSON Schema. An
+# integer field takes 5.0 as 5 (as JSON Schema's `integer` does) and refuses 5.5 and "5".
+Port = Annotated[int, Field(ge=1, le=65535), BeforeValidator(_plain_number)]
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(_no_nul),
+                 SchemaExtra({"pattern": NO_NUL_PATTERN})]
+NonBlankText = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(_not_blank),
+                         SchemaExtra({"pattern": NOT_BLANK_PATTERN})]
+PathText = Annotated[str, StringConstraints(max_length=MAX_PATH), AfterValidator(_not_blank),
+                     SchemaExtra({"pattern": NOT_BLANK_PATTERN})]
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=MAX_NAME)]
-
+Flag = StrictBool  # `process: "yes"` or `1` is not a boolean, in the loader as in the schema
 
 ENROLLMENT_SUFFIX = ".enroll.json"  # reconciler.state.enrollment.SUFFIX, kept import-free
 
@@ -203,57 +245,99 @@ def _between(low: float, high: float, show: Callable[[Any], str]) -> Callable[[A
     return check
 
 
-def duration_between(low: float, high: float) -> Any:
-    """A duration type bounded to [low, high]; the schema says the range in words because
-    a duration is a string there, which `minimum`/`maximum` cannot express."""
-    return Annotated[
-        float,
-        BeforeValidator(_duration_input),
-        AfterValidator(_between(low, high, format_duration)),
-        PlainSerializer(format_duration, return_type=str),
-        WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN,
-                        "description": f"a duration from {format_duration(low)} "
-                                       f"to {format_duration(high)}",
-                        "examples": ["250ms", "5s", "2m", "1m30s"]}),
-    ]
+@dataclass(frozen=True)
+class DurationBetween:
+    """`Annotated[float, DurationBetween(1, 60)]`: a duration string ('1m30s') read as
+    seconds, bounded to [low, high], written back as a string. The schema says the range in
+    words because a duration is a string there, which `minimum`/`maximum` cannot express."""
+
+    low: float
+    high: float
+
+    def __get_pydantic_core_schema__(self, source: Any,
+                                     handler: GetCoreSchemaHandler) -> CoreSchema:
+        low, high = format_duration(self.low), format_duration(self.high)
+        return handler.generate_schema(Annotated[
+            float,
+            BeforeValidator(_duration_input),
+            AfterValidator(_between(self.low, self.high, format_duration)),
+            PlainSerializer(format_duration, return_type=str),
+            WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN,
+                            "description": f"a duration from {low} to {high}",
+                            "examples": ["250ms", "5s", "2m", "1m30s"]}),
+        ])
 
 
-def size_between(low: int, high: int) -> Any:
-    return Annotated[
-        int,
-        BeforeValidator(_size_input),
-        AfterValidator(_between(low, high, lambda n: format_size(int(n)))),
-        PlainSerializer(format_size, return_type=str),
-        WithJsonSchema({"type": "string", "pattern": SIZE_PATTERN,
-                        "description": f"a size from {format_size(low)} to {format_size(high)}",
-                        "examples": ["512KiB", "10MiB"]}),
-    ]
+@dataclass(frozen=True)
+class SizeBetween:
+    """`Annotated[int, SizeBetween(4096, 2**30)]`: a size string ('10MiB') read as bytes,
+    bounded to [low, high], written back as a string (the range in words, as for durations)."""
+
+    low: int
+    high: int
+
+    def __get_pydantic_core_schema__(self, source: Any,
+                                     handler: GetCoreSchemaHandler) -> CoreSchema:
+        low, high = format_size(self.low), format_size(self.high)
+        return handler.generate_schema(Annotated[
+            int,
+            BeforeValidator(_size_input),
+            AfterValidator(_between(self.low, self.high, lambda n: format_size(int(n)))),
+            PlainSerializer(format_size, return_type=str),
+            WithJsonSchema({"type": "string", "pattern": SIZE_PATTERN,
+                            "description": f"a size from {low} to {high}",
+                            "examples": ["512KiB", "10MiB"]}),
+        ])
+
+
+# Every name Python knows, aliases included (SIGIOT = SIGABRT): the loader accepts them all.
+_SIGNAL_NAMES = sorted(signal.Signals.__members__)
+_SIGNAL_NUMBERS = sorted({int(s) for s in signal.Signals})
+
+
+def _any_case(word: str) -> str:
+    """`TERM` -> `[Tt][Ee][Rr][Mm]`: JSON Schema patterns have no case-insensitive flag."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+# `SIGTERM`, `TERM`, `term`, ` Term `: a name in any case, with or without `SIG`. Longest
+# first, so that no name stops the alternation at a shorter name that is its prefix.
+SIGNAL_PATTERN = (r"^\s*(?:[Ss][Ii][Gg])?(?:"
+                  + "|".join(_any_case(name.removeprefix("SIG"))
+                             for name in sorted(_SIGNAL_NAMES, key=len, reverse=True))
+                  + r")\s*$")
 
 
 def _signal_name(value: Any) -> str:
     """Accept `SIGTERM`, `TERM`, `term` or 15; store the canonical name (`SIGTERM`)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON Schema's `integer` takes 15.0 too
     if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return signal.Signals(value).name
-        except ValueError:
-            raise spec_error(f"unknown signal number {value}") from None
+        if value not in _SIGNAL_NUMBERS:
+            raise spec_error(f"unknown signal number {value}")
+        return signal.Signals(value).name
     if not isinstance(value, str):
-        raise spec_error("must be a signal name such as SIGTERM")
+        raise spec_error("must be a signal name such as SIGTERM, or its number")
     name = value.strip().upper()
     name = name if name.startswith("SIG") else f"SIG{name}"
-    try:
-        return signal.Signals[name].name
-    except KeyError:
-        hint = did_you_mean(name, [s.name for s in signal.Signals])
-        raise spec_error(f"unknown signal '{value}'{hint}") from None
+    if not re.search(SIGNAL_PATTERN, value):
+        hint = did_you_mean(name, _SIGNAL_NAMES)
+        raise spec_error(f"unknown signal '{value}'{hint}")
+    return signal.Signals[name].name
 
 
-_SIGNAL_NAMES = sorted({s.name for s in signal.Signals})
 SignalName = Annotated[
     str,
     BeforeValidator(_signal_name),
-    WithJsonSchema({"type": "string",
-                    "enum": _SIGNAL_NAMES + [n.removeprefix("SIG") for n in _SIGNAL_NAMES]}),
+    WithJsonSchema({
+        "anyOf": [
+            {"type": "string", "pattern": SIGNAL_PATTERN,
+             "examples": ["SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGKILL"]},
+            {"type": "integer", "enum": _SIGNAL_NUMBERS},
+        ],
+        "description": "a signal name in any case, with or without SIG (SIGTERM, TERM, term), "
+                       "or its number (15)",
+    }),
 ]
 
 
@@ -272,7 +356,10 @@ EnvValue = Annotated[
     BeforeValidator(_env_value),
     StringConstraints(max_length=MAX_TEXT),
     AfterValidator(_no_nul),
-    WithJsonSchema({"type": ["string", "number"]}),
+    WithJsonSchema({"anyOf": [
+        {"type": "string", "maxLength": MAX_TEXT, "pattern": NO_NUL_PATTERN},
+        {"type": "number"},
+    ]}),
 ]
 
 
@@ -287,15 +374,16 @@ def _command_kind(value: Any) -> str | None:
 
 
 def _program_given(argv: list[str]) -> list[str]:
-    if not argv[0].strip():
+    if not re.search(NOT_BLANK_PATTERN, argv[0]):
         raise spec_error("the program (first item) must not be empty", at=(0,))
     return argv
 
 
 Command = Annotated[
     Annotated[list[Text], Field(min_length=1, max_length=MAX_ARGV),
-              AfterValidator(_program_given), Tag("argv")]
-    | Annotated[Text, AfterValidator(_not_blank), Tag("shell")],
+              AfterValidator(_program_given), Tag("argv"),
+              SchemaExtra({"prefixItems": [{"pattern": NOT_BLANK_PATTERN}]})]
+    | Annotated[NonBlankText, Tag("shell")],
     Discriminator(
         _command_kind,
         custom_error_type="command_type",
@@ -317,14 +405,16 @@ class _Spec(BaseModel):
 
 
 class Backoff(_Spec):
-    """Delays between restarts of a failing action: initial × factor^(n−1), capped at max."""
+    """Delays between restarts of a failing action (reconciler.backoff, docs/lifecycle.md):
+    the first failure restarts at once, the n-th in a row waits initial × factor^(n−2),
+    capped at max."""
 
-    initial: duration_between(MIN_BACKOFF, MAX_BACKOFF) = 0.2  # type: ignore[valid-type]
-    max: duration_between(MIN_BACKOFF, MAX_BACKOFF) = 30.0  # type: ignore[valid-type]
-    factor: Annotated[float, Field(ge=1, le=MAX_FACTOR), BeforeValidator(_reject_bool)] = 2.0
+    initial: Annotated[float, DurationBetween(MIN_BACKOFF, MAX_BACKOFF)] = 0.2
+    max: Annotated[float, DurationBetween(MIN_BACKOFF, MAX_BACKOFF)] = 30.0
+    factor: Annotated[float, Field(ge=1, le=MAX_FACTOR), BeforeValidator(_plain_number)] = 2.0
     # ≥ 1s: with 0 every crash counts as a first failure, restarted at once, which is no
     # backoff at all (thousands of starts a minute).
-    reset_after: duration_between(MIN_RESET_AFTER, MAX_RESET_AFTER) = 30.0  # type: ignore[valid-type]
+    reset_after: Annotated[float, DurationBetween(MIN_RESET_AFTER, MAX_RESET_AFTER)] = 30.0
 
     @model_validator(mode="after")
     def _max_not_below_initial(self) -> Backoff:
@@ -337,23 +427,23 @@ class StopSpec(_Spec):
     """How to stop: this signal to the process group, then SIGKILL after timeout."""
 
     signal: SignalName = "SIGTERM"
-    timeout: duration_between(0.0, MAX_STOP_TIMEOUT) = 10.0  # type: ignore[valid-type]
+    timeout: Annotated[float, DurationBetween(0.0, MAX_STOP_TIMEOUT)] = 10.0
 
 
 class LogsSpec(_Spec):
     """Log rotation: `<action>.log` plus `keep` previous runs."""
 
-    keep: Annotated[int, Field(ge=0, le=MAX_KEEP), BeforeValidator(_reject_bool)] = 5
-    max_size: size_between(MIN_LOG_SIZE, MAX_LOG_SIZE) = 10 * 1024 * 1024  # type: ignore[valid-type]
+    keep: Annotated[int, Field(ge=0, le=MAX_KEEP), BeforeValidator(_plain_number)] = 5
+    max_size: Annotated[int, SizeBetween(MIN_LOG_SIZE, MAX_LOG_SIZE)] = 10 * 1024 * 1024
 
 
 class _Probe(_Spec):
     kind: ClassVar[str]
 
-    interval: duration_between(MIN_PROBE, MAX_PROBE) = 2.0  # type: ignore[valid-type]
-    timeout: duration_between(MIN_PROBE, MAX_PROBE) = 1.0  # type: ignore[valid-type]
-    failures: Annotated[int, Field(ge=1, le=MAX_FAILURES), BeforeValidator(_reject_bool)] = 3
-    start_period: duration_between(0.0, MAX_START_PERIOD) = 0.0  # type: ignore[valid-type]
+    interval: Annotated[float, DurationBetween(MIN_PROBE, MAX_PROBE)] = 2.0
+    timeout: Annotated[float, DurationBetween(MIN_PROBE, MAX_PROBE)] = 1.0
+    failures: Annotated[int, Field(ge=1, le=MAX_FAILURES), BeforeValidator(_plain_number)] = 3
+    start_period: Annotated[float, DurationBetween(0.0, MAX_START_PERIOD)] = 0.0
 
 
 class TcpHealth(_Probe):
@@ -370,9 +460,22 @@ class UnixHealth(_Probe):
     unix: RunPath
 
 
+# `http://` (any case, as urlsplit reads it), an optional user, a host name or a bracketed
+# IPv6 address, an optional port up to 65535, then a path, query or fragment. No whitespace
+# anywhere (urlsplit would quietly drop some of it). https is refused: the probe speaks
+# plain HTTP to a local service.
+_PORT_NUMBER = (r"0*(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}"
+                r"|[1-5][0-9]{4}|[0-9]{1,4})")
+HTTP_URL_PATTERN = (r"^[Hh][Tt][Tt][Pp]://(?:[^\s/?#@]*@)?"
+                    r"(?:\[[0-9A-Fa-f:.]+\]|[^\s/?#@:\[\]]+)"
+                    rf"(?::(?:{_PORT_NUMBER})?)?(?:[/?#]\S*)?$")
+
+
 def _http_url(url: str) -> str:
     message = "must be an http:// URL such as http://127.0.0.1:8080/health (no https)"
-    try:
+    if not re.search(HTTP_URL_PATTERN, url):
+        raise spec_error(message)
+    try:  # the probe takes the URL apart with urlsplit: it must agree
         parts = urlsplit(url)
         _ = parts.port  # raises on a malformed port
     except ValueError:
@@ -386,7 +489,9 @@ class HttpHealth(_Probe):
     """Healthy when GET <http> answers 2xx."""
 
     kind: ClassVar[str] = "http"
-    http: Annotated[str, StringConstraints(max_length=MAX_URL), AfterValidator(_http_url)]
+    http: Annotated[str, StringConstraints(max_length=MAX_URL), AfterValidator(_http_url),
+                    SchemaExtra({"pattern": HTTP_URL_PATTERN,
+                                 "examples": ["http://127.0.0.1:8080/health"]})]
 
 
 class ExecHealth(_Probe):
@@ -448,22 +553,42 @@ def _unique_ports(ports: list[int]) -> list[int]:
 RestartPolicy = Literal["always", "on-failure", "never"]
 
 
+# What `_process_only_fields` allows on a one-shot, as JSON Schema: each process-only key
+# absent or empty. tests/test_spec_schema.py checks that this covers PROCESS_ONLY and health.
+_ONE_SHOT_VALUES: JsonDict = {
+    "singleton": {"const": False}, "pidfile": {"type": "null"}, "sockets": {"maxItems": 0},
+    "tcp_ports": {"maxItems": 0}, "kill_others": {"const": False}, "health": {"type": "null"},
+}
+_ONE_SHOT_RULE: JsonDict = {
+    "if": {"properties": {"process": {"const": True}}, "required": ["process"]},
+    "else": {"properties": _ONE_SHOT_VALUES},
+}
+
+
 class Action(_Spec):
     """One thing to keep done: a long-running process, or a one-shot that must exit 0."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_ONE_SHOT_RULE)
+
     name: Name
     cmd: Command
-    process: bool = False
-    after: Annotated[list[Annotated[str, StringConstraints(max_length=MAX_NAME)]],
+    process: Flag = False
+    # Not `Name`: an unknown target gets "unknown action 'x' (did you mean …)", a better
+    # message than the name rule; only a valid name can be a known one, so the schema says so.
+    after: Annotated[list[Annotated[str, StringConstraints(max_length=MAX_NAME),
+                                    SchemaExtra({"pattern": NAME_PATTERN})]],
                      Field(max_length=MAX_AFTER)] = []
     cwd: PathText | None = None
-    env: Annotated[dict[EnvName, EnvValue], Field(max_length=MAX_ENV)] = {}
-    singleton: bool = False
+    # pydantic puts the name rule in `patternProperties`, which lets other names through.
+    env: Annotated[dict[EnvName, EnvValue], Field(max_length=MAX_ENV),
+                   SchemaExtra({"propertyNames": {"pattern": ENV_NAME_PATTERN,
+                                                  "maxLength": MAX_ENV_NAME}})] = {}
+    singleton: Flag = False
     pidfile: RunPath | None = None
     sockets: Annotated[list[RunPath], Field(max_length=MAX_SOCKETS)] = []
     tcp_ports: Annotated[list[Port], Field(max_length=MAX_PORTS),
-                         AfterValidator(_unique_ports)] = []
-    kill_others: bool = False
+                         AfterValidator(_unique_ports), SchemaExtra({"uniqueItems": True})] = []
+    kill_others: Flag = False
     restart: RestartPolicy | None = None
     backoff: Backoff = Backoff()
     stop: StopSpec = StopSpec()
@@ -481,10 +606,10 @@ class Action(_Spec):
         if self.health is not None:
             raise spec_error("only process actions can have a health check "
                              "(add process: true)", at=("health",))
-        for field in PROCESS_ONLY:
-            if getattr(self, field):
-                raise spec_error(f"only process actions can set {field} (add process: true); "
-                                 "a one-shot owns no resources", at=(field,))
+        for key in PROCESS_ONLY:
+            if getattr(self, key):
+                raise spec_error(f"only process actions can set {key} (add process: true); "
+                                 "a one-shot owns no resources", at=(key,))
         return self
 
     @property
@@ -585,11 +710,13 @@ def _report_cycle(actions: list[Action], pending: Any) -> None:
 
 
 def spec_json_schema() -> dict[str, Any]:
-    """Schema for editors (`# yaml-language-server: $schema=…`)."""
+    """Schema of one spec document, for editors (`# yaml-language-server: $schema=…`) and
+    other tools: generated from the models the loader validates with, so the two agree
+    (tests/test_spec_schema.py). What only the loader can check is listed in docs/spec.md."""
     schema = Service.model_json_schema()
     schema.pop("title", None)
     _defaults_as_written(schema)
-    return {"$schema": JSON_SCHEMA_DRAFT, "title": "reconciler service spec", **schema}
+    return {"$schema": JSON_SCHEMA_DIALECT, "title": "reconciler service spec", **schema}
 
 
 def _defaults_as_written(node: Any) -> None:

@@ -17,7 +17,8 @@ SIZE_UNITS: dict[str, int] = {
     "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
 }
 
-_NUMBER = r"(?:\d+(?:\.\d+)?|\.\d+)"
+# ASCII digits only: `\d` would also take "٣", which a JSON Schema pattern (ECMA-262) does not.
+_NUMBER = r"(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)"
 DURATION_PATTERN = rf"^\s*(?:{_NUMBER}(?:ms|s|m|h|d))+\s*$"
 SIZE_PATTERN = rf"^\s*{_NUMBER}\s*(?:B|KiB|MiB|GiB|TiB|kB|KB|MB|GB|TB)\s*$"
 
