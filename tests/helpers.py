@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from reconciler.host import procfs
+from reconciler.host.identity import proc_info
 from reconciler.host.sockets import inspect_unix_sockets
-from reconciler.observed import SocketState
+from reconciler.host.spawn import JOB_ID_VAR
+from reconciler.identity import Identity
+from reconciler.observed import ProcInfo, SocketState
 
 T = TypeVar("T")
 
@@ -35,3 +39,32 @@ def cmdline(pid: int) -> tuple[str, ...]:
 def socket_state(path: str, candidates: Iterable[int] = ()) -> SocketState:
     """The state of one socket path (`inspect_unix_sockets` of just that path)."""
     return inspect_unix_sockets([path], candidates)[path]
+
+
+def marked_processes(job_id: str) -> list[ProcInfo]:
+    """Every live process whose environment carries RECONCILER_JOB_ID=job_id, by pid: what a
+    test asserts on or cleans up (the controller finds them with `members.job_processes`)."""
+    found = []
+    for pid in procfs.iter_pids():
+        snapshot = procfs.read_process_environ(pid, JOB_ID_VAR)
+        if snapshot is None or snapshot[0].zombie or snapshot[2] != job_id:
+            continue
+        stat, argv, _ = snapshot
+        found.append(ProcInfo(Identity(procfs.read_boot_id(), pid, stat.starttime), argv,
+                              stat.session, stat.pgrp))
+    return sorted(found, key=lambda p: p.pid)
+
+
+def session_members(sid: int) -> list[ProcInfo]:
+    """Live (non-zombie) processes in session `sid`."""
+    members = []
+    for pid in procfs.iter_pids():
+        try:
+            if sid <= 0 or os.getsid(pid) != sid:
+                continue
+        except OSError:
+            continue
+        info = proc_info(pid)
+        if info is not None and info.session == sid:
+            members.append(info)
+    return members

@@ -14,9 +14,11 @@ import pytest
 from reconciler.environment import minimal_env
 from reconciler.host import procfs
 from reconciler.host.identity import identity_of
-from reconciler.host.members import job_members, scan_members
+from reconciler.host.members import job_processes
 from reconciler.host.spawn import Children
-from tests.helpers import wait_for
+from reconciler.identity import Identity
+from reconciler.observed import ProcInfo
+from tests.helpers import marked_processes, wait_for
 
 # fork, setsid, fork again, both parents exit: the grandchild is in a new session, reparented
 # to init (or a subreaper), and no longer anybody's child we know.
@@ -37,7 +39,7 @@ time.sleep(600)
 def kill_members(job_id: str) -> None:
     """SIGKILL every member through a pidfd opened after re-checking its identity."""
     def gone() -> bool:
-        members = job_members(job_id)
+        members = marked_processes(job_id)
         for member in members:
             with contextlib.suppress(OSError):
                 pidfd = os.pidfd_open(member.pid)
@@ -62,11 +64,11 @@ def children(state_dir: Path) -> Iterator[Children]:
 
 
 def spawn(children: Children, tmp_path: Path, state_dir: Path, argv: list[str],
-          job_id: str) -> int:
+          job_id: str) -> Identity:
     # RECONCILER_STATE_DIR too, so the conftest sweep catches anything a failed test leaves.
     env = minimal_env({"RECONCILER_STATE_DIR": str(state_dir)})
     return children.spawn(argv, cwd=tmp_path, env=env, log_path=tmp_path / "job.log",
-                          job_id=job_id).pid
+                          job_id=job_id)
 
 
 def test_a_double_fork_daemon_is_found_after_its_parents_exit(
@@ -74,8 +76,9 @@ def test_a_double_fork_daemon_is_found_after_its_parents_exit(
     job_id = f"members-test-{os.getpid()}-daemon"
     pidfile = tmp_path / "daemon.pid"
     try:
-        main = spawn(children, tmp_path, state_dir, [sys.executable, "-c", DAEMON,
-                                                     str(pidfile)], job_id)
+        leader = spawn(children, tmp_path, state_dir, [sys.executable, "-c", DAEMON,
+                                                       str(pidfile)], job_id)
+        main = leader.pid
         wait_for(pidfile.exists, message="the daemon to write its pid")
         survivor = int(pidfile.read_text())
 
@@ -85,30 +88,35 @@ def test_a_double_fork_daemon_is_found_after_its_parents_exit(
             return main not in children.pids()
         wait_for(main_reaped, message="the job's main process to exit")
 
-        members = job_members(job_id)
-        assert [m.pid for m in members] == [survivor]
-        [member] = members
+        found = job_processes({job_id: leader}, by_environ=[job_id])
+        assert [m.pid for m in found.get(job_id, ())] == [survivor]
+        [member] = found[job_id]
         assert member.identity == identity_of(survivor)  # boot id + pid + start time
         assert member.session != main  # it left the job's session (setsid)
         assert member.cmdline[:2] == (sys.executable, "-c")
-        assert job_members(job_id, candidates=[survivor, main, 1, os.getpid()]) == members
-        assert job_members(job_id, candidates=[main]) == []
-        assert job_members("some-other-job") == []
-        assert scan_members({job_id, "x"}) == {job_id: members}
+        # without the job id, only the (gone) main process's session is looked at
+        assert job_processes({job_id: leader}) == {}
+        # a process in another running job's session is skipped without reading it
+        assert job_processes({job_id: leader}, by_environ=[job_id],
+                             other_sessions=[member.session]) == {}
+        assert job_processes({"some-other-job": leader}, by_environ=["some-other-job"]) == {}
     finally:
         kill_members(job_id)
-    assert job_members(job_id) == []
+    assert marked_processes(job_id) == []
 
 
 def test_every_process_of_a_tree_is_a_member_and_zombies_are_not(
         children: Children, tmp_path: Path, state_dir: Path) -> None:
     job_id = f"members-test-{os.getpid()}-tree"
     try:
-        main = spawn(children, tmp_path, state_dir,
-                     ["/bin/sh", "-c", "sleep 600 & sleep 600 & exec sleep 600"], job_id)
-        members = wait_for(lambda: len(job_members(job_id)) == 3 and job_members(job_id),
-                           message="three members")
-        assert main in {m.pid for m in members}
+        leader = spawn(children, tmp_path, state_dir,
+                       ["/bin/sh", "-c", "sleep 600 & sleep 600 & exec sleep 600"], job_id)
+        main = leader.pid
+
+        def others() -> tuple[ProcInfo, ...]:
+            return job_processes({job_id: leader}, by_environ=[job_id]).get(job_id, ())
+        members = wait_for(lambda: len(m := others()) == 2 and m, message="two more members")
+        assert main not in {m.pid for m in members}  # the live main process is not listed
         assert {m.session for m in members} == {main}
         os.kill(main, signal.SIGKILL)  # our child: a zombie until we reap it
 
@@ -116,7 +124,6 @@ def test_every_process_of_a_tree_is_a_member_and_zombies_are_not(
             stat = procfs.read_stat(main)
             return stat is not None and stat.zombie
         wait_for(main_is_zombie, message="the main process to be a zombie")
-        assert main not in {m.pid for m in job_members(job_id)}
-        assert len(job_members(job_id)) == 2
+        assert {m.pid for m in others()} == {m.pid for m in members}
     finally:
         kill_members(job_id)

@@ -18,7 +18,6 @@ from reconciler.host.members import job_processes
 from reconciler.host.procs import (
     StopResult,
     is_protected,
-    session_members,
     signal_identity,
     signal_job,
     signal_process,
@@ -27,7 +26,7 @@ from reconciler.host.spawn import Children
 from reconciler.identity import Identity
 from reconciler.observed import ProcInfo
 from tests.conftest import Foreign
-from tests.helpers import wait_for
+from tests.helpers import session_members, wait_for
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
 IGNORE_TERM = ("import signal, sys, time\n"
@@ -219,11 +218,3 @@ def test_signal_job_of_an_empty_session_does_nothing(tmp_path: Path) -> None:
     assert job_processes({"job": leader}) == {}
     assert signal_job(leader, [], signal.SIGTERM) == StopResult()
     children.close()
-
-
-def test_session_members_skips_zombies_and_others(foreign: Foreign) -> None:
-    identity = start_sleeper(foreign)
-    assert [m.identity for m in session_members(identity.pid)] == [identity]
-    assert session_members(0) == []
-    os.kill(identity.pid, signal.SIGKILL)
-    wait_for(lambda: session_members(identity.pid) == [], message="zombie skipped")

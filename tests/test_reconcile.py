@@ -19,14 +19,13 @@ from reconciler import cli
 from reconciler.controller import Reconciler
 from reconciler.environment import minimal_env
 from reconciler.host.identity import identity_of
-from reconciler.host.procs import session_members
 from reconciler.host.spawn import Children
 from reconciler.settings import Settings
 from reconciler.state.enrollment import enroll
 from reconciler.state.lock import StateLock
 from reconciler.state.records import Enrollment
 from tests.conftest import Foreign
-from tests.helpers import wait_for
+from tests.helpers import session_members, wait_for
 
 PY = sys.executable
 SLEEPER = [PY, "-c", "import time; time.sleep(3600)"]

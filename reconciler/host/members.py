@@ -31,36 +31,6 @@ from reconciler.identity import Identity
 from reconciler.observed import ProcInfo
 
 
-def job_members(job_id: str, *, candidates: Iterable[int] | None = None) -> list[ProcInfo]:
-    """Live, non-zombie processes whose environment has RECONCILER_JOB_ID == job_id,
-    sorted by pid. `candidates` limits the scan (default: every process). Never includes
-    pid 1, the caller, or the caller's ancestors."""
-    return scan_members({job_id}, candidates=candidates).get(job_id, [])
-
-
-def scan_members(job_ids: Collection[str] | None = None, *,
-                 candidates: Iterable[int] | None = None) -> dict[str, list[ProcInfo]]:
-    """One pass over /proc for many jobs at once: {job id: members}, each list sorted by
-    pid. With `job_ids=None`, every process carrying any job id is returned (e.g. to find
-    processes of jobs we no longer know). Cost is one scan whatever the number of jobs."""
-    wanted = None if job_ids is None else frozenset(job_ids)
-    excluded = self_and_ancestors()
-    found: dict[str, list[ProcInfo]] = {}
-    pids = procfs.iter_pids() if candidates is None else candidates
-    for pid in pids:
-        if pid <= 1 or pid in excluded:
-            continue
-        value = procfs.read_environ_var(pid, JOB_ID_VAR)  # the cheap filter
-        if value is None or (wanted is not None and value not in wanted):
-            continue
-        info = _member(pid, value)
-        if info is not None:
-            found.setdefault(value, []).append(info)
-    for members in found.values():
-        members.sort(key=lambda m: m.pid)
-    return found
-
-
 def _member(pid: int, job_id: str) -> ProcInfo | None:
     """The process again, read as one snapshot through one dir fd: the pid may have been
     recycled since the filter read its environ, and then the new process must carry the job

@@ -115,5 +115,11 @@ class Pidfds:
         """The fallback without pidfds: only right after verifying `pid`'s identity."""
         os.kill(pid, sig)
 
+    def kill_own_group(self, leader: int, sig: int) -> None:
+        """Signal the process group led by our own child `leader`, which must not have been
+        reaped yet: until it is, its pid (and so its group id) cannot name anybody else's.
+        For helpers we run ourselves (exec health probes), never for a job."""
+        os.killpg(leader, sig)
+
 
 SYSTEM = Pidfds()  # the kernel's pidfds; the default everywhere

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import assert_never
 from urllib.parse import urljoin, urlsplit
 
+from reconciler.host import pidfd
 from reconciler.spec.model import ExecHealth, Health, HttpHealth, TcpHealth, UnixHealth
 
 MAX_HEAD_BYTES = 16 * 1024  # status line + headers; a probe never reads a body
@@ -242,7 +243,7 @@ def _exec(cmd: list[str] | str, end: float, cwd: str | None,
         # The leader is alive or an unreaped zombie: its pid, and so the group id, is still
         # ours and cannot name anybody else's group.
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            pidfd.SYSTEM.kill_own_group(proc.pid, signal.SIGKILL)
         code = proc.wait()
     if not exited:
         return "timeout"
@@ -255,9 +256,8 @@ def _exec(cmd: list[str] | str, end: float, cwd: str | None,
 
 def _wait_unreaped(pid: int, end: float) -> bool:
     """Wait until our child `pid` has exited, without reaping it; False at `end`."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:  # no pidfds (old kernel, seccomp): ask waitid a hundred times a second
+    fd = pidfd.SYSTEM.try_open(pid)
+    if fd is None:  # no pidfds (old kernel, seccomp): ask waitid a hundred times a second
         while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
             left = end - time.monotonic()
             if left <= 0:
@@ -266,7 +266,7 @@ def _wait_unreaped(pid: int, end: float) -> bool:
         return True
     try:
         poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
+        poller.register(fd, select.POLLIN)
         return bool(poller.poll(max(0, math.ceil((end - time.monotonic()) * 1000))))
     finally:
-        os.close(pidfd)
+        os.close(fd)

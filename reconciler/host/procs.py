@@ -19,10 +19,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from reconciler.host import procfs
-from reconciler.host.identity import identity_of, proc_info
+from reconciler.host.identity import identity_of
 from reconciler.host.pidfd import SYSTEM, NoPidfd, Pidfds
 from reconciler.identity import Identity
-from reconciler.observed import ProcInfo
 
 
 @dataclass(slots=True)
@@ -95,29 +94,6 @@ def _continue(targets: Iterable[Identity], sig: int, pidfds: Pidfds) -> None:
 
 
 # --- sessions --------------------------------------------------------------------------------
-
-
-def session_members(sid: int) -> list[ProcInfo]:
-    """Live (non-zombie) processes whose session id is `sid`.
-
-    Every process on the host is a candidate, so this asks the kernel with getsid(2), one
-    cheap syscall per pid, instead of reading and parsing each /proc/<pid>/stat (ten times
-    the cost; a crash sweep at a thousand processes spent 30 ms here). Only members are
-    then read in full, and their session is checked again in that consistent snapshot.
-    """
-    if sid <= 0:
-        return []
-    members = []
-    for pid in procfs.iter_pids():
-        try:
-            if os.getsid(pid) != sid:
-                continue
-        except OSError:  # gone (ESRCH), or a security module said no
-            continue
-        info = proc_info(pid)
-        if info is not None and info.session == sid:
-            members.append(info)
-    return members
 
 
 def session_still_ours(leader: Identity) -> bool:

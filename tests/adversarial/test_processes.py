@@ -11,9 +11,9 @@ import pytest
 
 from reconciler.controller import Reconciler
 from reconciler.host.identity import identity_of
-from reconciler.host.members import job_members, job_processes
+from reconciler.host.members import job_processes
 from reconciler.settings import Settings
-from tests.helpers import wait_for
+from tests.helpers import marked_processes, wait_for
 from tests.test_reconcile import PY, job, write_sleeper, write_spec
 
 # A classic daemon: fork, setsid, fork again, both parents exit 0; the grandchild serves.
@@ -29,7 +29,7 @@ DOUBLE_FORK = (
 
 def daemons_of(job_id: str) -> list[int]:
     """Every live process carrying the job's id, wherever it went."""
-    return [p.pid for p in job_members(job_id)]
+    return [p.pid for p in marked_processes(job_id)]
 
 
 def test_a_double_forking_daemon_is_followed_not_multiplied(
