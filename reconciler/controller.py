@@ -49,6 +49,9 @@ HealthResults = Mapping[str, "health.HealthState"]
 
 @dataclass(frozen=True, slots=True)
 class PassResult:
+    """What one pass did and saw: the CLI reports it, `--once` decides from it whether to
+    pass again (`converged`)."""
+
     loaded: LoadResult
     desired: Desired
     plan: Plan

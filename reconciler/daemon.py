@@ -94,7 +94,7 @@ class Daemon:
         self._last_failure: str | None = None
         self._last_problems: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         self.scheduler = BackgroundScheduler(timezone=UTC)
-        # step 50 ms: a 10 ms step costs ~0.4 % of a core while idle (docs/benchmarks.md)
+        # step 50 ms: a shorter step costs idle CPU (docs/benchmarks.md, Findings)
         self.watcher = SpecWatcher(settings.specs_dir, self.kick, step_ms=50)
         self.exits = ExitWatcher(lambda _identity: self.kick())
         self.health = HealthMonitor(self.kick)
@@ -219,8 +219,8 @@ class Daemon:
 def _freeze_start_up_heap() -> None:
     """What start-up and the first pass built (modules, pydantic schemas, parsed specs, the
     job records) lives as long as the daemon. Moved out of the collector's sight, it no
-    longer makes every full collection walk it: at 1000 jobs those walks paused a pass for
-    20-50 ms, the worst respawn times in the benchmark."""
+    longer makes every full collection walk it: those walks paused passes and made the
+    worst respawn times (docs/benchmarks.md, Findings)."""
     gc.collect()
     gc.freeze()
 

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class DesiredAction:
+    """One action as it must run on this host: its spec with every path resolved, its
+    complete environment and its generation. What `plan` compares the records against."""
+
     service: str
     spec: Action
     generation: str
@@ -60,6 +63,8 @@ class DesiredAction:
 
 @dataclass(frozen=True, slots=True)
 class Desired:
+    """Everything the specs ask for, in the order `plan` must consider it."""
+
     actions: tuple[DesiredAction, ...]  # services in name order, actions in dependency order
 
     @property

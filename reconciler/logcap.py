@@ -12,11 +12,9 @@ growth within milliseconds instead, at almost no idle cost:
 - Each target's growth rate is tracked, and a fast writer is rotated early (at
   `max_size - rate × REACTION_SECONDS`, never below `max_size / 4`), so the live file stays
   within `max_size + 1 MiB` while the copy of its tail runs. From the trigger to the
-  truncate takes the wake-up, the copy (a few ms for 10 MiB) and any wait for a CPU: under
-  20 ms at 100 MB/s on the shared 2-core VM, but up to ~60 ms now and then (measured with
-  benchmarks/logflood.py; the spikes are in the kernel copy, not the wake-up). With the floor
-  at `max_size / 2` a 100 MB/s writer had 60 ms of slack on a 10 MiB log and reached the
-  bound in one run of three; at `/ 4` it has ~90 ms. The price: such a writer's `.log.N`
+  truncate takes the wake-up, the copy and any wait for a CPU, with spikes in the kernel
+  copy now and then; a floor of `max_size / 2` left a 100 MB/s writer too little slack, so
+  it is `/ 4` (figures: docs/benchmarks.md, Log flood). The price: such a writer's `.log.N`
   files hold about `max_size / 4` plus what came during the rotation, not `max_size`.
   `.log.1` is never more than `max_size` (cap_size copies only the last `max_size` bytes),
   so history stays within `keep × max_size`.

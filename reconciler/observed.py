@@ -82,6 +82,9 @@ class Exit:
 
 @dataclass(frozen=True, slots=True)
 class Observed:
+    """Everything one pass knows about the host: the processes, sockets, ports and pidfiles
+    it asked about, the exits it reaped, and the probe results. `plan` reads only this."""
+
     boot_id: str
     procs: dict[int, ProcInfo] = field(default_factory=dict)  # live processes we asked about
     sockets: dict[str, SocketState] = field(default_factory=dict)

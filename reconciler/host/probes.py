@@ -257,12 +257,12 @@ def _exec(cmd: list[str] | str, end: float, cwd: str | None,
 def _wait_unreaped(pid: int, end: float) -> bool:
     """Wait until our child `pid` has exited, without reaping it; False at `end`."""
     fd = pidfd.SYSTEM.try_open(pid)
-    if fd is None:  # no pidfds (old kernel, seccomp): ask waitid a hundred times a second
+    if fd is None:  # no pidfds (old kernel, seccomp): ask waitid again and again
         while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
             left = end - time.monotonic()
             if left <= 0:
                 return False
-            time.sleep(min(0.01, left))
+            time.sleep(min(pidfd.FALLBACK_POLL_SECONDS, left))
         return True
     try:
         poller = select.poll()

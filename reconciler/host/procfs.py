@@ -63,6 +63,9 @@ def read_boot_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Stat:
+    """The fields of /proc/<pid>/stat we use. `starttime` (clock ticks since boot) is what
+    makes a pid an identity; `session` and `pgrp` find a job's processes."""
+
     pid: int
     comm: str
     state: str  # one letter: R S D Z T t X I …
@@ -318,6 +321,8 @@ def read_socket_inodes(pid: int) -> set[int]:
 
 @dataclass(frozen=True, slots=True)
 class UnixEntry:
+    """One line of /proc/net/unix: which inode listens on which socket path."""
+
     inode: int
     listening: bool
     path: str  # "" when unbound; abstract names start with "@"
@@ -351,6 +356,8 @@ def read_net_unix() -> list[UnixEntry]:
 
 @dataclass(frozen=True, slots=True)
 class TcpEntry:
+    """One line of /proc/net/tcp{,6}: a local port, its state and the socket's inode."""
+
     local_port: int
     state: str  # two upper-case hex digits; "0A" is LISTEN
     inode: int  # 0 for sockets no process holds any more (TIME_WAIT, …)

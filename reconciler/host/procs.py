@@ -26,6 +26,9 @@ from reconciler.identity import Identity
 
 @dataclass(slots=True)
 class StopResult:
+    """Which pids got a signal and which were refused as protected, for the `kill` event
+    and for the error an operator must see."""
+
     signalled: list[int] = field(default_factory=list)  # got the signal
     refused: list[int] = field(default_factory=list)  # protected: never signalled
 

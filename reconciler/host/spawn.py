@@ -29,14 +29,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from reconciler.environment import DEFAULT_PATH
-from reconciler.files import make_private_dirs
+from reconciler.files import PRIVATE_FILE, make_private_dirs
 from reconciler.host import procfs
 from reconciler.host.limits import child_fd_limit
-from reconciler.host.pidfd import SYSTEM, NoPidfd, Pidfds
+from reconciler.host.pidfd import FALLBACK_POLL_SECONDS, SYSTEM, NoPidfd, Pidfds
 from reconciler.identity import Identity
 from reconciler.observed import Exit
 
-_FALLBACK_POLL_SECONDS = 0.02  # only where the kernel has no pidfds
 # Waits for the parent's go on stdin; end-of-file (the parent died) means never run "$@".
 # $1 is the soft open-file limit the command gets (host/limits.py).
 _GATE = ('ulimit -S -n "$1" 2>/dev/null; shift; '
@@ -65,7 +64,7 @@ def _open_log(log_path: str) -> int:
     try:
         make_private_dirs(os.path.dirname(os.path.abspath(log_path)))
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        return os.open(log_path, flags, 0o600)
+        return os.open(log_path, flags, PRIVATE_FILE)
     except OSError as err:
         reason = "is a symlink" if err.errno == errno.ELOOP else err.strerror
         raise SpawnError(f"cannot open log {log_path}: {reason}") from err
@@ -291,7 +290,7 @@ class Children:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            time.sleep(min(remaining, _FALLBACK_POLL_SECONDS))
+            time.sleep(min(remaining, FALLBACK_POLL_SECONDS))
 
     def close(self) -> None:
         """Release the pidfds; the children themselves keep running in their sessions."""

@@ -22,6 +22,8 @@ _MAX_CACHED = 1024
 
 @dataclass(frozen=True)
 class Usage:
+    """CPU and memory of one process, for `status` (read on demand, never stored)."""
+
     cpu_percent: float  # of one CPU since the previous call for this process (can exceed 100)
     rss_bytes: int
 

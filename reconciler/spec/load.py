@@ -63,6 +63,9 @@ NO_SERVICES = "has no services: delete the file to remove them"
 
 @dataclass(frozen=True, order=True)
 class SpecError:
+    """One problem in one spec file, with the place an editor can jump to. Its text is
+    `file:line:column: message`, the format compilers use."""
+
     file: str
     line: int  # 1-based
     column: int  # 1-based
@@ -88,6 +91,9 @@ class SpecErrors(Exception):
 
 @dataclass(frozen=True)
 class FileOutcome:
+    """What became of one spec file in this load: good, broken (its last good content in
+    force), or not yet settled."""
+
     name: str  # relative to the specs dir
     content: str | None  # current content, only if it is good
     hash: str | None  # sha256 of `content`
@@ -98,6 +104,9 @@ class FileOutcome:
 
 @dataclass(frozen=True)
 class LoadResult:
+    """The services of every good file (and the last good version of every broken one),
+    with every error found, so one bad file never takes the others' services down."""
+
     services: dict[str, Service]
     sources: dict[str, str]  # service name -> file name
     files: dict[str, FileOutcome]

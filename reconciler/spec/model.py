@@ -42,6 +42,7 @@ from pydantic.config import JsonDict
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
 
+from reconciler.spec.defaults import DEFAULT_LOGS_KEEP, DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT
 from reconciler.spec.units import (
     DURATION_PATTERN,
     SIZE_PATTERN,
@@ -426,14 +427,15 @@ class Backoff(_Spec):
 class StopSpec(_Spec):
     """How to stop: this signal to the process group, then SIGKILL after timeout."""
 
-    signal: SignalName = "SIGTERM"
-    timeout: Annotated[float, DurationBetween(0.0, MAX_STOP_TIMEOUT)] = 10.0
+    signal: SignalName = DEFAULT_STOP_SIGNAL
+    timeout: Annotated[float, DurationBetween(0.0, MAX_STOP_TIMEOUT)] = DEFAULT_STOP_TIMEOUT
 
 
 class LogsSpec(_Spec):
     """Log rotation: `<action>.log` plus `keep` previous runs."""
 
-    keep: Annotated[int, Field(ge=0, le=MAX_KEEP), BeforeValidator(_plain_number)] = 5
+    keep: Annotated[int, Field(ge=0, le=MAX_KEEP),
+                    BeforeValidator(_plain_number)] = DEFAULT_LOGS_KEEP
     max_size: Annotated[int, SizeBetween(MIN_LOG_SIZE, MAX_LOG_SIZE)] = 10 * 1024 * 1024
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 from reconciler.identity import Identity
+from reconciler.spec.defaults import DEFAULT_LOGS_KEEP, DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT
 
 Phase = Literal[
     "pending", "starting", "running", "succeeded", "backoff",
@@ -27,11 +28,6 @@ FailureClass = Literal[
     "spawn-error", "bind-conflict", "crash-before-ready", "crash-after-ready",
     "unhealthy", "exit-nonzero",
 ]
-
-# A stop's defaults, for a record written before the field existed; the spec model's
-# `StopSpec` defaults are these same values.
-DEFAULT_STOP_SIGNAL = "SIGTERM"
-DEFAULT_STOP_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +60,7 @@ class JobSpec:
     stop_timeout: float = DEFAULT_STOP_TIMEOUT
     log_path: str | None = None
     health: bool = False  # it has a health probe: not ready until the probe passes once
-    keep_logs: int = 5
+    keep_logs: int = DEFAULT_LOGS_KEEP
 
     @property
     def stop_signal_number(self) -> int:

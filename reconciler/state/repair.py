@@ -29,6 +29,9 @@ from reconciler.state.store import Store
 
 @dataclass
 class RepairReport:
+    """What `reconcile repair` did, and what was lost with the damaged database, for the
+    operator to read."""
+
     damage: str | None = None  # None: the database was whole, nothing was done
     moved: list[tuple[Path, Path]] = field(default_factory=list)
     rebuilt: list[str] = field(default_factory=list)  # "service.action pid N (job id)"

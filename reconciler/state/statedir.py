@@ -105,6 +105,9 @@ def count_enrollments(run_dir: Path) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Binding:
+    """Which specs dir a state dir serves: a state dir pointed at another specs dir would
+    prune every service it runs."""
+
     bound: str | None  # what the state dir serves now (None: nothing yet)
     wanted: str  # the specs dir of this run
 

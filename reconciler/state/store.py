@@ -31,14 +31,13 @@ from urllib.parse import quote
 from sqlite_utils import Database, Migrations
 from sqlite_utils.db import Table
 
-from reconciler.files import make_private_dirs
+from reconciler.files import PRIVATE_FILE, make_private_dirs
 from reconciler.state.errors import DatabaseDamaged
 from reconciler.state.records import BlockedBy, Event, JobRecord, JobSpec, SpecRecord
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
-FILE_MODE = 0o600
 _DAMAGE_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB (primary codes)
 
 MIGRATIONS = Migrations("reconciler")
@@ -273,7 +272,7 @@ def spec_from_row(row: dict[str, Any]) -> SpecRecord:
 def _precreate(path: Path) -> None:
     """Create the db file 0600 ourselves, so it is never readable by others, not even for the
     moment before the chmod; O_NOFOLLOW refuses a planted symlink."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
     os.close(fd)
 
 
@@ -283,10 +282,10 @@ def _restrict_modes(path: Path) -> None:
             st = os.lstat(candidate)
         except FileNotFoundError:
             continue
-        if candidate.is_symlink() or st.st_mode & 0o777 == FILE_MODE:
+        if candidate.is_symlink() or st.st_mode & 0o777 == PRIVATE_FILE:
             continue
         try:
-            os.chmod(candidate, FILE_MODE)
+            os.chmod(candidate, PRIVATE_FILE)
         except PermissionError:
             log.warning("cannot chmod %s to 0600 (owned by another user?)", candidate)
 
