@@ -19,6 +19,7 @@ from reconciler.controller import Reconciler
 from reconciler.host import procfs
 from reconciler.settings import REFUSE_DEFAULT_STATE_DIR, Settings
 from tests.helpers import wait_for
+from tests.probe_peers import Listeners, Trickler
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -186,3 +187,19 @@ def free_port() -> Iterator[object]:
                 return port
 
     yield factory
+
+
+@pytest.fixture
+def listener() -> Iterator[Listeners]:
+    """In-process TCP listeners on 127.0.0.1, closed at teardown."""
+    listeners = Listeners()
+    yield listeners
+    listeners.close()
+
+
+@pytest.fixture
+def trickler() -> Iterator[Trickler]:
+    """A Trickler, closed at teardown."""
+    server = Trickler()
+    yield server
+    server.close()

@@ -1,7 +1,8 @@
 """Peers for the health tests: real listeners on 127.0.0.1 that answer well, badly or never.
 
 Shared by tests/test_host_probes.py (one probe against each) and tests/test_health.py (the
-monitor scheduling many probes); each test file wraps them in its own fixtures.
+monitor scheduling many probes), through the `listener` and `trickler` fixtures in
+tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -105,3 +106,4 @@ def in_thread(call: Callable[[], object]) -> list[object]:
     box: list[object] = []
     threading.Thread(target=lambda: box.append(call()), daemon=True).start()
     return box
+

@@ -46,21 +46,6 @@ class Counter:
 
 
 @pytest.fixture
-def listener() -> Iterator[Listeners]:
-    """In-process TCP listeners on 127.0.0.1, closed at teardown."""
-    listeners = Listeners()
-    yield listeners
-    listeners.close()
-
-
-@pytest.fixture
-def trickler() -> Iterator[Trickler]:
-    server = Trickler()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def monitors() -> Iterator[Callable[[Callable[[], None]], HealthMonitor]]:
     """Started monitors, all stopped at teardown even when a test fails."""
     started: list[HealthMonitor] = []

@@ -25,21 +25,6 @@ FAST = {"interval": "50ms", "timeout": "1s"}
 
 
 @pytest.fixture
-def listener() -> Iterator[Listeners]:
-    """In-process TCP listeners on 127.0.0.1, closed at teardown."""
-    listeners = Listeners()
-    yield listeners
-    listeners.close()
-
-
-@pytest.fixture
-def trickler() -> Iterator[Trickler]:
-    server = Trickler()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def http_server() -> Iterator[Callable[[int], str]]:
     """A tiny HTTP server answering GET /<status> with that status; returns its base URL."""
 
