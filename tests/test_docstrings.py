@@ -1,5 +1,5 @@
 """Docs where people look: every module says why it exists, and so does every public class,
-and docs/architecture.md has a place for every module.
+docs/architecture.md has a place for every module, and docs/guarantees.md names live tests.
 
 A newcomer reads a module's docstring before its code; a public class is what other modules
 use. Checked by parsing the source (nothing is imported), so the rule costs milliseconds.
@@ -8,6 +8,7 @@ use. Checked by parsing the source (nothing is imported), so the rule costs mill
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "reconciler"
@@ -45,3 +46,22 @@ def test_architecture_doc_names_every_module() -> None:
         if not named and relative.name != "__init__.py":
             missing.append(str(relative))
     assert missing == []
+
+
+def test_guarantees_name_tests_that_exist() -> None:
+    """docs/guarantees.md says which tests hold each promise: each named file exists and
+    each test named with it is defined there (a renamed test must not leave a dead link)."""
+
+    docs = PACKAGE.parent / "docs"
+    dead = []
+    for row in (docs / "guarantees.md").read_text().splitlines():
+        for link, names in re.findall(r"\]\(\.\./(tests/[\w/]+\.py)\)(?: \(([^)]*)\))?", row):
+            path = PACKAGE.parent / link
+            if not path.exists():
+                dead.append(link)
+                continue
+            source = path.read_text()
+            for name in re.findall(r"`(test_\w+)`", names):
+                if not re.search(rf"\bdef {name}\b", source):
+                    dead.append(f"{link}::{name}")
+    assert dead == []
