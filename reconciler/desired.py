@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler import logs
+from reconciler import logpaths
 from reconciler.environment import minimal_env
-from reconciler.settings import Settings
 from reconciler.spec.model import Action, Health, Service, UnixHealth
 from reconciler.state.records import JobSpec
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: resolving reads what it is given, never the environment
+    from reconciler.settings import Settings
     from reconciler.spec.load import LoadResult
 
 
@@ -139,14 +139,14 @@ def _resolve(service: Service, action: Action, settings: Settings) -> DesiredAct
     if action.process:
         pidfile = _under(run_dir, action.pidfile or f"{service.name}.{action.name}.pid")
     cwd = _under(settings.specs_dir, action.cwd) if action.cwd else str(settings.specs_dir)
-    log_path = logs.log_path(settings.logs_dir, service.name, action.name)
+    log_path = logpaths.log_path(settings.logs_dir, service.name, action.name)
     env = minimal_env({
         **action.env,
         "RECONCILER_SERVICE": service.name,
         "RECONCILER_ACTION": action.name,
         "RECONCILER_STATE_DIR": str(settings.state_dir),
         "RECONCILER_RUN_DIR": str(run_dir),
-    })
+    }, dict(settings.inherited_env))
     return DesiredAction(
         service=service.name,
         spec=action,

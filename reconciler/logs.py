@@ -18,22 +18,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from reconciler.logpaths import previous_path
+
 log = logging.getLogger(__name__)
 
 _BLOCK = 64 * 1024
-
-
-def log_path(logs_dir: Path, service: str, action: str) -> Path:
-    for name in (service, action):
-        _check_name(name)
-    return logs_dir / service / f"{action}.log"
-
-
-def previous_path(path: Path, n: int = 1) -> Path:
-    """The log of the n-th previous run (1 = the run before the current one)."""
-    if n < 1:
-        raise ValueError(f"previous run numbers start at 1, got {n}")
-    return path.with_name(f"{path.name}.{n}")
 
 
 def rotate(path: Path, keep: int, max_size: int | None = None) -> None:
@@ -356,9 +345,3 @@ def _remove_beyond(path: Path, keep: int) -> None:
     for n, older in _history(path).items():
         if n > keep:
             older.unlink(missing_ok=True)
-
-
-def _check_name(name: str) -> None:
-    """Service and action names become path parts: refuse anything that leaves the dir."""
-    if not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise ValueError(f"invalid name for a log path: {name!r}")

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from reconciler.environment import inheritable
 
 DEFAULT_SPECS_DIR = "specs"  # relative to the working directory, like `./Makefile`
 REFUSE_DEFAULT_STATE_DIR = "RECONCILER_REFUSE_DEFAULT_STATE_DIR"
@@ -35,6 +37,10 @@ class Settings:
     # A changed spec file is read once it has been quiet this long (seconds), so a file
     # caught half-written (truncate, then write) is never taken for the whole of it.
     settle: float = 0.2
+    # What services inherit of the environment the controller was started with (locale,
+    # identity, search path), captured once here so resolving specs reads no globals.
+    inherited_env: tuple[tuple[str, str], ...] = field(
+        default_factory=lambda: tuple(sorted(inheritable(os.environ).items())))
 
     def __post_init__(self) -> None:
         if os.environ.get(REFUSE_DEFAULT_STATE_DIR) == "1" and _same_path(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
+from reconciler.environment import minimal_env
 from reconciler.host import procfs
 from reconciler.host.identity import proc_info
 from reconciler.host.sockets import inspect_unix_sockets
@@ -68,3 +69,8 @@ def session_members(sid: int) -> list[ProcInfo]:
         if info is not None and info.session == sid:
             members.append(info)
     return members
+
+
+def service_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What a service started by a test gets: `minimal_env` from this process's environment."""
+    return minimal_env(extra or {}, os.environ)

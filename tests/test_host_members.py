@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.environment import minimal_env
 from reconciler.host import procfs
 from reconciler.host.identity import identity_of
 from reconciler.host.members import job_processes
 from reconciler.host.spawn import Children
 from reconciler.identity import Identity
 from reconciler.observed import ProcInfo
-from tests.helpers import marked_processes, wait_for
+from tests.helpers import marked_processes, service_env, wait_for
 
 # fork, setsid, fork again, both parents exit: the grandchild is in a new session, reparented
 # to init (or a subreaper), and no longer anybody's child we know.
@@ -66,7 +65,7 @@ def children(state_dir: Path) -> Iterator[Children]:
 def spawn(children: Children, tmp_path: Path, state_dir: Path, argv: list[str],
           job_id: str) -> Identity:
     # RECONCILER_STATE_DIR too, so the conftest sweep catches anything a failed test leaves.
-    env = minimal_env({"RECONCILER_STATE_DIR": str(state_dir)})
+    env = service_env({"RECONCILER_STATE_DIR": str(state_dir)})
     return children.spawn(argv, cwd=tmp_path, env=env, log_path=tmp_path / "job.log",
                           job_id=job_id)
 

@@ -7,7 +7,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from reconciler.environment import minimal_env
 from reconciler.host import procfs
 from reconciler.host.identity import identity_of
 from reconciler.host.observe import observe
@@ -15,7 +14,7 @@ from reconciler.host.pidfile import write_pidfile
 from reconciler.host.spawn import Children
 from reconciler.observed import Exit, PidfileState
 from tests.conftest import Foreign
-from tests.helpers import wait_for
+from tests.helpers import service_env, wait_for
 
 
 def test_empty_observation() -> None:
@@ -28,7 +27,7 @@ def test_empty_observation() -> None:
 def test_own_dead_children_are_reaped_with_their_exit_code(tmp_path: Path) -> None:
     children = Children()
     identity = children.spawn([sys.executable, "-c", "raise SystemExit(5)"], cwd=tmp_path,
-                              env=minimal_env({}), log_path=tmp_path / "main.log")
+                              env=service_env({}), log_path=tmp_path / "main.log")
     wait_for(lambda: children.wait(0.5), message="child exited")
     observed = observe(pids=[identity.pid], children=children)
     assert observed.exits == {identity.pid: Exit(identity, 5)}

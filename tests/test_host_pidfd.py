@@ -108,12 +108,28 @@ def test_no_pidfds_is_decided_once(foreign: Foreign, code: int) -> None:
 def test_running_out_of_fds_falls_back_for_that_call_only(foreign: Foreign) -> None:
     _proc, identity = start(foreign)
     pidfds = Counting(errno.EMFILE, times=2)  # the probe and the first open fail
-    with pytest.raises(NoPidfd):
+    with pytest.raises(NoPidfd) as failed:
         pidfds.open_verified(identity)
+    assert failed.value.transient
     fd = pidfds.open_verified(identity)  # nothing was remembered from the failure
     assert fd is not None
     os.close(fd)
     assert pidfds.supported() is True
+
+
+def test_out_of_fds_a_signal_is_not_sent_without_a_pidfd(foreign: Foreign) -> None:
+    """The kernel has pidfds, only none could be opened now: the signal fails (that job's
+    step fails, the next pass retries) rather than taking the unpinned verify-then-kill path."""
+    proc, identity = start(foreign)
+
+    def out_of_fds(pid: int) -> int:
+        if pid == os.getpid():  # the support probe opens one for ourselves: it still works
+            return os.pidfd_open(pid)
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+    pidfds = Pidfds(out_of_fds)
+    with pytest.raises(OSError, match="not signalled"):
+        procs.signal_identity(identity, 9, pidfds=pidfds)
+    assert proc.poll() is None
 
 
 def test_esrch_from_the_opener_means_gone(foreign: Foreign) -> None:
@@ -136,11 +152,11 @@ def _calls(pattern: str) -> Callable[[Path], list[str]]:
     return lambda path: re.findall(pattern, path.read_text())
 
 
-def test_the_host_layer_opens_pidfds_and_signals_only_through_this_module() -> None:
+def test_the_package_opens_pidfds_and_signals_only_through_this_module() -> None:
     """So the rule in host/pidfd.py is the only rule, and the seam sees every signal."""
     find = _calls(r"\b(?:os\.pidfd_open|pidfd_send_signal|os\.kill|os\.killpg)\(")
-    offenders = {path.name: find(path) for path in HOST.glob("*.py")
-                 if path.name != "pidfd.py" and find(path)}
+    offenders = {str(path.relative_to(HOST.parent)): find(path)
+                 for path in HOST.parent.rglob("*.py") if path.name != "pidfd.py" and find(path)}
     assert offenders == {}
 
 

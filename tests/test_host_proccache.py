@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.environment import minimal_env
 from reconciler.host.identity import proc_info
 from reconciler.host.proccache import ProcCache
 from reconciler.host.spawn import Children
 from tests.conftest import Foreign
-from tests.helpers import wait_for
+from tests.helpers import service_env, wait_for
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
 
@@ -96,7 +95,7 @@ def test_a_child_still_in_its_spawn_gate_is_not_cached(cache: ProcCache, tmp_pat
         wait_for(lambda: proc_info(pid) and proc_info(pid).cmdline, message="gate")  # type: ignore[union-attr]
         seen.update(cache.lookup([pid]))
 
-    identity = children.spawn(SLEEP, cwd=tmp_path, env=minimal_env({}),
+    identity = children.spawn(SLEEP, cwd=tmp_path, env=service_env({}),
                               log_path=tmp_path / "main.log", enroll=enroll)
     try:
         assert identity.pid in seen and len(cache) == 0

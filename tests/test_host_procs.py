@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.environment import minimal_env
 from reconciler.host import procfs, procs
 from reconciler.host.identity import identity_of
 from reconciler.host.members import job_processes
@@ -26,7 +25,7 @@ from reconciler.host.spawn import Children
 from reconciler.identity import Identity
 from reconciler.observed import ProcInfo
 from tests.conftest import Foreign
-from tests.helpers import session_members, wait_for
+from tests.helpers import service_env, session_members, wait_for
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
 IGNORE_TERM = ("import signal, sys, time\n"
@@ -196,7 +195,7 @@ def test_signal_job_after_the_leader_exited_signals_what_it_left(sessions: list[
     and signalled, and the dead leader is not."""
     children = Children()
     code = f"import subprocess; subprocess.Popen({SLEEP!r})"
-    leader = children.spawn([sys.executable, "-c", code], cwd=tmp_path, env=minimal_env({}),
+    leader = children.spawn([sys.executable, "-c", code], cwd=tmp_path, env=service_env({}),
                             log_path=tmp_path / "leader.log")
     sessions.append(leader.pid)
     wait_for(lambda: children.reap().get(leader.pid), message="leader exited")
@@ -213,7 +212,7 @@ def test_signal_job_after_the_leader_exited_signals_what_it_left(sessions: list[
 def test_signal_job_of_an_empty_session_does_nothing(tmp_path: Path) -> None:
     children = Children()
     leader = children.spawn([sys.executable, "-c", "pass"], cwd=tmp_path,
-                            env=minimal_env({}), log_path=tmp_path / "leader.log")
+                            env=service_env({}), log_path=tmp_path / "leader.log")
     wait_for(lambda: children.reap().get(leader.pid), message="leader exited")
     assert job_processes({"job": leader}) == {}
     assert signal_job(leader, [], signal.SIGTERM) == StopResult()

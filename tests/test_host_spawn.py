@@ -22,7 +22,8 @@ from reconciler.host.pidfd import Pidfds
 from reconciler.host.spawn import GATE_ARGV0, JOB_ID_VAR, Children, SpawnError
 from reconciler.identity import Identity
 from reconciler.observed import Exit
-from tests.helpers import cmdline, wait_for
+from reconciler.settings import Settings
+from tests.helpers import cmdline, service_env, wait_for
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
 
@@ -45,7 +46,7 @@ def children() -> Iterator[Children]:
 
 
 def spawn(children: Children, tmp_path: Path, argv: list[str], **env: str) -> int:
-    return children.spawn(argv, cwd=tmp_path, env=minimal_env(env),
+    return children.spawn(argv, cwd=tmp_path, env=service_env(env),
                           log_path=tmp_path / "logs" / "svc" / "main.log").pid
 
 
@@ -60,12 +61,10 @@ def reaped(children: Children, pid: int) -> Exit:
 # --- environment -----------------------------------------------------------------------------
 
 
-def test_minimal_env_inherits_only_the_basics(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
-    monkeypatch.setenv("LC_TIME", "C")
-    monkeypatch.setenv("HOME", "/root")
-    monkeypatch.setenv("PATH", "/opt/bin:/usr/bin")
-    env = minimal_env({"PYTHONUNBUFFERED": "1", "HOME": "/srv"})
+def test_minimal_env_inherits_only_the_basics() -> None:
+    inherited = {"SECRET_TOKEN": "hunter2", "LC_TIME": "C", "HOME": "/root",
+                 "PATH": "/opt/bin:/usr/bin"}
+    env = minimal_env({"PYTHONUNBUFFERED": "1", "HOME": "/srv"}, inherited)
     assert "SECRET_TOKEN" not in env
     assert env["LC_TIME"] == "C"
     assert env["PATH"] == "/opt/bin:/usr/bin"
@@ -75,9 +74,18 @@ def test_minimal_env_inherits_only_the_basics(monkeypatch: pytest.MonkeyPatch) -
     assert all(k in allowed or k.startswith("LC_") for k in env)
 
 
-def test_minimal_env_default_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PATH", raising=False)
-    assert minimal_env({})["PATH"] == DEFAULT_PATH
+def test_minimal_env_default_path() -> None:
+    assert minimal_env({}, {"HOME": "/root"})["PATH"] == DEFAULT_PATH
+
+
+def test_settings_capture_what_services_inherit(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    """Resolving specs reads no globals: what services inherit is captured with the
+    settings, and only the harmless part of it."""
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
+    monkeypatch.setenv("LC_TIME", "C")
+    captured = dict(Settings(specs_dir=tmp_path, state_dir=tmp_path / "state").inherited_env)
+    assert captured["LC_TIME"] == "C" and "SECRET_TOKEN" not in captured
 
 
 def test_child_gets_exactly_the_minimal_env(children: Children, tmp_path: Path,
@@ -89,13 +97,13 @@ def test_child_gets_exactly_the_minimal_env(children: Children, tmp_path: Path,
     environ = dict(item.split(b"=", 1) for item in raw.split(b"\0") if item)
     # the gate shell exports PWD (its working directory) to the command, as any shell does
     assert {k.decode(): v.decode() for k, v in environ.items()} == {
-        **minimal_env({"APP_MODE": "test"}), "PWD": str(tmp_path)}
+        **service_env({"APP_MODE": "test"}), "PWD": str(tmp_path)}
 
 
 def test_job_id_is_in_the_environment_and_cannot_be_forged(children: Children,
                                                              tmp_path: Path) -> None:
     """The spec's env cannot set or hide the job id: spawn sets it last."""
-    env = minimal_env({"RECONCILER_JOB_ID": "forged", "APP": "1"})
+    env = service_env({"RECONCILER_JOB_ID": "forged", "APP": "1"})
     pid = children.spawn(SLEEP, cwd=tmp_path, env=env, log_path=tmp_path / "main.log",
                          job_id="api.main.1").pid
     wait_for(lambda: cmdline(pid) == tuple(SLEEP), message="the command runs")
@@ -113,7 +121,7 @@ def test_no_job_id_no_variable(children: Children, tmp_path: Path) -> None:
 def test_invalid_job_id_is_a_spawn_error(children: Children, tmp_path: Path,
                                          job_id: str) -> None:
     with pytest.raises(SpawnError, match="invalid job id"):
-        children.spawn(SLEEP, cwd=tmp_path, env=minimal_env({}),
+        children.spawn(SLEEP, cwd=tmp_path, env=service_env({}),
                        log_path=tmp_path / "main.log", job_id=job_id)
     assert not children.pids()
 
@@ -122,7 +130,7 @@ def test_invalid_job_id_is_a_spawn_error(children: Children, tmp_path: Path,
 
 
 def test_spawn_identity_session_and_stdin(children: Children, tmp_path: Path) -> None:
-    identity = children.spawn(SLEEP, cwd=tmp_path, env=minimal_env({}),
+    identity = children.spawn(SLEEP, cwd=tmp_path, env=service_env({}),
                               log_path=tmp_path / "main.log")
     assert identity == identity_of(identity.pid)
     assert identity.boot_id == procfs.read_boot_id()
@@ -153,13 +161,13 @@ def test_spawn_refuses_a_symlinked_log(children: Children, tmp_path: Path) -> No
     log = tmp_path / "main.log"
     log.symlink_to(victim)
     with pytest.raises(SpawnError, match="symlink"):
-        children.spawn(SLEEP, cwd=tmp_path, env=minimal_env({}), log_path=log)
+        children.spawn(SLEEP, cwd=tmp_path, env=service_env({}), log_path=log)
     assert victim.read_text() == "precious"
 
 
 def test_exit_code_is_reaped_exactly_once(children: Children, tmp_path: Path) -> None:
     identity = children.spawn([sys.executable, "-c", "raise SystemExit(3)"], cwd=tmp_path,
-                              env=minimal_env({}), log_path=tmp_path / "main.log")
+                              env=service_env({}), log_path=tmp_path / "main.log")
     assert reaped(children, identity.pid) == Exit(identity, 3)
     assert children.reap() == {}
     assert identity.pid not in children.pids()
@@ -267,9 +275,24 @@ def test_a_string_command_is_looked_up_on_the_services_path(
     assert reaped(children, pid).returncode == 0
 
 
+@pytest.mark.parametrize("argv", [["/bin/sh", "-c", "only-here --flag"], ["only-here", "x"]])
+@pytest.mark.parametrize("path", ["bin:/usr/bin:/bin", "/usr/bin:/bin:"])
+def test_relative_path_entries_are_searched_from_the_services_cwd(
+        children: Children, tmp_path: Path, argv: list[str], path: str) -> None:
+    """`PATH=bin:...` (or an empty entry, the current directory) means a directory under the
+    service's cwd, as the shell's exec reads it, not under the controller's."""
+    where = tmp_path / "bin" if path.startswith("bin") else tmp_path
+    where.mkdir(exist_ok=True)
+    tool = where / "only-here"
+    tool.write_text("#!/bin/sh\nexit 0\n")
+    tool.chmod(0o755)
+    pid = spawn(children, tmp_path, argv, PATH=path)
+    assert reaped(children, pid).returncode == 0
+
+
 def test_missing_cwd(children: Children, tmp_path: Path) -> None:
     with pytest.raises(SpawnError, match="working directory missing"):
-        children.spawn(SLEEP, cwd=tmp_path / "gone", env=minimal_env({}),
+        children.spawn(SLEEP, cwd=tmp_path / "gone", env=service_env({}),
                        log_path=tmp_path / "main.log")
 
 
@@ -299,7 +322,7 @@ def test_enroll_runs_before_the_command(children: Children, tmp_path: Path) -> N
         assert not marker.exists()
 
     identity = children.spawn(["/bin/sh", "-c", f"touch {marker}; exec sleep 600"],
-                              cwd=tmp_path, env=minimal_env({}), log_path=tmp_path / "main.log",
+                              cwd=tmp_path, env=service_env({}), log_path=tmp_path / "main.log",
                               enroll=enroll)
     assert seen[0][:2] == ("/bin/sh", "-c") and seen[0][3] == GATE_ARGV0  # still the gate
     wait_for(marker.exists, message="the command to run once the gate opened")
@@ -315,7 +338,7 @@ def test_a_failed_enrollment_never_runs_the_command(children: Children, tmp_path
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        children.spawn(["/bin/sh", "-c", f"touch {marker}"], cwd=tmp_path, env=minimal_env({}),
+        children.spawn(["/bin/sh", "-c", f"touch {marker}"], cwd=tmp_path, env=service_env({}),
                        log_path=tmp_path / "main.log", enroll=enroll)
     assert reaped(children, pids[0]).returncode == 125
     assert not marker.exists()
@@ -334,7 +357,7 @@ def test_a_parent_killed_before_opening_the_gate_leaves_nothing_running(
         f"    open({str(pidfile)!r}, 'w').write(str(identity.pid))\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
         f"Children().spawn(['/bin/sh', '-c', 'touch {marker}; exec sleep 600'],\n"
-        f"                 cwd={str(tmp_path)!r}, env=minimal_env({{}}),\n"
+        f"                 cwd={str(tmp_path)!r}, env=minimal_env({{}}, os.environ),\n"
         f"                 log_path={str(tmp_path / 'main.log')!r}, enroll=enroll)\n")
     parent = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent,
                             check=False, timeout=60)
@@ -355,7 +378,7 @@ def test_children_get_the_fd_limit_the_controller_was_started_with(tmp_path: Pat
     """The controller raises its own soft limit (it holds fds per process); a service
     starts with the soft limit the controller was given, as if started by hand."""
     code = (
-        "import resource, sys\n"
+        "import os, resource, sys\n"
         "soft, hard = 256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))\n"
         "from reconciler.host.limits import raise_fd_limit\n"
@@ -364,7 +387,8 @@ def test_children_get_the_fd_limit_the_controller_was_started_with(tmp_path: Pat
         "raise_fd_limit()\n"
         "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0] > soft, flush=True)\n"
         f"Children().spawn(['/bin/sh', '-c', 'ulimit -S -n'], cwd={str(tmp_path)!r},\n"
-        f"                 env=minimal_env({{}}), log_path={str(tmp_path / 'main.log')!r})\n")
+        "                 env=minimal_env({}, os.environ),\n"
+        f"                 log_path={str(tmp_path / 'main.log')!r})\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent,
                           capture_output=True, text=True, check=True, timeout=60)
     assert done.stdout == "True\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import logs
+from reconciler import logpaths
 from reconciler.logcap import LogCapper, LogTarget
 from tests.conftest import Foreign
 from tests.helpers import wait_for
@@ -37,7 +37,7 @@ while written < total:
 
 @pytest.fixture
 def log(tmp_path: Path) -> Path:
-    path = logs.log_path(tmp_path / "logs", "web", "api")
+    path = logpaths.log_path(tmp_path / "logs", "web", "api")
     path.parent.mkdir(parents=True)
     path.touch(mode=0o600)
     return path
@@ -109,26 +109,26 @@ def test_100_mb_per_second_stays_bounded(capper: LogCapper, log: Path,
     wait_for(lambda: assert_bounded(log) <= MAX_SIZE, message="the live log capped")
     wait_for(lambda: len(sizes(log)[1]) == KEEP)  # it did rotate, and kept `keep` runs
     # (the capper may still be rotating a last time: read .log.1 when it is there)
-    assert wait_for(lambda: _read(logs.previous_path(log, 1))).startswith(b"x")  # whole lines
+    assert wait_for(lambda: _read(logpaths.previous_path(log, 1))).startswith(b"x")  # whole lines
 
 
 def test_a_log_already_over_its_limit_is_capped_at_sync(capper: LogCapper, log: Path) -> None:
     log.write_bytes(b"y" * (5 * MAX_SIZE))
     capper.sync([LogTarget(str(log), MAX_SIZE, KEEP)])
     wait_for(lambda: _size(log) == 0, message="the log capped")
-    assert _size(logs.previous_path(log)) <= MAX_SIZE
+    assert _size(logpaths.previous_path(log)) <= MAX_SIZE
 
 
 def test_a_directory_created_later_is_picked_up(capper: LogCapper, tmp_path: Path,
                                                foreign: Foreign) -> None:
-    log = logs.log_path(tmp_path / "logs", "late", "main")
+    log = logpaths.log_path(tmp_path / "logs", "late", "main")
     capper.sync([LogTarget(str(log), MAX_SIZE, KEEP)])
     log.parent.mkdir(parents=True)
     writer = write_fast(foreign, log, rate=100_000_000, total=3 * MAX_SIZE)
     wait_for(lambda: writer.poll() is not None,  # type: ignore[attr-defined]
              message="the writer to finish")
     wait_for(lambda: _size(log) <= MAX_SIZE, message="the late log capped")
-    assert logs.previous_path(log).exists()
+    assert logpaths.previous_path(log).exists()
 
 
 def test_dropped_targets_are_left_alone_and_stop_is_prompt(log: Path) -> None:
@@ -139,4 +139,4 @@ def test_dropped_targets_are_left_alone_and_stop_is_prompt(log: Path) -> None:
     log.write_bytes(b"z" * (2 * MAX_SIZE))
     assert capper.stop(timeout=2.0)  # the thread ended within the timeout
     assert _size(log) == 2 * MAX_SIZE
-    assert not logs.previous_path(log).exists()
+    assert not logpaths.previous_path(log).exists()

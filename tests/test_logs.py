@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import logs
+from reconciler import logpaths, logs
 from tests.conftest import Foreign
 from tests.helpers import wait_for
 
 
 @pytest.fixture
 def log(tmp_path: Path) -> Path:
-    path = logs.log_path(tmp_path / "logs", "web", "api")
+    path = logpaths.log_path(tmp_path / "logs", "web", "api")
     path.parent.mkdir(parents=True)
     return path
 
@@ -27,18 +27,18 @@ def names(directory: Path) -> list[str]:
 
 
 def test_log_and_previous_paths(tmp_path: Path) -> None:
-    path = logs.log_path(tmp_path, "web", "api")
+    path = logpaths.log_path(tmp_path, "web", "api")
     assert path == tmp_path / "web" / "api.log"
-    assert logs.previous_path(path) == tmp_path / "web" / "api.log.1"
-    assert logs.previous_path(path, 3) == tmp_path / "web" / "api.log.3"
+    assert logpaths.previous_path(path) == tmp_path / "web" / "api.log.1"
+    assert logpaths.previous_path(path, 3) == tmp_path / "web" / "api.log.3"
     with pytest.raises(ValueError):
-        logs.previous_path(path, 0)
+        logpaths.previous_path(path, 0)
 
 
 @pytest.mark.parametrize(("service", "action"), [("..", "api"), ("web", "a/b"), ("", "x")])
 def test_log_path_refuses_escaping_names(tmp_path: Path, service: str, action: str) -> None:
     with pytest.raises(ValueError):
-        logs.log_path(tmp_path, service, action)
+        logpaths.log_path(tmp_path, service, action)
 
 
 def test_rotation_keep_2_over_4_runs(log: Path) -> None:
@@ -48,8 +48,8 @@ def test_rotation_keep_2_over_4_runs(log: Path) -> None:
     log.write_text("run 5\n")
     assert names(log.parent) == ["api.log", "api.log.1", "api.log.2"]
     assert log.read_text() == "run 5\n"
-    assert logs.previous_path(log, 1).read_text() == "run 4\n"
-    assert logs.previous_path(log, 2).read_text() == "run 3\n"
+    assert logpaths.previous_path(log, 1).read_text() == "run 4\n"
+    assert logpaths.previous_path(log, 2).read_text() == "run 3\n"
 
 
 def test_rotate_missing_log_is_fine(log: Path) -> None:
@@ -59,7 +59,7 @@ def test_rotate_missing_log_is_fine(log: Path) -> None:
 
 
 def test_rotate_keep_0_removes_current_and_history(log: Path) -> None:
-    logs.previous_path(log, 1).write_text("old\n")
+    logpaths.previous_path(log, 1).write_text("old\n")
     log.write_text("current\n")
     logs.rotate(log, keep=0)
     assert names(log.parent) == []
@@ -73,17 +73,17 @@ def test_lowering_keep_trims_old_runs(log: Path) -> None:
     log.write_text("run 6\n")
     logs.rotate(log, keep=1)
     assert names(log.parent) == ["api.log.1"]
-    assert logs.previous_path(log).read_text() == "run 6\n"
+    assert logpaths.previous_path(log).read_text() == "run 6\n"
 
 
 def test_rotate_with_gaps_keeps_numbers_as_ages(log: Path) -> None:
     """.log.N always means "N runs ago": a gap shifts along instead of being filled."""
-    logs.previous_path(log, 2).write_text("older\n")
+    logpaths.previous_path(log, 2).write_text("older\n")
     log.write_text("current\n")
     logs.rotate(log, keep=3)
     assert names(log.parent) == ["api.log.1", "api.log.3"]
-    assert logs.previous_path(log, 1).read_text() == "current\n"
-    assert logs.previous_path(log, 3).read_text() == "older\n"
+    assert logpaths.previous_path(log, 1).read_text() == "current\n"
+    assert logpaths.previous_path(log, 3).read_text() == "older\n"
 
 
 def test_rotate_never_follows_a_symlink(log: Path, tmp_path: Path) -> None:
@@ -100,11 +100,11 @@ def test_rotate_never_follows_a_symlink(log: Path, tmp_path: Path) -> None:
 def test_rotate_moves_symlinked_history_as_links_not_targets(log: Path, tmp_path: Path) -> None:
     precious = tmp_path / "precious"
     precious.write_text("do not touch\n")
-    logs.previous_path(log, 1).symlink_to(precious)
+    logpaths.previous_path(log, 1).symlink_to(precious)
     log.write_text("current\n")
     logs.rotate(log, keep=1)
     assert precious.read_text() == "do not touch\n"
-    assert logs.previous_path(log).read_text() == "current\n"
+    assert logpaths.previous_path(log).read_text() == "current\n"
 
 
 def test_rotate_rejects_negative_keep(log: Path) -> None:
@@ -166,19 +166,19 @@ def test_cap_size_missing_log(log: Path) -> None:
 
 
 def test_cap_size_rotates_when_over_and_shifts_history(log: Path) -> None:
-    logs.previous_path(log, 1).write_text("older run\n")
-    logs.previous_path(log, 2).write_text("oldest run\n")
+    logpaths.previous_path(log, 1).write_text("older run\n")
+    logpaths.previous_path(log, 2).write_text("oldest run\n")
     log.write_text("x" * 50 + "y" * 50 + "\n")
     assert logs.cap_size(log, max_size=100, keep=2) is True
     assert names(log.parent) == ["api.log", "api.log.1", "api.log.2"]
     assert log.read_text() == ""
-    assert logs.previous_path(log, 1).read_text() == "x" * 49 + "y" * 50 + "\n"  # the last 100
-    assert logs.previous_path(log, 2).read_text() == "older run\n"
-    assert logs.previous_path(log).stat().st_mode & 0o777 == 0o600  # logs may hold secrets
+    assert logpaths.previous_path(log, 1).read_text() == "x" * 49 + "y" * 50 + "\n"  # the last 100
+    assert logpaths.previous_path(log, 2).read_text() == "older run\n"
+    assert logpaths.previous_path(log).stat().st_mode & 0o777 == 0o600  # logs may hold secrets
 
 
 def test_cap_size_keep_0_only_truncates(log: Path) -> None:
-    logs.previous_path(log, 1).write_text("old\n")
+    logpaths.previous_path(log, 1).write_text("old\n")
     log.write_text("x" * 200)
     assert logs.cap_size(log, max_size=100, keep=0) is True
     assert names(log.parent) == ["api.log"]
@@ -196,7 +196,7 @@ def test_cap_size_append_writer_continues_at_the_new_end(log: Path) -> None:
     finally:
         os.close(fd)
     assert log.read_bytes() == b"after\n"
-    assert logs.previous_path(log).read_bytes() == b"before\n" * 13
+    assert logpaths.previous_path(log).read_bytes() == b"before\n" * 13
 
 
 def test_cap_size_with_a_real_child_writing(log: Path, foreign: Foreign) -> None:
@@ -213,7 +213,7 @@ def test_cap_size_with_a_real_child_writing(log: Path, foreign: Foreign) -> None
     content = log.read_bytes()
     assert b"\0" not in content  # no NUL hole: O_APPEND wrote at offset 0
     assert content.startswith(b"line ")
-    previous = logs.previous_path(log).read_bytes()
+    previous = logpaths.previous_path(log).read_bytes()
     assert 0 < len(previous) <= 1000  # the last lines, whole lines only
     assert previous.startswith(b"line ") and previous.endswith(b"\n")
 
@@ -333,7 +333,7 @@ def test_follow_stops_when_asked(log: Path) -> None:
 def test_rotate_and_cap_with_a_huge_keep_do_not_loop_per_number(log: Path) -> None:
     """keep=10**12 used to loop 10**12 times (days at 100 % CPU): work now follows the
     files present. Run on a thread so a regression fails the test instead of hanging it."""
-    logs.previous_path(log, 1).write_text("older\n")
+    logpaths.previous_path(log, 1).write_text("older\n")
     log.write_text("x" * 300)
     done = threading.Event()
 
@@ -346,7 +346,7 @@ def test_rotate_and_cap_with_a_huge_keep_do_not_loop_per_number(log: Path) -> No
     threading.Thread(target=work, daemon=True).start()
     assert done.wait(10), "rotate/cap_size still looping"
     assert names(log.parent) == ["api.log", "api.log.1", "api.log.2", "api.log.3"]
-    assert logs.previous_path(log, 3).read_text() == "older\n"
+    assert logpaths.previous_path(log, 3).read_text() == "older\n"
 
 
 def test_rotate_of_a_huge_log_keeps_only_its_last_max_size_bytes(log: Path) -> None:
@@ -354,7 +354,7 @@ def test_rotate_of_a_huge_log_keeps_only_its_last_max_size_bytes(log: Path) -> N
     history: `.log.1` gets its last `max_size` bytes (whole lines) and nothing more."""
     log.write_bytes(b"old line\n" * 1000)  # 9000 bytes
     logs.rotate(log, keep=2, max_size=95)
-    previous = logs.previous_path(log, 1).read_bytes()
+    previous = logpaths.previous_path(log, 1).read_bytes()
     assert previous == b"old line\n" * 10  # 90 of the last 95 bytes: whole lines only
     assert log.read_bytes() == b""
 
@@ -363,7 +363,7 @@ def test_rotate_of_a_small_log_is_a_rename(log: Path) -> None:
     log.write_bytes(b"small\n")
     inode = log.stat().st_ino
     logs.rotate(log, keep=2, max_size=1000)
-    assert logs.previous_path(log, 1).stat().st_ino == inode
+    assert logpaths.previous_path(log, 1).stat().st_ino == inode
     assert not log.exists()
 
 
@@ -372,8 +372,8 @@ def test_cap_size_truncates_before_shifting_the_history(log: Path) -> None:
     history (renames, and the unlink of the oldest run, which frees `max_size` of blocks)
     comes after it. Seen here through a history entry that cannot be removed: the live log
     is still bounded, the error still reported, and no temp file is left behind."""
-    logs.previous_path(log, 1).write_text("older run\n")
-    blocker = logs.previous_path(log, 2)
+    logpaths.previous_path(log, 1).write_text("older run\n")
+    blocker = logpaths.previous_path(log, 2)
     blocker.mkdir()
     (blocker / "inside").write_text("")
     log.write_text("x" * 200)
@@ -381,4 +381,4 @@ def test_cap_size_truncates_before_shifting_the_history(log: Path) -> None:
         logs.cap_size(log, max_size=100, keep=2)  # unlink of the oldest run: EISDIR
     assert log.read_text() == ""
     assert names(log.parent) == ["api.log", "api.log.1", "api.log.2"]
-    assert logs.previous_path(log, 1).read_text() == "older run\n"
+    assert logpaths.previous_path(log, 1).read_text() == "older run\n"

@@ -17,7 +17,6 @@ import pytest
 
 from reconciler import cli
 from reconciler.controller import Reconciler
-from reconciler.environment import minimal_env
 from reconciler.host.identity import identity_of
 from reconciler.host.spawn import Children
 from reconciler.settings import Settings
@@ -25,7 +24,7 @@ from reconciler.state.enrollment import enroll
 from reconciler.state.lock import StateLock
 from reconciler.state.records import Enrollment
 from tests.conftest import Foreign
-from tests.helpers import session_members, wait_for
+from tests.helpers import service_env, session_members, wait_for
 
 PY = sys.executable
 SLEEPER = [PY, "-c", "import time; time.sleep(3600)"]
@@ -471,7 +470,7 @@ def test_a_running_controller_sees_what_a_crashed_concurrent_pass_enrolled(
         children = Children()
         identity = children.spawn(
             SLEEPER, cwd=settings.specs_dir, log_path=settings.logs_dir / "other.log",
-            env=minimal_env({"RECONCILER_STATE_DIR": str(settings.state_dir)}),
+            env=service_env({"RECONCILER_STATE_DIR": str(settings.state_dir)}),
             enroll=lambda ident: enroll(settings.run_dir, Enrollment(
                 job_id=record.id, service="a", action="main", generation=record.generation,
                 identity=ident, cmdline=tuple(SLEEPER), enrolled_at=time.time())))

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from reconciler import logs
+from reconciler import logpaths, logs
 from reconciler.cli import render
 from reconciler.cli.args import (
     allow_empty_of,
@@ -195,11 +195,11 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     keys = logged_jobs(settings, args.target)
-    paths = [logs.log_path(settings.logs_dir, service, action) for service, action in keys]
+    paths = [logpaths.log_path(settings.logs_dir, service, action) for service, action in keys]
     for (service, action), path in zip(keys, paths, strict=True):
         if len(keys) > 1:
             print(f"==> {service}.{action} <==")
-        shown = logs.previous_path(path) if args.previous else path
+        shown = logpaths.previous_path(path) if args.previous else path
         emit([line.rstrip("\n") for line in logs.tail(shown, args.lines)])
     if args.follow:
         if len(keys) > 1 or args.previous:
@@ -226,10 +226,10 @@ def logged_jobs(settings: Settings, target: str) -> list[tuple[str, str]]:
 
 def _has_log(settings: Settings, service: str, action: str) -> bool:
     try:
-        path = logs.log_path(settings.logs_dir, service, action)
+        path = logpaths.log_path(settings.logs_dir, service, action)
     except ValueError:  # not a name that can be a path part: no log by that name
         return False
-    return os.path.lexists(path) or os.path.lexists(logs.previous_path(path))
+    return os.path.lexists(path) or os.path.lexists(logpaths.previous_path(path))
 
 
 COMMANDS: dict[str | None, Command] = {

@@ -16,9 +16,11 @@ Where the kernel has no pidfds (Linux < 5.3: ENOSYS) or a sandbox forbids them (
 EPERM), `Pidfds.supported()` says so, decided once by probing ourselves (trio's
 `can_try_pidfd_open`). Callers then fall back to checking /proc right before they act: a
 window of microseconds for a signal, polling for exit detection. A single open that fails
-for want of resources (EMFILE, ENFILE, ENOMEM) gets the same fallback for that call only;
-nothing is remembered from it. ESRCH (and EINVAL: not a thread-group leader) means the
-process is gone.
+for want of resources (EMFILE, ENFILE, ENOMEM) is `NoPidfd(transient=True)` for that call
+only, and nothing is remembered from it: watching falls back to polling, but a *signal* is
+not sent (the step fails and the next pass tries again), because a kernel that has pidfds
+gives no reason to accept the fallback's window. ESRCH (and EINVAL: not a thread-group
+leader) means the process is gone.
 
 `Pidfds` is also the seam: everything that opens a pidfd or delivers a signal takes one
 (the real `SYSTEM` by default), so tests pass a recorder instead of patching modules.
@@ -39,8 +41,13 @@ _GONE = (errno.ESRCH, errno.EINVAL)  # no such process, or not a thread-group le
 
 
 class NoPidfd(Exception):
-    """No pidfd for this call: the kernel or sandbox has none, or none could be opened now.
-    The caller falls back to checking /proc right before it acts."""
+    """No pidfd for this call: the kernel or sandbox has none (`transient` False: fall back
+    to checking /proc right before acting), or none could be opened now (`transient` True,
+    e.g. out of fds: watching may fall back, signalling must not)."""
+
+    def __init__(self, message: str = "", *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def _system_open(pid: int) -> int:
@@ -81,7 +88,7 @@ class Pidfds:
         except OSError as err:
             if err.errno in _GONE:
                 return None
-            raise NoPidfd(f"pid {pid}: {err.strerror}") from err
+            raise NoPidfd(f"pid {pid}: {err.strerror}", transient=True) from err
 
     def open_verified(self, identity: Identity, *, zombie_ok: bool = False) -> int | None:
         """A pidfd that provably names the process `identity` names, else None (gone,

@@ -65,7 +65,9 @@ def signal_identity(identity: Identity, sig: int, *, pidfds: Pidfds = SYSTEM) ->
         return False
     try:
         fd = pidfds.open_verified(identity)
-    except NoPidfd:
+    except NoPidfd as err:
+        if err.transient:  # the kernel has pidfds: no reason to accept the fallback's window
+            raise OSError(f"not signalled: no pidfd for {identity} now ({err})") from err
         return _verify_then_kill(identity, sig, pidfds)
     if fd is None:
         return False

@@ -79,8 +79,17 @@ def _check_executable(argv0: str, cwd: str | None, env: Mapping[str, str]) -> No
             raise SpawnError(f"command not found: {argv0}")
         if not os.path.isfile(path) or not os.access(path, os.X_OK):
             raise SpawnError(f"permission denied: {argv0}")
-    elif shutil.which(argv0, path=env.get("PATH", DEFAULT_PATH)) is None:
+    elif shutil.which(argv0, path=_search_path(env, cwd)) is None:
         raise SpawnError(f"command not found: {argv0}")
+
+
+def _search_path(env: Mapping[str, str], cwd: str | None) -> str:
+    """The service's PATH as exec will search it: from the service's working directory, so a
+    relative entry (`bin`) or an empty one (the current directory) means one under `cwd`,
+    not under ours."""
+    base = cwd or os.getcwd()
+    entries = env.get("PATH", DEFAULT_PATH).split(os.pathsep)
+    return os.pathsep.join(e if os.path.isabs(e) else os.path.join(base, e) for e in entries)
 
 
 # What /bin/sh runs without looking it up on PATH (POSIX special and regular builtins, and the
@@ -91,7 +100,11 @@ _SHELL_WORDS = frozenset((
     ".", ":", "[", "alias", "bg", "break", "cd", "command", "continue", "echo", "eval", "exec",
     "exit", "export", "false", "fc", "fg", "getopts", "hash", "jobs", "kill", "local",
     "printf", "pwd", "read", "readonly", "return", "set", "shift", "test", "times", "trap",
-    "true", "type", "ulimit", "umask", "unalias", "unset", "wait"))
+    "true", "type", "ulimit", "umask", "unalias", "unset", "wait",
+    # bash's and dash's own (when /bin/sh is one of them)
+    "bind", "builtin", "caller", "chdir", "compgen", "complete", "coproc", "declare", "dirs",
+    "disown", "enable", "help", "history", "let", "logout", "mapfile", "popd", "pushd",
+    "readarray", "shopt", "source", "suspend", "typeset"))
 # Operators and expansions that may make the shell run something other than (or more than)
 # the first word: then the string is left to the shell, as it always was.
 _SHELL_SYNTAX = frozenset("|&;<>()$`\\\n")
@@ -274,8 +287,8 @@ class Children:
         if any(c.pidfd is None for c in children):
             return self._wait_polling(children, timeout)
         poller = select.poll()
-        for child in children:
-            poller.register(child.pidfd, select.POLLIN)  # type: ignore[arg-type]
+        for fd in (c.pidfd for c in children if c.pidfd is not None):  # all are, checked above
+            poller.register(fd, select.POLLIN)
         return bool(poller.poll(max(0, math.ceil(timeout * 1000))))
 
     @staticmethod
