@@ -22,9 +22,10 @@ JITTER = 0.2
 def restart_delay(consecutive_failures: int, backoff: Backoff, job_id: str) -> float:
     """Seconds to wait before restarting a process after `consecutive_failures` failures in
     a row: 0 for the first, then `restart_base`, with ±20 % jitter."""
-    if consecutive_failures <= 1:
+    base = restart_base(consecutive_failures, backoff)
+    if base == 0.0:
         return 0.0
-    return retry_delay(consecutive_failures - 1, backoff, job_id)
+    return base * (1.0 + JITTER * _unit_jitter(job_id, consecutive_failures - 1))
 
 
 def retry_delay(attempt: int, backoff: Backoff, job_id: str) -> float:

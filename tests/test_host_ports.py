@@ -75,17 +75,17 @@ def test_ipv6_listener(free_port: Callable[[], int]) -> None:
     assert state.listening and [h.pid for h in state.holders] == [os.getpid()]
 
 
-def test_candidates_spare_the_full_scan(foreign: Foreign, free_port: Callable[[], int],
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_candidates_spare_the_full_scan(foreign: Foreign,
+                                        free_port: Callable[[], int]) -> None:
     """A pass that already knows the likely holder must not walk every process's fds."""
     port = free_port()
     proc = foreign.listen_tcp(port)
 
-    def no_full_scan() -> None:
+    def no_full_scan() -> list[int]:
         raise AssertionError("full /proc scan although a candidate holds the socket")
 
-    monkeypatch.setattr(holders.procfs, "iter_pids", no_full_scan)
-    state = inspect_tcp_ports([port], candidates=[os.getpid(), proc.pid])[port]
+    state = inspect_tcp_ports([port], candidates=[os.getpid(), proc.pid],
+                              every_pid=no_full_scan)[port]
     assert [h.pid for h in state.holders] == [proc.pid]
 
 

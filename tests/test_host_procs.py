@@ -57,7 +57,7 @@ def sessions() -> Iterator[list[int]]:
     for sid in sids:
         if sid in (0, 1, os.getsid(0)):
             continue
-        for stat in procfs.iter_stats():
+        for stat in filter(None, map(procfs.read_stat, procfs.iter_pids())):
             if stat.session == sid and not stat.zombie:
                 with contextlib.suppress(OSError):
                     os.kill(stat.pid, signal.SIGKILL)

@@ -6,15 +6,16 @@ import sys
 
 import psutil
 
-from reconciler.host import usage as usage_module
-from reconciler.host.usage import Usage, usage
+from reconciler.host.usage import Usage, UsageSampler
 from tests.conftest import Foreign
 from tests.helpers import wait_for
+
+SAMPLER = UsageSampler()  # one for the module: a later call measures against an earlier one
 
 
 def test_busy_child_shows_cpu_on_a_later_call(foreign: Foreign) -> None:
     busy = foreign.start([sys.executable, "-c", "while True: pass"])
-    first = usage(busy.pid)
+    first = SAMPLER.usage(busy.pid)
     assert first is not None
     assert first.cpu_percent == 0.0  # no earlier sample to compare with
     assert first.rss_bytes > 0
@@ -26,11 +27,11 @@ def test_idle_child_has_rss_and_little_cpu(foreign: Foreign) -> None:
     idle = foreign.start(["sleep", "60"])
     wait_for(lambda: psutil.Process(idle.pid).status() == psutil.STATUS_SLEEPING,
              message="sleep to be sleeping")
-    first = usage(idle.pid)
+    first = SAMPLER.usage(idle.pid)
     assert first is not None
     assert first.cpu_percent == 0.0
     assert first.rss_bytes > 0
-    second = usage(idle.pid)
+    second = SAMPLER.usage(idle.pid)
     assert second is not None
     assert second.cpu_percent < 50.0  # a sleeping process; generous for a loaded CI host
 
@@ -39,27 +40,25 @@ def test_zombie_and_gone_processes_have_no_usage(foreign: Foreign) -> None:
     child = foreign.start(["true"])
     wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE,
              message="an unreaped child")
-    assert usage(child.pid) is None
+    assert SAMPLER.usage(child.pid) is None
     child.wait()
-    assert usage(child.pid) is None
+    assert SAMPLER.usage(child.pid) is None
 
 
 def test_recycled_pid_does_not_reuse_the_old_sample(foreign: Foreign) -> None:
     """A cache keyed by pid alone would measure a new process against a dead one's counters."""
     child = foreign.start(["sleep", "60"])
     created = psutil.Process(child.pid).create_time()
-    with usage_module._lock:
-        usage_module._forget_locked(child.pid)
-        previous = psutil.Process(child.pid)
-        previous.cpu_percent(interval=None)  # primed, as an earlier process would have been
-        usage_module._cache[(child.pid, created - 1000.0)] = previous
-    sample = usage(child.pid)
+    previous = psutil.Process(child.pid)
+    previous.cpu_percent(interval=None)  # primed, as an earlier process would have been
+    cache = {(child.pid, created - 1000.0): previous}  # what an earlier process left
+    sample = UsageSampler(cache).usage(child.pid)
     assert sample is not None and sample.cpu_percent == 0.0  # a first sample, not a delta
-    assert [k for k in usage_module._cache if k[0] == child.pid] == [(child.pid, created)]
+    assert list(cache) == [(child.pid, created)]
 
 
 def _cpu_above(pid: int, threshold: float) -> Usage | None:
-    sample = usage(pid)
+    sample = SAMPLER.usage(pid)
     return sample if sample is not None and sample.cpu_percent > threshold else None
 
 
@@ -70,7 +69,7 @@ def test_sample_measures_the_named_processes_and_skips_a_recycled_pid(foreign: F
     ident = identity_of(busy.pid)
     assert ident is not None
     stranger = ident._replace(starttime_ticks=ident.starttime_ticks + 1)  # same pid, not it
-    found = usage_module.sample({"job": ident, "stale": stranger}, interval=0.05)
+    found = UsageSampler().sample({"job": ident, "stale": stranger}, interval=0.05)
     assert set(found) == {"job"}
     assert found["job"].rss_bytes > 0
-    assert usage_module.sample({}) == {}  # nothing to measure: no window waited either
+    assert UsageSampler().sample({}) == {}  # nothing to measure: no window waited either

@@ -30,7 +30,7 @@ from reconciler.cli.args import (
 from reconciler.cli.errors import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UsageError
 from reconciler.controller import PassResult, Reconciler, prepare_state_dir
 from reconciler.daemon import Daemon
-from reconciler.host import usage
+from reconciler.host.usage import UsageSampler
 from reconciler.preview import preview
 from reconciler.settings import Settings, specs_dir_of, state_dir_of
 from reconciler.spec.load import load_specs
@@ -177,7 +177,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     jobs = read_jobs(settings_from(args))
-    usages = usage.sample({j.id: j.identity for j in jobs if j.pid and j.identity})
+    usages = UsageSampler().sample({j.id: j.identity for j in jobs if j.pid and j.identity})
     if args.output == "json":
         emit(render.jobs_json(jobs, usages))
     else:

@@ -8,7 +8,7 @@ pidfile owners) are checked first, and the full scan only runs for inodes still 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from reconciler.host import procfs
 from reconciler.host.identity import proc_info
@@ -32,15 +32,17 @@ def _scan(pids: Iterable[int], wanted: set[int],
             found[inode].append(info)
 
 
-def find_socket_holders(inodes: Iterable[int],
-                        candidates: Iterable[int] = ()) -> dict[int, list[ProcInfo]]:
+def find_socket_holders(inodes: Iterable[int], candidates: Iterable[int] = (), *,
+                        every_pid: Callable[[], Iterable[int]] = procfs.iter_pids,
+                        ) -> dict[int, list[ProcInfo]]:
     """inode → live processes holding it (every requested inode is a key; an empty list means
     no holder could be found, which is NOT proof that nobody holds it: it may belong to
     another network namespace or a process we may not inspect).
 
     A candidate that holds an inode ends the search for that inode, so processes that
     inherited the same socket (pre-fork workers) are only reported when no candidate
-    holds it.
+    holds it. `every_pid` lists the processes of the full scan (a test passes one that
+    proves the scan never ran).
     """
     wanted = {inode for inode in inodes if inode > 0}
     found: dict[int, list[ProcInfo]] = {inode: [] for inode in wanted}
@@ -48,5 +50,5 @@ def find_socket_holders(inodes: Iterable[int],
     _scan(candidates, wanted, found, seen)
     unresolved = {inode for inode, procs in found.items() if not procs}
     if unresolved:
-        _scan(procfs.iter_pids(), unresolved, found, seen)
+        _scan(every_pid(), unresolved, found, seen)
     return found

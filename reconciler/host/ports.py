@@ -8,15 +8,16 @@ SO_REUSEADDR, so it is not a conflict.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from reconciler.host import procfs
 from reconciler.host.holders import find_socket_holders
 from reconciler.observed import PortState, ProcInfo
 
 
-def inspect_tcp_ports(ports: Iterable[int],
-                      candidates: Iterable[int] = ()) -> dict[int, PortState]:
+def inspect_tcp_ports(ports: Iterable[int], candidates: Iterable[int] = (), *,
+                      every_pid: Callable[[], Iterable[int]] = procfs.iter_pids,
+                      ) -> dict[int, PortState]:
     """port → PortState for every requested port, on any local address, IPv4 or IPv6.
 
     `listening` with no holders means the owner is invisible to us (for instance a process
@@ -33,7 +34,8 @@ def inspect_tcp_ports(ports: Iterable[int],
             if entry.inode:
                 inodes_by_port[entry.local_port].add(entry.inode)
     all_inodes = set().union(*inodes_by_port.values())
-    holders = find_socket_holders(all_inodes, candidates) if all_inodes else {}
+    holders = find_socket_holders(all_inodes, candidates, every_pid=every_pid) \
+        if all_inodes else {}
     return {port: PortState(port, port in listening,
                             _unique(holders, inodes_by_port[port])) for port in wanted}
 

@@ -196,14 +196,6 @@ def iter_pids() -> Iterator[int]:
             yield int(name)
 
 
-def iter_stats() -> Iterator[Stat]:
-    """Every process's stat, skipping those that vanish during the scan."""
-    for pid in iter_pids():
-        stat = read_stat(pid)
-        if stat is not None:
-            yield stat
-
-
 # --- /proc/<pid>/environ ---------------------------------------------------------------------
 
 ENVIRON_MAX = 128 * 1024  # environ can be huge (up to the arg limit); a marker sits near the top

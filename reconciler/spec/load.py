@@ -343,28 +343,6 @@ def _open_spec(where: _Dir, name: str) -> tuple[int | None, str | None]:
         return None, f"cannot open it ({err.strerror or err})"
 
 
-def check_file_safety(path: Path) -> SpecError | None:
-    """Specs decide what runs on the host (as us, maybe root): refuse files that someone
-    other than root or us could have written. Checked on an opened descriptor, as loading
-    does, never on the path (a path can be swapped between the check and the read)."""
-    path = Path(path)
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as err:
-        return _refusal(str(path), f"cannot open its directory ({err.strerror or err})")
-    try:
-        where = _Dir(path.parent, dir_fd, _fd_path(dir_fd, path.parent), 0.0, 0.0, None)
-        fd, reason = _open_spec(where, path.name)
-        if fd is not None:
-            try:
-                reason = _unsafe_reason(os.fstat(fd), str(path))
-            finally:
-                os.close(fd)
-    finally:
-        os.close(dir_fd)
-    return _refusal(str(path), reason) if reason else None
-
-
 def _unsafe_reason(info: os.stat_result, display: str) -> str | None:
     """Facts about the descriptor we read: a regular file, written only by root or us."""
     if not stat.S_ISREG(info.st_mode):
