@@ -46,7 +46,10 @@ def rotate(path: Path, keep: int, max_size: int | None = None) -> None:
     if max_size is not None and cap_size(path, max_size, keep):
         return
     _remove_beyond(path, keep)
-    if not os.path.lexists(path):
+    try:
+        if os.lstat(path).st_size == 0:
+            return  # a start that failed before its command wrote anything: keep the history
+    except FileNotFoundError:
         return  # nothing ran since the last rotation
     if keep == 0:
         path.unlink(missing_ok=True)

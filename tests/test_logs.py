@@ -382,3 +382,16 @@ def test_cap_size_truncates_before_shifting_the_history(log: Path) -> None:
     assert log.read_text() == ""
     assert names(log.parent) == ["api.log", "api.log.1", "api.log.2"]
     assert logpaths.previous_path(log, 1).read_text() == "older run\n"
+
+
+def test_an_empty_live_log_does_not_push_out_history(tmp_path: Path) -> None:
+    """Starts that fail before their command writes a line (retries of a spawn error) must
+    not rotate the previous run's log out of the history."""
+    path = logpaths.log_path(tmp_path, "web", "api")
+    path.parent.mkdir(parents=True)
+    path.write_text("the previous generation's output\n")
+    logs.rotate(path, keep=2)
+    for _ in range(3):
+        path.write_text("")  # opened by a start that then failed
+        logs.rotate(path, keep=2)
+    assert logpaths.previous_path(path).read_text() == "the previous generation's output\n"

@@ -2,9 +2,10 @@
 
 A reader creates no directory, no file and no `-wal`/`-shm`, chmods nothing and migrates
 nothing (see `Store.open_readonly`), so these commands work on a read-only state dir, on one
-they may not write, and on one that does not exist yet ("no jobs yet"). They do not refuse a
-state dir that is not private either: reading cannot make it worse. Damage is still reported,
-including a database emptied beside enrollments.
+they may not write, and on one that does not exist yet ("no jobs yet"). `status`, `events` and
+`logs` do not refuse a state dir that is not private either: reading cannot make it worse.
+`diff` does (`preview.py`), because it shows a plan that a pass would then refuse to run.
+Damage is still reported, including a database emptied beside enrollments.
 """
 
 from __future__ import annotations
