@@ -40,9 +40,9 @@ from reconciler.state.enrollment import Enrollments, sweep_stale_temps
 from reconciler.state.lock import StateLock
 from reconciler.state.records import Enrollment, Event, JobRecord, SpecRecord
 from reconciler.state.store import Store
+from reconciler.timing import HOUSEKEEPING_SECONDS
 
 SETTLED_PHASES = ("succeeded", "stopped")
-HOUSEKEEPING_SECONDS = 5.0  # how often logs are held to `logs.max_size` and events pruned
 EVENTS_KEPT = 10_000  # the newest events kept: a crash loop must not grow the database forever
 HealthResults = Mapping[str, "health.HealthState"]
 

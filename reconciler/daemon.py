@@ -33,6 +33,7 @@ from reconciler.settings import Settings
 from reconciler.state.lock import LockTimeout
 from reconciler.state.records import JobRecord
 from reconciler.text import printable
+from reconciler.timing import DAEMON_WAKE_SECONDS, SPEC_WATCH_STEP_MS
 from reconciler.watch import SpecWatcher
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class Daemon:
         self._last_problems: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         self.scheduler = BackgroundScheduler(timezone=UTC)
         # step 50 ms: a shorter step costs idle CPU (docs/benchmarks.md, Findings)
-        self.watcher = SpecWatcher(settings.specs_dir, self.kick, step_ms=50)
+        self.watcher = SpecWatcher(settings.specs_dir, self.kick, step_ms=SPEC_WATCH_STEP_MS)
         self.exits = ExitWatcher(lambda _identity: self.kick())
         self.health = HealthMonitor(self.kick)
         self.logcap = LogCapper()
@@ -119,7 +120,7 @@ class Daemon:
             try:
                 self.kick()
                 while not self.stopping.is_set():
-                    if self.wake.wait(timeout=1.0) and not self.stopping.is_set():
+                    if self.wake.wait(timeout=DAEMON_WAKE_SECONDS) and not self.stopping.is_set():
                         self.wake.clear()
                         self._pass(passes)
                         if self.passes == 1:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from reconciler import logs
+from reconciler.timing import LOG_CHECK_SECONDS, LOGCAP_ERROR_PAUSE_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,8 @@ class LogCapper:
     """A daemon thread bounding live logs. `sync(targets)` after every pass; `start()` once;
     `stop()` at shutdown (returns within about a second). Thread-safe."""
 
-    def __init__(self, *, safety_interval: float = 5.0, use_inotify: bool = True) -> None:
+    def __init__(self, *, safety_interval: float = LOG_CHECK_SECONDS,
+                 use_inotify: bool = True) -> None:
         self.safety_interval = safety_interval
         self._lock = threading.Lock()
         self._wanted: dict[str, LogTarget] = {}
@@ -213,7 +215,7 @@ class LogCapper:
                 next_sweep = self._step(poller, next_sweep)
             except Exception:  # never let one bad file end capping for every job
                 log.exception("log capper step failed")
-                time.sleep(1.0)
+                time.sleep(LOGCAP_ERROR_PAUSE_SECONDS)
             with self._lock:
                 if self._stopping:
                     return

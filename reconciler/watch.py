@@ -31,12 +31,12 @@ import watchfiles
 # The loader's own rule, so that editor temp files (`.x.yaml.swp`, vim's `4913`, `x.yaml~`,
 # `.#x.yaml`) never wake the controller for nothing.
 from reconciler.spec.load import is_spec_name
+from reconciler.timing import THREAD_JOIN_SECONDS
 
 __all__ = ["SpecWatcher", "is_spec_name", "is_swap_name"]
 
 log = logging.getLogger(__name__)
 
-_JOIN_SECONDS = 5.0
 
 DirId = tuple[int, int]  # (st_dev, st_ino)
 Snapshot = dict[str, tuple[int, int, int, int]]  # name -> (ino, size, mtime_ns, ctime_ns)
@@ -123,9 +123,9 @@ class SpecWatcher:
         thread = self._thread
         if thread is None or thread is threading.current_thread():
             return
-        thread.join(_JOIN_SECONDS)
+        thread.join(THREAD_JOIN_SECONDS)
         if thread.is_alive():
-            log.warning("spec watcher did not stop within %.0fs", _JOIN_SECONDS)
+            log.warning("spec watcher did not stop within %.0fs", THREAD_JOIN_SECONDS)
 
     # --- the watcher thread -------------------------------------------------------------
 

@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterable
 from reconciler.host.identity import identity_of
 from reconciler.host.pidfd import SYSTEM, NoPidfd, Pidfds
 from reconciler.identity import Identity
+from reconciler.timing import EXIT_WATCH_POLL_SECONDS, THREAD_JOIN_SECONDS
 
 log = logging.getLogger(__name__)
 
-_JOIN_SECONDS = 5.0
 
 
 class ExitWatcher:
@@ -38,7 +38,7 @@ class ExitWatcher:
     """
 
     def __init__(self, on_exit: Callable[[Identity], None], *,
-                 poll_interval: float = 0.5, pidfds: Pidfds = SYSTEM) -> None:
+                 poll_interval: float = EXIT_WATCH_POLL_SECONDS, pidfds: Pidfds = SYSTEM) -> None:
         self._on_exit = on_exit
         self._pidfds = pidfds
         self._poll_interval = poll_interval
@@ -75,9 +75,9 @@ class ExitWatcher:
         if thread is None:
             self._close_all()
         elif thread is not threading.current_thread():
-            thread.join(_JOIN_SECONDS)
+            thread.join(THREAD_JOIN_SECONDS)
             if thread.is_alive():
-                log.warning("exit watcher did not stop within %.0fs", _JOIN_SECONDS)
+                log.warning("exit watcher did not stop within %.0fs", THREAD_JOIN_SECONDS)
 
     def sync(self, identities: Iterable[Identity]) -> None:
         """Watch exactly these from now on. Already gone (or recycled) ones are reported

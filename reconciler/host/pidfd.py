@@ -130,7 +130,3 @@ class Pidfds:
 
 
 SYSTEM = Pidfds()  # the kernel's pidfds; the default everywhere
-
-# Where there are no pidfds, waiting for a process to exit means asking again this often
-# (spawn's Children.wait, the exec probe's wait); with them, exits wake us at once.
-FALLBACK_POLL_SECONDS = 0.02

@@ -32,6 +32,7 @@ from urllib.parse import urljoin, urlsplit
 
 from reconciler.host import pidfd
 from reconciler.spec.model import ExecHealth, Health, HttpHealth, TcpHealth, UnixHealth
+from reconciler.timing import NO_PIDFD_POLL_SECONDS
 
 MAX_HEAD_BYTES = 16 * 1024  # status line + headers; a probe never reads a body
 MAX_REDIRECTS = 4  # followed within the same deadline, to http:// URLs only
@@ -262,7 +263,7 @@ def _wait_unreaped(pid: int, end: float) -> bool:
             left = end - time.monotonic()
             if left <= 0:
                 return False
-            time.sleep(min(pidfd.FALLBACK_POLL_SECONDS, left))
+            time.sleep(min(NO_PIDFD_POLL_SECONDS, left))
         return True
     try:
         poller = select.poll()

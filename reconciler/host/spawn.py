@@ -32,9 +32,10 @@ from reconciler.environment import DEFAULT_PATH
 from reconciler.files import PRIVATE_FILE, make_private_dirs
 from reconciler.host import procfs
 from reconciler.host.limits import child_fd_limit
-from reconciler.host.pidfd import FALLBACK_POLL_SECONDS, SYSTEM, NoPidfd, Pidfds
+from reconciler.host.pidfd import SYSTEM, NoPidfd, Pidfds
 from reconciler.identity import Identity
 from reconciler.observed import Exit
+from reconciler.timing import NO_PIDFD_POLL_SECONDS
 
 # Waits for the parent's go on stdin; end-of-file (the parent died) means never run "$@".
 # $1 is the soft open-file limit the command gets (host/limits.py).
@@ -303,7 +304,7 @@ class Children:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            time.sleep(min(remaining, FALLBACK_POLL_SECONDS))
+            time.sleep(min(remaining, NO_PIDFD_POLL_SECONDS))
 
     def close(self) -> None:
         """Release the pidfds; the children themselves keep running in their sessions."""

@@ -11,6 +11,7 @@ from types import TracebackType
 
 from reconciler.files import PRIVATE_FILE
 from reconciler.state.errors import DaemonRunning
+from reconciler.timing import LOCK_RETRY_SECONDS
 
 
 class LockTimeout(Exception):
@@ -47,7 +48,7 @@ class StateLock:
                 if time.monotonic() > deadline:
                     os.close(fd)
                     raise LockTimeout(f"{self.path} is held by another reconciler") from None
-                time.sleep(0.01)  # polling a lock, not synchronizing a test
+                time.sleep(LOCK_RETRY_SECONDS)  # polling a lock, not synchronizing a test
         self._fd = fd
         epoch = _read_epoch(fd)
         self.changed_hands = self._epoch is None or epoch != self._epoch

@@ -34,6 +34,7 @@ from sqlite_utils.db import Table
 from reconciler.files import PRIVATE_FILE, make_private_dirs
 from reconciler.state.errors import DatabaseDamaged
 from reconciler.state.records import BlockedBy, Event, JobRecord, JobSpec, SpecRecord
+from reconciler.timing import LOCK_RETRY_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +316,7 @@ def _enable_wal(db: Database) -> None:
         except sqlite3.OperationalError as err:
             if "locked" not in str(err) or time.monotonic() > deadline:
                 raise
-            time.sleep(0.01)  # back off before retrying the lock, not a synchronization
+            time.sleep(LOCK_RETRY_SECONDS)  # back off before retrying the lock
 
 
 # --- damage -----------------------------------------------------------------------------------
