@@ -158,11 +158,15 @@ def test_a_crash_that_leaves_a_setsid_child_does_not_multiply_instances(
 
 
 # A one-shot that starts a helper in the background and exits 0 (`cmd &` in a setup script).
+# The one-shot exits only once its helper has written its pid (else, on a loaded machine, the
+# helper could be stopped with the finished run before the test ever learns its pid).
 ONESHOT_WITH_HELPER = (
     "import os,sys,time\n"
     "if os.fork() == 0:\n"
-    "    open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+    "    open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid()))\n"
+    "    os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
     "    while True: time.sleep(3600)\n"
+    "while not os.path.exists(sys.argv[1]): time.sleep(0.005)\n"
     "os._exit(0)\n"
 )
 
