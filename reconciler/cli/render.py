@@ -41,6 +41,7 @@ def job_json(job: JobRecord, now: float | None = None,
         "started_at": job.started_at,
         "next_start_at": job.next_start_at,
         "generation": job.generation,
+        "revision": job.revision,
         "uptime_seconds": round(now - job.started_at, 3) if job.pid and job.started_at else None,
         "last_exit_at": job.last_exit_at,
         "cpu_percent": round(usage.cpu_percent, 1) if usage else None,
@@ -99,7 +100,7 @@ def age(seconds: float) -> str:
 def events_json(events: Sequence[tuple[int, Event]]) -> str:
     return to_json([{"id": i, "at": e.at, "kind": e.kind, "service": e.service,
                      "action": e.action, "job_id": e.job_id, "reason": e.reason,
-                     "detail": e.detail} for i, e in events])
+                     "detail": e.detail, "revision": e.revision} for i, e in events])
 
 
 def event_lines(events: Sequence[tuple[int, Event]]) -> list[str]:
