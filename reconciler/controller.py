@@ -7,6 +7,7 @@ so a daemon and a `reconcile --once` never run passes at the same time.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -17,6 +18,7 @@ from pathlib import Path
 from reconciler import health, logs
 from reconciler.desired import Desired, ResolvedCache, build_desired
 from reconciler.execute import Executor, Outcome
+from reconciler.host.gitrev import NO_REVISION, Revision, revision_of
 from reconciler.host.limits import raise_fd_limit
 from reconciler.host.members import job_processes
 from reconciler.host.observe import observe
@@ -42,6 +44,7 @@ from reconciler.state.records import Enrollment, Event, JobRecord, SpecRecord
 from reconciler.state.store import Store
 from reconciler.timing import HOUSEKEEPING_SECONDS
 
+log = logging.getLogger(__name__)
 SETTLED_PHASES = ("succeeded", "stopped")
 EVENTS_KEPT = 10_000  # the newest events kept: a crash loop must not grow the database forever
 HealthResults = Mapping[str, "health.HealthState"]
@@ -56,6 +59,10 @@ class PassResult:
     desired: Desired
     plan: Plan
     jobs: tuple[JobRecord, ...]  # every non-removed job after the pass
+    # The specs dir's revision this pass saw, and the latest at which every file loaded
+    # cleanly (they differ while a file runs on its last good version)
+    source: Revision = NO_REVISION
+    applied_revision: str | None = None
 
     @property
     def converged(self) -> bool:
@@ -147,12 +154,47 @@ class Reconciler:
         the state lock, and a slow endpoint must not hold that (or the pass) with it.
         """
         with self._locked():
-            draft = self._draft(self.children, health)
-            outcome = self._execute(draft.plan)
-            self._save(outcome, draft.spec_records, draft.loaded)
+            started = time.monotonic()
+            # before loading: if the checkout changes meanwhile, the watcher's next pass
+            # sees both the new files and the new revision
+            source = revision_of(self.settings.specs_dir, self.settings.revision)
+            try:
+                draft = self._draft(self.children, health)
+                outcome = self._execute(draft.plan)
+                outcome = stamp_new_jobs(outcome, draft.records, source.revision)
+                applied = self._applied_revision(source, draft.loaded)
+                self._save(outcome, draft.spec_records, draft.loaded, source.revision)
+                self._record_pass(started, draft.loaded.ok, source, applied)
+            except Exception:
+                self._record_failed_pass(started, source)
+                raise
             jobs = jobs_after(draft.records, outcome)
             self._housekeeping_when_due(draft.desired, jobs)
-            return PassResult(draft.loaded, draft.desired, draft.plan, jobs)
+            return PassResult(draft.loaded, draft.desired, draft.plan, jobs, source, applied)
+
+    def _applied_revision(self, source: Revision, loaded: LoadResult) -> str | None:
+        """This revision when every file loaded cleanly (and none is still being written),
+        else the last one that did: the files running on their last good version came
+        from it (or from before it)."""
+        if loaded.ok and loaded.unsettled_until is None:
+            return source.revision
+        return self.store.controller_facts().applied_revision
+
+    def _record_pass(self, started: float, ok: bool, source: Revision,
+                     applied: str | None) -> None:
+        self.store.save_pass_facts(
+            at=self.clock(), ok=ok, duration_ms=round((time.monotonic() - started) * 1000),
+            revision=source.revision, applied_revision=applied, dirty=source.dirty,
+            revision_error=source.error)
+
+    def _record_failed_pass(self, started: float, source: Revision) -> None:
+        """Best effort: `info` should say the last pass failed, but the error that failed
+        it (a locked or damaged database, say) may well fail this write too."""
+        try:
+            applied = self.store.controller_facts().applied_revision
+            self._record_pass(started, False, source, applied)
+        except Exception as err:  # the pass's own error is what gets raised and logged
+            log.debug("could not record the failed pass: %s", err)
 
     def down(self, targets: frozenset[tuple[str, str | None]] | None = None, *,
              wait: float | None = None) -> Plan:
@@ -210,7 +252,8 @@ class Reconciler:
             observed = observe_for(Desired(actions=()), records, enrollments, self.children,
                                    self.procs)
             planned = planner(observed, records, self.clock())
-            self._save(self._execute(planned), [], None)
+            # an operator's command loads no specs: its events carry the last pass's revision
+            self._save(self._execute(planned), [], None, self.store.controller_facts().revision)
             return planned
 
     def _housekeeping_when_due(self, desired: Desired, jobs: Iterable[JobRecord]) -> None:
@@ -275,10 +318,11 @@ class Reconciler:
         return with_unrecorded_enrollments(records, enrollments, self.clock()), enrollments
 
     def _save(self, outcome: Outcome, spec_records: list[SpecRecord],
-              loaded: LoadResult | None) -> None:
+              loaded: LoadResult | None, revision: str | None) -> None:
+        events = [*outcome.events, *spec_events(spec_records, self.clock())]
         with self.store.atomic():
             self.store.upsert_jobs(outcome.jobs.values())
-            self.store.append_events([*outcome.events, *spec_events(spec_records, self.clock())])
+            self.store.append_events(with_revision(events, revision))
             if loaded is not None:
                 self.store.save_spec_records(spec_records)
                 gone = set(self.store.spec_records()) - set(loaded.files)
@@ -445,6 +489,23 @@ def spec_record_updates(loaded: LoadResult, previous: dict[str, SpecRecord],
                 record.content, record.hash, record.error):
             updates.append(record)
     return updates
+
+
+def stamp_new_jobs(outcome: Outcome, records: list[JobRecord],
+                   revision: str | None) -> Outcome:
+    """Jobs created in this pass (a new generation is a new job) record the revision that
+    started them; every other job keeps the one it has (None if it predates revisions)."""
+    if revision is None:
+        return outcome
+    known = {r.id for r in records}
+    stamped = {job_id: replace(job, revision=revision)
+               if job_id not in known and job.revision is None else job
+               for job_id, job in outcome.jobs.items()}
+    return replace(outcome, jobs=stamped)
+
+
+def with_revision(events: Iterable[Event], revision: str | None) -> list[Event]:
+    return [e if e.revision is not None else replace(e, revision=revision) for e in events]
 
 
 def spec_events(updates: Iterable[SpecRecord], now: float) -> list[Event]:

@@ -41,6 +41,9 @@ class Settings:
     # identity, search path), captured once here so resolving specs reads no globals.
     inherited_env: tuple[tuple[str, str], ...] = field(
         default_factory=lambda: tuple(sorted(inheritable(os.environ).items())))
+    # `--revision` / `RECONCILER_REVISION`: names the specs dir's revision instead of git
+    # (reconciler/host/gitrev.py); None asks git.
+    revision: str | None = None
 
     def __post_init__(self) -> None:
         if os.environ.get(REFUSE_DEFAULT_STATE_DIR) == "1" and _same_path(
@@ -91,10 +94,16 @@ def state_dir_of(state_dir: str | Path | None = None,
     return Path(state_dir or env.get("RECONCILER_STATE_DIR") or default_state_dir(env))
 
 
+def revision_of(revision: str | None = None, env: Mapping[str, str] = os.environ) -> str | None:
+    """The revision label: the flag, else `RECONCILER_REVISION`, else None (ask git)."""
+    return revision or env.get("RECONCILER_REVISION") or None
+
+
 def resolve(specs: str | Path | None = None, state_dir: str | Path | None = None,
-            env: Mapping[str, str] = os.environ) -> Settings:
+            env: Mapping[str, str] = os.environ, revision: str | None = None) -> Settings:
     return Settings(specs_dir=specs_dir_of(specs, env).absolute(),
-                    state_dir=state_dir_of(state_dir, env).absolute())
+                    state_dir=state_dir_of(state_dir, env).absolute(),
+                    revision=revision_of(revision, env))
 
 
 def _same_path(a: Path, b: Path) -> bool:

@@ -29,7 +29,8 @@ def test_output_json_works_before_or_after_the_command(
         assert isinstance(json.loads(capsys.readouterr().out), list), argv
     capsys.readouterr()
     assert run_cli(settings, "-o", "json", "status", "-o", "table") == 0  # the last one wins
-    assert capsys.readouterr().out.startswith("SERVICE")
+    header, table = capsys.readouterr().out.split("\n", 1)  # status: one header line, then
+    assert header.startswith("daemon ") and table.startswith("SERVICE")  # its table
 
 
 def run_into_a_closed_pipe(args: list[str], settings: Settings) -> subprocess.CompletedProcess[

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--settle", default="200ms",
                         help="read a changed spec file once it has been quiet this long "
                              "(a half-written file is never read; 0s to read at once)")
+    parser.add_argument("--revision", metavar="LABEL", default=None,
+                        help="name the specs dir's revision (default: $RECONCILER_REVISION, "
+                             "else from git when the specs dir is in a git work tree)")
     parser.add_argument("--resync", default="30s",
                         help="daemon: full resync interval (a safety net; events trigger passes)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -78,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     log_cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     log_cmd.add_argument("-n", "--lines", type=int, default=100)
     add("repair", "rebuild the jobs from run/ after damage to state.db")
+    add("info", "the controller: daemon, last pass, source revision, spec files", output)
     return parser
 
 
@@ -85,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    settings = resolve(specs_flag(args), state_dir_flag(args))
+    settings = resolve(specs_flag(args), state_dir_flag(args),
+                       revision=getattr(args, "revision", None))
     settle = getattr(args, "settle", None)
     if settle is None:
         return settings

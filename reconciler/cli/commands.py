@@ -1,7 +1,7 @@
 """The commands of `reconcile`: each reads its flags, asks the controller, the store or the
 host, and hands the result to `render`. No reconciling logic and no host access live here.
 
-Read-only commands (`status`, `events`, `logs`, `diff`, `validate`, `schema`) open the state
+Read-only commands (`status`, `events`, `logs`, `info`, `diff`, `validate`, `schema`) open the state
 through `reconciler.state.reader` and create nothing, so they work on a read-only state dir
 and leave a fresh one absent. Commands that act (`--once`, the daemon, `down`, `restart`,
 `repair`) check and bind the state dir first.
@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from reconciler import logpaths, logs
@@ -31,6 +32,7 @@ from reconciler.cli.errors import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UsageError
 from reconciler.controller import PassResult, Reconciler, prepare_state_dir
 from reconciler.daemon import Daemon
 from reconciler.host.usage import UsageSampler
+from reconciler.info import read_info
 from reconciler.preview import preview
 from reconciler.settings import Settings, specs_dir_of, state_dir_of
 from reconciler.spec.load import load_specs
@@ -40,6 +42,7 @@ from reconciler.state.lock import DaemonLock
 from reconciler.state.reader import open_reader, read_jobs
 from reconciler.state.records import JobRecord
 from reconciler.state.repair import repair
+from reconciler.state.store import Store
 from reconciler.text import PrintableFormatter
 
 Command = Callable[[argparse.Namespace], int]
@@ -84,12 +87,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     prepare_state_dir(settings, rebind=rebind_of(args))
     with DaemonLock(settings.daemon_lock_path):
         bind(settings, rebind_of(args), daemon=True)
+        record_daemon(settings)
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(message)s"))
         logging.basicConfig(level=logging.INFO, handlers=[handler])
         daemon = Daemon(settings, allow_empty=allow_empty_of(args), resync=resync)
         daemon.install_signal_handlers()
         return daemon.run()
+
+
+def record_daemon(settings: Settings) -> None:
+    """For `info`: which daemon serves this state dir, since when (it is up only while it
+    holds daemon.lock, so a record left by a dead daemon says nothing)."""
+    with Store.open(settings.db_path) as store:
+        store.save_daemon(os.getpid(), time.time())
 
 
 def report_pass(result: PassResult, output: str) -> int:
@@ -176,12 +187,21 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    jobs = read_jobs(settings_from(args))
+    settings = settings_from(args)
+    jobs = read_jobs(settings)
     usages = UsageSampler().sample({j.id: j.identity for j in jobs if j.pid and j.identity})
     if args.output == "json":
-        emit(render.jobs_json(jobs, usages))
+        emit(render.jobs_json(jobs, usages))  # stays a list of jobs (DESIGN §8.2)
     else:
+        emit(render.status_header(read_info(settings)))
         emit(render.status_table(jobs, usages) if jobs else "no jobs")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = read_info(settings_from(args))
+    emit(render.to_json(render.info_json(info)) if args.output == "json"
+         else render.info_lines(info))
     return EXIT_OK
 
 
@@ -235,7 +255,7 @@ def _has_log(settings: Settings, service: str, action: str) -> bool:
 COMMANDS: dict[str | None, Command] = {
     None: cmd_run, "diff": cmd_diff, "status": cmd_status, "validate": cmd_validate,
     "schema": cmd_schema, "down": cmd_down, "restart": cmd_restart, "events": cmd_events,
-    "logs": cmd_logs, "repair": cmd_repair,
+    "logs": cmd_logs, "repair": cmd_repair, "info": cmd_info,
 }
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from reconciler.host.usage import Usage
+from reconciler.info import Info
 from reconciler.plan import Plan, Step
 from reconciler.spec.load import LoadResult
 from reconciler.state.records import Event, JobRecord
@@ -40,6 +41,7 @@ def job_json(job: JobRecord, now: float | None = None,
         "started_at": job.started_at,
         "next_start_at": job.next_start_at,
         "generation": job.generation,
+        "revision": job.revision,
         "uptime_seconds": round(now - job.started_at, 3) if job.pid and job.started_at else None,
         "last_exit_at": job.last_exit_at,
         "cpu_percent": round(usage.cpu_percent, 1) if usage else None,
@@ -98,7 +100,7 @@ def age(seconds: float) -> str:
 def events_json(events: Sequence[tuple[int, Event]]) -> str:
     return to_json([{"id": i, "at": e.at, "kind": e.kind, "service": e.service,
                      "action": e.action, "job_id": e.job_id, "reason": e.reason,
-                     "detail": e.detail} for i, e in events])
+                     "detail": e.detail, "revision": e.revision} for i, e in events])
 
 
 def event_lines(events: Sequence[tuple[int, Event]]) -> list[str]:
@@ -145,3 +147,87 @@ def print_problems(loaded: LoadResult, planned: Plan | None) -> None:
                   file=sys.stderr)
     for note in planned.notes if planned else ():
         print(f"reconcile: {note}", file=sys.stderr)
+
+
+# --- `reconcile info` and the `status` header (DESIGN §8.2) ---------------------------------
+
+
+def info_json(info: Info) -> dict[str, Any]:
+    """The documented shape: `source.error` (why the revision is `unknown`) is an addition."""
+    facts = info.facts
+    daemon = None
+    if info.daemon_pid is not None:
+        daemon = {"pid": info.daemon_pid, "started_at": info.daemon_started_at}
+    return {
+        "version": info.version,
+        "specs_dir": info.specs_dir,
+        "state_dir": info.state_dir,
+        "daemon": daemon,
+        "last_pass": {"at": facts.last_pass_at, "ok": facts.last_pass_ok,
+                      "duration_ms": facts.last_pass_duration_ms},
+        "source": {"revision": facts.revision, "applied_revision": facts.applied_revision,
+                   "dirty": facts.dirty, "error": facts.revision_error},
+        "files": [{"file": f.file, "state": f.state, "error": f.error} for f in info.files],
+        "labels": dict(info.labels),
+    }
+
+
+def info_lines(info: Info, now: float | None = None) -> list[str]:
+    now = time.time() if now is None else now
+    facts = info.facts
+    lines = [f"version:          {info.version}",
+             f"specs dir:        {info.specs_dir}",
+             f"state dir:        {info.state_dir}",
+             f"daemon:           {_daemon_text(info, now)}",
+             f"last pass:        {_last_pass_text(facts.last_pass_at, facts.last_pass_ok, now)}"
+             + (f" ({facts.last_pass_duration_ms} ms)"
+                if facts.last_pass_duration_ms is not None else ""),
+             f"revision:         {_revision_text(facts.revision, facts.dirty)}"
+             + (f" ({facts.revision_error})" if facts.revision_error else ""),
+             f"applied revision: {facts.applied_revision or '-'}"]
+    lines.append(f"files:            {len(info.files)}, {len(info.files_not_ok)} not ok")
+    lines += [f"  {f.file}: {f.state}" + (f": {f.error}" if f.error else "")
+              for f in info.files_not_ok]
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(info.labels.items()))
+    lines.append(f"labels:           {labels or '-'}")
+    return lines
+
+
+def status_header(info: Info, now: float | None = None) -> str:
+    """One line above the `status` table: daemon, last pass, revision, files not ok."""
+    now = time.time() if now is None else now
+    facts = info.facts
+    revision = _revision_text(_short_revision(facts.revision), facts.dirty)
+    if facts.applied_revision != facts.revision:
+        revision += f" (applied {_short_revision(facts.applied_revision) or '-'})"
+    bad = info.files_not_ok
+    files = "all files ok" if not bad else f"{len(bad)} file(s) not ok: " + ", ".join(
+        f"{f.file} ({f.state})" for f in bad)
+    return (f"daemon {_daemon_text(info, now)} · last pass "
+            f"{_last_pass_text(facts.last_pass_at, facts.last_pass_ok, now)} · "
+            f"revision {revision} · {files}")
+
+
+def _daemon_text(info: Info, now: float) -> str:
+    if info.daemon_pid is None:
+        return "down"
+    started = info.daemon_started_at
+    return f"up (pid {info.daemon_pid}" + (f", {age(now - started)}" if started else "") + ")"
+
+
+def _last_pass_text(at: float | None, ok: bool | None, now: float) -> str:
+    if at is None:
+        return "never"
+    return f"{age(now - at)} ago, {'ok' if ok else 'not ok'}"
+
+
+def _revision_text(revision: str | None, dirty: bool) -> str:
+    return (revision or "-") + (" +dirty" if dirty else "")
+
+
+def _short_revision(revision: str | None) -> str | None:
+    """`main@sha1:0123456789ab`: 12 hex digits are plenty on one line."""
+    if revision is None:
+        return None
+    name, sep, sha = revision.rpartition("sha1:")
+    return f"{name}{sep}{sha[:12]}" if sep else revision

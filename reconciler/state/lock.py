@@ -10,6 +10,7 @@ from pathlib import Path
 from types import TracebackType
 
 from reconciler.files import PRIVATE_FILE
+from reconciler.host import procfs
 from reconciler.state.errors import DaemonRunning
 from reconciler.timing import LOCK_RETRY_SECONDS
 
@@ -107,3 +108,27 @@ class DaemonLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def daemon_pid(path: Path) -> int | None:
+    """The pid of the daemon holding `path` (a `DaemonLock`), or None when none does.
+
+    Read-only on purpose: taking the lock, even for a moment, could make a daemon starting
+    at that moment refuse to run. The kernel's lock table says whether the file is locked
+    by the pid the file names; a pid left behind by a crashed daemon holds no lock.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None  # no lock file: no daemon ever ran here
+    try:
+        inode = os.fstat(fd).st_ino
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    if not holder.isdigit():
+        return None
+    pid = int(holder)
+    held = any(e.kind == "FLOCK" and e.inode == inode and e.pid in (pid, 0, -1)
+               for e in procfs.read_locks())
+    return pid if held else None

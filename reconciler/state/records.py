@@ -154,6 +154,9 @@ class JobRecord:
     # own stop; on a waiting one, the stop of a foreign process standing in its way.
     stop_deadline: float | None = None
     stop_then: StopThen | None = None
+    # The specs dir's revision when this job's generation was first started (None: not
+    # known, e.g. recorded before revisions were, or no git and no --revision label).
+    revision: str | None = None
     # Derived once, at construction: every pass asks for the identity and key of every job
     # several times (building them each time showed in profiles: docs/benchmarks.md).
     # Not columns: the store reads and writes the init fields only.
@@ -187,6 +190,7 @@ class Event:
     service: str | None = None
     action: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    revision: str | None = None  # the specs dir's revision at the pass that recorded it
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,3 +219,20 @@ class Enrollment:
     identity: Identity
     cmdline: tuple[str, ...]
     enrolled_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerFacts:
+    """What `reconcile info` and the `status` header say about the controller itself: its
+    last pass, the revision it saw and the one it applied, and the daemon that runs it."""
+
+    last_pass_at: float | None = None
+    last_pass_ok: bool | None = None  # every spec file loaded cleanly and the pass completed
+    last_pass_duration_ms: int | None = None
+    revision: str | None = None
+    # The latest revision at which every file loaded cleanly (see DESIGN §8.2).
+    applied_revision: str | None = None
+    dirty: bool = False
+    revision_error: str | None = None  # why the revision is `unknown`
+    daemon_pid: int | None = None  # as last recorded: alive only while it holds daemon.lock
+    daemon_started_at: float | None = None

@@ -33,7 +33,14 @@ from sqlite_utils.db import Table
 
 from reconciler.files import PRIVATE_FILE, make_private_dirs
 from reconciler.state.errors import DatabaseDamaged
-from reconciler.state.records import BlockedBy, Event, JobRecord, JobSpec, SpecRecord
+from reconciler.state.records import (
+    BlockedBy,
+    ControllerFacts,
+    Event,
+    JobRecord,
+    JobSpec,
+    SpecRecord,
+)
 from reconciler.timing import LOCK_RETRY_SECONDS
 
 log = logging.getLogger(__name__)
@@ -96,6 +103,22 @@ def m002_job_failure_class_ready(db: Database) -> None:
 def m003_job_stop_in_progress(db: Database) -> None:
     """Asynchronous stops: the deadline of a stop in progress and what follows it."""
     _add_missing_columns(_table(db, "jobs"), {"stop_deadline": float, "stop_then": str}, {})
+
+
+@MIGRATIONS()
+def m004_revision(db: Database) -> None:
+    """The specs dir's revision on events and jobs, and the controller's own facts (last
+    pass, revision, applied revision, daemon) in a one-row table; old rows read as "no
+    revision known"."""
+    _add_missing_columns(_table(db, "events"), {"revision": str}, {})
+    _add_missing_columns(_table(db, "jobs"), {"revision": str}, {})
+    _ensure_table(
+        db, "controller",
+        {"id": int, "last_pass_at": float, "last_pass_ok": int, "last_pass_duration_ms": int,
+         "revision": str, "applied_revision": str, "dirty": int, "revision_error": str,
+         "daemon_pid": int, "daemon_started_at": float},
+        pk="id",
+    )
 
 
 def _ensure_events_table(db: Database) -> None:
@@ -247,14 +270,15 @@ def _dict_from_json(raw: Any, what: str, owner: Any) -> dict[str, Any]:
 def event_to_row(event: Event) -> dict[str, Any]:
     return {"at": event.at, "job_id": event.job_id, "service": event.service,
             "action": event.action, "kind": event.kind, "reason": event.reason,
-            "detail": json.dumps(event.detail, sort_keys=True)}
+            "detail": json.dumps(event.detail, sort_keys=True), "revision": event.revision}
 
 
 def event_from_row(row: dict[str, Any]) -> Event:
     return Event(at=row["at"], kind=row["kind"], reason=row.get("reason") or "",
                  job_id=row.get("job_id"), service=row.get("service"),
                  action=row.get("action"),
-                 detail=_dict_from_json(row.get("detail") or "{}", "detail", row.get("id")))
+                 detail=_dict_from_json(row.get("detail") or "{}", "detail", row.get("id")),
+                 revision=row.get("revision"))
 
 
 def spec_to_row(record: SpecRecord) -> dict[str, Any]:
@@ -265,6 +289,19 @@ def spec_to_row(record: SpecRecord) -> dict[str, Any]:
 def spec_from_row(row: dict[str, Any]) -> SpecRecord:
     return SpecRecord(file=row["file"], content=row.get("content"), hash=row.get("hash"),
                       error=row.get("error"), updated_at=row.get("updated_at"))
+
+
+_CONTROLLER_ROW = 1  # the controller table holds one row
+
+
+def facts_from_row(row: dict[str, Any]) -> ControllerFacts:
+    ok = row.get("last_pass_ok")
+    return ControllerFacts(
+        last_pass_at=row.get("last_pass_at"), last_pass_ok=None if ok is None else bool(ok),
+        last_pass_duration_ms=row.get("last_pass_duration_ms"), revision=row.get("revision"),
+        applied_revision=row.get("applied_revision"), dirty=bool(row.get("dirty")),
+        revision_error=row.get("revision_error"), daemon_pid=row.get("daemon_pid"),
+        daemon_started_at=row.get("daemon_started_at"))
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -542,3 +579,28 @@ class Store:
         if params:
             with self.atomic():
                 self.db.conn.executemany("DELETE FROM specs WHERE file = ?", params)
+
+    # the controller's own facts (one row)
+
+    def controller_facts(self) -> ControllerFacts:
+        """As last recorded; all None on a database no pass has written yet."""
+        if self._missing("controller"):
+            return ControllerFacts()
+        rows = list(self.db.query("SELECT * FROM controller WHERE id = ?", [_CONTROLLER_ROW]))
+        return facts_from_row(rows[0]) if rows else ControllerFacts()
+
+    def save_pass_facts(self, *, at: float, ok: bool, duration_ms: int,
+                        revision: str | None, applied_revision: str | None, dirty: bool,
+                        revision_error: str | None) -> None:
+        self._save_facts({"last_pass_at": at, "last_pass_ok": int(ok),
+                          "last_pass_duration_ms": duration_ms, "revision": revision,
+                          "applied_revision": applied_revision, "dirty": int(dirty),
+                          "revision_error": revision_error})
+
+    def save_daemon(self, pid: int, started_at: float) -> None:
+        """The daemon that serves this state dir (it is up only while it holds daemon.lock)."""
+        self._save_facts({"daemon_pid": pid, "daemon_started_at": started_at})
+
+    def _save_facts(self, values: dict[str, Any]) -> None:
+        with self.atomic():
+            _table(self.db, "controller").upsert({"id": _CONTROLLER_ROW, **values}, pk="id")

@@ -1,0 +1,110 @@
+"""The git revision of the specs dir: which commit a pass applies, and whether the tree is dirty.
+
+GitOps operators (and Flux/Argo CD) name what runs by the commit it came from: here
+`<branch>@sha1:<40 hex>`, or `sha1:<40 hex>` on a detached HEAD (git-sync checks out detached
+worktrees). An operator without git names it with `--revision LABEL` / `RECONCILER_REVISION`,
+which wins over git and runs no git at all.
+
+Why the `git` command and not reading `.git` by hand: a specs dir lives in a plain clone, in a
+linked worktree (`.git` is a file pointing elsewhere), behind git-sync's symlink, with packed
+refs, reftables, `safe.directory` rules and submodules; git answers all of them the way the
+operator's own `git log` does, and "dirty" needs the index anyway. Each pass runs at most two
+short commands (`rev-parse`, `status`), each bounded by `GIT_TIMEOUT_SECONDS`.
+
+The revision is looked up afresh at every pass (nothing is cached): a commit that touches no
+spec file changes no file the watcher sees, and must still show at the next pass.
+
+Never fails and never stalls a pass: any error (git missing, a broken HEAD, an unborn branch,
+"dubious ownership", a timeout) gives `revision="unknown"` with the reason in `error`. A specs
+dir that is not inside any git work tree (no `.git` in it or above it) is not an error: the
+revision is then simply absent (None), and no git command runs at all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.text import printable
+
+GIT_TIMEOUT_SECONDS = 2.0
+UNKNOWN = "unknown"
+_SHA1 = re.compile(r"[0-9a-f]{40}")
+# What git reads from the environment that could point it at another repository (a daemon
+# started from a git hook inherits GIT_DIR) or make it prompt; none of it is ours to pass on.
+_GIT_ENV_PREFIX = "GIT_"
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """What the specs dir is, as a revision: None when it is not in git and no label names it;
+    `unknown` with `error` set when git was there but could not say."""
+
+    revision: str | None
+    dirty: bool = False
+    error: str | None = None
+
+
+NO_REVISION = Revision(None)
+
+
+def revision_of(specs_dir: Path, label: str | None = None, *,
+                timeout: float = GIT_TIMEOUT_SECONDS) -> Revision:
+    """The revision of `specs_dir`: `label` if given, else from git (see module doc)."""
+    if label:
+        return Revision(label)
+    try:
+        # git-sync flips a symlink to a new worktree: resolve it once, so both commands ask
+        # the same checkout even if the link flips between them
+        real = Path(os.path.realpath(specs_dir))
+        if not real.is_dir() or not _inside_git(real):
+            return Revision(None)
+        # options of rev-parse apply to the arguments after them: the sha, then the branch
+        # name ("HEAD" when detached)
+        head = _git(real, timeout, "rev-parse", "HEAD", "--abbrev-ref", "HEAD").split()
+        if len(head) != 2 or not _SHA1.fullmatch(head[0]):
+            return _unknown(f"git rev-parse gave {' '.join(head)!r}")
+        sha, branch = head
+        status = _git(real, timeout, "status", "--porcelain", "--ignore-submodules", "--", ".")
+    except _GitFailed as err:
+        return _unknown(str(err))
+    except OSError as err:  # realpath or stat of a vanished dir, or no git binary
+        return _unknown(f"cannot run git: {err.strerror or err}")
+    revision = f"sha1:{sha}" if branch == "HEAD" else f"{branch}@sha1:{sha}"
+    return Revision(revision, dirty=bool(status.strip()))
+
+
+def _unknown(reason: str) -> Revision:
+    return Revision(UNKNOWN, error=printable(reason))
+
+
+def _inside_git(directory: Path) -> bool:
+    """A `.git` (dir, or file of a linked worktree) in the dir or above: only then is git
+    asked. Cheaper than a failing `git` per pass for every operator who does not use git."""
+    return any(os.path.lexists(parent / ".git") for parent in (directory, *directory.parents))
+
+
+class _GitFailed(Exception):
+    """A git command that failed, timed out or could not start; the text says which."""
+
+
+def _git(directory: Path, timeout: float, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_GIT_ENV_PREFIX)}
+    # C messages (parseable, stable); no prompt; `status` takes no index.lock, so a pass never
+    # competes with git-sync or an operator's git for the lock
+    env.update(LC_ALL="C", GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0")
+    command = ["git", "-C", str(directory), *args]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, errors="replace",
+                              timeout=timeout, env=env, stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        raise _GitFailed(f"git {args[0]} took longer than {timeout:g}s") from None
+    except FileNotFoundError:
+        raise _GitFailed("git is not installed (or not on PATH)") from None
+    if done.returncode != 0:
+        message = done.stderr.strip().splitlines()
+        raise _GitFailed(f"git {args[0]}: {message[0] if message else f'exit {done.returncode}'}")
+    return done.stdout

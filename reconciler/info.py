@@ -1,0 +1,98 @@
+"""What `reconcile info` and the `status` header report: the controller, its source revision
+and its spec files, read without writing anything.
+
+Everything comes from what passes recorded (the read-only store, `state/reader.py`) and from
+the daemon lock (`state/lock.py`: a daemon is up while it holds `daemon.lock`), so `info`
+works on a read-only state dir, creates nothing, and reports the state the last pass saw
+rather than loading the specs again.
+
+A file's state (from its spec record):
+- `ok`: its current content loaded cleanly;
+- `empty`: it has no services (an error: "delete the file to remove them"); its last good
+  version, if any, stays in force;
+- `last-good`: it is broken now, and its last good version is in force;
+- `refused`: it is broken (or unsafe, or unreadable) and nothing of it is in force.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from reconciler import __version__
+from reconciler.settings import Settings
+from reconciler.spec.load import NO_SERVICES
+from reconciler.state import statedir
+from reconciler.state.lock import daemon_pid
+from reconciler.state.reader import open_reader
+from reconciler.state.records import ControllerFacts, SpecRecord
+
+FileStateName = Literal["ok", "last-good", "refused", "empty"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileState:
+    """One spec file as the last pass left it."""
+
+    file: str
+    state: FileStateName
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Info:
+    """The facts `info` prints (render.info_json gives the documented JSON shape)."""
+
+    version: str
+    specs_dir: str
+    state_dir: str
+    daemon_pid: int | None  # up now (holds daemon.lock), else None
+    facts: ControllerFacts
+    files: tuple[FileState, ...]
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def daemon_started_at(self) -> float | None:
+        """Known when the recorded daemon is the one holding the lock now."""
+        if self.daemon_pid is None or self.facts.daemon_pid != self.daemon_pid:
+            return None
+        return self.facts.daemon_started_at
+
+    @property
+    def files_not_ok(self) -> tuple[FileState, ...]:
+        return tuple(f for f in self.files if f.state != "ok")
+
+
+def read_info(settings: Settings) -> Info:
+    with open_reader(settings) as store:
+        facts = store.controller_facts()
+        records = store.spec_records()
+    return Info(version=__version__, specs_dir=served_specs_dir(settings),
+                state_dir=str(settings.state_dir),
+                daemon_pid=daemon_pid(settings.daemon_lock_path), facts=facts,
+                files=tuple(file_state(r) for r in records.values()),
+                labels=host_labels(settings))
+
+
+def host_labels(settings: Settings) -> dict[str, str]:
+    """The host's placement labels. Filled by placement (issue 10 part 7): empty until then."""
+    return {}
+
+
+def served_specs_dir(settings: Settings) -> str:
+    """The specs dir this state dir serves (its binding), which is what the daemon reads;
+    the one given (flag, environment, `./specs`) when it is not bound yet."""
+    try:
+        bound = statedir.read_binding(settings.state_dir)
+    except OSError:
+        bound = None
+    return bound or statedir.specs_key(settings.specs_dir)
+
+
+def file_state(record: SpecRecord) -> FileState:
+    if record.error is None:
+        return FileState(record.file, "ok", None)
+    if NO_SERVICES in record.error:
+        return FileState(record.file, "empty", record.error)
+    state: FileStateName = "last-good" if record.content is not None else "refused"
+    return FileState(record.file, state, record.error)
