@@ -18,7 +18,7 @@ from pathlib import Path
 from reconciler import health, logs
 from reconciler.desired import Desired, ResolvedCache, build_desired
 from reconciler.execute import Executor, Outcome
-from reconciler.host.gitrev import NO_REVISION, Revision, revision_of
+from reconciler.host.gitrev import NO_REVISION, Revision, RevisionReader
 from reconciler.host.limits import raise_fd_limit
 from reconciler.host.members import job_processes
 from reconciler.host.observe import observe
@@ -132,6 +132,7 @@ class Reconciler:
         self.enrollments = Enrollments(settings.run_dir)
         self.resolved_cache: ResolvedCache = {}
         self.procs = ProcCache()
+        self.revisions = RevisionReader()
         sweep_stale_temps(settings.run_dir)
 
     def close(self) -> None:
@@ -157,7 +158,7 @@ class Reconciler:
             started = time.monotonic()
             # before loading: if the checkout changes meanwhile, the watcher's next pass
             # sees both the new files and the new revision
-            source = revision_of(self.settings.specs_dir, self.settings.revision)
+            source = self.revisions.read(self.settings.specs_dir, self.settings.revision)
             try:
                 draft = self._draft(self.children, health)
                 outcome = self._execute(draft.plan)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.host.gitrev import UNKNOWN, Revision, revision_of
+from reconciler.host.gitrev import UNKNOWN, Revision, RevisionReader, revision_of
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None,
                                 reason="the git command is not installed (.ci/run installs it)")
@@ -135,3 +135,61 @@ def test_a_git_that_does_not_answer_in_time_is_unknown(tmp_path: Path) -> None:
 
 def test_a_vanished_specs_dir_has_no_revision(tmp_path: Path) -> None:
     assert revision_of(tmp_path / "gone") == Revision(None)
+
+
+class Counting:
+    """`revision_of`, counting how often the reader asks git."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, specs_dir: Path) -> Revision:
+        self.calls += 1
+        return revision_of(specs_dir)
+
+
+def test_the_reader_asks_git_again_only_when_something_changed(tmp_path: Path) -> None:
+    """A pass (and so every respawn) must not pay two git commands when nothing changed, but a
+    commit touching no spec file, an edit, a new branch or a git-sync flip is seen at once."""
+    repo = tmp_path / "repo"
+    specs = make_repo(repo)
+    ask = Counting()
+    reader = RevisionReader(ask=ask)
+    first = reader.read(specs)
+    assert reader.read(specs) == first and ask.calls == 1  # nothing changed: no git
+    (repo / "README").write_text("docs only\n")
+    sha = commit(repo, "docs")  # no spec file touched: HEAD's ref moved
+    assert reader.read(specs) == Revision(f"main@sha1:{sha}") and ask.calls == 2
+    (specs / "web.yaml").write_text("name: web\ndescription: edited\n")
+    assert reader.read(specs).dirty and ask.calls == 3  # an edit in the specs dir
+    git(repo, "checkout", "-q", "-b", "feature")
+    assert reader.read(specs).revision == f"feature@sha1:{sha}"  # HEAD names another ref
+
+
+def test_the_reader_asks_again_after_max_age_whatever_the_stats_say(tmp_path: Path) -> None:
+    specs = make_repo(tmp_path / "repo")
+    now = [0.0]
+    ask = Counting()
+    reader = RevisionReader(ask=ask, max_age=30.0, clock=lambda: now[0])
+    reader.read(specs)
+    now[0] = 29.0
+    reader.read(specs)
+    assert ask.calls == 1
+    now[0] = 30.0
+    reader.read(specs)
+    assert ask.calls == 2
+
+
+def test_the_reader_follows_a_git_sync_flip(tmp_path: Path) -> None:
+    origin = tmp_path / "origin"
+    make_repo(origin)
+    first = git(origin, "rev-parse", "HEAD")
+    second = commit(origin, "second")
+    link, reader = tmp_path / "current", RevisionReader()
+    for sha in (first, second):
+        worktree = tmp_path / "worktrees" / sha
+        git(origin, "worktree", "add", "-q", "--detach", str(worktree), sha)
+        staged = tmp_path / "current.new"
+        staged.symlink_to(worktree)
+        os.replace(staged, link)
+        assert reader.read(link / "specs") == Revision(f"sha1:{sha}")
