@@ -56,17 +56,21 @@ class PassResult:
     desired: Desired
     plan: Plan
     jobs: tuple[JobRecord, ...]  # every non-removed job after the pass
+    suspended: frozenset[str] = frozenset()  # services left alone (`reconcile suspend`)
 
     @property
     def converged(self) -> bool:
         """Nothing left to do: no host changes planned, and every desired action is ready
-        (process), succeeded (one-shot) or deliberately stopped."""
+        (process), succeeded (one-shot) or deliberately stopped. A suspended service is
+        out of the controller's hands: whatever state it is in, it is not waited for."""
         if self.plan.changes or self.plan.prune_held or self.stopping:
             return False
         if self.loaded.unsettled_until is not None:  # a spec file is still being written
             return False
         by_key = {j.key: j for j in self.jobs}
         for action in self.desired.actions:
+            if action.service in self.suspended:
+                continue
             job = by_key.get(action.key)
             if job is None:
                 return False
@@ -79,7 +83,8 @@ class PassResult:
     def next_due(self) -> float | None:
         """The earliest time a pass has work: a waiting job (backoff, blocked) becomes due,
         or a stop in progress needs a look (see `Plan.requeue_at`)."""
-        times = [j.next_start_at for j in self.jobs if j.next_start_at is not None]
+        times = [j.next_start_at for j in self.jobs
+                 if j.next_start_at is not None and j.service not in self.suspended]
         if self.plan.requeue_at is not None:
             times.append(self.plan.requeue_at)
         if self.loaded.unsettled_until is not None:  # a spec file still being written
@@ -88,7 +93,8 @@ class PassResult:
 
     @property
     def stopping(self) -> bool:
-        return any(j.phase == "stopping" for j in self.jobs)
+        return any(j.phase == "stopping" and j.service not in self.suspended
+                   for j in self.jobs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +106,7 @@ class _Draft:
     desired: Desired
     records: list[JobRecord]
     plan: Plan
+    suspended: frozenset[str]
 
 
 class Reconciler:
@@ -152,7 +159,7 @@ class Reconciler:
             self._save(outcome, draft.spec_records, draft.loaded)
             jobs = jobs_after(draft.records, outcome)
             self._housekeeping_when_due(draft.desired, jobs)
-            return PassResult(draft.loaded, draft.desired, draft.plan, jobs)
+            return PassResult(draft.loaded, draft.desired, draft.plan, jobs, draft.suspended)
 
     def down(self, targets: frozenset[tuple[str, str | None]] | None = None, *,
              wait: float | None = None) -> Plan:
@@ -161,14 +168,28 @@ class Reconciler:
         the stops (SIGKILL after each job's `stop.timeout`) until every targeted job is
         stopped, or `wait` seconds ran out. Returns every step taken."""
         return self._drive(lambda observed, records, now:
-                           plan_down(observed, records, now, targets), wait)
+                           plan_down(observed, records, now, targets,
+                                     suspended=self.store.suspended()), wait)
 
     def restart(self, targets: frozenset[tuple[str, str | None]], *,
                 wait: float | None = None) -> Plan:
         """Stop the targeted jobs (driving their stops like `down`) and mark them due; the
         next pass starts them."""
         return self._drive(lambda observed, records, now:
-                           plan_restart(observed, records, now, targets), wait)
+                           plan_restart(observed, records, now, targets,
+                                        suspended=self.store.suspended()), wait)
+
+    def set_suspended(self, service: str, suspended: bool) -> bool:
+        """`reconcile suspend` / `resume`: under the state lock (no pass sees half of it),
+        recorded with its event in one transaction. False when nothing changed."""
+        with self._locked(), self.store.atomic():
+            changed = self.store.set_suspended(service, suspended, self.clock())
+            if changed:
+                kind = "suspend" if suspended else "resume"
+                self.store.append_events([Event(
+                    at=self.clock(), kind=kind, service=service,
+                    reason=f"{kind}ed by operator (reconcile {kind})")])
+            return changed
 
     def _drive(self, planner: Callable[[Observed, list[JobRecord], float], Plan],
                wait: float | None) -> Plan:
@@ -197,11 +218,13 @@ class Reconciler:
     def _draft(self, children: Children | None, health: HealthResults | None,
                settle: float | None = None) -> _Draft:
         loaded, spec_records = self._load(settle)
+        suspended = self.store.suspended()
         desired, records, planned = plan_for(
             self.settings, loaded, self.store.jobs(), self.enrollments.current(), self.clock(),
             children=children, procs=self.procs if children is not None else None,
-            health=health, allow_empty=self.allow_empty, cache=self.resolved_cache)
-        return _Draft(loaded, spec_records, desired, records, planned)
+            health=health, allow_empty=self.allow_empty, cache=self.resolved_cache,
+            suspended=suspended)
+        return _Draft(loaded, spec_records, desired, records, planned, suspended)
 
     def _apply(self, planner: Callable[[Observed, list[JobRecord], float], Plan]) -> Plan:
         """Run an operator's command (`down`, `restart`) as one locked, recorded pass."""
@@ -301,7 +324,8 @@ def plan_for(settings: Settings, loaded: LoadResult, jobs: list[JobRecord],
              enrollments: dict[str, Enrollment], now: float, *,
              children: Children | None = None, procs: ProcCache | None = None,
              health: HealthResults | None = None, allow_empty: bool = False,
-             cache: ResolvedCache | None = None) -> tuple[Desired, list[JobRecord], Plan]:
+             cache: ResolvedCache | None = None,
+             suspended: frozenset[str] = frozenset()) -> tuple[Desired, list[JobRecord], Plan]:
     """Resolve, observe, plan: the one sequence a pass and `diff` (`preview.py`, on a
     read-only store) share, so `diff` shows exactly what a pass would do. Returns the desired
     state, the job records planned against (with any rebuilt from enrollments) and the plan."""
@@ -309,7 +333,8 @@ def plan_for(settings: Settings, loaded: LoadResult, jobs: list[JobRecord],
     records = with_unrecorded_enrollments(jobs, enrollments, now)
     observed = with_health(observe_for(desired, records, enrollments, children, procs), health)
     planned = plan(desired, observed, records, now, enrollments=enrollments,
-                   allow_empty=allow_empty, hold_prune=loaded.unsettled_until is not None)
+                   allow_empty=allow_empty, hold_prune=loaded.unsettled_until is not None,
+                   suspended=suspended)
     return desired, records, planned
 
 

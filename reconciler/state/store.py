@@ -98,6 +98,16 @@ def m003_job_stop_in_progress(db: Database) -> None:
     _add_missing_columns(_table(db, "jobs"), {"stop_deadline": float, "stop_then": str}, {})
 
 
+# m004_revision (issue 10, part 1) goes here, before m005: migrations apply in this order.
+
+
+@MIGRATIONS()
+def m005_suspended(db: Database) -> None:
+    """Services an operator suspended (`reconcile suspend`): sticky across restarts of the
+    controller, like a job `down` left stopped."""
+    _ensure_table(db, "suspended", {"service": str, "at": float}, pk="service")
+
+
 def _ensure_events_table(db: Database) -> None:
     """Raw SQL because sqlite-utils cannot say AUTOINCREMENT, and event ids are shown to users:
     they must never be reused, even after old events are pruned."""
@@ -522,6 +532,24 @@ class Store:
                 "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC"
                 " LIMIT 1 OFFSET ?)", [max(keep, 0)])
         return cursor.rowcount
+
+    # suspended services
+
+    def suspended(self) -> frozenset[str]:
+        """The services `reconcile suspend` took out of the controller's hands."""
+        if self._missing("suspended"):
+            return frozenset()
+        return frozenset(row[0] for row in self.db.execute("SELECT service FROM suspended"))
+
+    def set_suspended(self, service: str, suspended: bool, at: float) -> bool:
+        """Suspend or resume a service; False when it already was in that state."""
+        with self.atomic():
+            if suspended:
+                cursor = self.db.execute(
+                    "INSERT OR IGNORE INTO suspended (service, at) VALUES (?, ?)", [service, at])
+            else:
+                cursor = self.db.execute("DELETE FROM suspended WHERE service = ?", [service])
+        return bool(cursor.rowcount)
 
     # spec records
 
