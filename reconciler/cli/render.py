@@ -205,11 +205,11 @@ def github_annotations(loaded: LoadResult) -> list[str]:
     shown on the pull request's diff. As GitHub's toolkit escapes them: `%`, CR and LF in the
     message; also `:` and `,` in property values (they end the command and separate
     properties)."""
-    return [_annotation(e["message"], e["file"], e["line"], e["column"])
+    return [github_annotation(e["message"], e["file"], e["line"], e["column"])
             for e in spec_errors(loaded)]
 
 
-def _annotation(message: str, file: str | None, line: int | None,
+def github_annotation(message: str, file: str | None, line: int | None,
                 column: int | None) -> str:
     props = ",".join(f"{key}={_gh_property(str(value))}" for key, value in
                      (("file", file), ("line", line), ("col", column)) if value is not None)
