@@ -63,17 +63,21 @@ class PassResult:
     # cleanly (they differ while a file runs on its last good version)
     source: Revision = NO_REVISION
     applied_revision: str | None = None
+    suspended: frozenset[str] = frozenset()  # services left alone (`reconcile suspend`)
 
     @property
     def converged(self) -> bool:
         """Nothing left to do: no host changes planned, and every desired action is ready
-        (process), succeeded (one-shot) or deliberately stopped."""
+        (process), succeeded (one-shot) or deliberately stopped. A suspended service is
+        out of the controller's hands: whatever state it is in, it is not waited for."""
         if self.plan.changes or self.plan.prune_held or self.stopping:
             return False
         if self.loaded.unsettled_until is not None:  # a spec file is still being written
             return False
         by_key = {j.key: j for j in self.jobs}
         for action in self.desired.actions:
+            if action.service in self.suspended:
+                continue
             job = by_key.get(action.key)
             if job is None:
                 return False
@@ -86,7 +90,8 @@ class PassResult:
     def next_due(self) -> float | None:
         """The earliest time a pass has work: a waiting job (backoff, blocked) becomes due,
         or a stop in progress needs a look (see `Plan.requeue_at`)."""
-        times = [j.next_start_at for j in self.jobs if j.next_start_at is not None]
+        times = [j.next_start_at for j in self.jobs
+                 if j.next_start_at is not None and j.service not in self.suspended]
         if self.plan.requeue_at is not None:
             times.append(self.plan.requeue_at)
         if self.loaded.unsettled_until is not None:  # a spec file still being written
@@ -95,7 +100,8 @@ class PassResult:
 
     @property
     def stopping(self) -> bool:
-        return any(j.phase == "stopping" for j in self.jobs)
+        return any(j.phase == "stopping" and j.service not in self.suspended
+                   for j in self.jobs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +113,7 @@ class _Draft:
     desired: Desired
     records: list[JobRecord]
     plan: Plan
+    suspended: frozenset[str]
 
 
 class Reconciler:
@@ -171,7 +178,8 @@ class Reconciler:
                 raise
             jobs = jobs_after(draft.records, outcome)
             self._housekeeping_when_due(draft.desired, jobs)
-            return PassResult(draft.loaded, draft.desired, draft.plan, jobs, source, applied)
+            return PassResult(draft.loaded, draft.desired, draft.plan, jobs, source, applied,
+                              draft.suspended)
 
     def _applied_revision(self, source: Revision, loaded: LoadResult) -> str | None:
         """This revision when every file loaded cleanly (and none is still being written),
@@ -204,14 +212,28 @@ class Reconciler:
         the stops (SIGKILL after each job's `stop.timeout`) until every targeted job is
         stopped, or `wait` seconds ran out. Returns every step taken."""
         return self._drive(lambda observed, records, now:
-                           plan_down(observed, records, now, targets), wait)
+                           plan_down(observed, records, now, targets,
+                                     suspended=self.store.suspended()), wait)
 
     def restart(self, targets: frozenset[tuple[str, str | None]], *,
                 wait: float | None = None) -> Plan:
         """Stop the targeted jobs (driving their stops like `down`) and mark them due; the
         next pass starts them."""
         return self._drive(lambda observed, records, now:
-                           plan_restart(observed, records, now, targets), wait)
+                           plan_restart(observed, records, now, targets,
+                                        suspended=self.store.suspended()), wait)
+
+    def set_suspended(self, service: str, suspended: bool) -> bool:
+        """`reconcile suspend` / `resume`: under the state lock (no pass sees half of it),
+        recorded with its event in one transaction. False when nothing changed."""
+        with self._locked(), self.store.atomic():
+            changed = self.store.set_suspended(service, suspended, self.clock())
+            if changed:
+                kind = "suspend" if suspended else "resume"
+                self.store.append_events([Event(
+                    at=self.clock(), kind=kind, service=service,
+                    reason=f"{kind}ed by operator (reconcile {kind})")])
+            return changed
 
     def _drive(self, planner: Callable[[Observed, list[JobRecord], float], Plan],
                wait: float | None) -> Plan:
@@ -240,11 +262,13 @@ class Reconciler:
     def _draft(self, children: Children | None, health: HealthResults | None,
                settle: float | None = None) -> _Draft:
         loaded, spec_records = self._load(settle)
+        suspended = self.store.suspended()
         desired, records, planned = plan_for(
             self.settings, loaded, self.store.jobs(), self.enrollments.current(), self.clock(),
             children=children, procs=self.procs if children is not None else None,
-            health=health, allow_empty=self.allow_empty, cache=self.resolved_cache)
-        return _Draft(loaded, spec_records, desired, records, planned)
+            health=health, allow_empty=self.allow_empty, cache=self.resolved_cache,
+            suspended=suspended)
+        return _Draft(loaded, spec_records, desired, records, planned, suspended)
 
     def _apply(self, planner: Callable[[Observed, list[JobRecord], float], Plan]) -> Plan:
         """Run an operator's command (`down`, `restart`) as one locked, recorded pass."""
@@ -346,7 +370,8 @@ def plan_for(settings: Settings, loaded: LoadResult, jobs: list[JobRecord],
              enrollments: dict[str, Enrollment], now: float, *,
              children: Children | None = None, procs: ProcCache | None = None,
              health: HealthResults | None = None, allow_empty: bool = False,
-             cache: ResolvedCache | None = None) -> tuple[Desired, list[JobRecord], Plan]:
+             cache: ResolvedCache | None = None,
+             suspended: frozenset[str] = frozenset()) -> tuple[Desired, list[JobRecord], Plan]:
     """Resolve, observe, plan: the one sequence a pass and `diff` (`preview.py`, on a
     read-only store) share, so `diff` shows exactly what a pass would do. Returns the desired
     state, the job records planned against (with any rebuilt from enrollments) and the plan."""
@@ -354,7 +379,8 @@ def plan_for(settings: Settings, loaded: LoadResult, jobs: list[JobRecord],
     records = with_unrecorded_enrollments(jobs, enrollments, now)
     observed = with_health(observe_for(desired, records, enrollments, children, procs), health)
     planned = plan(desired, observed, records, now, enrollments=enrollments,
-                   allow_empty=allow_empty, hold_prune=loaded.unsettled_until is not None)
+                   allow_empty=allow_empty, hold_prune=loaded.unsettled_until is not None,
+                   suspended=suspended)
     return desired, records, planned
 
 

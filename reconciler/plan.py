@@ -130,6 +130,20 @@ HOST_STEPS = (Spawn, Adopt, Kill, Cleanup)
 
 
 @dataclass(frozen=True, slots=True)
+class Waiting:
+    """An action this pass leaves pending because it must wait (`after:`, or the previous
+    generation of itself still stopping): it starts in a later pass. Not a step (nothing is
+    done to the host for it); `reconcile diff` lists it so a change shows whole, e.g. the
+    server of a new service waiting for the migration the same diff starts."""
+
+    service: str
+    action: str
+    job_id: str
+    reason: str
+    waits_for: tuple[str, ...]  # "service.action" of each action it waits for
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """What one pass will do, in order, and when the next pass should look again."""
 
@@ -137,6 +151,7 @@ class Plan:
     notes: tuple[str, ...] = ()
     prune_held: bool = False  # the empty-specs guard kept running services from being pruned
     requeue_at: float | None = None  # when a pass should look again (stops in progress)
+    waiting: tuple[Waiting, ...] = ()  # actions that start in a later pass (see `Waiting`)
 
     @property
     def changes(self) -> tuple[Step, ...]:
@@ -163,6 +178,8 @@ class _Pass:
     stopping_sessions: set[int] = field(default_factory=set)
     stopping_pids: set[int] = field(default_factory=set)
     requeue_at: float | None = None
+    waiting: list[Waiting] = field(default_factory=list)
+    suspended: frozenset[str] = frozenset()
 
     def emit(self, step: Step) -> None:
         if isinstance(step, Cleanup) and any(
@@ -202,16 +219,24 @@ class _Pass:
 
 def plan(desired: Desired, observed: Observed, records: list[JobRecord], now: float, *,
          enrollments: dict[str, Enrollment] | None = None, allow_empty: bool = False,
-         hold_prune: bool = False) -> Plan:
+         hold_prune: bool = False, suspended: frozenset[str] = frozenset()) -> Plan:
     """Compute the steps that make the host match `desired`. Pure: same input, same plan.
 
     `hold_prune`: a spec file is still being written (not settled), so what looks removed
-    may only be moving (a rename, a checkout): prune nothing until it settles."""
+    may only be moving (a rename, a checkout): prune nothing until it settles.
+
+    `suspended`: services an operator suspended (`reconcile suspend`). Their jobs get no
+    step at all: not started, not stopped (a stop in progress is not driven on), not
+    restarted, not pruned (a suspended service removed from the specs is kept until it is
+    resumed, then pruned), like a suspended Flux Kustomization or a paused Deployment."""
     live = sorted((r for r in records if r.phase != "removed"),
                   key=lambda r: r.created_at or 0.0)
+    # a suspended service's jobs stay in `jobs` (dependencies on them, and the processes
+    # they own, are seen as usual) but are never planned, pruned or retired
     ctx = _Pass(desired, observed, now, dict(enrollments or {}),
                 {r.key: r for r in live if r.stop_then != "removed"},
-                {r.id: r for r in live if r.stop_then == "removed"})
+                {r.id: r for r in live if r.stop_then == "removed" and r.service not in
+                 suspended}, suspended=suspended)
     for job in live:
         if job.phase == "stopping":
             ctx.mark_stopping(job)
@@ -219,8 +244,10 @@ def plan(desired: Desired, observed: Observed, records: list[JobRecord], now: fl
         _continue_stop(ctx, job, None)
     prune_held = False if hold_prune else _prune(ctx, allow_empty)
     for action in desired.actions:
-        _plan_action(ctx, action)
-    return Plan(tuple(ctx.steps), tuple(ctx.notes), prune_held, ctx.requeue_at)
+        if action.service not in suspended:
+            _plan_action(ctx, action)
+    return Plan(tuple(ctx.steps), tuple(ctx.notes), prune_held, ctx.requeue_at,
+                tuple(ctx.waiting))
 
 
 def job_id_for(action: DesiredAction, now: float) -> str:
@@ -230,9 +257,11 @@ def job_id_for(action: DesiredAction, now: float) -> str:
 
 
 def _prune(ctx: _Pass, allow_empty: bool) -> bool:
-    """Stop and retire jobs whose action is no longer desired. Acts only on our inventory."""
+    """Stop and retire jobs whose action is no longer desired. Acts only on our inventory,
+    and never on a suspended service (kept until it is resumed)."""
     wanted = {a.key for a in ctx.desired.actions}
-    orphans = [job for key, job in list(ctx.jobs.items()) if key not in wanted]
+    orphans = [job for key, job in list(ctx.jobs.items())
+               if key not in wanted and job.service not in ctx.suspended]
     if not orphans:
         return False
     if not ctx.desired.actions and not allow_empty:
@@ -649,7 +678,7 @@ def _start(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
     if ctx.retiring_key(action.key):
         waiting_for.insert(0, "the previous generation to stop")
     if waiting_for:
-        _wait(ctx, job, "waiting for " + ", ".join(waiting_for))
+        _wait(ctx, job, "waiting for " + ", ".join(waiting_for), waiting_for)
         return
     in_the_way = _pidfile_instance(ctx, action)
     blocked, reclaim = _claim_resources(ctx, action)
@@ -672,11 +701,27 @@ def _start(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
                    reason=f"{'restart' if restart else 'start'} ({job.reason or 'new job'})"))
 
 
-def _wait(ctx: _Pass, job: JobRecord, reason: str) -> None:
+def _wait(ctx: _Pass, job: JobRecord, reason: str, waiting_for: list[str]) -> None:
     """Pending on something a later pass will see change; recorded only when the reason
-    changes, so waiting costs no writes."""
+    changes, so waiting costs no writes. Listed in `Plan.waiting` for `diff`."""
+    ctx.waiting.append(Waiting(job.service, job.action, job.id, reason,
+                               _waits_for(ctx, job, waiting_for)))
     if job.phase != "pending" or job.reason != reason:
         ctx.emit(UpdateJob(replace(job, phase="pending", reason=reason), "pending", reason))
+
+
+def _waits_for(ctx: _Pass, job: JobRecord, waiting_for: list[str]) -> tuple[str, ...]:
+    """`waiting_for` as "service.action" names: a dependency named without its service is in
+    the job's own service; what is not a name (the previous generation stopping) is the
+    job's own action, whose old generation is still going."""
+    names = [f"{job.service}.{job.action}"] if ctx.retiring_key(job.key) else []
+    for dep in waiting_for:
+        if " " in dep:
+            continue  # prose, not an action name (names have no spaces)
+        name = dep if "." in dep else f"{job.service}.{dep}"
+        if name not in names:
+            names.append(name)
+    return tuple(names)
 
 
 def _take_over(ctx: _Pass, action: DesiredAction, job: JobRecord,
@@ -855,12 +900,14 @@ def _cmd_of(proc: ProcInfo | None) -> str:
 
 
 def plan_down(observed: Observed, records: list[JobRecord], now: float,
-              targets: frozenset[tuple[str, str | None]] | None = None) -> Plan:
+              targets: frozenset[tuple[str, str | None]] | None = None, *,
+              suspended: frozenset[str] = frozenset()) -> Plan:
     """Stop the targeted jobs (all when None; (service, action) pairs, action None meaning
     the whole service) and keep them stopped until their spec changes or an operator
     restarts them, like `systemctl stop`. Run again, it drives stops in progress: SIGKILL
-    after the deadline, `stopped` once gone."""
-    live = [r for r in records if r.phase not in ("removed", "stopped", "succeeded")]
+    after the deadline, `stopped` once gone. Suspended services are left alone."""
+    live = [r for r in records if r.phase not in ("removed", "stopped", "succeeded")
+            and r.service not in suspended]
     ctx = _Pass(Desired(actions=()), observed, now, {},
                 {r.key: r for r in live if r.stop_then != "removed"},
                 {r.id: r for r in live if r.stop_then == "removed"})
@@ -872,7 +919,8 @@ def plan_down(observed: Observed, records: list[JobRecord], now: float,
 
 
 def plan_restart(observed: Observed, records: list[JobRecord], now: float,
-                 targets: frozenset[tuple[str, str | None]]) -> Plan:
+                 targets: frozenset[tuple[str, str | None]], *,
+                 suspended: frozenset[str] = frozenset()) -> Plan:
     """Stop the named jobs and mark them due, so a pass starts them again once stopped.
 
     `targets` holds (service, action) pairs, action None meaning the whole service. A manual
@@ -881,7 +929,7 @@ def plan_restart(observed: Observed, records: list[JobRecord], now: float,
     """
     ctx = _Pass(Desired(actions=()), observed, now, {}, {})
     for job in records:
-        if job.phase == "removed" or not _targeted(job, targets):
+        if job.phase == "removed" or not _targeted(job, targets) or job.service in suspended:
             continue
         due = replace(job, blocked_by=(), next_start_at=None, consecutive_failures=0,
                       failure_class=None)

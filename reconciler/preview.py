@@ -28,7 +28,8 @@ from reconciler.state.store import check_integrity, damaged, is_damage
 
 def preview(settings: Settings, *, allow_empty: bool = False, rebind: bool = False,
             clock: Callable[[], float] = time.time) -> tuple[LoadResult, Plan]:
-    """What a pass would do. Refuses what a pass would refuse (a state dir that is not
+    """What a pass would do (its steps, and in `Plan.waiting` the actions that start in a
+    later pass, for the whole diff). Refuses what a pass would refuse (a state dir that is not
     private, an emptied database, another specs dir unless `rebind`), so `diff` never shows
     a plan the pass then cannot run; `rebind` previews the new specs dir without binding."""
     if os.path.lexists(settings.state_dir):
@@ -45,9 +46,10 @@ def preview(settings: Settings, *, allow_empty: bool = False, rebind: bool = Fal
             raise
         previous = store.spec_records()
         records = store.jobs()
+        suspended = store.suspended()
     last_good = {name: r.content for name, r in previous.items() if r.content is not None}
     loaded = load_specs(settings.specs_dir, last_good, settle=0.0,
                         state_dir=settings.state_dir)
     _, _, planned = plan_for(settings, loaded, records, read_enrollments(settings.run_dir),
-                             clock(), allow_empty=allow_empty)
+                             clock(), allow_empty=allow_empty, suspended=suspended)
     return loaded, planned

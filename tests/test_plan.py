@@ -23,6 +23,7 @@ from reconciler.plan import (
     UpdateJob,
     plan,
     plan_down,
+    plan_restart,
 )
 from reconciler.settings import Settings
 from reconciler.spec.model import Backoff, Service
@@ -401,7 +402,6 @@ def test_failures_before_ready_are_not_unhealthy() -> None:
 
 
 def test_restart_stops_running_jobs_and_reruns_stopped_ones() -> None:
-    from reconciler.plan import plan_restart
 
     want = desired(service())
     job = running_job(want)
@@ -527,7 +527,6 @@ def test_nothing_is_pruned_while_a_spec_file_is_still_being_written() -> None:
 
 
 def test_the_operators_latest_word_decides_what_follows_a_stop_but_removal_wins() -> None:
-    from reconciler.plan import plan_restart
 
     job = running_job(desired(service()))
     stopping = plan_down(observed(proc(500)), [job], NOW).steps[0].job  # type: ignore[union-attr]
@@ -558,3 +557,89 @@ def test_a_one_shot_that_left_a_helper_running_succeeds_once_the_helper_is_stopp
     [done] = plan(want, observed(), [stop.job], NOW + 2).steps
     assert isinstance(done, UpdateJob) and done.job.phase == "succeeded"
     assert plan(want, observed(), [done.job], NOW + 3).steps == ()
+
+
+# --- the whole change: actions that start later (issue 10, part 3) -------------------------
+
+
+def test_actions_waiting_on_after_are_summarised_with_what_they_wait_for() -> None:
+    svc = Service.model_validate({"name": "web", "actions": [
+        {"name": "migrate", "cmd": ["migrate"]},
+        {"name": "api", "process": True, "cmd": ["api"], "after": ["migrate"]},
+        {"name": "worker", "process": True, "cmd": ["worker"], "after": ["api", "migrate"]},
+    ]})
+    first = plan(desired(svc), observed(), [], NOW)
+    assert [s.job.action for s in first.changes] == ["migrate"]  # type: ignore[union-attr]
+    assert [(w.service, w.action, w.waits_for) for w in first.waiting] == [
+        ("web", "api", ("web.migrate",)), ("web", "worker", ("web.api", "web.migrate"))]
+    by_action = {s.job.action: s.job for s in first.steps}  # type: ignore[union-attr]
+    assert [w.job_id for w in first.waiting] == [by_action["api"].id, by_action["worker"].id]
+    assert first.waiting[0].reason == by_action["api"].reason == "waiting for migrate"
+
+
+def test_a_new_generation_waits_for_its_previous_one_to_stop() -> None:
+    job = running_job(desired(service(cmd=["old"])))
+    result = plan(desired(service(cmd=["new"])), observed(proc(500)), [job], NOW)
+    [waiting] = result.waiting
+    assert waiting.waits_for == ("web.api",) and waiting.job_id != job.id
+
+
+def test_nothing_waits_when_everything_runs() -> None:
+    want = desired(service())
+    assert plan(want, observed(proc(500)), [running_job(want)], NOW).waiting == ()
+
+
+# --- suspended services (issue 10, part 8) ------------------------------------------------
+
+
+SUSPENDED = frozenset({"web"})
+
+
+def test_a_suspended_service_gets_no_step_at_all() -> None:
+    want = desired(service())
+    job = running_job(want)
+    crashed = observed(exits={500: Exit(job.identity, 1)})
+    assert plan(want, crashed, [job], NOW, suspended=SUSPENDED).steps == ()  # not restarted
+    assert plan(want, observed(), [], NOW, suspended=SUSPENDED).steps == ()  # not started
+    edited = desired(service(cmd=["new"]))  # a new generation is not applied
+    assert plan(edited, observed(proc(500)), [job], NOW, suspended=SUSPENDED).steps == ()
+    assert kinds(plan(edited, observed(proc(500)), [job], NOW))[0] == "Kill"  # unsuspended
+
+
+def test_a_suspended_service_removed_from_the_specs_is_kept_until_resumed() -> None:
+    job = running_job(desired(service()))
+    other = desired(service("other"))
+    kept = plan(other, observed(proc(500)), [job], NOW, suspended=SUSPENDED)
+    assert kinds(kept) == ["Spawn"] and not kept.prune_held  # only the other service starts
+    assert kinds(plan(other, observed(proc(500)), [job], NOW))[0] == "Kill"  # resumed: pruned
+    # only suspended services left in an empty specs dir: nothing to prune, nothing held
+    alone = plan(Desired(actions=()), observed(proc(500)), [job], NOW, suspended=SUSPENDED)
+    assert alone.steps == () and not alone.prune_held
+
+
+def test_a_stop_in_progress_of_a_suspended_service_is_not_driven_on() -> None:
+    job = running_job(desired(service()), phase="stopping", stop_then="removed",
+                      stop_deadline=NOW - 1)
+    assert plan(Desired(actions=()), observed(proc(500)), [job], NOW, allow_empty=True,
+                suspended=SUSPENDED).steps == ()
+    assert kinds(plan(Desired(actions=()), observed(proc(500)), [job], NOW,
+                      allow_empty=True)) == ["Kill"]  # SIGKILL once resumed
+
+
+def test_a_suspended_service_still_owns_its_port() -> None:
+    """Its process is ours, not a foreign holder a `kill_others` action may stop."""
+    web = running_job(desired(service(tcp_ports=[8080])))
+    holder = proc(500)
+    both = desired(service(tcp_ports=[8080]),
+                   service("grab", tcp_ports=[8080], kill_others=True))
+    result = plan(both, observed(holder, ports={8080: PortState(8080, True, (holder,))}), [web],
+                  NOW, suspended=SUSPENDED)
+    assert not any(isinstance(s, Kill) for s in result.steps)
+    assert [s.job.phase for s in result.steps] == ["blocked"]  # type: ignore[union-attr]
+
+
+def test_down_and_restart_leave_a_suspended_service_alone() -> None:
+    job = running_job(desired(service()))
+    assert plan_down(observed(proc(500)), [job], NOW, suspended=SUSPENDED).steps == ()
+    assert plan_restart(observed(proc(500)), [job], NOW, frozenset({("web", None)}),
+                        suspended=SUSPENDED).steps == ()

@@ -9,6 +9,7 @@ same holds for `--allow-empty`). Readers use the accessors below for their defau
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import replace
 
 from reconciler import __version__
@@ -19,6 +20,7 @@ from reconciler.spec.units import parse_duration
 MAX_SETTLE_SECONDS = 60.0  # longer would mean an edit is not applied for minutes
 MIN_RESYNC_SECONDS = 1.0  # a safety net, not a poll: `--resync 1ms` busy-looped the daemon
 OUTPUTS = ("table", "json")
+VALIDATE_FORMATS = ("text", "github")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", "show services, jobs, phases and why", output)
     validate = add("validate", "check specs: file:line:column: message", output)
     validate.add_argument("dir", nargs="?", help="specs dir to check")
+    validate.add_argument("--format", choices=VALIDATE_FORMATS, default="text",
+                          help="github: GitHub Actions error annotations on stdout")
+    add_suspend_commands(add)
     add("schema", "print the JSON Schema of the spec format")
     down = add("down", "stop a service or one action (all when none is named)")
     down.add_argument("target", nargs="?", metavar="SERVICE[.ACTION]")
@@ -83,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("repair", "rebuild the jobs from run/ after damage to state.db")
     add("info", "the controller: daemon, last pass, source revision, spec files", output)
     return parser
+
+
+def add_suspend_commands(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """`suspend` / `resume SERVICE` (DESIGN §8.2)."""
+    suspend = add("suspend", "leave a service alone: observed, never started, stopped, "
+                             "restarted or pruned, until `resume`")
+    suspend.add_argument("service", metavar="SERVICE")
+    resume = add("resume", "act on a suspended service again (a pass runs at once)")
+    resume.add_argument("service", metavar="SERVICE")
 
 
 # --- what the flags mean ------------------------------------------------------------------

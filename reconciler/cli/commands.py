@@ -106,10 +106,21 @@ def record_daemon(settings: Settings) -> None:
 def report_pass(result: PassResult, output: str) -> int:
     render.print_problems(result.loaded, result.plan)
     jobs = [j for j in result.jobs if j.phase != "removed"]
-    emit(render.jobs_json(jobs) if output == "json" else render.status_table(jobs))
+    if output == "json":
+        emit(render.pass_json(result.converged, pass_source(result), result.loaded,
+                              render.jobs_list(jobs, suspended=result.suspended)))
+    else:
+        emit(render.status_table(jobs, suspended=result.suspended))
     if not result.loaded.ok or result.plan.prune_held:
         return EXIT_ERROR
     return EXIT_OK if result.converged else EXIT_CHANGES
+
+
+def pass_source(result: PassResult) -> dict[str, str | bool | None]:
+    """`source` of `--once -o json`: `{revision, applied_revision, dirty}` (DESIGN §8.2), as
+    this pass saw it (null revision: the specs dir is not in git and no label names it)."""
+    return {"revision": result.source.revision, "applied_revision": result.applied_revision,
+            "dirty": result.source.dirty}
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -119,6 +130,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     with Reconciler(settings) as reconciler:
         if targets is not None:
             require_known(args.target, targets, reconciler.store.jobs())
+            refuse_suspended(targets, reconciler.store.suspended())
         stopped = reconciler.down(targets)
     emit(render.step_lines(stopped.steps, none="nothing to stop"))
     return EXIT_OK
@@ -139,9 +151,49 @@ def cmd_restart(args: argparse.Namespace) -> int:
     require_known(args.target, frozenset([target]), read_jobs(settings))
     bind(settings, rebind_of(args))
     with Reconciler(settings) as reconciler:
+        refuse_suspended(frozenset([target]), reconciler.store.suspended())
         stopped = reconciler.restart(frozenset({target}))
         started = reconciler.reconcile()
     emit(render.step_lines([*stopped.steps, *started.plan.changes]))
+    return EXIT_OK
+
+
+def refuse_suspended(targets: frozenset[tuple[str, str | None]],
+                     suspended: frozenset[str]) -> None:
+    """`down`/`restart` of a suspended service is refused (like `flux reconcile` of a
+    suspended resource): it is out of the controller's hands until `resume`."""
+    for service, _ in targets:
+        if service in suspended:
+            raise UsageError(f"{service} is suspended: `reconcile resume {service}` first")
+
+
+def cmd_suspend(args: argparse.Namespace) -> int:
+    return set_suspended(args, suspend=True)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return set_suspended(args, suspend=False)
+
+
+def set_suspended(args: argparse.Namespace, *, suspend: bool) -> int:
+    """Suspend or resume a service the specs name or the state dir has jobs of (or, to
+    resume, one still suspended after its spec and jobs are gone). A resume runs one pass at
+    once, so the service heals (or, removed from the specs meanwhile, is pruned) now."""
+    settings = settings_from(args)
+    service: str = args.service
+    bind(settings, rebind_of(args))
+    with Reconciler(settings) as reconciler:
+        known = {j.service for j in reconciler.store.jobs()} | set(
+            load_specs(settings.specs_dir, state_dir=settings.state_dir).services)
+        if service not in known and service not in reconciler.store.suspended():
+            raise UsageError(f"no service named {service} in the specs or this state dir "
+                             "(`reconcile status` lists them)")
+        changed = reconciler.set_suspended(service, suspend)
+        verb = "suspended" if suspend else "resumed"
+        emit(f"{service} {verb}" if changed else
+             f"{service} was {'already' if suspend else 'not'} suspended")
+        if not suspend:
+            emit(render.step_lines(reconciler.reconcile().plan.changes))
     return EXIT_OK
 
 
@@ -158,26 +210,32 @@ def cmd_diff(args: argparse.Namespace) -> int:
     loaded, planned = preview(settings_from(args), allow_empty=allow_empty_of(args),
                               rebind=rebind_of(args))
     render.print_problems(loaded, planned)
-    changes = planned.changes
-    if args.output == "json":
-        emit(render.steps_json(changes))
-    else:
-        emit(render.step_lines(changes, none="no changes"))
+    emit(render.diff_json(planned) if args.output == "json" else render.diff_lines(planned))
     if not loaded.ok or planned.prune_held:
         return EXIT_ERROR
-    return EXIT_CHANGES if changes else EXIT_OK
+    # only steps that run now count, as before: an action that waits comes with the step it
+    # waits for, or waits on something no pass can change now (a backoff, a `down`)
+    return EXIT_CHANGES if planned.changes else EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Needs no Settings: it never writes, so the default state dir is fine even in tests."""
     specs_dir = specs_dir_of(args.dir or specs_flag(args))
     loaded = load_specs(specs_dir, state_dir=state_dir_of(state_dir_flag(args)).absolute())
-    if args.output == "json":
+    if args.format == "github":
+        if args.output == "json":
+            raise UsageError("--format github and -o json: choose one")
+        emit(render.github_annotations(loaded))
+        print(render.validation_summary(loaded) if loaded.ok else
+              render.invalid_summary(loaded), file=sys.stderr)
+    elif args.output == "json":
         emit(render.validation_json(loaded))
     else:
         render.print_problems(loaded, None)
         if loaded.ok:
             emit(render.validation_summary(loaded))
+        else:
+            print(render.invalid_summary(loaded), file=sys.stderr)
     return EXIT_OK if loaded.ok else EXIT_ERROR
 
 
@@ -188,13 +246,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    jobs = read_jobs(settings)
+    with open_reader(settings) as store:
+        jobs, suspended = store.jobs(), store.suspended()
     usages = UsageSampler().sample({j.id: j.identity for j in jobs if j.pid and j.identity})
     if args.output == "json":
-        emit(render.jobs_json(jobs, usages))  # stays a list of jobs (DESIGN §8.2)
+        emit(render.jobs_json(jobs, usages, suspended))  # stays a list of jobs (DESIGN §8.2)
     else:
         emit(render.status_header(read_info(settings)))
-        emit(render.status_table(jobs, usages) if jobs else "no jobs")
+        emit(render.status_table(jobs, usages, suspended) if jobs else "no jobs")
     return EXIT_OK
 
 
@@ -255,7 +314,8 @@ def _has_log(settings: Settings, service: str, action: str) -> bool:
 COMMANDS: dict[str | None, Command] = {
     None: cmd_run, "diff": cmd_diff, "status": cmd_status, "validate": cmd_validate,
     "schema": cmd_schema, "down": cmd_down, "restart": cmd_restart, "events": cmd_events,
-    "logs": cmd_logs, "repair": cmd_repair, "info": cmd_info,
+    "logs": cmd_logs, "repair": cmd_repair, "info": cmd_info, "suspend": cmd_suspend,
+    "resume": cmd_resume,
 }
 
 

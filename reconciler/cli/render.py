@@ -14,8 +14,8 @@ from typing import Any
 
 from reconciler.host.usage import Usage
 from reconciler.info import Info
-from reconciler.plan import Plan, Step
-from reconciler.spec.load import LoadResult
+from reconciler.plan import Cleanup, Kill, Plan, Step, Waiting
+from reconciler.spec.load import LoadResult, SpecError
 from reconciler.state.records import Event, JobRecord
 
 
@@ -23,8 +23,8 @@ def to_json(value: object) -> str:
     return json.dumps(value, indent=2)
 
 
-def job_json(job: JobRecord, now: float | None = None,
-             usage: Usage | None = None) -> dict[str, Any]:
+def job_json(job: JobRecord, now: float | None = None, usage: Usage | None = None, *,
+             suspended: bool = False) -> dict[str, Any]:
     now = time.time() if now is None else now
     return {
         "service": job.service,
@@ -46,12 +46,21 @@ def job_json(job: JobRecord, now: float | None = None,
         "last_exit_at": job.last_exit_at,
         "cpu_percent": round(usage.cpu_percent, 1) if usage else None,
         "rss_bytes": usage.rss_bytes if usage else None,
+        "suspended": suspended,
     }
 
 
-def jobs_json(jobs: Iterable[JobRecord], usages: dict[str, Usage] | None = None) -> str:
+def jobs_json(jobs: Iterable[JobRecord], usages: dict[str, Usage] | None = None,
+              suspended: frozenset[str] = frozenset()) -> str:
+    return to_json(jobs_list(jobs, usages, suspended))
+
+
+def jobs_list(jobs: Iterable[JobRecord], usages: dict[str, Usage] | None = None,
+              suspended: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """The job objects of `status -o json` (also inside `--once -o json`)."""
     usages = usages or {}
-    return to_json([job_json(j, usage=usages.get(j.id)) for j in jobs])
+    return [job_json(j, usage=usages.get(j.id), suspended=j.service in suspended)
+            for j in jobs]
 
 
 def describe_reason(job: JobRecord, now: float | None = None) -> str:
@@ -63,11 +72,12 @@ def describe_reason(job: JobRecord, now: float | None = None) -> str:
     return job.reason
 
 
-def status_table(jobs: Sequence[JobRecord], usages: dict[str, Usage] | None = None) -> str:
+def status_table(jobs: Sequence[JobRecord], usages: dict[str, Usage] | None = None,
+                 suspended: frozenset[str] = frozenset()) -> str:
     now = time.time()
     usages = usages or {}
     rows = [("SERVICE", "ACTION", "PHASE", "READY", "PID", "RESTARTS", "UPTIME", "CPU%", "RSS",
-             "LAST EXIT", "REASON")]
+             "LAST EXIT", "SUSPENDED", "REASON")]
     for job in jobs:
         uptime = age(now - job.started_at) if job.pid and job.started_at else "-"
         used = usages.get(job.id)
@@ -77,6 +87,7 @@ def status_table(jobs: Sequence[JobRecord], usages: dict[str, Usage] | None = No
                      f"{used.cpu_percent:.1f}" if used else "-",
                      f"{used.rss_bytes / 2**20:.1f}MiB" if used else "-",
                      "-" if job.last_exit_code is None else str(job.last_exit_code),
+                     "yes" if job.service in suspended else "-",
                      describe_reason(job, now)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
@@ -114,9 +125,45 @@ def event_lines(events: Sequence[tuple[int, Event]]) -> list[str]:
     return lines
 
 
-def steps_json(steps: Sequence[Step]) -> str:
-    return to_json([{"step": s.verb, "description": s.describe(), "reason": s.reason}
-                    for s in steps])
+# --- diff: the whole change ------------------------------------------------------------------
+
+
+def diff_json(planned: Plan) -> str:
+    """`diff -o json`: a list of `{verb, service, action, job_id, reason, waits_for}`; the
+    steps a pass takes now (`waits_for` empty), then the actions that start later, as verb
+    `spawn` with what they wait for ("service.action" names)."""
+    return to_json([*(step_entry(s) for s in planned.changes),
+                    *(waiting_entry(w) for w in planned.waiting)])
+
+
+def step_entry(step: Step) -> dict[str, Any]:
+    """A step as a diff entry. A cleanup belongs to no job (its path is in `reason`), nor
+    does a kill of a foreign process (its pid and command are)."""
+    if isinstance(step, Cleanup):
+        return _entry(step.verb, None, step.path + ": " + step.reason)
+    if isinstance(step, Kill):
+        what = f"pid {step.target.pid} {step.cmd}".rstrip()
+        return _entry(step.verb, step.job, f"{what}: {step.reason}")
+    return _entry(step.verb, step.job, step.reason)
+
+
+def _entry(verb: str, job: JobRecord | None, reason: str) -> dict[str, Any]:
+    return {"verb": verb, "service": job.service if job else None,
+            "action": job.action if job else None, "job_id": job.id if job else None,
+            "reason": reason, "waits_for": []}
+
+
+def waiting_entry(waiting: Waiting) -> dict[str, Any]:
+    return {"verb": "spawn", "service": waiting.service, "action": waiting.action,
+            "job_id": waiting.job_id, "reason": waiting.reason,
+            "waits_for": list(waiting.waits_for)}
+
+
+def diff_lines(planned: Plan) -> list[str]:
+    """The steps, then one `later:` line per action that starts in a later pass."""
+    lines = [step.describe() for step in planned.changes]
+    lines += [f"later: spawn {w.service}.{w.action}: {w.reason}" for w in planned.waiting]
+    return lines or ["no changes"]
 
 
 def step_lines(steps: Sequence[Step], *, none: str | None = None) -> list[str]:
@@ -125,14 +172,71 @@ def step_lines(steps: Sequence[Step], *, none: str | None = None) -> list[str]:
     return lines if lines or none is None else [none]
 
 
+# --- validation and CI output ----------------------------------------------------------------
+
+
+def spec_errors(loaded: LoadResult) -> list[dict[str, Any]]:
+    """Every problem as `{file, line, column, message}`; a specs dir that cannot be read at
+    all has no line: `file` is null then, and the message names the dir."""
+    errors = [error_json(e) for e in loaded.errors]
+    if loaded.dir_error:
+        errors.insert(0, {"file": None, "line": None, "column": None,
+                          "message": loaded.dir_error})
+    return errors
+
+
+def error_json(error: SpecError) -> dict[str, Any]:
+    return {"file": error.file, "line": error.line, "column": error.column,
+            "message": error.message}
+
+
 def validation_json(loaded: LoadResult) -> str:
-    return to_json({"errors": [str(e) for e in loaded.errors],
-                    "dir_error": loaded.dir_error,
-                    "services": sorted(loaded.services)})
+    """`validate -o json`: `{valid, errors: [{file, line, column, message}]}`."""
+    return to_json({"valid": loaded.ok, "errors": spec_errors(loaded)})
+
+
+def pass_json(converged: bool, source: dict[str, Any], loaded: LoadResult,
+              jobs: list[dict[str, Any]]) -> str:
+    """`reconcile --once -o json`: `{converged, source, errors, jobs}`."""
+    return to_json({"converged": converged, "source": source,
+                    "errors": spec_errors(loaded), "jobs": jobs})
+
+
+def github_annotations(loaded: LoadResult) -> list[str]:
+    """`validate --format github`: one GitHub Actions `::error` workflow command per problem,
+    shown on the pull request's diff. As GitHub's toolkit escapes them: `%`, CR and LF in the
+    message; also `:` and `,` in property values (they end the command and separate
+    properties)."""
+    return [github_annotation(e["message"], e["file"], e["line"], e["column"])
+            for e in spec_errors(loaded)]
+
+
+def github_annotation(message: str, file: str | None, line: int | None,
+                column: int | None) -> str:
+    props = ",".join(f"{key}={_gh_property(str(value))}" for key, value in
+                     (("file", file), ("line", line), ("col", column)) if value is not None)
+    return f"::error{' ' + props if props else ''}::{_gh_data(message)}"
+
+
+def _gh_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_property(text: str) -> str:
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
 def validation_summary(loaded: LoadResult) -> str:
     return f"{len(loaded.services)} services in {len(loaded.files)} files: valid"
+
+
+def invalid_summary(loaded: LoadResult) -> str:
+    """The last line of a failed `validate`: how many problems, in how many files, so a
+    reader of a long CI log knows the list above is complete."""
+    broken = len({e.file for e in loaded.errors})
+    problems = len(loaded.errors) + (1 if loaded.dir_error else 0)
+    return (f"reconcile: invalid: {problems} problem{'s' if problems != 1 else ''} "
+            f"in {broken} of {len(loaded.files)} files")
 
 
 def print_problems(loaded: LoadResult, planned: Plan | None) -> None:

@@ -119,6 +119,11 @@ def m004_revision(db: Database) -> None:
          "daemon_pid": int, "daemon_started_at": float},
         pk="id",
     )
+@MIGRATIONS()
+def m005_suspended(db: Database) -> None:
+    """Services an operator suspended (`reconcile suspend`): sticky across restarts of the
+    controller, like a job `down` left stopped."""
+    _ensure_table(db, "suspended", {"service": str, "at": float}, pk="service")
 
 
 def _ensure_events_table(db: Database) -> None:
@@ -559,6 +564,24 @@ class Store:
                 "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC"
                 " LIMIT 1 OFFSET ?)", [max(keep, 0)])
         return cursor.rowcount
+
+    # suspended services
+
+    def suspended(self) -> frozenset[str]:
+        """The services `reconcile suspend` took out of the controller's hands."""
+        if self._missing("suspended"):
+            return frozenset()
+        return frozenset(row[0] for row in self.db.execute("SELECT service FROM suspended"))
+
+    def set_suspended(self, service: str, suspended: bool, at: float) -> bool:
+        """Suspend or resume a service; False when it already was in that state."""
+        with self.atomic():
+            if suspended:
+                cursor = self.db.execute(
+                    "INSERT OR IGNORE INTO suspended (service, at) VALUES (?, ?)", [service, at])
+            else:
+                cursor = self.db.execute("DELETE FROM suspended WHERE service = ?", [service])
+        return bool(cursor.rowcount)
 
     # spec records
 
