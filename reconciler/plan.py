@@ -645,7 +645,8 @@ def _retry(ctx: _Pass, action: DesiredAction, job: JobRecord, *,
 
 
 def _start(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
-    waiting_for = [dep for dep in action.spec.after if not _satisfied(ctx, action.service, dep)]
+    waiting_for = [_wait_text(ctx, action.service, dep) for dep in action.spec.after
+                   if not _satisfied(ctx, action.service, dep)]
     if ctx.retiring_key(action.key):
         waiting_for.insert(0, "the previous generation to stop")
     if waiting_for:
@@ -715,12 +716,29 @@ def _why_in_the_way(ctx: _Pass, action: DesiredAction, proc: ProcInfo) -> str:
 
 
 def _satisfied(ctx: _Pass, service: str, dep: str) -> bool:
-    job = ctx.jobs.get((service, dep))
+    """Every action the `after:` entry names (in this or another service) succeeded (a
+    one-shot) or is ready (a process); an entry naming nothing desired here never is."""
+    targets = ctx.desired.waits_for(service, dep)
+    return bool(targets) and all(_done(ctx, key) for key in targets)
+
+
+def _done(ctx: _Pass, key: tuple[str, str]) -> bool:
+    job = ctx.jobs.get(key)
     if job is None:
         return False
     if not job.process:
         return job.phase == "succeeded"
     return job.phase == "running" and job.ready and ctx.observed.alive(job.identity) is not None
+
+
+def _wait_text(ctx: _Pass, service: str, dep: str) -> str:
+    """`migrate`, `db.migrate`, or why the target will not come on this host."""
+    if ctx.desired.waits_for(service, dep):
+        return dep
+    other = dep.partition(".")[0]
+    if other in ctx.desired.unplaced:
+        return f"{dep} (not placed on this host: {ctx.desired.unplaced[other]})"
+    return f"{dep} (not defined)"
 
 
 def _pidfile_instance(ctx: _Pass, action: DesiredAction) -> list[ProcInfo]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.environment import inheritable
+from reconciler.host.labels import automatic_labels
 
 DEFAULT_SPECS_DIR = "specs"  # relative to the working directory, like `./Makefile`
 REFUSE_DEFAULT_STATE_DIR = "RECONCILER_REFUSE_DEFAULT_STATE_DIR"
@@ -41,6 +42,10 @@ class Settings:
     # identity, search path), captured once here so resolving specs reads no globals.
     inherited_env: tuple[tuple[str, str], ...] = field(
         default_factory=lambda: tuple(sorted(inheritable(os.environ).items())))
+    # This host's labels for `placement` (host/labels.py: the labels file plus automatic
+    # `hostname`, `os`, `arch`), read once so desired.py filters purely.
+    labels: tuple[tuple[str, str], ...] = field(
+        default_factory=lambda: tuple(sorted(automatic_labels().items())))
 
     def __post_init__(self) -> None:
         if os.environ.get(REFUSE_DEFAULT_STATE_DIR) == "1" and _same_path(

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from reconciler import __version__
 from reconciler.cli.errors import UsageError
+from reconciler.host.labels import LabelsError, host_labels, labels_file_of
 from reconciler.settings import Settings, resolve
 from reconciler.spec.units import parse_duration
 
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--settle", default="200ms",
                         help="read a changed spec file once it has been quiet this long "
                              "(a half-written file is never read; 0s to read at once)")
+    parser.add_argument("--labels", metavar="FILE", default=None,
+                        help="this host's labels for placement (YAML mapping; default: "
+                             "$RECONCILER_LABELS or /etc/reconciler/labels.yaml if it exists)")
     parser.add_argument("--resync", default="30s",
                         help="daemon: full resync interval (a safety net; events trigger passes)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -86,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     settings = resolve(specs_flag(args), state_dir_flag(args))
+    try:
+        labels = host_labels(labels_file_of(getattr(args, "labels", None)))
+    except LabelsError as err:
+        raise UsageError(str(err)) from None
+    settings = replace(settings, labels=tuple(sorted(labels.items())))
     settle = getattr(args, "settle", None)
     if settle is None:
         return settings
