@@ -558,3 +558,29 @@ def test_a_one_shot_that_left_a_helper_running_succeeds_once_the_helper_is_stopp
     [done] = plan(want, observed(), [stop.job], NOW + 2).steps
     assert isinstance(done, UpdateJob) and done.job.phase == "succeeded"
     assert plan(want, observed(), [done.job], NOW + 3).steps == ()
+
+
+# --- after: across services -------------------------------------------------------------
+
+
+def test_waits_for_every_action_of_another_service_then_starts() -> None:
+    db = Service.model_validate({"name": "db", "actions": [
+        {"name": "migrate", "cmd": "x"}, {"name": "seed", "cmd": "y"}]})
+    web = service("web", after=["db"])
+    want = desired(db, web)
+    first = plan(want, observed(), [], NOW)
+    spawned = {s.action.key for s in first.steps if isinstance(s, Spawn)}
+    assert spawned == {("db", "migrate"), ("db", "seed")}
+    pending = [s for s in first.steps if isinstance(s, UpdateJob) and s.job.service == "web"]
+    assert pending and pending[0].job.reason == "waiting for db"
+    done = [replace(s.job, phase="succeeded") for s in first.steps
+            if isinstance(s, Spawn)]
+    second = plan(want, observed(), done, NOW + 1)
+    assert [s.action.key for s in second.steps if isinstance(s, Spawn)] == [("web", "api")]
+
+
+def test_waiting_text_says_why_a_target_will_not_come() -> None:
+    web = service("web", after=["db.migrate"])
+    result = plan(desired(web), observed(), [], NOW)
+    [update] = [s for s in result.steps if isinstance(s, UpdateJob)]
+    assert update.job.reason == "waiting for db.migrate (not defined)"
