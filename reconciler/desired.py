@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler import logpaths
 from reconciler.environment import minimal_env
-from reconciler.spec.model import Action, Health, Service, UnixHealth
+from reconciler.spec.model import Action, Health, Service, UnixHealth, after_targets
 from reconciler.state.records import JobSpec
 
 if TYPE_CHECKING:  # types only: resolving reads what it is given, never the environment
@@ -65,11 +65,21 @@ class DesiredAction:
 class Desired:
     """Everything the specs ask for, in the order `plan` must consider it."""
 
-    actions: tuple[DesiredAction, ...]  # services in name order, actions in dependency order
+    # dependencies first (across services too), else services in name order, spec order
+    actions: tuple[DesiredAction, ...]
+    # service -> why it is not desired on this host (its placement does not match)
+    unplaced: Mapping[str, str] = field(default_factory=dict)
+    # service -> its action names, for resolving `after:` entries
+    actions_of: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def services(self) -> frozenset[str]:
         return frozenset(a.service for a in self.actions)
+
+    def waits_for(self, service: str, dep: str) -> list[tuple[str, str]]:
+        """The (service, action) keys one `after:` entry of `service` names; empty when it
+        names nothing desired here."""
+        return after_targets(service, self.actions_of.get(service, ()), dep, self.actions_of)
 
 
 # id(service) -> (the service, its resolved actions); the service is kept so its id cannot be
@@ -93,7 +103,13 @@ def desired_from_services(services: Iterable[Service], settings: Settings,
     """
     fresh: ResolvedCache = {}
     actions: list[DesiredAction] = []
+    unplaced: dict[str, str] = {}
+    labels = dict(settings.labels)
     for service in sorted(services, key=lambda s: s.name):
+        problem = service.placement.problem(labels) if service.placement else None
+        if problem is not None:
+            unplaced[service.name] = problem
+            continue
         hit = cache.get(id(service)) if cache is not None else None
         if hit is None or hit[0] is not service:
             hit = (service, tuple(_resolve(service, action, settings)
@@ -103,7 +119,44 @@ def desired_from_services(services: Iterable[Service], settings: Settings,
     if cache is not None:
         cache.clear()
         cache.update(fresh)
-    return Desired(actions=tuple(actions))
+    actions_of: dict[str, tuple[str, ...]] = {}
+    for action in actions:
+        actions_of[action.service] = (*actions_of.get(action.service, ()), action.name)
+    if any(dep not in actions_of[a.service] for a in actions for dep in a.spec.after):
+        actions = _across_services(actions, actions_of)
+    return Desired(actions=tuple(actions), unplaced=unplaced, actions_of=actions_of)
+
+
+def _across_services(actions: list[DesiredAction],
+                     actions_of: Mapping[str, tuple[str, ...]]) -> list[DesiredAction]:
+    """Every action after those it waits for, in other services too (otherwise in the
+    given order): a depth-first post-order with an explicit stack, like `dependency_order`."""
+    by_key = {a.key: a for a in actions}
+    done: list[DesiredAction] = []
+    seen: set[tuple[str, str]] = set()
+
+    def deps(action: DesiredAction) -> Iterable[tuple[str, str]]:
+        own = actions_of.get(action.service, ())
+        return (key for dep in action.spec.after
+                for key in after_targets(action.service, own, dep, actions_of))
+
+    for root in actions:
+        if root.key in seen:
+            continue
+        seen.add(root.key)
+        stack = [(root, iter(deps(root)))]
+        while stack:
+            action, pending = stack[-1]
+            for key in pending:
+                child = by_key.get(key)
+                if child is not None and key not in seen:
+                    seen.add(key)
+                    stack.append((child, iter(deps(child))))
+                    break
+            else:
+                stack.pop()
+                done.append(action)
+    return done
 
 
 def dependency_order(service: Service) -> list[Action]:
@@ -111,7 +164,7 @@ def dependency_order(service: Service) -> list[Action]:
 
     A depth-first post-order with an explicit stack: a valid 1 500-action `after:` chain
     exceeded Python's recursion limit and failed every pass."""
-    by_name = {a.name: a for a in service.actions}
+    by_name = {a.name: a for a in service.actions}  # other services' targets are not here
     done: list[Action] = []
     seen: set[str] = set()
     for root in service.actions:

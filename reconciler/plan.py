@@ -674,11 +674,12 @@ def _retry(ctx: _Pass, action: DesiredAction, job: JobRecord, *,
 
 
 def _start(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
-    waiting_for = [dep for dep in action.spec.after if not _satisfied(ctx, action.service, dep)]
+    unmet = [dep for dep in action.spec.after if not _satisfied(ctx, action.service, dep)]
+    waiting_for = [_wait_text(ctx, action.service, dep) for dep in unmet]
     if ctx.retiring_key(action.key):
         waiting_for.insert(0, "the previous generation to stop")
     if waiting_for:
-        _wait(ctx, job, "waiting for " + ", ".join(waiting_for), waiting_for)
+        _wait(ctx, job, "waiting for " + ", ".join(waiting_for), unmet)
         return
     in_the_way = _pidfile_instance(ctx, action)
     blocked, reclaim = _claim_resources(ctx, action)
@@ -701,26 +702,26 @@ def _start(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
                    reason=f"{'restart' if restart else 'start'} ({job.reason or 'new job'})"))
 
 
-def _wait(ctx: _Pass, job: JobRecord, reason: str, waiting_for: list[str]) -> None:
+def _wait(ctx: _Pass, job: JobRecord, reason: str, unmet: list[str]) -> None:
     """Pending on something a later pass will see change; recorded only when the reason
     changes, so waiting costs no writes. Listed in `Plan.waiting` for `diff`."""
     ctx.waiting.append(Waiting(job.service, job.action, job.id, reason,
-                               _waits_for(ctx, job, waiting_for)))
+                               _waits_for(ctx, job, unmet)))
     if job.phase != "pending" or job.reason != reason:
         ctx.emit(UpdateJob(replace(job, phase="pending", reason=reason), "pending", reason))
 
 
-def _waits_for(ctx: _Pass, job: JobRecord, waiting_for: list[str]) -> tuple[str, ...]:
-    """`waiting_for` as "service.action" names: a dependency named without its service is in
-    the job's own service; what is not a name (the previous generation stopping) is the
-    job's own action, whose old generation is still going."""
+def _waits_for(ctx: _Pass, job: JobRecord, unmet: list[str]) -> tuple[str, ...]:
+    """What the job waits for, as "service.action" names: each action an unmet `after:`
+    entry names that is not done yet (`after: [db]` lists db's actions), the entry itself
+    (qualified) when it names nothing here, and the job's own action while its previous
+    generation is still stopping."""
     names = [f"{job.service}.{job.action}"] if ctx.retiring_key(job.key) else []
-    for dep in waiting_for:
-        if " " in dep:
-            continue  # prose, not an action name (names have no spaces)
-        name = dep if "." in dep else f"{job.service}.{dep}"
-        if name not in names:
-            names.append(name)
+    for dep in unmet:
+        targets = ctx.desired.waits_for(job.service, dep)
+        found = [f"{s}.{a}" for s, a in targets if not _done(ctx, (s, a))] if targets else \
+            [dep if "." in dep else f"{job.service}.{dep}"]
+        names += [name for name in found if name not in names]
     return tuple(names)
 
 
@@ -760,12 +761,29 @@ def _why_in_the_way(ctx: _Pass, action: DesiredAction, proc: ProcInfo) -> str:
 
 
 def _satisfied(ctx: _Pass, service: str, dep: str) -> bool:
-    job = ctx.jobs.get((service, dep))
+    """Every action the `after:` entry names (in this or another service) succeeded (a
+    one-shot) or is ready (a process); an entry naming nothing desired here never is."""
+    targets = ctx.desired.waits_for(service, dep)
+    return bool(targets) and all(_done(ctx, key) for key in targets)
+
+
+def _done(ctx: _Pass, key: tuple[str, str]) -> bool:
+    job = ctx.jobs.get(key)
     if job is None:
         return False
     if not job.process:
         return job.phase == "succeeded"
     return job.phase == "running" and job.ready and ctx.observed.alive(job.identity) is not None
+
+
+def _wait_text(ctx: _Pass, service: str, dep: str) -> str:
+    """`migrate`, `db.migrate`, or why the target will not come on this host."""
+    if ctx.desired.waits_for(service, dep):
+        return dep
+    other = dep.partition(".")[0]
+    if other in ctx.desired.unplaced:
+        return f"{dep} (not placed on this host: {ctx.desired.unplaced[other]})"
+    return f"{dep} (not defined)"
 
 
 def _pidfile_instance(ctx: _Pass, action: DesiredAction) -> list[ProcInfo]:

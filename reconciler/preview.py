@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from reconciler.controller import plan_for
 from reconciler.plan import Plan
@@ -27,7 +27,8 @@ from reconciler.state.store import check_integrity, damaged, is_damage
 
 
 def preview(settings: Settings, *, allow_empty: bool = False, rebind: bool = False,
-            clock: Callable[[], float] = time.time) -> tuple[LoadResult, Plan]:
+            clock: Callable[[], float] = time.time
+            ) -> tuple[LoadResult, Plan, Mapping[str, str]]:
     """What a pass would do (its steps, and in `Plan.waiting` the actions that start in a
     later pass, for the whole diff). Refuses what a pass would refuse (a state dir that is not
     private, an emptied database, another specs dir unless `rebind`), so `diff` never shows
@@ -50,6 +51,6 @@ def preview(settings: Settings, *, allow_empty: bool = False, rebind: bool = Fal
     last_good = {name: r.content for name, r in previous.items() if r.content is not None}
     loaded = load_specs(settings.specs_dir, last_good, settle=0.0,
                         state_dir=settings.state_dir)
-    _, _, planned = plan_for(settings, loaded, records, read_enrollments(settings.run_dir),
+    desired, _, planned = plan_for(settings, loaded, records, read_enrollments(settings.run_dir),
                              clock(), allow_empty=allow_empty, suspended=suspended)
-    return loaded, planned
+    return loaded, planned, desired.unplaced

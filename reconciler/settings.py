@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.environment import inheritable
+from reconciler.host.labels import automatic_labels
 
 DEFAULT_SPECS_DIR = "specs"  # relative to the working directory, like `./Makefile`
 REFUSE_DEFAULT_STATE_DIR = "RECONCILER_REFUSE_DEFAULT_STATE_DIR"
@@ -44,6 +45,10 @@ class Settings:
     # `--revision` / `RECONCILER_REVISION`: names the specs dir's revision instead of git
     # (reconciler/host/gitrev.py); None asks git.
     revision: str | None = None
+    # This host's labels for `placement` (host/labels.py: the labels file plus automatic
+    # `hostname`, `os`, `arch`), read once so desired.py filters purely.
+    labels: tuple[tuple[str, str], ...] = field(
+        default_factory=lambda: tuple(sorted(automatic_labels().items())))
 
     def __post_init__(self) -> None:
         if os.environ.get(REFUSE_DEFAULT_STATE_DIR) == "1" and _same_path(

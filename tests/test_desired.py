@@ -85,4 +85,4 @@ def test_a_cycle_in_a_long_chain_is_named() -> None:
         parse_text(text, "f.yaml")
     [error] = caught.value.errors
     assert "cycle a1997 -> a1998 -> a1999 -> a1997" in error.message
-    assert error.line == 2000  # a1997's `after`
+    assert error.line == 2002  # a1999's entry `a1997`: it closes the cycle

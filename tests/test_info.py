@@ -170,7 +170,7 @@ def test_without_git_or_label_there_is_no_revision(reconciler: Reconciler) -> No
 # --- reconcile info -----------------------------------------------------------------------
 
 INFO_KEYS = ["version", "specs_dir", "state_dir", "daemon", "last_pass", "source", "files",
-             "labels"]
+             "labels", "unplaced"]  # DESIGN §8.2's keys in order; `unplaced` is an addition
 
 
 def test_info_json_has_the_documented_shape(reconciler: Reconciler,
@@ -200,7 +200,19 @@ def test_info_json_has_the_documented_shape(reconciler: Reconciler,
     assert all(list(f) == ["file", "state", "error"] for f in files)
     states = {f["file"]: f["state"] for f in files}
     assert states == {"bad.yaml": "refused", "empty.yaml": "empty", "web.yaml": "ok"}
-    assert info["labels"] == {}
+    labels = info["labels"]
+    assert isinstance(labels, dict) and {"hostname", "os", "arch"} <= set(labels)
+    assert info["unplaced"] == {}
+
+
+def test_info_says_which_services_are_not_placed_here_and_why(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    write(settings.specs_dir, "db.yaml",
+          "name: db\nplacement: {labels: {role: db}}\nactions: [{name: m, cmd: [\"true\"]}]\n")
+    write(settings.specs_dir, "web.yaml", ONE_SHOT.format(name="web"))
+    info = info_json(settings, capsys)
+    unplaced = info["unplaced"]
+    assert isinstance(unplaced, dict) and list(unplaced) == ["db"] and "role" in unplaced["db"]
 
 
 def test_info_on_a_fresh_state_dir_creates_nothing(settings: Settings,

@@ -643,3 +643,32 @@ def test_down_and_restart_leave_a_suspended_service_alone() -> None:
     assert plan_down(observed(proc(500)), [job], NOW, suspended=SUSPENDED).steps == ()
     assert plan_restart(observed(proc(500)), [job], NOW, frozenset({("web", None)}),
                         suspended=SUSPENDED).steps == ()
+
+
+# --- after: across services -------------------------------------------------------------
+
+
+def test_waits_for_every_action_of_another_service_then_starts() -> None:
+    db = Service.model_validate({"name": "db", "actions": [
+        {"name": "migrate", "cmd": "x"}, {"name": "seed", "cmd": "y"}]})
+    web = service("web", after=["db"])
+    want = desired(db, web)
+    first = plan(want, observed(), [], NOW)
+    spawned = {s.action.key for s in first.steps if isinstance(s, Spawn)}
+    assert spawned == {("db", "migrate"), ("db", "seed")}
+    pending = [s for s in first.steps if isinstance(s, UpdateJob) and s.job.service == "web"]
+    assert pending and pending[0].job.reason == "waiting for db"
+    [waiting] = first.waiting  # diff lists each action of db it waits for
+    assert (waiting.service, waiting.waits_for) == ("web", ("db.migrate", "db.seed"))
+    done = [replace(s.job, phase="succeeded") for s in first.steps
+            if isinstance(s, Spawn)]
+    second = plan(want, observed(), done, NOW + 1)
+    assert [s.action.key for s in second.steps if isinstance(s, Spawn)] == [("web", "api")]
+
+
+def test_waiting_text_says_why_a_target_will_not_come() -> None:
+    web = service("web", after=["db.migrate"])
+    result = plan(desired(web), observed(), [], NOW)
+    [update] = [s for s in result.steps if isinstance(s, UpdateJob)]
+    assert update.job.reason == "waiting for db.migrate (not defined)"
+    assert result.waiting[0].waits_for == ("db.migrate",)

@@ -145,11 +145,11 @@ ERROR_CASES = [
                  id="probe-field-error"),
     pytest.param("name: web\nactions:\n  - name: migrate\n    cmd: [x]\n  - name: api\n"
                  "    cmd: [y]\n    after: [migrat]\n",
-                 "f.yaml:7:13: actions[1].after[0]: unknown action 'migrat' "
-                 "(did you mean 'migrate'?)", id="after-unknown"),
+                 "f.yaml:7:13: actions[1].after[0]: unknown action or "
+                 "service 'migrat' (did you mean 'migrate'?)", id="after-unknown"),
     pytest.param("name: web\nactions:\n  - name: a\n    cmd: [x]\n    after: [b]\n"
                  "  - name: b\n    cmd: [y]\n    after: [a]\n",
-                 "f.yaml:5:12: actions[0].after: cycle a -> b -> a", id="after-cycle"),
+                 "f.yaml:8:13: actions[1].after[0]: cycle a -> b -> a", id="after-cycle"),
     pytest.param("name: web\nactions:\n  - name: a\n"
                  "    cmd: !!python/object/apply:os.system [id]\n",
                  "f.yaml:4:10: unsupported tag '!!python/object/apply:os.system' "

@@ -132,6 +132,8 @@ def test_every_example_in_the_docs_passes_the_loader_and_the_schema(
     # The path `reconcile validate` takes: a file in a specs dir, checked against a state dir.
     (specs_dir / "example.yaml").write_text(text)
     os.chmod(specs_dir / "example.yaml", 0o644)
+    for env_file in re.findall(r"[\w.-]+\.env\b", text):  # the env files it names
+        (specs_dir / env_file).write_text("EXAMPLE=1\n")
     result = load_specs(specs_dir, state_dir=state_dir)
     assert result.ok, [str(e) for e in result.errors]
     assert result.services

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from reconciler import __version__
 from reconciler.cli.errors import UsageError
+from reconciler.host.labels import LabelsError, host_labels, labels_file_of
 from reconciler.settings import Settings, resolve
 from reconciler.spec.units import parse_duration
 
@@ -33,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--rebind", action="store_true", default=argparse.SUPPRESS,
                         help="let this state dir serve this --specs dir from now on (it "
                              "refuses another specs dir than the one it serves)")
+    # before or after the command: `diff --labels FILE` previews another kind of host
+    common.add_argument("--revision", metavar="LABEL", default=argparse.SUPPRESS,
+                        help="name the specs dir's revision (default: $RECONCILER_REVISION, "
+                             "else from git when the specs dir is in a git work tree)")
+    common.add_argument("--labels", metavar="FILE", default=argparse.SUPPRESS,
+                        help="this host's labels for placement (YAML mapping; default: "
+                             "$RECONCILER_LABELS or /etc/reconciler/labels.yaml if it exists)")
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("-o", "--output", choices=OUTPUTS, default=argparse.SUPPRESS)
     allow_empty = argparse.ArgumentParser(add_help=False)
@@ -53,9 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--settle", default="200ms",
                         help="read a changed spec file once it has been quiet this long "
                              "(a half-written file is never read; 0s to read at once)")
-    parser.add_argument("--revision", metavar="LABEL", default=None,
-                        help="name the specs dir's revision (default: $RECONCILER_REVISION, "
-                             "else from git when the specs dir is in a git work tree)")
     parser.add_argument("--resync", default="30s",
                         help="daemon: full resync interval (a safety net; events trigger passes)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -105,6 +110,11 @@ def add_suspend_commands(add: Callable[[str, str], argparse.ArgumentParser]) -> 
 def settings_from(args: argparse.Namespace) -> Settings:
     settings = resolve(specs_flag(args), state_dir_flag(args),
                        revision=getattr(args, "revision", None))
+    try:
+        labels = host_labels(labels_file_of(getattr(args, "labels", None)))
+    except LabelsError as err:
+        raise UsageError(str(err)) from None
+    settings = replace(settings, labels=tuple(sorted(labels.items())))
     settle = getattr(args, "settle", None)
     if settle is None:
         return settings

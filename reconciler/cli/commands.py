@@ -207,9 +207,11 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     # --rebind here previews the new specs dir without binding to it: diff changes nothing
-    loaded, planned = preview(settings_from(args), allow_empty=allow_empty_of(args),
-                              rebind=rebind_of(args))
+    loaded, planned, unplaced = preview(settings_from(args), allow_empty=allow_empty_of(args),
+                                        rebind=rebind_of(args))
     render.print_problems(loaded, planned)
+    for service, why in sorted(unplaced.items()):  # stderr, like notes: stdout stays parseable
+        print(f"reconcile: {service} is not placed on this host: {why}", file=sys.stderr)
     emit(render.diff_json(planned) if args.output == "json" else render.diff_lines(planned))
     if not loaded.ok or planned.prune_held:
         return EXIT_ERROR

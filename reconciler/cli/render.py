@@ -273,6 +273,7 @@ def info_json(info: Info) -> dict[str, Any]:
                    "dirty": facts.dirty, "error": facts.revision_error},
         "files": [{"file": f.file, "state": f.state, "error": f.error} for f in info.files],
         "labels": dict(info.labels),
+        "unplaced": dict(info.unplaced),  # an addition: services placement keeps off this host
     }
 
 
@@ -294,6 +295,7 @@ def info_lines(info: Info, now: float | None = None) -> list[str]:
               for f in info.files_not_ok]
     labels = ", ".join(f"{k}={v}" for k, v in sorted(info.labels.items()))
     lines.append(f"labels:           {labels or '-'}")
+    lines += [f"not placed here:  {service}: {why}" for service, why in info.unplaced.items()]
     return lines
 
 

@@ -20,7 +20,7 @@ import re
 import stat
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, get_args
@@ -31,10 +31,15 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from reconciler.redact import is_secret_name
 from reconciler.spec.model import (
+    AFTER_PATTERN,
     ENV_NAME_PATTERN,
+    MAX_ENV,
+    MAX_ENV_NAME,
+    MAX_TEXT,
     NAME_PATTERN,
     UNION_TAGS,
     Service,
+    after_targets,
     did_you_mean,
 )
 from reconciler.text import printable
@@ -172,22 +177,27 @@ def load_specs(specs_dir: Path, last_good: Mapping[str, str] = _NO_LAST_GOOD, *,
 
 def _load_dir(where: _Dir, last_good: Mapping[str, str]) -> LoadResult:
     names = sorted(name for name in os.listdir(where.fd) if is_spec_name(name))
-    services: dict[str, Service] = {}
-    sources: dict[str, str] = {}
-    files: dict[str, FileOutcome] = {}
-    waits: list[float] = []
+    claimed: dict[str, str] = {}
+    loads: list[_FileLoad] = []
     for name in names:
         try:
-            outcome, chosen, wait = _load_file(where, name, last_good.get(name), sources)
+            load = _load_file(where, name, last_good.get(name), claimed)
         except Exception as exc:  # one odd file must not stop the others from loading
             error = SpecError(str(where.path / name), 1, 1, f"cannot load: {exc!r}")
-            outcome, chosen, wait = FileOutcome(name, None, None, (error,), False), [], None
-        files[name] = outcome
-        if wait is not None:
-            waits.append(wait)
-        for service in chosen:
+            load = _FileLoad(name, str(where.path / name),
+                             FileOutcome(name, None, None, (error,), False), [], None, [], None)
+        loads.append(load)
+        for service in load.chosen:
+            claimed[service.name] = name
+    _check_references(where, loads)
+    services: dict[str, Service] = {}
+    sources: dict[str, str] = {}
+    for load in loads:
+        for service in load.chosen:
             services[service.name] = service
-            sources[service.name] = name
+            sources[service.name] = load.name
+    files = {load.name: load.outcome for load in loads}
+    waits = [load.wait for load in loads if load.wait is not None]
     errors = tuple(sorted(e for outcome in files.values() for e in outcome.errors))
     return LoadResult(services, sources, files, errors, None, min(waits, default=None))
 
@@ -216,38 +226,74 @@ def _fd_path(fd: int, fallback: Path) -> str:
         return os.path.realpath(fallback)
 
 
-def _load_file(where: _Dir, name: str, previous: str | None, claimed: Mapping[str, str]
-               ) -> tuple[FileOutcome, list[Service], float | None]:
+@dataclass
+class _FileLoad:
+    """One file while the directory is loaded: what it offers before the checks across
+    files (`after:` targets, cycles) may still refuse its current content."""
+
+    name: str
+    display: str
+    outcome: FileOutcome
+    chosen: list[Service]
+    wait: float | None
+    docs: list[_Doc]  # every document of the current content, broken ones too
+    previous: str | None
+
+    @property
+    def fresh(self) -> bool:
+        """Its current content is in force (not the last good one)."""
+        return self.outcome.content is not None
+
+
+def _load_file(where: _Dir, name: str, previous: str | None,
+               claimed: Mapping[str, str]) -> _FileLoad:
     """One file's services: its current content if that is wholly good, else its last good;
     also, when the file is still changing, when to look again."""
     display = str(where.path / name)
     content, errors, settles_at = _read_spec_file(where, name)
     if settles_at is not None:
-        fallback = _last_good_services(previous, display, claimed, where.state_dir)
+        fallback = _last_good_services(where, previous, display, claimed)
         outcome = FileOutcome(name, None, None, (), fallback is not None, unsettled=True)
-        return outcome, fallback or [], settles_at
-    found: list[_Found] = []
+        return _FileLoad(name, display, outcome, fallback or [], settles_at, [], previous)
+    parsed = _Parsed()
     if content is not None:
         parsed = _parse(content, display, where.state_dir)
-        found = parsed.found
-        errors = parsed.errors or _claimed_elsewhere(found, claimed, display)
+        errors = parsed.errors or _claimed_elsewhere(parsed.found, claimed, display)
     if not errors and content is not None:
-        digest = hashlib.sha256(content.encode()).hexdigest()
-        return FileOutcome(name, content, digest, (), False), [f.service for f in found], None
-    fallback = _last_good_services(previous, display, claimed, where.state_dir)
+        chosen, errors = _with_env_files(where, parsed.found, display, strict=True)
+        if not errors:
+            digest = hashlib.sha256(content.encode()).hexdigest()
+            outcome = FileOutcome(name, content, digest, (), False)
+            return _FileLoad(name, display, outcome, chosen, None, parsed.docs, previous)
+    fallback = _last_good_services(where, previous, display, claimed)
     outcome = FileOutcome(name, None, None, tuple(sorted(errors)), fallback is not None)
-    return outcome, fallback or [], None
+    return _FileLoad(name, display, outcome, fallback or [], None, parsed.docs, previous)
 
 
-def _last_good_services(previous: str | None, display: str, claimed: Mapping[str, str],
-                        state_dir: str | None) -> list[Service] | None:
-    """The last good content is re-checked: another file may have claimed a name since."""
+def _last_good_services(where: _Dir, previous: str | None, display: str,
+                        claimed: Mapping[str, str]) -> list[Service] | None:
+    """The last good content is re-checked: another file may have claimed a name since.
+    Its `after:` targets are not: a running service never stops because of another file."""
     if previous is None:
         return None
-    parsed = _parse(previous, display, state_dir)
+    parsed = _parse(previous, display, where.state_dir)
     if parsed.errors or _claimed_elsewhere(parsed.found, claimed, display):
         return None
-    return [f.service for f in parsed.found]
+    return _with_env_files(where, parsed.found, display, strict=False)[0]
+
+
+def _reject(where: _Dir, load: _FileLoad, loads: list[_FileLoad],
+            errors: list[SpecError]) -> None:
+    """A problem only the whole directory shows: the file's current content is refused and
+    its last good version stays in force, as for any other error."""
+    merged = tuple(sorted(set(load.outcome.errors) | set(errors)))
+    if not load.fresh:
+        load.outcome = replace(load.outcome, errors=merged)
+        return
+    others = {s.name: other.name for other in loads if other is not load for s in other.chosen}
+    fallback = _last_good_services(where, load.previous, load.display, others)
+    load.outcome = FileOutcome(load.name, None, None, merged, fallback is not None)
+    load.chosen = fallback or []
 
 
 def _claimed_elsewhere(found: list[_Found], claimed: Mapping[str, str],
@@ -389,16 +435,44 @@ def _user(uid: int) -> str:
 # --- one file's text ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class _Entry:
+    """A list entry of one action (`after`, `env_file`) and where it is written."""
+
+    action_index: int
+    action: str
+    position: int
+    value: str
+    line: int
+    column: int
+
+    def path(self, key: str) -> str:
+        return f"actions[{self.action_index}].{key}[{self.position}]"
+
+
+@dataclass(frozen=True)
+class _Doc:
+    """What the checks across files need of one document, taken from the YAML tree even
+    when the document is invalid: so an `after:` typo is reported with the other errors."""
+
+    service: str
+    actions: frozenset[str]
+    after: tuple[_Entry, ...]
+    env_files: tuple[_Entry, ...]
+
+
+@dataclass(frozen=True)
 class _Found:
     service: Service
     line: int  # of the service's `name` value, where a cross-file duplicate is reported
     column: int
+    doc: _Doc
 
 
 @dataclass
 class _Parsed:
     found: list[_Found] = field(default_factory=list)
     errors: list[SpecError] = field(default_factory=list)
+    docs: list[_Doc] = field(default_factory=list)
 
 
 def parse_text(text: str, filename: str, state_dir: Path | str | None = None) -> list[Service]:
@@ -408,8 +482,10 @@ def parse_text(text: str, filename: str, state_dir: Path | str | None = None) ->
     Raises `SpecErrors` listing every problem; never anything else.
     """
     parsed = _parse(text, filename, None if state_dir is None else os.path.abspath(state_dir))
-    if parsed.errors:
-        raise SpecErrors(parsed.errors)
+    known = {d.service: d.actions for d in parsed.docs}
+    errors = parsed.errors + [e for d in parsed.docs for e in _after_errors(d, known, filename)]
+    if errors:
+        raise SpecErrors(sorted(set(errors)))
     return [f.service for f in parsed.found]
 
 
@@ -417,15 +493,15 @@ def _parse(text: str, filename: str, state_dir: str | None) -> _Parsed:
     """A fresh `_Parsed` for this text. Every pass re-reads every spec file, but files rarely
     change: parsing is most of a pass's cost, so results are cached per (text, file). Reuse
     is safe because the models are frozen."""
-    found, errors = _parse_cached(text, filename, state_dir)
-    return _Parsed(list(found), list(errors))
+    found, errors, docs = _parse_cached(text, filename, state_dir)
+    return _Parsed(list(found), list(errors), list(docs))
 
 
 @functools.lru_cache(maxsize=1024)
 def _parse_cached(text: str, filename: str, state_dir: str | None
-                  ) -> tuple[tuple[_Found, ...], tuple[SpecError, ...]]:
+                  ) -> tuple[tuple[_Found, ...], tuple[SpecError, ...], tuple[_Doc, ...]]:
     parsed = _parse_uncached(text, filename, state_dir)
-    return tuple(parsed.found), tuple(parsed.errors)
+    return tuple(parsed.found), tuple(parsed.errors), tuple(parsed.docs)
 
 
 def _parse_uncached(text: str, filename: str, state_dir: str | None) -> _Parsed:
@@ -456,13 +532,15 @@ def _parse_text(text: str, filename: str, state_dir: str | None) -> _Parsed:
     for root in roots:
         if isinstance(root, ScalarNode) and root.tag == _NULL:
             continue  # an empty document
-        found, errors = _parse_document(root, filename, state_dir)
+        found, errors, doc = _parse_document(root, filename, state_dir)
         result.errors.extend(errors)
         if found is not None:
             result.found.append(found)
+        if doc is not None:
+            result.docs.append(doc)
     result.errors.extend(_duplicates_in_file(result.found, filename))
     if result.errors:
-        return _Parsed(errors=sorted(set(result.errors)))
+        return _Parsed(errors=sorted(set(result.errors)), docs=result.docs)
     if not result.found:
         # Empty, only comments, only `---`: far more often a file caught half-written
         # (truncate, then write) than an intent to stop everything it defined.
@@ -549,26 +627,62 @@ def _duplicates_in_file(found: list[_Found], filename: str) -> list[SpecError]:
 
 # --- one document ---------------------------------------------------------------------------
 
-def _parse_document(root: Node, filename: str,
-                    state_dir: str | None) -> tuple[_Found | None, list[SpecError]]:
+def _parse_document(root: Node, filename: str, state_dir: str | None
+                    ) -> tuple[_Found | None, list[SpecError], _Doc | None]:
     if not isinstance(root, MappingNode):
         message = (f"a spec document must be a mapping (a service with name and actions), "
                    f"not {_node_kind(root)}")
-        return None, [_error_at(root.start_mark, filename, message)]
+        return None, [_error_at(root.start_mark, filename, message)], None
     tree = _Tree(filename)
     data = tree.build(root)
     if tree.fatal:
-        return None, tree.errors
+        return None, tree.errors, None
+    doc = _doc_of(root, tree, data)
     try:
         service = Service.model_validate(data, context={"state_dir": state_dir})
     except ValidationError as exc:
         return None, tree.errors + [_translate(err, root, tree, filename)
-                                    for err in exc.errors(include_url=False)]
+                                    for err in exc.errors(include_url=False)], doc
     errors = tree.errors + _number_traps(root, tree, filename)
-    if errors:
-        return None, errors
+    if errors or doc is None:
+        return None, errors, doc
     name = tree.locate(root, ("name",))
-    return _Found(service, name.start_mark.line + 1, name.start_mark.column + 1), []
+    return _Found(service, name.start_mark.line + 1, name.start_mark.column + 1, doc), [], doc
+
+
+def _doc_of(root: Node, tree: _Tree, data: Any) -> _Doc | None:
+    """The names and list entries of a document as written, valid or not."""
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        return None
+    actions = data.get("actions")
+    actions = actions if isinstance(actions, list) else []
+    names: set[str] = set()
+    after: list[_Entry] = []
+    env_files: list[_Entry] = []
+    for index, action in enumerate(actions):
+        if not isinstance(action, dict):
+            continue
+        name = action.get("name")
+        name = name if isinstance(name, str) else ""
+        names.add(name)
+        after.extend(_entries(root, tree, index, name, "after", action.get("after")))
+        env_files.extend(_entries(root, tree, index, name, "env_file", action.get("env_file")))
+    return _Doc(data["name"], frozenset(names - {""}), tuple(after), tuple(env_files))
+
+
+def _entries(root: Node, tree: _Tree, index: int, action: str, key: str,
+             value: Any) -> list[_Entry]:
+    items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    found = []
+    for position, item in enumerate(items):
+        if not isinstance(item, str):
+            continue
+        loc: tuple[Any, ...] = ("actions", index, key) + (() if isinstance(value, str)
+                                                        else (position,))
+        node = tree.locate(root, loc)
+        found.append(_Entry(index, action, position, item, node.start_mark.line + 1,
+                            node.start_mark.column + 1))
+    return found
 
 
 def _node_kind(node: Node) -> str:
@@ -853,6 +967,8 @@ _TEMPLATES = {
 _PATTERN_HELP = {
     NAME_PATTERN: "invalid name '{input}': use lowercase letters, digits, '_' and '-' "
                   "(no '.'), starting with a letter or digit",
+    AFTER_PATTERN: "invalid after entry '{input}': write ACTION, SERVICE or SERVICE.ACTION "
+                   "(names use lowercase letters, digits, '_' and '-')",
     ENV_NAME_PATTERN: "invalid environment variable name '{input}': use letters, digits and "
                       "'_', not starting with a digit",
 }
@@ -876,3 +992,298 @@ def _describe(err: Any) -> str:
             pass
     message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     return message[:1].lower() + message[1:]
+
+
+# --- across files: `after:` targets and cycles ------------------------------------------------
+
+def _check_references(where: _Dir, loads: list[_FileLoad]) -> None:
+    """Every `after:` entry of every document (broken ones too) names something defined in
+    some file; no dependency cycle runs through the services in force. A file whose current
+    content fails is refused like any invalid file (its last good version stays)."""
+    known: dict[str, frozenset[str]] = {}
+    for load in loads:
+        for service in load.chosen:
+            known[service.name] = frozenset(a.name for a in service.actions)
+    for load in loads:  # a service defined in a broken file is not a typo where it is named
+        for doc in load.docs:
+            known[doc.service] = known.get(doc.service, frozenset()) | doc.actions
+    for load in loads:
+        errors = [e for doc in load.docs for e in _after_errors(doc, known, load.display)]
+        if errors:
+            _reject(where, load, loads, errors)
+    for _ in range(len(loads) + 1):  # each round refuses one file's current content
+        found = _find_cycle(loads)
+        if found is None:
+            return
+        load, error = found
+        fresh = load.fresh
+        _reject(where, load, loads, [error])
+        if not fresh:
+            return  # only last good versions in the cycle: reported, their actions wait
+
+
+def _after_errors(doc: _Doc, known: Mapping[str, frozenset[str]],
+                  display: str) -> list[SpecError]:
+    errors = []
+    for entry in doc.after:
+        problem = _after_problem(doc, entry.value, known)
+        if problem is not None:
+            errors.append(SpecError(display, entry.line, entry.column,
+                                    f"{entry.path('after')}: {problem}"))
+    return errors
+
+
+def _after_problem(doc: _Doc, dep: str, known: Mapping[str, frozenset[str]]) -> str | None:
+    if not re.search(AFTER_PATTERN, dep):
+        return None  # the model's pattern reports it
+    other, dot, action = dep.partition(".")
+    if dot:
+        if other == doc.service:
+            return None if action in doc.actions else (
+                f"unknown action '{action}' in this service"
+                f"{did_you_mean(action, sorted(doc.actions))}")
+        if other not in known:
+            return f"unknown service '{other}'{did_you_mean(other, sorted(known))}"
+        if action not in known[other]:
+            return (f"service '{other}' has no action '{action}'"
+                    f"{did_you_mean(action, sorted(known[other]))}")
+        return None
+    if dep == doc.service:
+        return None  # the model reports it
+    if dep in doc.actions and dep in known:
+        return (f"'{dep}' is both an action of this service and a service; write "
+                f"'{doc.service}.{dep}' for the action, or name the other service's actions "
+                f"('{dep}.ACTION')")
+    if dep in doc.actions or dep in known:
+        return None
+    choices = sorted(doc.actions | set(known))
+    return f"unknown action or service '{dep}'{did_you_mean(dep, choices)}"
+
+
+_Key = tuple[str, str]
+
+
+def _find_cycle(loads: list[_FileLoad]) -> tuple[_FileLoad, SpecError] | None:
+    """A dependency cycle through the services in force, as the file to refuse and the
+    error at the entry that closes it (one in a file whose current content is in force when
+    there is one). Kahn's algorithm, then a walk: linear, no recursion."""
+    owner: dict[str, _FileLoad] = {}
+    services: dict[str, Service] = {}
+    for load in loads:
+        for service in load.chosen:
+            owner[service.name], services[service.name] = load, service
+    actions = {name: [a.name for a in s.actions] for name, s in services.items()}
+    edges: dict[_Key, list[tuple[_Key, int]]] = {}
+    for name, service in services.items():
+        own = actions[name]
+        for action in service.actions:
+            edges[(name, action.name)] = [
+                (target, position) for position, dep in enumerate(action.after)
+                for target in after_targets(name, own, dep, actions)]
+    pending = _pending_after_kahn(edges)
+    if not pending:
+        return None
+    start = next(key for key in edges if key in pending)
+    path: list[tuple[_Key, int]] = []  # (node, position of the entry leaving it)
+    on_path: dict[_Key, int] = {}
+    node = start
+    while node not in on_path:
+        on_path[node] = len(path)
+        target, position = next((t, p) for t, p in edges[node] if t in pending)
+        path.append((node, position))
+        node = target
+    cycle = path[on_path[node]:]
+    names = " -> ".join(f"{s}.{a}" for (s, a), _ in [*cycle, cycle[0]])
+    fresh = [step for step in cycle if owner[step[0][0]].fresh]
+    (service_name, action_name), position = (fresh or cycle)[-1]
+    load = owner[service_name]
+    line, column, index = _entry_position(load, service_name, action_name, position)
+    return load, SpecError(load.display, line, column,
+                           f"actions[{index}].after[{position}]: cycle {names}")
+
+
+def _pending_after_kahn(edges: Mapping[_Key, list[tuple[_Key, int]]]) -> set[_Key]:
+    waiting = {key: len({t for t, _ in targets}) for key, targets in edges.items()}
+    dependents: dict[_Key, list[_Key]] = {key: [] for key in edges}
+    for key, targets in edges.items():
+        for target in {t for t, _ in targets}:
+            dependents.setdefault(target, []).append(key)
+    ready = [key for key, count in waiting.items() if count == 0]
+    while ready:
+        key = ready.pop()
+        del waiting[key]
+        for dependent in dependents.get(key, ()):
+            waiting[dependent] -= 1
+            if waiting[dependent] == 0:
+                ready.append(dependent)
+    return set(waiting)
+
+
+def _entry_position(load: _FileLoad, service: str, action: str,
+                    position: int) -> tuple[int, int, int]:
+    """Line, column and action index of an `after:` entry in the file's current text (1, 1
+    when the version in force is not the current text)."""
+    for doc in load.docs:
+        if doc.service != service:
+            continue
+        for entry in doc.after:
+            if entry.action == action and entry.position == position:
+                return entry.line, entry.column, entry.action_index
+    index = next((i for s in load.chosen if s.name == service
+                  for i, a in enumerate(s.actions) if a.name == action), 0)
+    return 1, 1, index
+
+
+# --- env files --------------------------------------------------------------------------------
+
+MAX_ENV_FILE_BYTES = 256 * 1024
+_EXPORT = re.compile(r"^export\s+")
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
+# (specs dir, env file) -> its last good variables: a broken or missing env file keeps the
+# version in force of its spec running on what was read before (in this process).
+_ENV_LAST_GOOD: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+# (id(service), env contents) -> (service, service with env files merged): the same object
+# while nothing changed, so `desired` keeps its per-service cache.
+_MERGED: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[Service, Service]] = {}
+
+
+class EnvFileError(ValueError):
+    """A line of a dotenv file that is not `KEY=VALUE`."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line = line
+
+
+def parse_dotenv(text: str) -> dict[str, str]:
+    """`KEY=VALUE` lines; `#` comments and blank lines skipped; an optional `export `;
+    values single-quoted (literal), double-quoted (`\\n`, `\\"`, `\\\\` escapes) or bare
+    (trimmed, ` #` starts a comment). Keys follow the `env` rule. Raises EnvFileError."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = _EXPORT.sub("", raw.strip())
+        if not line or line.startswith("#"):
+            continue
+        key, eq, value = line.partition("=")
+        key = key.strip()
+        if not eq:
+            raise EnvFileError(number, "expected KEY=VALUE")
+        if not re.search(ENV_NAME_PATTERN, key) or len(key) > MAX_ENV_NAME:
+            raise EnvFileError(number, f"invalid variable name '{_short(key)}': use letters, "
+                                       f"digits and '_', not starting with a digit")
+        values[key] = _dotenv_value(value.strip(), number)
+        if len(values) > MAX_ENV:
+            raise EnvFileError(number, f"more than {MAX_ENV} variables")
+    return values
+
+
+def _dotenv_value(value: str, number: int) -> str:
+    if value[:1] in ("'", '"'):
+        quote = value[0]
+        end = value.find(quote, 1) if quote == "'" else _closing_quote(value)
+        if end < 0:
+            raise EnvFileError(number, f"unterminated {quote} quote")
+        rest = value[end + 1:].strip()
+        if rest and not rest.startswith("#"):
+            raise EnvFileError(number, "text after the closing quote")
+        inner = value[1:end]
+        if quote == '"':
+            inner = re.sub(r"\\(.)", lambda m: _ESCAPES.get(m[1], m[0]), inner)
+        value = inner
+    else:
+        value = re.split(r"\s#", value, maxsplit=1)[0].strip()
+    if "\x00" in value or len(value) > MAX_TEXT:
+        raise EnvFileError(number, f"value with a NUL character or over {MAX_TEXT} characters")
+    return value
+
+
+def _closing_quote(value: str) -> int:
+    index = 1
+    while index < len(value):
+        if value[index] == "\\":
+            index += 2
+            continue
+        if value[index] == '"':
+            return index
+        index += 1
+    return -1
+
+
+def _with_env_files(where: _Dir, found: list[_Found], display: str, *,
+                    strict: bool) -> tuple[list[Service], list[SpecError]]:
+    """The services with each action's `env_file` variables under its `env`. `strict`: a
+    missing or bad file is an error (current content); otherwise (a last good version) the
+    variables last read in this process are used, or none."""
+    services: list[Service] = []
+    errors: list[SpecError] = []
+    for item in found:
+        service = item.service
+        if not any(a.env_file for a in service.actions):
+            services.append(service)
+            continue
+        contents: dict[str, tuple[tuple[str, str], ...]] = {}
+        for entry in item.doc.env_files:
+            if entry.value in contents:
+                continue
+            values, problem = _read_env_file(where, entry.value)
+            if problem is not None:
+                if strict:
+                    errors.append(SpecError(display, entry.line, entry.column,
+                                            f"{entry.path('env_file')}: {problem}"))
+                values = _ENV_LAST_GOOD.get((where.real, entry.value), ())
+            contents[entry.value] = values
+        services.append(_merged(service, contents))
+    return services, errors
+
+
+def _merged(service: Service, contents: Mapping[str, tuple[tuple[str, str], ...]]) -> Service:
+    key = (id(service), tuple(sorted((f"{p}\0{k}", v) for p, vs in contents.items()
+                                     for k, v in vs)))
+    hit = _MERGED.get(key)
+    if hit is not None and hit[0] is service:
+        return hit[1]
+    actions = []
+    for action in service.actions:
+        if not action.env_file:
+            actions.append(action)
+            continue
+        env: dict[str, str] = {}
+        for path in action.env_file:
+            env.update(contents.get(path, ()))
+        actions.append(action.model_copy(update={"env": {**env, **action.env}}))
+    merged = service.model_copy(update={"actions": actions})
+    if len(_MERGED) > 4096:
+        _MERGED.clear()
+    _MERGED[key] = (service, merged)
+    return merged
+
+
+def _read_env_file(where: _Dir, path: str
+                   ) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    """Read like a spec file: opened relative to the specs dir's descriptor, never through
+    a symlink leading outside it, a regular file written only by root or us, bounded."""
+    resolved = os.path.realpath(os.path.join(where.real, path))
+    if not Path(resolved).is_relative_to(where.real):
+        return (), f"{path} leads outside the specs dir ({resolved})"
+    fd, reason = _open_spec(where, os.path.relpath(resolved, where.real))
+    if fd is None:
+        return (), f"cannot read env file {path}: {reason or 'cannot open it'}"
+    try:
+        reason = _unsafe_reason(os.fstat(fd), path)
+        if reason is not None:
+            return (), f"refusing env file {path}: {reason}"
+        raw = os.read(fd, MAX_ENV_FILE_BYTES + 1)
+    except OSError as err:
+        return (), f"cannot read env file {path}: {err.strerror or err}"
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_ENV_FILE_BYTES:
+        return (), f"env file {path} is larger than {MAX_ENV_FILE_BYTES // 1024} KiB"
+    try:
+        values = tuple(parse_dotenv(raw.decode("utf-8")).items())
+    except UnicodeDecodeError:
+        return (), f"env file {path} is not valid UTF-8"
+    except EnvFileError as err:
+        return (), f"env file {path}: {err}"
+    _ENV_LAST_GOOD[(where.real, path)] = values
+    return values, None

@@ -9,12 +9,13 @@ point at the exact line and column.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
 import re
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
@@ -57,6 +58,13 @@ from reconciler.text import printable
 # `<service>.<action>.pid` must be distinct for every pair (`a`/`b.c` vs `a.b`/`c`).
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# An `after:` entry: an action of this service or a service (`db`), or one action of
+# another service (`db.migrate`). Names have no dot, so the dot separates them.
+AFTER_PATTERN = r"^[a-z0-9][a-z0-9_-]*(?:\.[a-z0-9][a-z0-9_-]*)?$"
+# A placement host glob: hostname characters, `*`, `?` and closed `[...]` classes. An
+# unclosed `[` is refused: fnmatch would silently match it literally.
+HOST_GLOB_PATTERN = r"^(?:[A-Za-z0-9._*?-]|\[!?[A-Za-z0-9._-]+\])+$"
+LABEL_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
 PROBE_KINDS = ("tcp", "unix", "http", "exec")
 # A one-shot runs and exits: it holds no pidfile, socket or port between passes, so these
 # keys on a one-shot are a misunderstanding worth reporting, not something to ignore.
@@ -87,6 +95,11 @@ MIN_RESET_AFTER, MAX_RESET_AFTER = 1.0, 86400.0
 MIN_PROBE, MAX_PROBE = 0.01, 3600.0  # health interval and timeout
 MAX_START_PERIOD = 3600.0
 MAX_FAILURES = 100
+MAX_ENV_FILES = 16  # env_file entries per action
+MAX_HOST_GLOBS = 256
+MAX_HOSTNAME = 253
+MAX_LABELS = 256
+MAX_LABEL_VALUE = 256
 
 Loc = tuple[str | int, ...]
 
@@ -555,6 +568,32 @@ def _unique_ports(ports: list[int]) -> list[int]:
 RestartPolicy = Literal["always", "on-failure", "never"]
 
 
+def _one_or_list(value: Any) -> Any:
+    """`env_file: .env` is the common case; a list is several files, later ones winning."""
+    return [value] if isinstance(value, str) else value
+
+
+def _inside_specs_dir(path: str) -> str:
+    """Env files are read from the specs dir like the specs (same repo, same review): no
+    absolute path, no `..`."""
+    if path.startswith("/") or path.startswith("~") or ".." in path.split("/"):
+        raise spec_error("must be a path inside the specs dir (relative, without '..')")
+    return path
+
+
+ENV_FILE_PATTERN = r"^(?![/~])(?!.*(?:^|/)\.\.(?:/|$))[^\u0000]*[^\s\u0000][^\u0000]*$"
+EnvFile = Annotated[str, StringConstraints(max_length=MAX_PATH), AfterValidator(_not_blank),
+                    AfterValidator(_inside_specs_dir)]
+EnvFiles = Annotated[
+    list[EnvFile], BeforeValidator(_one_or_list), Field(max_length=MAX_ENV_FILES),
+    WithJsonSchema({"anyOf": [
+        {"type": "string", "maxLength": MAX_PATH, "pattern": ENV_FILE_PATTERN},
+        {"type": "array", "maxItems": MAX_ENV_FILES,
+         "items": {"type": "string", "maxLength": MAX_PATH, "pattern": ENV_FILE_PATTERN}},
+    ], "description": "dotenv file(s), relative to the specs dir; `env` wins over them"}),
+]
+
+
 # What `_process_only_fields` allows on a one-shot, as JSON Schema: each process-only key
 # absent or empty. tests/test_spec_schema.py checks that this covers PROCESS_ONLY and health.
 _ONE_SHOT_VALUES: JsonDict = {
@@ -575,12 +614,15 @@ class Action(_Spec):
     name: Name
     cmd: Command
     process: Flag = False
-    # Not `Name`: an unknown target gets "unknown action 'x' (did you mean …)", a better
-    # message than the name rule; only a valid name can be a known one, so the schema says so.
-    after: Annotated[list[Annotated[str, StringConstraints(max_length=MAX_NAME),
-                                    SchemaExtra({"pattern": NAME_PATTERN})]],
+    # ACTION, SERVICE or SERVICE.ACTION; whether it names something is checked by
+    # `spec.load`, which sees every file.
+    after: Annotated[list[Annotated[str, StringConstraints(pattern=AFTER_PATTERN,
+                                                           max_length=2 * MAX_NAME + 1)]],
                      Field(max_length=MAX_AFTER)] = []
     cwd: PathText | None = None
+    # Read by spec.load from the specs dir; their variables are merged under `env` (which
+    # wins) before the generation is computed, so a change of a file restarts the action.
+    env_file: EnvFiles = []
     # pydantic puts the name rule in `patternProperties`, which lets other names through.
     env: Annotated[dict[EnvName, EnvValue], Field(max_length=MAX_ENV),
                    SchemaExtra({"propertyNames": {"pattern": ENV_NAME_PATTERN,
@@ -633,17 +675,68 @@ class Action(_Spec):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+HostGlob = Annotated[str, StringConstraints(pattern=HOST_GLOB_PATTERN, max_length=MAX_HOSTNAME)]
+LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN, max_length=MAX_HOSTNAME)]
+LabelValue = Annotated[
+    str, BeforeValidator(_env_value), StringConstraints(max_length=MAX_LABEL_VALUE),
+    AfterValidator(_no_nul),
+    WithJsonSchema({"anyOf": [
+        {"type": "string", "maxLength": MAX_LABEL_VALUE, "pattern": NO_NUL_PATTERN},
+        {"type": "number"},
+    ]}),
+]
+
+
+class Placement(_Spec):
+    """Where a service is desired: on a host whose name matches one of `hosts` (fnmatch
+    globs) and whose labels have every `labels` entry. An absent condition always matches."""
+
+    hosts: Annotated[list[HostGlob], Field(min_length=1, max_length=MAX_HOST_GLOBS)] | None = None
+    labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS),
+                      SchemaExtra({"propertyNames": {"pattern": LABEL_KEY_PATTERN,
+                                                     "maxLength": MAX_HOSTNAME}})] = {}
+
+    def problem(self, labels: Mapping[str, str]) -> str | None:
+        """Why this host is not a match (None: it is). Pure: `labels` carries `hostname`."""
+        hostname = labels.get("hostname", "")
+        if self.hosts is not None and not any(
+                fnmatch.fnmatchcase(hostname, glob) for glob in self.hosts):
+            return f"hostname '{hostname}' matches none of {', '.join(self.hosts)}"
+        for key, value in self.labels.items():
+            have = labels.get(key)
+            if have != value:
+                shown = "not set" if have is None else f"'{have}'"
+                return f"label {key}={value} wanted, this host has {shown}"
+        return None
+
+
+def after_targets(service: str, own_actions: Collection[str], dep: str,
+                  services: Mapping[str, Collection[str]]) -> list[tuple[str, str]]:
+    """The (service, action) keys an `after:` entry of `service` waits for; empty when it
+    names nothing known. An unqualified name is an action of the same service first (what it
+    always meant), else every action of the service of that name (`spec.load` refuses a
+    name that is both)."""
+    other, dot, action = dep.partition(".")
+    if dot:
+        known = own_actions if other == service else services.get(other, ())
+        return [(other, action)] if action in known else []
+    if dep in own_actions:
+        return [(service, dep)]
+    return [(dep, name) for name in services.get(dep, ())]
+
+
 class Service(_Spec):
     """A named group of actions; one YAML document, the unit people add, edit and delete."""
 
     name: Name
     description: Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION)] = ""
+    placement: Placement | None = None
     actions: Annotated[list[Action], Field(min_length=1, max_length=MAX_ACTIONS)]
 
     @model_validator(mode="after")
     def _actions_consistent(self) -> Service:
         _check_unique_names(self.actions)
-        _check_dependencies_known(self.actions)
+        _check_not_self(self.name, self.actions)
         _check_no_cycle(self.actions)
         return self
 
@@ -661,26 +754,30 @@ def _check_unique_names(actions: list[Action]) -> None:
         first[action.name] = index
 
 
-def _check_dependencies_known(actions: list[Action]) -> None:
+def _check_not_self(service: str, actions: list[Action]) -> None:
+    """What one document decides alone; whether other targets exist is for `spec.load`,
+    which sees every file (an unqualified name may be another service)."""
     names = {a.name for a in actions}
     for index, action in enumerate(actions):
         for position, dep in enumerate(action.after):
             at: Loc = ("actions", index, "after", position)
-            if dep == action.name:
-                raise spec_error(f"action '{dep}' cannot wait for itself", at=at)
-            if dep not in names:
-                others = [a.name for a in actions if a.name != action.name]
-                raise spec_error(f"unknown action '{dep}'{did_you_mean(dep, others)}", at=at)
+            if dep in (action.name, f"{service}.{action.name}"):
+                raise spec_error(f"action '{action.name}' cannot wait for itself", at=at)
+            if dep == service and dep not in names:
+                raise spec_error(f"'{dep}' is this service: an action cannot wait for every "
+                                 f"action of its own service, itself included", at=at)
 
 
 def _check_no_cycle(actions: list[Action]) -> None:
     """Kahn's algorithm: peel off actions whose dependencies are all peeled; whatever
     remains holds a cycle. Linear in actions + edges and without recursion, because a
-    10 000-action `after:` chain is a valid spec."""
-    waiting = {a.name: len(set(a.after)) for a in actions}
+    10 000-action `after:` chain is a valid spec. Only edges within the service."""
+    names = {a.name for a in actions}
+    own = {a.name: {d for d in a.after if d in names} for a in actions}
+    waiting = {a.name: len(own[a.name]) for a in actions}
     dependents: dict[str, list[str]] = {a.name: [] for a in actions}
     for action in actions:
-        for dep in set(action.after):
+        for dep in own[action.name]:
             dependents[dep].append(action.name)
     ready = [name for name, count in waiting.items() if count == 0]
     while ready:
@@ -703,10 +800,11 @@ def _report_cycle(actions: list[Action], pending: Any) -> None:
     on_path = {path[0]: 0}
     while True:
         step = next(dep for dep in by_name[path[-1]].after if dep in pending)
+        position = by_name[path[-1]].after.index(step)
         if step in on_path:
             cycle = [*path[on_path[step]:], step]
             raise spec_error(f"cycle {' -> '.join(cycle)}",
-                             at=("actions", index_of[cycle[0]], "after"))
+                             at=("actions", index_of[path[-1]], "after", position))
         on_path[step] = len(path)
         path.append(step)
 

@@ -1,0 +1,108 @@
+"""This host's labels for `placement`: a YAML mapping of strings from `--labels FILE` /
+`RECONCILER_LABELS` (default `/etc/reconciler/labels.yaml` when it exists), plus the
+automatic `hostname`, `os` and `arch`, which a file may not override (a fleet must be able
+to trust that `hostname` is the host's name).
+
+Labels are read once, when the reconciler starts (like its other settings): a labels file
+that is not a mapping of strings is refused with `file:line:column: message` and the
+command exits 2 before any pass, so a broken labels file never un-places (and prunes)
+anything. Change labels, then restart the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode
+
+from reconciler.spec.model import LABEL_KEY_PATTERN, MAX_LABEL_VALUE, MAX_LABELS
+from reconciler.text import printable
+
+DEFAULT_LABELS_FILE = Path("/etc/reconciler/labels.yaml")
+LABELS_ENV = "RECONCILER_LABELS"
+AUTOMATIC = ("hostname", "os", "arch")
+MAX_LABELS_BYTES = 64 * 1024
+_STR = "tag:yaml.org,2002:str"
+
+
+class LabelsError(Exception):
+    """A labels file that cannot be used; the text is `file:line:column: message`."""
+
+
+def automatic_labels() -> dict[str, str]:
+    """`hostname` (the node name), `os` (`linux`) and `arch` (`x86_64`, `aarch64`)."""
+    uname = os.uname()
+    return {"hostname": uname.nodename, "os": platform.system().lower(),
+            "arch": uname.machine}
+
+
+def labels_file_of(flag: str | None, env: Mapping[str, str] = os.environ) -> Path | None:
+    """The flag, else `RECONCILER_LABELS`, else the default file if it exists."""
+    given = flag or env.get(LABELS_ENV)
+    if given:
+        return Path(given)
+    return DEFAULT_LABELS_FILE if DEFAULT_LABELS_FILE.is_file() else None
+
+
+def host_labels(path: Path | None) -> dict[str, str]:
+    """The labels file's labels (none without a file) plus the automatic ones."""
+    labels = read_labels(path) if path is not None else {}
+    return {**labels, **automatic_labels()}
+
+
+def read_labels(path: Path) -> dict[str, str]:
+    """A YAML mapping of string keys to string values. Raises LabelsError."""
+    shown = printable(str(path))
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_LABELS_BYTES + 1)
+    except OSError as err:
+        raise LabelsError(f"{shown}:1:1: cannot read labels file: {err.strerror or err}") from None
+    if len(raw) > MAX_LABELS_BYTES:
+        raise LabelsError(f"{shown}:1:1: larger than {MAX_LABELS_BYTES // 1024} KiB")
+    try:
+        root = yaml.compose(raw.decode("utf-8"), Loader=yaml.SafeLoader)
+    except UnicodeDecodeError:
+        raise LabelsError(f"{shown}:1:1: not valid UTF-8") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+        raise LabelsError(f"{shown}:{line}:{column}: YAML syntax error: "
+                          f"{getattr(err, 'problem', None) or err}") from None
+    if root is None:
+        return {}
+    if not isinstance(root, MappingNode):
+        raise _error(shown, root, "labels must be a mapping of names to strings "
+                                  "(e.g. `role: web`)")
+    labels: dict[str, str] = {}
+    for key, value in root.value:
+        name = _string(shown, key, "a label name")
+        if not re.search(LABEL_KEY_PATTERN, name):
+            raise _error(shown, key, f"invalid label name '{printable(name)}'")
+        if name in AUTOMATIC:
+            raise _error(shown, key, f"'{name}' is set automatically; remove it")
+        if name in labels:
+            raise _error(shown, key, f"duplicate label '{printable(name)}'")
+        text = _string(shown, value, "a string (quote numbers and booleans)")
+        if len(text) > MAX_LABEL_VALUE:
+            raise _error(shown, value, f"longer than {MAX_LABEL_VALUE} characters")
+        labels[name] = text
+    if len(labels) > MAX_LABELS:
+        raise _error(shown, root, f"more than {MAX_LABELS} labels")
+    return labels
+
+
+def _string(shown: str, node: Node, what: str) -> str:
+    if not isinstance(node, ScalarNode) or node.tag != _STR:
+        raise _error(shown, node, f"must be {what}")
+    return str(node.value)
+
+
+def _error(shown: str, node: Node, message: str) -> LabelsError:
+    mark = node.start_mark
+    return LabelsError(f"{shown}:{mark.line + 1}:{mark.column + 1}: {printable(message)}")

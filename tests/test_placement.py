@@ -1,0 +1,114 @@
+"""Placement: host labels files, hostname globs, cross-service waits, pruning when un-placed."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from reconciler.controller import Reconciler
+from reconciler.desired import desired_from_services
+from reconciler.host.labels import LabelsError, host_labels, read_labels
+from reconciler.settings import Settings
+from reconciler.spec.model import Service
+
+
+def svc(name: str, **extra: object) -> Service:
+    return Service.model_validate({"name": name, "actions": [{"name": "run", "cmd": "x"}],
+                                   **extra})
+
+
+def test_labels_file_plus_automatic_labels(tmp_path: Path) -> None:
+    path = tmp_path / "labels.yaml"
+    path.write_text("role: web\nzone: 'eu-1'\n")
+    labels = host_labels(path)
+    assert labels["role"] == "web" and labels["zone"] == "eu-1"
+    assert {"hostname", "os", "arch"} <= set(labels)
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ("- a\n- b\n", ":1:1: labels must be a mapping"),
+    ("role: web\nsize: 3\n", ":2:7: must be a string"),
+    ("hostname: x\n", ":1:1: 'hostname' is set automatically"),
+])
+def test_bad_labels_file_is_file_line_col(tmp_path: Path, text: str, where: str) -> None:
+    path = tmp_path / "labels.yaml"
+    path.write_text(text)
+    with pytest.raises(LabelsError) as caught:
+        read_labels(path)
+    assert f"{path}{where}" in str(caught.value)
+
+
+def test_desired_filters_by_hostname_glob_and_labels(settings: Settings) -> None:
+    here = replace(settings, labels=(("hostname", "web-3"), ("role", "web")))
+    desired = desired_from_services([
+        svc("a", placement={"hosts": ["web-*"], "labels": {"role": "web"}}),
+        svc("b", placement={"hosts": ["db-?"]}),
+        svc("c", placement={"labels": {"gpu": "yes-please"}}),
+        svc("d")], here)
+    assert desired.services == {"a", "d"}
+    assert "matches none of db-?" in desired.unplaced["b"]
+    assert desired.unplaced["c"] == "label gpu=yes-please wanted, this host has not set"
+
+
+def test_dependencies_first_across_services(settings: Settings) -> None:
+    web = Service.model_validate({"name": "a-web", "actions": [
+        {"name": "api", "cmd": "x", "after": ["z-db.migrate"]}]})
+    db = Service.model_validate({"name": "z-db", "actions": [{"name": "migrate", "cmd": "x"}]})
+    order = [a.key for a in desired_from_services([web, db], settings).actions]
+    assert order == [("z-db", "migrate"), ("a-web", "api")]
+
+
+def write(specs_dir: Path, name: str, text: str) -> None:
+    (specs_dir / name).write_text(textwrap.dedent(text))
+    (specs_dir / name).chmod(0o644)
+
+
+def test_a_service_waits_for_another_services_one_shot(settings: Settings,
+                                                       reconciler: Reconciler) -> None:
+    marker = settings.specs_dir / "migrated"
+    write(settings.specs_dir, "db.yaml", f"""\
+        name: db
+        actions:
+          - name: migrate
+            cmd: "sleep 0.3; touch {marker}"
+        """)
+    write(settings.specs_dir, "web.yaml", f"""\
+        name: web
+        actions:
+          - name: api
+            process: true
+            cmd: "test -e {marker} && exec sleep 1000"
+            restart: never
+            after: [db.migrate]
+        """)
+    first = reconciler.reconcile()
+    api = next(j for j in first.jobs if j.key == ("web", "api"))
+    assert api.phase == "pending" and api.reason == "waiting for db.migrate"
+    result = reconciler.converge(wait=20)
+    assert result.converged, [(j.key, j.phase, j.reason) for j in result.jobs]
+    assert next(j for j in result.jobs if j.key == ("web", "api")).phase == "running"
+
+
+def test_a_label_change_unplaces_and_prunes_a_running_service(settings: Settings) -> None:
+    write(settings.specs_dir, "a.yaml", """\
+        name: a
+        placement: {labels: {role: web}}
+        actions:
+          - {name: run, process: true, cmd: "exec sleep 1000"}
+        """)
+    write(settings.specs_dir, "b.yaml", """\
+        name: b
+        actions:
+          - {name: run, process: true, cmd: "exec sleep 1000"}
+        """)
+    web = replace(settings, labels=(*settings.labels, ("role", "web")))
+    with Reconciler(web) as rec:
+        result = rec.converge(wait=20)
+        assert {j.service for j in result.jobs if j.phase == "running"} == {"a", "b"}
+    with Reconciler(settings) as rec:  # the labels file no longer says role: web
+        result = rec.converge(wait=20)
+        phases = {j.service: j.phase for j in result.jobs}
+        assert phases.get("b") == "running" and phases.get("a") in (None, "removed"), phases
