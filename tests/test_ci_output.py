@@ -86,8 +86,8 @@ def test_once_json_reports_converged_source_errors_and_jobs(
     report = json.loads(out)
     assert set(report) == {"converged", "source", "errors", "jobs"}
     assert report["converged"] is True
-    # not in git and no --revision: no revision (a broken file: nothing applied either)
-    assert report["source"] == {"revision": None, "applied_revision": None, "dirty": False}
+    # not in git and no --revision: unknown (a broken file: nothing applied yet)
+    assert report["source"] == {"revision": "unknown", "applied_revision": None, "dirty": False}
     assert report["errors"] and all(set(e) == ERROR_KEYS for e in report["errors"])
     assert report["errors"][0]["file"].endswith("bad.yaml") and report["errors"][0]["line"] == 2
     _, status_out, _ = out_of(capsys, settings, "status", "-o", "json")

@@ -95,10 +95,12 @@ def test_a_git_sync_symlink_flip_gives_the_new_worktree(tmp_path: Path) -> None:
         assert revision_of(link / "specs") == Revision(f"sha1:{sha}")
 
 
-def test_not_a_repository_has_no_revision_and_no_error(tmp_path: Path) -> None:
+def test_not_a_repository_is_unknown_and_says_how_to_name_it(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
-    assert revision_of(plain) == Revision(None, dirty=False, error=None)
+    found = revision_of(plain)
+    assert found.revision == UNKNOWN and not found.dirty
+    assert found.error is not None and "--revision" in found.error
 
 
 def test_a_label_names_the_revision_without_git(tmp_path: Path) -> None:
@@ -133,8 +135,9 @@ def test_a_git_that_does_not_answer_in_time_is_unknown(tmp_path: Path) -> None:
     assert found.error and "longer than" in found.error
 
 
-def test_a_vanished_specs_dir_has_no_revision(tmp_path: Path) -> None:
-    assert revision_of(tmp_path / "gone") == Revision(None)
+def test_a_vanished_specs_dir_is_unknown(tmp_path: Path) -> None:
+    found = revision_of(tmp_path / "gone")
+    assert found.revision == UNKNOWN and found.error is not None
 
 
 class Counting:

@@ -160,11 +160,14 @@ def test_without_git_a_label_names_the_revision(settings: Settings,
     assert resolve("s", "st", env={}).revision is None
 
 
-def test_without_git_or_label_there_is_no_revision(reconciler: Reconciler) -> None:
+def test_without_git_or_label_the_revision_is_unknown_and_info_says_why(
+        reconciler: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
     write(reconciler.settings.specs_dir, "web.yaml", ONE_SHOT.format(name="web"))
     result = reconciler.converge(wait=10)
-    assert result.source.revision is None and result.applied_revision is None
-    assert all(e.revision is None for _, e in reconciler.store.events(limit=None))
+    assert result.source.revision == "unknown" and result.applied_revision == "unknown"
+    assert all(e.revision == "unknown" for _, e in reconciler.store.events(limit=None))
+    source = info_json(reconciler.settings, capsys)["source"]
+    assert isinstance(source, dict) and "not in a git work tree" in str(source["error"])
 
 
 # --- reconcile info -----------------------------------------------------------------------

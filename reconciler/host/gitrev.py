@@ -19,9 +19,9 @@ e.g. an edit in a subdirectory of the specs dir, is seen within that). Two git c
 about 6 ms, which every respawn would otherwise pay.
 
 Never fails and never stalls a pass: any error (git missing, a broken HEAD, an unborn branch,
-"dubious ownership", a timeout) gives `revision="unknown"` with the reason in `error`. A specs
-dir that is not inside any git work tree (no `.git` in it or above it) is not an error: the
-revision is then simply absent (None), and no git command runs at all.
+"dubious ownership", a timeout) gives `revision="unknown"` with the reason in `error`. So does
+a specs dir that is not inside any git work tree (no `.git` in it or above it: no git command
+runs then), as issue 10 asks: `info` says why, and names the flag that fixes it.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from reconciler.text import printable
 GIT_TIMEOUT_SECONDS = 2.0
 MAX_AGE_SECONDS = 30.0
 UNKNOWN = "unknown"
+NOT_IN_GIT = ("the specs dir is not in a git work tree; --revision or RECONCILER_REVISION "
+              "names its revision")
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 # What git reads from the environment that could point it at another repository (a daemon
 # started from a git hook inherits GIT_DIR) or make it prompt; none of it is ours to pass on.
@@ -47,8 +49,8 @@ _GIT_ENV_PREFIX = "GIT_"
 
 @dataclass(frozen=True, slots=True)
 class Revision:
-    """What the specs dir is, as a revision: None when it is not in git and no label names it;
-    `unknown` with `error` set when git was there but could not say."""
+    """What the specs dir is, as a revision: `unknown` with `error` saying why when neither git
+    nor a label can name it. None only before any pass looked (`NO_REVISION`)."""
 
     revision: str | None
     dirty: bool = False
@@ -67,8 +69,10 @@ def revision_of(specs_dir: Path, label: str | None = None, *,
         # git-sync flips a symlink to a new worktree: resolve it once, so both commands ask
         # the same checkout even if the link flips between them
         real = Path(os.path.realpath(specs_dir))
-        if not real.is_dir() or not _inside_git(real):
-            return Revision(None)
+        if not real.is_dir():
+            return _unknown(f"{specs_dir} is not a directory")
+        if not _inside_git(real):
+            return _unknown(NOT_IN_GIT)
         # options of rev-parse apply to the arguments after them: the sha, then the branch
         # name ("HEAD" when detached)
         head = _git(real, timeout, "rev-parse", "HEAD", "--abbrev-ref", "HEAD").split()
