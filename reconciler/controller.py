@@ -19,6 +19,7 @@ from reconciler import health, logs
 from reconciler.desired import Desired, ResolvedCache, build_desired
 from reconciler.execute import Executor, Outcome
 from reconciler.host.gitrev import NO_REVISION, Revision, RevisionReader
+from reconciler.host.labels import LabelsReader
 from reconciler.host.limits import raise_fd_limit
 from reconciler.host.members import job_processes
 from reconciler.host.observe import observe
@@ -42,6 +43,7 @@ from reconciler.state.enrollment import Enrollments, sweep_stale_temps
 from reconciler.state.lock import StateLock
 from reconciler.state.records import Enrollment, Event, JobRecord, SpecRecord
 from reconciler.state.store import Store
+from reconciler.text import printable
 from reconciler.timing import HOUSEKEEPING_SECONDS
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,8 @@ class Reconciler:
         self.resolved_cache: ResolvedCache = {}
         self.procs = ProcCache()
         self.revisions = RevisionReader()
+        self.labels = (LabelsReader(settings.labels_file, dict(settings.labels))
+                       if settings.labels_file is not None else None)
         sweep_stale_temps(settings.run_dir)
 
     def close(self) -> None:
@@ -166,6 +170,7 @@ class Reconciler:
             # before loading: if the checkout changes meanwhile, the watcher's next pass
             # sees both the new files and the new revision
             source = self.revisions.read(self.settings.specs_dir, self.settings.revision)
+            self._refresh_labels()
             try:
                 draft = self._draft(self.children, health)
                 outcome = self._execute(draft.plan)
@@ -180,6 +185,19 @@ class Reconciler:
             self._housekeeping_when_due(draft.desired, jobs)
             return PassResult(draft.loaded, draft.desired, draft.plan, jobs, source, applied,
                               draft.suspended)
+
+    def _refresh_labels(self) -> None:
+        """A changed labels file takes effect at this pass (and may un-place a service); a
+        broken one keeps the last good labels, logged once per change."""
+        if self.labels is None:
+            return
+        before = self.labels.error
+        labels = tuple(sorted(self.labels.read().items()))
+        if self.labels.error is not None and self.labels.error != before:
+            log.error("labels: %s; the last good labels stay in force", self.labels.error)
+        if labels != self.settings.labels:
+            log.info("labels changed: %s", printable(", ".join(f"{k}={v}" for k, v in labels)))
+            self.settings = replace(self.settings, labels=labels)
 
     def _applied_revision(self, source: Revision, loaded: LoadResult) -> str | None:
         """This revision when every file loaded cleanly (and none is still being written),

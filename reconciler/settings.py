@@ -49,6 +49,9 @@ class Settings:
     # `hostname`, `os`, `arch`), read once so desired.py filters purely.
     labels: tuple[tuple[str, str], ...] = field(
         default_factory=lambda: tuple(sorted(automatic_labels().items())))
+    # Where the labels came from (read again by a running controller when it changes); None:
+    # the automatic labels only, with no file to watch.
+    labels_file: Path | None = None
 
     def __post_init__(self) -> None:
         if os.environ.get(REFUSE_DEFAULT_STATE_DIR) == "1" and _same_path(

@@ -112,3 +112,34 @@ def test_a_label_change_unplaces_and_prunes_a_running_service(settings: Settings
         result = rec.converge(wait=20)
         phases = {j.service: j.phase for j in result.jobs}
         assert phases.get("b") == "running" and phases.get("a") in (None, "removed"), phases
+
+
+def test_a_running_controller_rereads_a_changed_labels_file(
+        settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No restart needed: the daemon's next pass places by the new labels. A labels file
+    that turns bad keeps the last good labels (never un-places anything) and is logged."""
+    labels_file = tmp_path / "labels.yaml"
+    labels_file.write_text("role: web\n")
+    write(settings.specs_dir, "a.yaml", """\
+        name: a
+        placement: {labels: {role: web}}
+        actions:
+          - {name: run, process: true, cmd: "exec sleep 1000"}
+        """)
+    write(settings.specs_dir, "b.yaml", """\
+        name: b
+        actions:
+          - {name: run, process: true, cmd: "exec sleep 1000"}
+        """)
+    web = replace(settings, labels=(*settings.labels, ("role", "web")), labels_file=labels_file)
+    with Reconciler(web) as rec:
+        result = rec.converge(wait=20)
+        assert {j.service for j in result.jobs if j.phase == "running"} == {"a", "b"}
+        labels_file.write_text("- not: a mapping\n")  # broken: nothing changes
+        result = rec.converge(wait=20)
+        assert {j.service for j in result.jobs if j.phase == "running"} == {"a", "b"}
+        assert "the last good labels stay in force" in caplog.text
+        labels_file.write_text("role: db\n")  # a is not placed here any more: pruned
+        result = rec.converge(wait=20)
+        phases = {j.service: j.phase for j in result.jobs}
+        assert phases.get("b") == "running" and phases.get("a") in (None, "removed"), phases

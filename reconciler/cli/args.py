@@ -14,7 +14,12 @@ from dataclasses import replace
 
 from reconciler import __version__
 from reconciler.cli.errors import UsageError
-from reconciler.host.labels import LabelsError, host_labels, labels_file_of
+from reconciler.host.labels import (
+    DEFAULT_LABELS_FILE,
+    LabelsError,
+    host_labels,
+    labels_file_of,
+)
 from reconciler.settings import Settings, resolve
 from reconciler.spec.units import parse_duration
 
@@ -110,11 +115,14 @@ def add_suspend_commands(add: Callable[[str, str], argparse.ArgumentParser]) -> 
 def settings_from(args: argparse.Namespace) -> Settings:
     settings = resolve(specs_flag(args), state_dir_flag(args),
                        revision=getattr(args, "revision", None))
+    labels_file = labels_file_of(getattr(args, "labels", None))
     try:
-        labels = host_labels(labels_file_of(getattr(args, "labels", None)))
+        labels = host_labels(labels_file)
     except LabelsError as err:
         raise UsageError(str(err)) from None
-    settings = replace(settings, labels=tuple(sorted(labels.items())))
+    # the default file is watched even while it does not exist: created later, it counts
+    settings = replace(settings, labels=tuple(sorted(labels.items())),
+                       labels_file=labels_file or DEFAULT_LABELS_FILE)
     settle = getattr(args, "settle", None)
     if settle is None:
         return settings

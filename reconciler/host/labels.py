@@ -3,10 +3,12 @@
 automatic `hostname`, `os` and `arch`, which a file may not override (a fleet must be able
 to trust that `hostname` is the host's name).
 
-Labels are read once, when the reconciler starts (like its other settings): a labels file
-that is not a mapping of strings is refused with `file:line:column: message` and the
-command exits 2 before any pass, so a broken labels file never un-places (and prunes)
-anything. Change labels, then restart the daemon.
+Labels are read when the reconciler starts: a labels file that is not a mapping of strings is
+refused with `file:line:column: message` and the command exits 2 before any pass. A running
+controller reads the file again when it changes (`LabelsReader`, a stat per pass), so a
+label change takes effect at the next pass and may un-place, and so prune, a service (under
+the empty-dir guard). A file that turns bad meanwhile is logged and its last good labels stay
+in force: a broken labels file never un-places anything.
 """
 
 from __future__ import annotations
@@ -47,6 +49,37 @@ def labels_file_of(flag: str | None, env: Mapping[str, str] = os.environ) -> Pat
     if given:
         return Path(given)
     return DEFAULT_LABELS_FILE if DEFAULT_LABELS_FILE.is_file() else None
+
+
+class LabelsReader:
+    """The labels of a running controller: `path`'s again whenever the file changes (by its
+    stat), else the ones it has. A file that cannot be used keeps the last good labels and
+    says why in `error` (logged once per change by the caller)."""
+
+    def __init__(self, path: Path, labels: Mapping[str, str]) -> None:
+        self.path = path
+        self.error: str | None = None
+        self._labels = dict(labels)
+        self._key = _stat_key(path)
+
+    def read(self) -> dict[str, str]:
+        key = _stat_key(self.path)
+        if key != self._key:
+            self._key = key
+            try:
+                self._labels = host_labels(self.path if key is not None else None)
+                self.error = None
+            except LabelsError as err:
+                self.error = str(err)
+        return dict(self._labels)
+
+
+def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def host_labels(path: Path | None) -> dict[str, str]:
