@@ -37,7 +37,7 @@ from reconciler.plan import (
     plan_restart,
 )
 from reconciler.settings import Settings
-from reconciler.spec.load import LoadResult, load_specs
+from reconciler.spec.load import LoadResult, last_good_of, load_specs
 from reconciler.state import statedir
 from reconciler.state.enrollment import Enrollments, sweep_stale_temps
 from reconciler.state.lock import StateLock
@@ -349,7 +349,7 @@ class Reconciler:
 
     def _load(self, settle: float | None = None) -> tuple[LoadResult, list[SpecRecord]]:
         previous = self.store.spec_records()
-        last_good = {name: r.content for name, r in previous.items() if r.content is not None}
+        last_good = last_good_of(previous)
         settle = self.settings.settle if settle is None else settle
         loaded = load_specs(self.settings.specs_dir, last_good, settle=settle,
                             state_dir=self.settings.state_dir)
@@ -525,13 +525,14 @@ def spec_record_updates(loaded: LoadResult, previous: dict[str, SpecRecord],
             continue
         old = previous.get(name)
         if not outcome.errors and outcome.content is not None:
-            record = SpecRecord(name, outcome.content, outcome.hash, None, now)
+            record = SpecRecord(name, outcome.content, outcome.hash, None, now,
+                                outcome.env_files)
         else:
             error = "\n".join(str(e) for e in outcome.errors)
             record = SpecRecord(name, old.content if old else None, old.hash if old else None,
-                                error, now)
-        if old is None or (old.content, old.hash, old.error) != (
-                record.content, record.hash, record.error):
+                                error, now, old.env_files if old else ())
+        if old is None or (old.content, old.hash, old.error, old.env_files) != (
+                record.content, record.hash, record.error, record.env_files):
             updates.append(record)
     return updates
 

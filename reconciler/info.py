@@ -22,7 +22,7 @@ from typing import Literal
 
 from reconciler import __version__
 from reconciler.settings import Settings
-from reconciler.spec.load import NO_SERVICES, load_specs
+from reconciler.spec.load import NO_SERVICES, last_good_of, load_specs
 from reconciler.state import statedir
 from reconciler.state.lock import daemon_pid
 from reconciler.state.reader import open_reader
@@ -81,7 +81,7 @@ def unplaced_services(settings: Settings, records: Mapping[str, SpecRecord]) -> 
     `placement` keeps off this host, and why, judged by this command's labels (`--labels`,
     `RECONCILER_LABELS`, the labels file): the same as the daemon's unless it was started
     with others."""
-    last_good = {name: r.content for name, r in records.items() if r.content is not None}
+    last_good = last_good_of(records)
     loaded = load_specs(settings.specs_dir, last_good, settle=0.0,
                         state_dir=settings.state_dir)
     labels = dict(settings.labels)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from reconciler.controller import plan_for
 from reconciler.plan import Plan
 from reconciler.settings import Settings
-from reconciler.spec.load import LoadResult, load_specs
+from reconciler.spec.load import LoadResult, last_good_of, load_specs
 from reconciler.state import statedir
 from reconciler.state.enrollment import read_enrollments
 from reconciler.state.reader import open_reader
@@ -48,7 +48,7 @@ def preview(settings: Settings, *, allow_empty: bool = False, rebind: bool = Fal
         previous = store.spec_records()
         records = store.jobs()
         suspended = store.suspended()
-    last_good = {name: r.content for name, r in previous.items() if r.content is not None}
+    last_good = last_good_of(previous)
     loaded = load_specs(settings.specs_dir, last_good, settle=0.0,
                         state_dir=settings.state_dir)
     desired, _, planned = plan_for(settings, loaded, records, read_enrollments(settings.run_dir),

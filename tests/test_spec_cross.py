@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from reconciler.controller import Reconciler
+from reconciler.settings import Settings
 from reconciler.spec.load import load_specs
+from reconciler.state.store import Store
 
 
 def write(specs_dir: Path, name: str, text: str, mode: int = 0o644) -> Path:
@@ -120,3 +128,34 @@ def test_bad_host_glob_is_an_error_at_its_position(specs_dir: Path) -> None:
                                "actions:\n  - {name: run, cmd: [x]}\n")
     [error] = load_specs(specs_dir).errors
     assert (error.line, error.column) == (3, 11) and "placement.hosts[0]" in error.message
+
+
+def test_a_missing_env_file_keeps_the_version_in_force_as_it_was(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """A controller that never read the env file (restarted, or `--once` in a new process)
+    keeps the last good version with the values it was good with: the running job is not
+    restarted with its variables gone."""
+    write(settings.specs_dir, "web.env", "APP_MODE=production\n")
+    write(settings.specs_dir, "web.yaml", """\
+        name: web
+        actions:
+          - name: app
+            process: true
+            env_file: web.env
+            cmd: "exec sleep 1000"
+        """)
+    with Reconciler(settings) as rec:
+        [before] = rec.converge(wait=20).jobs
+    (settings.specs_dir / "web.env").unlink()
+    once = subprocess.run(
+        [sys.executable, "-m", "reconciler.cli", "--once", "--wait", "10s", "-o", "json",
+         "--specs", str(settings.specs_dir), "--state-dir", str(settings.state_dir)],
+        capture_output=True, text=True, timeout=60, check=False,
+        cwd=Path(__file__).resolve().parents[1])
+    assert once.returncode == 2  # the spec file is refused: its env file is gone
+    [after] = json.loads(once.stdout)["jobs"]
+    assert (after["job_id"], after["pid"], after["restart_count"]) == (
+        before.id, before.pid, 0)
+    with Store.open_readonly(settings.db_path) as store:
+        record = store.spec_records()["web.yaml"]
+    assert record.env_files == (("web.env", (("APP_MODE", "production"),)),)

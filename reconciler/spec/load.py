@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, get_args
+from typing import Any, NamedTuple, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -42,6 +42,7 @@ from reconciler.spec.model import (
     after_targets,
     did_you_mean,
 )
+from reconciler.state.records import EnvFiles, SpecRecord
 from reconciler.text import printable
 
 _WITH_LIBYAML = bool(getattr(yaml, "__with_libyaml__", False))
@@ -105,6 +106,7 @@ class FileOutcome:
     errors: tuple[SpecError, ...]
     used_last_good: bool  # the file is broken or unsettled and its last good content is in force
     unsettled: bool = False  # changed less than `settle` ago: not read this time
+    env_files: EnvFiles = ()  # with good `content`: what its env files held, to keep with it
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,22 @@ class _Dir:
     state_dir: str | None
 
 
-def load_specs(specs_dir: Path, last_good: Mapping[str, str] = _NO_LAST_GOOD, *,
+class LastGood(NamedTuple):
+    """A file's last good version: its text, and what its env files held then (so the
+    version stays in force as it was while an env file is missing or broken)."""
+
+    content: str
+    env_files: EnvFiles = ()
+
+
+def last_good_of(records: Mapping[str, SpecRecord]) -> dict[str, LastGood]:
+    """What the loader keeps in force for a broken file: each record's last good version,
+    with the env file values it was good with."""
+    return {name: LastGood(r.content, r.env_files) for name, r in records.items()
+            if r.content is not None}
+
+
+def load_specs(specs_dir: Path, last_good: Mapping[str, str | LastGood] = _NO_LAST_GOOD, *,
                settle: float = 0.0, state_dir: Path | str | None = None,
                now: float | None = None) -> LoadResult:
     """Every spec file in `specs_dir`; never raises.
@@ -175,13 +192,16 @@ def load_specs(specs_dir: Path, last_good: Mapping[str, str] = _NO_LAST_GOOD, *,
         os.close(fd)
 
 
-def _load_dir(where: _Dir, last_good: Mapping[str, str]) -> LoadResult:
+def _load_dir(where: _Dir, last_good: Mapping[str, str | LastGood]) -> LoadResult:
     names = sorted(name for name in os.listdir(where.fd) if is_spec_name(name))
     claimed: dict[str, str] = {}
     loads: list[_FileLoad] = []
     for name in names:
         try:
-            load = _load_file(where, name, last_good.get(name), claimed)
+            previous = last_good.get(name)
+            if isinstance(previous, str):
+                previous = LastGood(previous)
+            load = _load_file(where, name, previous, claimed)
         except Exception as exc:  # one odd file must not stop the others from loading
             error = SpecError(str(where.path / name), 1, 1, f"cannot load: {exc!r}")
             load = _FileLoad(name, str(where.path / name),
@@ -237,7 +257,7 @@ class _FileLoad:
     chosen: list[Service]
     wait: float | None
     docs: list[_Doc]  # every document of the current content, broken ones too
-    previous: str | None
+    previous: LastGood | None
 
     @property
     def fresh(self) -> bool:
@@ -245,7 +265,7 @@ class _FileLoad:
         return self.outcome.content is not None
 
 
-def _load_file(where: _Dir, name: str, previous: str | None,
+def _load_file(where: _Dir, name: str, previous: LastGood | None,
                claimed: Mapping[str, str]) -> _FileLoad:
     """One file's services: its current content if that is wholly good, else its last good;
     also, when the file is still changing, when to look again."""
@@ -260,26 +280,27 @@ def _load_file(where: _Dir, name: str, previous: str | None,
         parsed = _parse(content, display, where.state_dir)
         errors = parsed.errors or _claimed_elsewhere(parsed.found, claimed, display)
     if not errors and content is not None:
-        chosen, errors = _with_env_files(where, parsed.found, display, strict=True)
+        chosen, errors, env_files = _with_env_files(where, parsed.found, display, strict=True)
         if not errors:
             digest = hashlib.sha256(content.encode()).hexdigest()
-            outcome = FileOutcome(name, content, digest, (), False)
+            outcome = FileOutcome(name, content, digest, (), False, env_files=env_files)
             return _FileLoad(name, display, outcome, chosen, None, parsed.docs, previous)
     fallback = _last_good_services(where, previous, display, claimed)
     outcome = FileOutcome(name, None, None, tuple(sorted(errors)), fallback is not None)
     return _FileLoad(name, display, outcome, fallback or [], None, parsed.docs, previous)
 
 
-def _last_good_services(where: _Dir, previous: str | None, display: str,
+def _last_good_services(where: _Dir, previous: LastGood | None, display: str,
                         claimed: Mapping[str, str]) -> list[Service] | None:
     """The last good content is re-checked: another file may have claimed a name since.
     Its `after:` targets are not: a running service never stops because of another file."""
     if previous is None:
         return None
-    parsed = _parse(previous, display, where.state_dir)
+    parsed = _parse(previous.content, display, where.state_dir)
     if parsed.errors or _claimed_elsewhere(parsed.found, claimed, display):
         return None
-    return _with_env_files(where, parsed.found, display, strict=False)[0]
+    return _with_env_files(where, parsed.found, display, strict=False,
+                           fallback=dict(previous.env_files))[0]
 
 
 def _reject(where: _Dir, load: _FileLoad, loads: list[_FileLoad],
@@ -1139,9 +1160,6 @@ def _entry_position(load: _FileLoad, service: str, action: str,
 MAX_ENV_FILE_BYTES = 256 * 1024
 _EXPORT = re.compile(r"^export\s+")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
-# (specs dir, env file) -> its last good variables: a broken or missing env file keeps the
-# version in force of its spec running on what was read before (in this process).
-_ENV_LAST_GOOD: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
 # (id(service), env contents) -> (service, service with env files merged): the same object
 # while nothing changed, so `desired` keeps its per-service cache.
 _MERGED: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[Service, Service]] = {}
@@ -1209,13 +1227,16 @@ def _closing_quote(value: str) -> int:
     return -1
 
 
-def _with_env_files(where: _Dir, found: list[_Found], display: str, *,
-                    strict: bool) -> tuple[list[Service], list[SpecError]]:
-    """The services with each action's `env_file` variables under its `env`. `strict`: a
-    missing or bad file is an error (current content); otherwise (a last good version) the
-    variables last read in this process are used, or none."""
+def _with_env_files(where: _Dir, found: list[_Found], display: str, *, strict: bool,
+                    fallback: Mapping[str, tuple[tuple[str, str], ...]] | None = None,
+                    ) -> tuple[list[Service], list[SpecError], EnvFiles]:
+    """The services with each action's `env_file` variables under its `env`, and what the
+    files held. `strict`: a missing or bad file is an error (current content); otherwise (a
+    last good version) it takes the values `fallback` kept from when that version was
+    good (`SpecRecord.env_files`), so the version in force does not change."""
     services: list[Service] = []
     errors: list[SpecError] = []
+    read: dict[str, tuple[tuple[str, str], ...]] = {}
     for item in found:
         service = item.service
         if not any(a.env_file for a in service.actions):
@@ -1230,10 +1251,11 @@ def _with_env_files(where: _Dir, found: list[_Found], display: str, *,
                 if strict:
                     errors.append(SpecError(display, entry.line, entry.column,
                                             f"{entry.path('env_file')}: {problem}"))
-                values = _ENV_LAST_GOOD.get((where.real, entry.value), ())
+                values = (fallback or {}).get(entry.value, ())
             contents[entry.value] = values
+        read.update(contents)
         services.append(_merged(service, contents))
-    return services, errors
+    return services, errors, tuple(sorted(read.items()))
 
 
 def _merged(service: Service, contents: Mapping[str, tuple[tuple[str, str], ...]]) -> Service:
@@ -1285,5 +1307,4 @@ def _read_env_file(where: _Dir, path: str
         return (), f"env file {path} is not valid UTF-8"
     except EnvFileError as err:
         return (), f"env file {path}: {err}"
-    _ENV_LAST_GOOD[(where.real, path)] = values
     return values, None

@@ -193,6 +193,9 @@ class Event:
     revision: str | None = None  # the specs dir's revision at the pass that recorded it
 
 
+EnvFiles = tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # (path, ((key, value), ...))
+
+
 @dataclass(frozen=True, slots=True)
 class SpecRecord:
     """The last version of a spec file that parsed and validated, and the current error."""
@@ -202,6 +205,10 @@ class SpecRecord:
     hash: str | None
     error: str | None  # current error text ("file:line:column: message"), None when good
     updated_at: float | None = None
+    # What the `env_file`s of the last good content held when it was read: that version
+    # stays in force with these values while an env file is missing or broken, also for a
+    # controller that never read them itself.
+    env_files: EnvFiles = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from reconciler.state.errors import DatabaseDamaged
 from reconciler.state.records import (
     BlockedBy,
     ControllerFacts,
+    EnvFiles,
     Event,
     JobRecord,
     JobSpec,
@@ -119,11 +120,19 @@ def m004_revision(db: Database) -> None:
          "daemon_pid": int, "daemon_started_at": float},
         pk="id",
     )
+
+
 @MIGRATIONS()
 def m005_suspended(db: Database) -> None:
     """Services an operator suspended (`reconcile suspend`): sticky across restarts of the
     controller, like a job `down` left stopped."""
     _ensure_table(db, "suspended", {"service": str, "at": float}, pk="service")
+
+
+@MIGRATIONS()
+def m006_spec_env_files(db: Database) -> None:
+    """The env files' values of each file's last good version (`SpecRecord.env_files`)."""
+    _add_missing_columns(_table(db, "specs"), {"env_files": str}, {})
 
 
 def _ensure_events_table(db: Database) -> None:
@@ -288,12 +297,27 @@ def event_from_row(row: dict[str, Any]) -> Event:
 
 def spec_to_row(record: SpecRecord) -> dict[str, Any]:
     return {"file": record.file, "content": record.content, "hash": record.hash,
-            "error": record.error, "updated_at": record.updated_at}
+            "error": record.error, "updated_at": record.updated_at,
+            "env_files": json.dumps([[path, [list(kv) for kv in values]]
+                                     for path, values in record.env_files])}
 
 
 def spec_from_row(row: dict[str, Any]) -> SpecRecord:
     return SpecRecord(file=row["file"], content=row.get("content"), hash=row.get("hash"),
-                      error=row.get("error"), updated_at=row.get("updated_at"))
+                      error=row.get("error"), updated_at=row.get("updated_at"),
+                      env_files=_env_files_from_json(row.get("env_files"), row["file"]))
+
+
+def _env_files_from_json(raw: Any, file: str) -> EnvFiles:
+    """Tolerant like the rest: absent (an older database) or unreadable is none."""
+    if not raw:
+        return ()
+    try:
+        return tuple((str(path), tuple((str(k), str(v)) for k, v in values))
+                     for path, values in json.loads(raw))
+    except (TypeError, ValueError):
+        log.warning("spec record %s: unreadable env_files %r, treated as none", file, raw)
+        return ()
 
 
 _CONTROLLER_ROW = 1  # the controller table holds one row
