@@ -104,6 +104,7 @@ def desired_from_services(services: Iterable[Service], settings: Settings,
     fresh: ResolvedCache = {}
     actions: list[DesiredAction] = []
     unplaced: dict[str, str] = {}
+    actions_of: dict[str, tuple[str, ...]] = {}
     labels = dict(settings.labels)
     for service in sorted(services, key=lambda s: s.name):
         problem = service.placement.problem(labels) if service.placement else None
@@ -116,13 +117,12 @@ def desired_from_services(services: Iterable[Service], settings: Settings,
                                   for action in dependency_order(service)))
         fresh[id(service)] = hit
         actions.extend(hit[1])
+        actions_of[service.name] = tuple(a.name for a in service.actions)
     if cache is not None:
         cache.clear()
         cache.update(fresh)
-    actions_of: dict[str, tuple[str, ...]] = {}
-    for action in actions:
-        actions_of[action.service] = (*actions_of.get(action.service, ()), action.name)
-    if any(dep not in actions_of[a.service] for a in actions for dep in a.spec.after):
+    if any(dep not in actions_of[a.service] for a in actions if a.spec.after
+           for dep in a.spec.after):
         actions = _across_services(actions, actions_of)
     return Desired(actions=tuple(actions), unplaced=unplaced, actions_of=actions_of)
 
