@@ -18,7 +18,7 @@ from pathlib import Path
 from reconciler import health, logs
 from reconciler.desired import Desired, ResolvedCache, build_desired
 from reconciler.execute import Executor, Outcome
-from reconciler.host.gitrev import NO_REVISION, Revision, RevisionReader
+from reconciler.host.gitrev import NO_REVISION, UNKNOWN, Revision, RevisionReader
 from reconciler.host.labels import LabelsReader
 from reconciler.host.limits import raise_fd_limit
 from reconciler.host.members import job_processes
@@ -202,8 +202,9 @@ class Reconciler:
     def _applied_revision(self, source: Revision, loaded: LoadResult) -> str | None:
         """This revision when every file loaded cleanly (and none is still being written),
         else the last one that did: the files running on their last good version came
-        from it (or from before it)."""
-        if loaded.ok and loaded.unsettled_until is None:
+        from it (or from before it). An `unknown` revision (git failed this time) is no
+        revision: the last one known to be applied stays."""
+        if loaded.ok and loaded.unsettled_until is None and source.revision != UNKNOWN:
             return source.revision
         return self.store.controller_facts().applied_revision
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.host import procfs
 from reconciler.host.gitrev import UNKNOWN, Revision, RevisionReader, revision_of
+from tests.helpers import cmdline, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None,
                                 reason="the git command is not installed (.ci/run installs it)")
@@ -196,3 +198,21 @@ def test_the_reader_follows_a_git_sync_flip(tmp_path: Path) -> None:
         staged.symlink_to(worktree)
         os.replace(staged, link)
         assert reader.read(link / "specs") == Revision(f"sha1:{sha}")
+
+
+def test_a_git_that_hangs_is_killed_with_what_it_started(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timeout kills git's whole process group: nothing it started is left behind."""
+    specs = make_repo(tmp_path / "repo")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    marker = f"{os.getpid()}.4242"
+    (fake / "git").write_text(f"#!/bin/sh\nsleep {marker} &\nwait\n")
+    (fake / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    found = revision_of(specs, timeout=0.5)
+    assert found.revision == UNKNOWN and found.error and "longer than" in found.error
+
+    def left() -> list[int]:
+        return [pid for pid in procfs.iter_pids() if cmdline(pid) == ("sleep", marker)]
+    wait_for(lambda: left() == [], message="git's child killed with it")

@@ -140,10 +140,13 @@ def test_a_broken_head_never_fails_a_pass_and_info_says_why(
         reconciler: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
     settings = reconciler.settings
     git_specs(settings)
+    applied = reconciler.converge(wait=10).applied_revision
+    assert applied is not None and applied.startswith("main@sha1:")
     (settings.specs_dir / ".git" / "HEAD").write_text("garbage\n")
     assert reconciler.converge(wait=10).converged
     source = info_json(settings, capsys)["source"]
     assert source["revision"] == "unknown"  # type: ignore[index]  # JSON object
+    assert source["applied_revision"] == applied  # type: ignore[index]  # not lost
     assert "not a git repository" in source["error"]  # type: ignore[index]
     assert "unknown" in run_cli(settings, capsys, "info")
 
@@ -164,7 +167,7 @@ def test_without_git_or_label_the_revision_is_unknown_and_info_says_why(
         reconciler: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
     write(reconciler.settings.specs_dir, "web.yaml", ONE_SHOT.format(name="web"))
     result = reconciler.converge(wait=10)
-    assert result.source.revision == "unknown" and result.applied_revision == "unknown"
+    assert result.source.revision == "unknown" and result.applied_revision is None
     assert all(e.revision == "unknown" for _, e in reconciler.store.events(limit=None))
     source = info_json(reconciler.settings, capsys)["source"]
     assert isinstance(source, dict) and "not in a git work tree" in str(source["error"])

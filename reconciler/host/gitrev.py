@@ -26,14 +26,17 @@ runs then), as issue 10 asks: `info` says why, and names the flag that fixes it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.host import pidfd
 from reconciler.text import printable
 
 GIT_TIMEOUT_SECONDS = 2.0
@@ -184,15 +187,24 @@ def _git(directory: Path, timeout: float, *args: str) -> str:
     # C messages (parseable, stable); no prompt; `status` takes no index.lock, so a pass never
     # competes with git-sync or an operator's git for the lock
     env.update(LC_ALL="C", GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0")
-    command = ["git", "-C", str(directory), *args]
+    # -c core.fsmonitor=false: never run a hook a checkout's owner configured (we may be root)
+    command = ["git", "-c", "core.fsmonitor=false", "-C", str(directory), *args]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, errors="replace",
-                              timeout=timeout, env=env, stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired:
-        raise _GitFailed(f"git {args[0]} took longer than {timeout:g}s") from None
+        # its own process group, so a timeout kills whatever git started too (a credential
+        # helper, an fsmonitor), not only git
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, text=True, errors="replace", env=env,
+                                start_new_session=True)
     except FileNotFoundError:
         raise _GitFailed("git is not installed (or not on PATH)") from None
-    if done.returncode != 0:
-        message = done.stderr.strip().splitlines()
-        raise _GitFailed(f"git {args[0]}: {message[0] if message else f'exit {done.returncode}'}")
-    return done.stdout
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            pidfd.SYSTEM.kill_own_group(proc.pid, signal.SIGKILL)  # not reaped yet: ours
+        proc.communicate()
+        raise _GitFailed(f"git {args[0]} took longer than {timeout:g}s") from None
+    if proc.returncode != 0:
+        message = err.strip().splitlines()
+        raise _GitFailed(f"git {args[0]}: {message[0] if message else f'exit {proc.returncode}'}")
+    return out
