@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from dataclasses import replace
 from pathlib import Path
@@ -10,8 +11,9 @@ import pytest
 
 from reconciler.controller import Reconciler
 from reconciler.desired import desired_from_services
-from reconciler.host.labels import LabelsError, host_labels, read_labels
+from reconciler.host.labels import LabelsError, LabelsReader, host_labels, read_labels
 from reconciler.settings import Settings
+from reconciler.spec.load import load_specs
 from reconciler.spec.model import Service
 
 
@@ -143,3 +145,41 @@ def test_a_running_controller_rereads_a_changed_labels_file(
         result = rec.converge(wait=20)
         phases = {j.service: j.phase for j in result.jobs}
         assert phases.get("b") == "running" and phases.get("a") in (None, "removed"), phases
+
+
+def test_placement_label_values_must_be_strings(specs_dir: Path) -> None:
+    """`n: 1.50` would be read as 1.5 and never match the labels file's "1.50"."""
+    write(specs_dir, "a.yaml", """\
+        name: a
+        placement: {labels: {n: 1.50}}
+        actions:
+          - {name: run, cmd: "true"}
+        """)
+    [error] = load_specs(specs_dir).errors
+    assert (error.line, "must be a string" in error.message) == (2, True)
+
+
+def test_a_labels_file_that_is_a_fifo_or_empty_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "labels.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(LabelsError, match="not a regular file"):
+        read_labels(fifo)  # never blocks waiting for a writer
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(LabelsError, match="empty"):
+        read_labels(empty)
+    none = tmp_path / "none.yaml"
+    none.write_text("{}\n")
+    assert read_labels(none) == {}
+
+
+def test_a_vanished_or_emptied_labels_file_keeps_the_last_good_labels(tmp_path: Path) -> None:
+    labels_file = tmp_path / "labels.yaml"
+    labels_file.write_text("role: web\n")
+    reader = LabelsReader(labels_file, host_labels(labels_file))
+    labels_file.write_text("")  # caught half-written
+    assert reader.read()["role"] == "web" and reader.error and "empty" in reader.error
+    labels_file.unlink()  # moved away mid-replace
+    assert reader.read()["role"] == "web" and reader.error and "gone" in reader.error
+    labels_file.write_text("role: db\n")
+    assert reader.read()["role"] == "db" and reader.error is None

@@ -13,16 +13,23 @@ in force: a broken labels file never un-places anything.
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
-from reconciler.spec.model import LABEL_KEY_PATTERN, MAX_LABEL_VALUE, MAX_LABELS
+from reconciler.spec.model import (
+    LABEL_KEY_PATTERN,
+    LABEL_VALUE_PATTERN,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+)
 from reconciler.text import printable
 
 DEFAULT_LABELS_FILE = Path("/etc/reconciler/labels.yaml")
@@ -65,8 +72,10 @@ class LabelsReader:
     def read(self) -> dict[str, str]:
         key = _stat_key(self.path)
         if key != self._key:
-            self._key = key
+            had_file, self._key = self._key is not None, key
             try:
+                if key is None and had_file:  # moved away or mid-replace: keep what we have
+                    raise LabelsError(f"{printable(str(self.path))}:1:1: labels file is gone")
                 self._labels = host_labels(self.path if key is not None else None)
                 self.error = None
             except LabelsError as err:
@@ -92,8 +101,7 @@ def read_labels(path: Path) -> dict[str, str]:
     """A YAML mapping of string keys to string values. Raises LabelsError."""
     shown = printable(str(path))
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_LABELS_BYTES + 1)
+        raw = _read_regular(path, MAX_LABELS_BYTES + 1)
     except OSError as err:
         raise LabelsError(f"{shown}:1:1: cannot read labels file: {err.strerror or err}") from None
     if len(raw) > MAX_LABELS_BYTES:
@@ -107,8 +115,8 @@ def read_labels(path: Path) -> dict[str, str]:
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
         raise LabelsError(f"{shown}:{line}:{column}: YAML syntax error: "
                           f"{getattr(err, 'problem', None) or err}") from None
-    if root is None:
-        return {}
+    if root is None:  # more often a file caught half-written than meant: `{}` says "none"
+        raise LabelsError(f"{shown}:1:1: empty; write {{}} for no labels")
     if not isinstance(root, MappingNode):
         raise _error(shown, root, "labels must be a mapping of names to strings "
                                   "(e.g. `role: web`)")
@@ -124,10 +132,24 @@ def read_labels(path: Path) -> dict[str, str]:
         text = _string(shown, value, "a string (quote numbers and booleans)")
         if len(text) > MAX_LABEL_VALUE:
             raise _error(shown, value, f"longer than {MAX_LABEL_VALUE} characters")
+        if not re.search(LABEL_VALUE_PATTERN, text):
+            raise _error(shown, value, "must not contain control characters")
         labels[name] = text
     if len(labels) > MAX_LABELS:
         raise _error(shown, root, f"more than {MAX_LABELS} labels")
     return labels
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of a regular file. Opened non-blocking and checked on the fd: a
+    FIFO or a device put where the labels file goes must not hang every command."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def _string(shown: str, node: Node, what: str) -> str:

@@ -156,6 +156,21 @@ def _plain_number(value: Any) -> Any:
     return value
 
 
+# A label value is compared with the host's labels file, whose values are strings: a number
+# here (`1.50`, read as 1.5) could never match, so it must be quoted; and it is shown to
+# operators, so no control characters.
+LABEL_VALUE_PATTERN = r"^[^\u0000-\u001f\u007f]*$"
+
+
+def _label_value(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise spec_error("must be a string (quote it: a number or boolean never matches the "
+                         "labels file's strings)", kind="text_type")
+    if not re.search(LABEL_VALUE_PATTERN, value):
+        raise spec_error("must not contain control characters")
+    return value
+
+
 def _no_nul(value: str) -> str:
     if not re.search(NO_NUL_PATTERN, value):
         raise spec_error("must not contain a NUL character")
@@ -678,12 +693,9 @@ class Action(_Spec):
 HostGlob = Annotated[str, StringConstraints(pattern=HOST_GLOB_PATTERN, max_length=MAX_HOSTNAME)]
 LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN, max_length=MAX_HOSTNAME)]
 LabelValue = Annotated[
-    str, BeforeValidator(_env_value), StringConstraints(max_length=MAX_LABEL_VALUE),
-    AfterValidator(_no_nul),
-    WithJsonSchema({"anyOf": [
-        {"type": "string", "maxLength": MAX_LABEL_VALUE, "pattern": NO_NUL_PATTERN},
-        {"type": "number"},
-    ]}),
+    str, BeforeValidator(_label_value), StringConstraints(max_length=MAX_LABEL_VALUE),
+    WithJsonSchema({"type": "string", "maxLength": MAX_LABEL_VALUE,
+                    "pattern": LABEL_VALUE_PATTERN}),
 ]
 
 
