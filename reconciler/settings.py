@@ -102,9 +102,18 @@ def state_dir_of(state_dir: str | Path | None = None,
     return Path(state_dir or env.get("RECONCILER_STATE_DIR") or default_state_dir(env))
 
 
+MAX_REVISION_LABEL = 200  # it goes on every event and job row
+
+
 def revision_of(revision: str | None = None, env: Mapping[str, str] = os.environ) -> str | None:
-    """The revision label: the flag, else `RECONCILER_REVISION`, else None (ask git)."""
-    return revision or env.get("RECONCILER_REVISION") or None
+    """The revision label: the flag, else `RECONCILER_REVISION`, else None (ask git). A label
+    is shown to operators and stored on every event: short, and printable."""
+    label = revision or env.get("RECONCILER_REVISION") or None
+    if label is not None and (len(label) > MAX_REVISION_LABEL
+                              or any(not c.isprintable() for c in label)):
+        raise SettingsError(f"revision label: at most {MAX_REVISION_LABEL} printable "
+                            "characters (no control characters)")
+    return label
 
 
 def resolve(specs: str | Path | None = None, state_dir: str | Path | None = None,

@@ -322,3 +322,13 @@ def test_a_database_from_before_revisions_opens_without_loss(tmp_path: Path) -> 
             applied_revision="r1", dirty=True, daemon_pid=123, daemon_started_at=1.5)
         store.upsert_jobs([replace(job, revision="r1")])
         assert store.job("old-1") == replace(job, revision="r1")
+
+
+def test_a_hostile_or_huge_revision_label_is_refused(settings: Settings,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """It would reach terminals raw and be stored on every event and job."""
+    for label in ("r\x1b[2Jev", "x" * 201):
+        capsys.readouterr()
+        code = cli.main(["--revision", label, "--once", "--specs", str(settings.specs_dir),
+                         "--state-dir", str(settings.state_dir)])
+        assert code == 2 and "revision label" in capsys.readouterr().err

@@ -43,7 +43,7 @@ from reconciler.state.reader import open_reader, read_jobs
 from reconciler.state.records import JobRecord
 from reconciler.state.repair import repair
 from reconciler.state.store import Store
-from reconciler.text import PrintableFormatter
+from reconciler.text import PrintableFormatter, printable
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -211,7 +211,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
                                         rebind=rebind_of(args))
     render.print_problems(loaded, planned)
     for service, why in sorted(unplaced.items()):  # stderr, like notes: stdout stays parseable
-        print(f"reconcile: {service} is not placed on this host: {why}", file=sys.stderr)
+        print(printable(f"reconcile: {service} is not placed on this host: {why}"),
+              file=sys.stderr)
     emit(render.diff_json(planned) if args.output == "json" else render.diff_lines(planned))
     if not loaded.ok or planned.prune_held:
         return EXIT_ERROR

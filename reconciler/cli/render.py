@@ -17,6 +17,7 @@ from reconciler.info import Info
 from reconciler.plan import Cleanup, Kill, Plan, Step, Waiting
 from reconciler.spec.load import LoadResult, SpecError
 from reconciler.state.records import Event, JobRecord
+from reconciler.text import printable
 
 
 def to_json(value: object) -> str:
@@ -296,7 +297,7 @@ def info_lines(info: Info, now: float | None = None) -> list[str]:
     labels = ", ".join(f"{k}={v}" for k, v in sorted(info.labels.items()))
     lines.append(f"labels:           {labels or '-'}")
     lines += [f"not placed here:  {service}: {why}" for service, why in info.unplaced.items()]
-    return lines
+    return [printable(line) for line in lines]  # labels, revision labels: operators' text
 
 
 def status_header(info: Info, now: float | None = None) -> str:
@@ -309,9 +310,9 @@ def status_header(info: Info, now: float | None = None) -> str:
     bad = info.files_not_ok
     files = "all files ok" if not bad else f"{len(bad)} file(s) not ok: " + ", ".join(
         f"{f.file} ({f.state})" for f in bad)
-    return (f"daemon {_daemon_text(info, now)} · last pass "
-            f"{_last_pass_text(facts.last_pass_at, facts.last_pass_ok, now)} · "
-            f"revision {revision} · {files}")
+    return printable(f"daemon {_daemon_text(info, now)} · last pass "
+                     f"{_last_pass_text(facts.last_pass_at, facts.last_pass_ok, now)} · "
+                     f"revision {revision} · {files}")
 
 
 def _daemon_text(info: Info, now: float) -> str:
