@@ -177,7 +177,8 @@ class Reconciler:
                 outcome = stamp_new_jobs(outcome, draft.records, source.revision)
                 applied = self._applied_revision(source, draft.loaded)
                 self._save(outcome, draft.spec_records, draft.loaded, source.revision)
-                self._record_pass(started, draft.loaded.ok, source, applied)
+                self._record_pass(started, draft.loaded.ok, source, applied,
+                                  (dict(self.settings.labels), draft.desired.unplaced))
             except Exception:
                 self._record_failed_pass(started, source)
                 raise
@@ -208,12 +209,13 @@ class Reconciler:
             return source.revision
         return self.store.controller_facts().applied_revision
 
-    def _record_pass(self, started: float, ok: bool, source: Revision,
-                     applied: str | None) -> None:
+    def _record_pass(self, started: float, ok: bool, source: Revision, applied: str | None,
+                     placement: tuple[Mapping[str, str], Mapping[str, str]] | None = None,
+                     ) -> None:
         self.store.save_pass_facts(
             at=self.clock(), ok=ok, duration_ms=round((time.monotonic() - started) * 1000),
             revision=source.revision, applied_revision=applied, dirty=source.dirty,
-            revision_error=source.error)
+            revision_error=source.error, placement=placement)
 
     def _record_failed_pass(self, started: float, source: Revision) -> None:
         """Best effort: `info` should say the last pass failed, but the error that failed

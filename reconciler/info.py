@@ -16,13 +16,12 @@ A file's state (from its spec record):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from reconciler import __version__
 from reconciler.settings import Settings
-from reconciler.spec.load import NO_SERVICES, last_good_of, load_specs
+from reconciler.spec.load import NO_SERVICES
 from reconciler.state import statedir
 from reconciler.state.lock import daemon_pid
 from reconciler.state.reader import open_reader
@@ -73,21 +72,9 @@ def read_info(settings: Settings) -> Info:
                 state_dir=str(settings.state_dir),
                 daemon_pid=daemon_pid(settings.daemon_lock_path), facts=facts,
                 files=tuple(file_state(r) for r in records.values()),
-                labels=dict(settings.labels), unplaced=unplaced_services(settings, records))
-
-
-def unplaced_services(settings: Settings, records: Mapping[str, SpecRecord]) -> dict[str, str]:
-    """The services of the specs (their last good versions where a file is broken) that
-    `placement` keeps off this host, and why, judged by this command's labels (`--labels`,
-    `RECONCILER_LABELS`, the labels file): the same as the daemon's unless it was started
-    with others."""
-    last_good = last_good_of(records)
-    loaded = load_specs(settings.specs_dir, last_good, settle=0.0,
-                        state_dir=settings.state_dir)
-    labels = dict(settings.labels)
-    found = {s.name: s.placement.problem(labels) for s in loaded.services.values()
-             if s.placement is not None}
-    return {name: why for name, why in sorted(found.items()) if why is not None}
+                # the daemon's labels, as its last pass placed by them; this command's own
+                # until a pass has recorded them
+                labels=dict(facts.labels or settings.labels), unplaced=dict(facts.unplaced))
 
 
 def served_specs_dir(settings: Settings) -> str:

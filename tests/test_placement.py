@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from dataclasses import replace
@@ -183,3 +184,33 @@ def test_a_vanished_or_emptied_labels_file_keeps_the_last_good_labels(tmp_path: 
     assert reader.read()["role"] == "web" and reader.error and "gone" in reader.error
     labels_file.write_text("role: db\n")
     assert reader.read()["role"] == "db" and reader.error is None
+
+
+def test_resume_places_by_the_labels_the_last_pass_used(
+        settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The pass `resume` runs must not prune what the daemon placed by its labels, because
+    the operator's shell has other ones (or none)."""
+    from reconciler import cli
+
+    labels_file = tmp_path / "web.labels.yaml"
+    labels_file.write_text("role: web\n")
+    write(settings.specs_dir, "web.yaml", """\
+        name: web
+        placement: {labels: {role: web}}
+        actions:
+          - {name: app, process: true, cmd: "exec sleep 1000"}
+        """)
+    write(settings.specs_dir, "agent.yaml", """\
+        name: agent
+        actions:
+          - {name: beat, process: true, cmd: "exec sleep 1000"}
+        """)
+    dirs = ["--specs", str(settings.specs_dir), "--state-dir", str(settings.state_dir)]
+    assert cli.main(["--once", "--labels", str(labels_file), *dirs]) == 0
+    assert cli.main(["suspend", "agent", *dirs]) == 0
+    capsys.readouterr()
+    assert cli.main(["resume", "agent", *dirs]) == 0  # no --labels here
+    assert "web.app" not in capsys.readouterr().out  # nothing done to web
+    assert cli.main(["status", "-o", "json", *dirs]) == 0
+    phases = {(j["service"], j["phase"]) for j in json.loads(capsys.readouterr().out)}
+    assert ("web", "running") in phases and ("agent", "running") in phases

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from reconciler import logpaths, logs
 from reconciler.cli import render
@@ -182,6 +183,10 @@ def set_suspended(args: argparse.Namespace, *, suspend: bool) -> int:
     settings = settings_from(args)
     service: str = args.service
     bind(settings, rebind_of(args))
+    if getattr(args, "labels", None) is None:  # place as the daemon's last pass did
+        with open_reader(settings) as store:
+            recorded = store.controller_facts().labels
+        settings = replace(settings, labels=recorded or settings.labels)
     with Reconciler(settings) as reconciler:
         known = {j.service for j in reconciler.store.jobs()} | set(
             load_specs(settings.specs_dir, state_dir=settings.state_dir).services)
@@ -192,7 +197,7 @@ def set_suspended(args: argparse.Namespace, *, suspend: bool) -> int:
         verb = "suspended" if suspend else "resumed"
         emit(f"{service} {verb}" if changed else
              f"{service} was {'already' if suspend else 'not'} suspended")
-        if not suspend:
+        if changed and not suspend:
             emit(render.step_lines(reconciler.reconcile().plan.changes))
     return EXIT_OK
 

@@ -243,3 +243,7 @@ class ControllerFacts:
     revision_error: str | None = None  # why the revision is `unknown`
     daemon_pid: int | None = None  # as last recorded: alive only while it holds daemon.lock
     daemon_started_at: float | None = None
+    # The labels the last pass placed by, and the services they kept off this host (and
+    # why): what `info` shows, and what a pass started by a CLI command places by.
+    labels: tuple[tuple[str, str], ...] = ()
+    unplaced: tuple[tuple[str, str], ...] = ()

@@ -21,7 +21,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -133,6 +133,12 @@ def m005_suspended(db: Database) -> None:
 def m006_spec_env_files(db: Database) -> None:
     """The env files' values of each file's last good version (`SpecRecord.env_files`)."""
     _add_missing_columns(_table(db, "specs"), {"env_files": str}, {})
+
+
+@MIGRATIONS()
+def m007_pass_placement(db: Database) -> None:
+    """The labels the last pass placed by and the services it left off this host."""
+    _add_missing_columns(_table(db, "controller"), {"labels": str, "unplaced": str}, {})
 
 
 def _ensure_events_table(db: Database) -> None:
@@ -330,7 +336,19 @@ def facts_from_row(row: dict[str, Any]) -> ControllerFacts:
         last_pass_duration_ms=row.get("last_pass_duration_ms"), revision=row.get("revision"),
         applied_revision=row.get("applied_revision"), dirty=bool(row.get("dirty")),
         revision_error=row.get("revision_error"), daemon_pid=row.get("daemon_pid"),
-        daemon_started_at=row.get("daemon_started_at"))
+        daemon_started_at=row.get("daemon_started_at"),
+        labels=_pairs_from_json(row.get("labels")), unplaced=_pairs_from_json(row.get("unplaced")))
+
+
+def _pairs_from_json(raw: Any) -> tuple[tuple[str, str], ...]:
+    """A JSON object of strings as sorted pairs; absent or unreadable is none."""
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return ()
+    if not isinstance(value, dict):
+        return ()
+    return tuple(sorted((str(k), str(v)) for k, v in value.items()))
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -638,11 +656,18 @@ class Store:
 
     def save_pass_facts(self, *, at: float, ok: bool, duration_ms: int,
                         revision: str | None, applied_revision: str | None, dirty: bool,
-                        revision_error: str | None) -> None:
-        self._save_facts({"last_pass_at": at, "last_pass_ok": int(ok),
-                          "last_pass_duration_ms": duration_ms, "revision": revision,
-                          "applied_revision": applied_revision, "dirty": int(dirty),
-                          "revision_error": revision_error})
+                        revision_error: str | None,
+                        placement: tuple[Mapping[str, str], Mapping[str, str]] | None = None,
+                        ) -> None:
+        """`placement`: (labels, unplaced services) of a pass that got that far."""
+        values: dict[str, Any] = {
+            "last_pass_at": at, "last_pass_ok": int(ok), "last_pass_duration_ms": duration_ms,
+            "revision": revision, "applied_revision": applied_revision, "dirty": int(dirty),
+            "revision_error": revision_error}
+        if placement is not None:
+            values["labels"] = json.dumps(dict(placement[0]), sort_keys=True)
+            values["unplaced"] = json.dumps(dict(placement[1]), sort_keys=True)
+        self._save_facts(values)
 
     def save_daemon(self, pid: int, started_at: float) -> None:
         """The daemon that serves this state dir (it is up only while it holds daemon.lock)."""
