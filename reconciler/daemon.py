@@ -179,6 +179,8 @@ class Daemon:
         self.exits.sync(j.identity for j in running if j.identity is not None)
         self.health.sync(_probe_targets(result.desired, running))
         self.logcap.sync(_log_targets(result.desired, running))
+        self.watcher.also_watch(path for service in result.loaded.services.values()
+                                for action in service.actions for path in action.env_file)
         due = result.next_due()
         if due is not None:
             self._kick_at(due, "due")

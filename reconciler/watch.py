@@ -105,6 +105,14 @@ class SpecWatcher:
         self._dir: DirId | None = None
         self._baseline: Snapshot = {}
         self._failing: str | None = None  # last watch-creation error, logged once
+        # other files whose change matters (the specs' `env_file`s), relative to specs_dir
+        self._also: frozenset[str] = frozenset()
+
+    def also_watch(self, paths: Iterable[str]) -> None:
+        """Report changes to these files too (relative to the specs dir): the env files the
+        loaded specs name, which are part of what runs. The watch is not recursive: one in a
+        subdirectory is seen at the next resync."""
+        self._also = frozenset(os.path.normpath(p) for p in paths)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -175,12 +183,15 @@ class SpecWatcher:
                 self._watch_failed(err)
 
     def _relevant(self, paths: Iterable[str]) -> bool:
-        """Spec files, `..` swap names and symlinks directly in the dir; events on the dir
-        itself or in subdirs do not count."""
+        """Spec files, `..` swap names and symlinks directly in the dir, and the files
+        `also_watch` named; events on the dir itself or on other files do not count."""
         base = os.path.normpath(os.path.abspath(self.specs_dir))
+        also = self._also
         for path in paths:
             head, name = os.path.split(path)
             if os.path.normpath(head) == base and _relevant_name(base, name):
+                return True
+            if also and os.path.relpath(path, base) in also:
                 return True
         return False
 

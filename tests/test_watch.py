@@ -308,3 +308,17 @@ def test_swap_names_are_relevant() -> None:
     assert is_swap_name("..data") and is_swap_name("..data_tmp")
     assert is_swap_name("..2026_12_01_00_00_00.1")
     assert not is_swap_name(".web.yaml.swp") and not is_swap_name("web.yaml")
+
+
+def test_a_file_named_by_also_watch_triggers(specs_dir: Path, calls: Counter,
+                                             watcher: SpecWatcher,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """An env file the specs name is part of what runs: editing it must apply at once."""
+    caplog.set_level(logging.DEBUG, logger="reconciler.watch")
+    n = _watch_is_live(specs_dir, calls)
+    (specs_dir / "web.env").write_text("A=1\n")  # not named yet: ignored like any junk
+    wait_for(lambda: _ignored(caplog, specs_dir / "web.env"), message="web.env ignored")
+    assert calls.count == n
+    watcher.also_watch(["web.env"])
+    (specs_dir / "web.env").write_text("A=2\n")
+    _changed(calls, n, "env file edit")
