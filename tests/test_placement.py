@@ -214,3 +214,20 @@ def test_resume_places_by_the_labels_the_last_pass_used(
     assert cli.main(["status", "-o", "json", *dirs]) == 0
     phases = {(j["service"], j["phase"]) for j in json.loads(capsys.readouterr().out)}
     assert ("web", "running") in phases and ("agent", "running") in phases
+
+
+def test_a_broken_labels_file_stops_placing_commands_only(
+        settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An operator can still look and stop things; what would place by it refuses."""
+    from reconciler import cli
+
+    bad = tmp_path / "bad.labels.yaml"
+    bad.write_text("- a list\n")
+    dirs = ["--specs", str(settings.specs_dir), "--state-dir", str(settings.state_dir),
+            "--labels", str(bad)]
+    assert cli.main(["status", *dirs]) == 0
+    assert cli.main(["down", *dirs]) == 0
+    capsys.readouterr()
+    assert cli.main(["diff", *dirs]) == 2
+    assert "bad.labels.yaml:1:1" in capsys.readouterr().err
+    assert cli.main(["--once", *dirs]) == 2

@@ -17,12 +17,16 @@ from reconciler.cli.errors import UsageError
 from reconciler.host.labels import (
     DEFAULT_LABELS_FILE,
     LabelsError,
+    automatic_labels,
     host_labels,
     labels_file_of,
 )
 from reconciler.settings import Settings, resolve
 from reconciler.spec.units import parse_duration
 
+# The commands whose passes place services by the labels (None: the daemon and --once): a
+# broken labels file stops them before any pass, and only them.
+PLACING_COMMANDS = (None, "diff", "resume")
 MAX_SETTLE_SECONDS = 60.0  # longer would mean an edit is not applied for minutes
 MIN_RESYNC_SECONDS = 1.0  # a safety net, not a poll: `--resync 1ms` busy-looped the daemon
 OUTPUTS = ("table", "json")
@@ -119,7 +123,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
     try:
         labels = host_labels(labels_file)
     except LabelsError as err:
-        raise UsageError(str(err)) from None
+        if getattr(args, "command", None) in PLACING_COMMANDS:
+            raise UsageError(str(err)) from None
+        # status, down, logs, info, …: a broken labels file must not keep an operator from
+        # looking or stopping things (`info` shows the labels the last pass placed by)
+        labels = automatic_labels()
     # the default file is watched even while it does not exist: created later, it counts
     settings = replace(settings, labels=tuple(sorted(labels.items())),
                        labels_file=labels_file or DEFAULT_LABELS_FILE)
