@@ -159,3 +159,15 @@ def test_a_missing_env_file_keeps_the_version_in_force_as_it_was(
     with Store.open_readonly(settings.db_path) as store:
         record = store.spec_records()["web.yaml"]
     assert record.env_files == (("web.env", (("APP_MODE", "production"),)),)
+
+
+def test_a_long_cycle_is_reported_on_one_short_line(specs_dir: Path) -> None:
+    n = 2000
+    for i in range(n):
+        write(specs_dir, f"s{i:04d}.yaml", f"""\
+            name: s{i:04d}
+            actions:
+              - {{name: a, cmd: "true", after: [s{(i + 1) % n:04d}.a]}}
+            """)
+    errors = [e for e in load_specs(specs_dir).errors if "cycle" in e.message]
+    assert len(errors) == 1 and len(errors[0].message) < 600 and "more" in errors[0].message

@@ -33,6 +33,9 @@ from reconciler.redact import is_secret_name
 from reconciler.spec.model import (
     AFTER_PATTERN,
     ENV_NAME_PATTERN,
+    HOST_GLOB_PATTERN,
+    LABEL_KEY_PATTERN,
+    LABEL_VALUE_PATTERN,
     MAX_ENV,
     MAX_ENV_NAME,
     MAX_TEXT,
@@ -992,6 +995,11 @@ _PATTERN_HELP = {
                    "(names use lowercase letters, digits, '_' and '-')",
     ENV_NAME_PATTERN: "invalid environment variable name '{input}': use letters, digits and "
                       "'_', not starting with a digit",
+    HOST_GLOB_PATTERN: "invalid host glob '{input}': use letters, digits, '.', '_', '-', '*', "
+                       "'?' and closed [...] classes",
+    LABEL_KEY_PATTERN: "invalid label name '{input}': use letters, digits, '.', '_', '/' and "
+                       "'-', starting with a letter or digit",
+    LABEL_VALUE_PATTERN: "must not contain control characters",
 }
 
 
@@ -1088,6 +1096,7 @@ def _after_problem(doc: _Doc, dep: str, known: Mapping[str, frozenset[str]]) -> 
 
 
 _Key = tuple[str, str]
+_CYCLE_SHOWN = 12  # steps of a cycle named in its error; the rest are counted
 
 
 def _find_cycle(loads: list[_FileLoad]) -> tuple[_FileLoad, SpecError] | None:
@@ -1122,7 +1131,11 @@ def _find_cycle(loads: list[_FileLoad]) -> tuple[_FileLoad, SpecError] | None:
         path.append((node, position))
         node = target
     cycle = path[on_path[node]:]
-    names = " -> ".join(f"{s}.{a}" for (s, a), _ in [*cycle, cycle[0]])
+    steps = [f"{s}.{a}" for (s, a), _ in [*cycle, cycle[0]]]
+    if len(steps) > _CYCLE_SHOWN:  # a 10 000-step cycle is one line, not 100 KiB
+        half = _CYCLE_SHOWN // 2
+        steps = [*steps[:half], f"… {len(steps) - 2 * half} more …", *steps[-half:]]
+    names = " -> ".join(steps)
     fresh = [step for step in cycle if owner[step[0][0]].fresh]
     (service_name, action_name), position = (fresh or cycle)[-1]
     load = owner[service_name]
