@@ -1,4 +1,5 @@
-"""Private, crash-safe file writes, shared by pidfiles, enrollments, logs and the state dir.
+"""Private, crash-safe file writes, shared by pidfiles, enrollments, logs and the state dir;
+and `file_version`, how cheaply-polled inputs (git's files, the labels file) tell a change.
 
 Readers (a restarted controller, an operator's `cat`) must see the old content or the new
 one, never half a file; and we often run as root in directories others may write, so a
@@ -65,3 +66,17 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+FileVersion = tuple[int, int, int]  # (mtime_ns, size, inode)
+
+
+def file_version(path: str | os.PathLike[str], *,
+                 follow_symlinks: bool = True) -> FileVersion | None:
+    """What changes when a file is rewritten or replaced (a rename gives a new inode): one
+    stat instead of a read. None when nothing is there; other errors are raised."""
+    try:
+        st = os.stat(path, follow_symlinks=follow_symlinks)
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -36,6 +36,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.files import FileVersion, file_version
 from reconciler.host import pidfd
 from reconciler.text import printable
 
@@ -131,18 +132,14 @@ def _fingerprint(specs_dir: Path) -> Hashable:
         files = [gitdir / "HEAD", gitdir / "index", common / "packed-refs"]
         files += [ref] if ref is not None else []
         with os.scandir(real) as entries:
-            listing = sorted((e.name, _stat_key(e.path)) for e in entries)
-        return (real, head, tuple(_stat_key(f) for f in files), tuple(listing))
+            listing = sorted((e.name, _version(e.path)) for e in entries)
+        return (real, head, tuple(_version(f) for f in files), tuple(listing))
     except OSError:
         return None
 
 
-def _stat_key(path: str | Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+def _version(path: str | Path) -> FileVersion | None:
+    return file_version(path, follow_symlinks=False)  # a link's own change counts
 
 
 def _gitdir(directory: Path) -> Path | None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
+from reconciler.files import FileVersion, file_version
 from reconciler.spec.model import (
     LABEL_KEY_PATTERN,
     LABEL_VALUE_PATTERN,
@@ -67,10 +68,10 @@ class LabelsReader:
         self.path = path
         self.error: str | None = None
         self._labels = dict(labels)
-        self._key = _stat_key(path)
+        self._key = _version(path)
 
     def read(self) -> dict[str, str]:
-        key = _stat_key(self.path)
+        key = _version(self.path)
         if key != self._key:
             had_file, self._key = self._key is not None, key
             try:
@@ -83,12 +84,12 @@ class LabelsReader:
         return dict(self._labels)
 
 
-def _stat_key(path: Path) -> tuple[int, int, int] | None:
+def _version(path: Path) -> FileVersion | None:
+    """An unreadable labels file counts as gone (its last good labels stay)."""
     try:
-        st = os.stat(path)
+        return file_version(path)
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def host_labels(path: Path | None) -> dict[str, str]:
