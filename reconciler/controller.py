@@ -176,9 +176,10 @@ class Reconciler:
                 outcome = self._execute(draft.plan)
                 outcome = stamp_new_jobs(outcome, draft.records, source.revision)
                 applied = self._applied_revision(source, draft.loaded)
-                self._save(outcome, draft.spec_records, draft.loaded, source.revision)
-                self._record_pass(started, draft.loaded.ok, source, applied,
-                                  (dict(self.settings.labels), draft.desired.unplaced))
+                with self.store.atomic():  # the pass's records and its facts: one commit
+                    self._save(outcome, draft.spec_records, draft.loaded, source.revision)
+                    self._record_pass(started, draft.loaded.ok, source, applied,
+                                      (dict(self.settings.labels), draft.desired.unplaced))
             except Exception:
                 self._record_failed_pass(started, source)
                 raise

@@ -26,6 +26,7 @@ from reconciler.state import statedir
 from reconciler.state.lock import daemon_pid
 from reconciler.state.reader import open_reader
 from reconciler.state.records import ControllerFacts, SpecRecord
+from reconciler.state.store import Store
 
 FileStateName = Literal["ok", "last-good", "refused", "empty"]
 
@@ -66,8 +67,13 @@ class Info:
 
 def read_info(settings: Settings) -> Info:
     with open_reader(settings) as store:
-        facts = store.controller_facts()
-        records = store.spec_records()
+        return info_from(store, settings)
+
+
+def info_from(store: Store, settings: Settings) -> Info:
+    """`read_info` on a store the caller has open (`status` reads its jobs from it too)."""
+    facts = store.controller_facts()
+    records = store.spec_records()
     return Info(version=__version__, specs_dir=served_specs_dir(settings),
                 state_dir=str(settings.state_dir),
                 daemon_pid=daemon_pid(settings.daemon_lock_path), facts=facts,

@@ -33,7 +33,7 @@ from reconciler.cli.errors import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UsageError
 from reconciler.controller import PassResult, Reconciler, prepare_state_dir
 from reconciler.daemon import Daemon
 from reconciler.host.usage import UsageSampler
-from reconciler.info import read_info
+from reconciler.info import info_from, read_info
 from reconciler.preview import preview
 from reconciler.settings import Settings, specs_dir_of, state_dir_of
 from reconciler.spec.load import load_specs
@@ -254,13 +254,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    with open_reader(settings) as store:
+    with open_reader(settings) as store:  # one read-only open for the jobs and the header
         jobs, suspended = store.jobs(), store.suspended()
+        info = info_from(store, settings) if args.output != "json" else None
     usages = UsageSampler().sample({j.id: j.identity for j in jobs if j.pid and j.identity})
-    if args.output == "json":
+    if info is None:
         emit(render.jobs_json(jobs, usages, suspended))  # stays a list of jobs (DESIGN §8.2)
     else:
-        emit(render.status_header(read_info(settings)))
+        emit(render.status_header(info))
         emit(render.status_table(jobs, usages, suspended) if jobs else "no jobs")
     return EXIT_OK
 
