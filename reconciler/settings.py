@@ -105,7 +105,8 @@ def state_dir_of(state_dir: str | Path | None = None,
 MAX_REVISION_LABEL = 200  # it goes on every event and job row
 
 
-def revision_of(revision: str | None = None, env: Mapping[str, str] = os.environ) -> str | None:
+def revision_label_of(revision: str | None = None,
+                      env: Mapping[str, str] = os.environ) -> str | None:
     """The revision label: the flag, else `RECONCILER_REVISION`, else None (ask git). A label
     is shown to operators and stored on every event: short, and printable."""
     label = revision or env.get("RECONCILER_REVISION") or None
@@ -120,7 +121,7 @@ def resolve(specs: str | Path | None = None, state_dir: str | Path | None = None
             env: Mapping[str, str] = os.environ, revision: str | None = None) -> Settings:
     return Settings(specs_dir=specs_dir_of(specs, env).absolute(),
                     state_dir=state_dir_of(state_dir, env).absolute(),
-                    revision=revision_of(revision, env))
+                    revision=revision_label_of(revision, env))
 
 
 def _same_path(a: Path, b: Path) -> bool:

@@ -13,18 +13,10 @@ import pytest
 from reconciler import cli
 from reconciler.cli.render import github_annotation
 from reconciler.settings import Settings
-from tests.test_reconcile import SLEEPER, run_cli, write_sleeper, write_spec
+from tests.test_reconcile import SLEEPER, out_of, run_cli, write_sleeper, write_spec
 
 DIFF_KEYS = {"verb", "service", "action", "job_id", "reason", "waits_for"}
 ERROR_KEYS = {"file", "line", "column", "message"}
-
-
-def out_of(capsys: pytest.CaptureFixture[str], settings: Settings, *args: str
-           ) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = run_cli(settings, *args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def write_web_with_migration(specs_dir: Path, migrate_exit: int = 0) -> None:

@@ -23,6 +23,17 @@ def svc(name: str, **extra: object) -> Service:
                                    **extra})
 
 
+def write_web_only_and_everywhere(specs_dir: Path, web_only: tuple[str, str] = ("a", "run"),
+                                  everywhere: tuple[str, str] = ("b", "run")) -> None:
+    """Two sleeping services (service, action): one placed on `role: web` hosts only, one
+    on every host."""
+    for (service, action), placement in ((web_only, "placement: {labels: {role: web}}\n"),
+                                         (everywhere, "")):
+        write(specs_dir, f"{service}.yaml",
+              f"name: {service}\n{placement}actions:\n"
+              f"  - {{name: {action}, process: true, cmd: \"exec sleep 1000\"}}\n")
+
+
 def test_labels_file_plus_automatic_labels(tmp_path: Path) -> None:
     path = tmp_path / "labels.yaml"
     path.write_text("role: web\nzone: 'eu-1'\n")
@@ -96,17 +107,7 @@ def test_a_service_waits_for_another_services_one_shot(settings: Settings,
 
 
 def test_a_label_change_unplaces_and_prunes_a_running_service(settings: Settings) -> None:
-    write(settings.specs_dir, "a.yaml", """\
-        name: a
-        placement: {labels: {role: web}}
-        actions:
-          - {name: run, process: true, cmd: "exec sleep 1000"}
-        """)
-    write(settings.specs_dir, "b.yaml", """\
-        name: b
-        actions:
-          - {name: run, process: true, cmd: "exec sleep 1000"}
-        """)
+    write_web_only_and_everywhere(settings.specs_dir)
     web = replace(settings, labels=(*settings.labels, ("role", "web")))
     with Reconciler(web) as rec:
         result = rec.converge(wait=20)
@@ -123,17 +124,7 @@ def test_a_running_controller_rereads_a_changed_labels_file(
     that turns bad keeps the last good labels (never un-places anything) and is logged."""
     labels_file = tmp_path / "labels.yaml"
     labels_file.write_text("role: web\n")
-    write(settings.specs_dir, "a.yaml", """\
-        name: a
-        placement: {labels: {role: web}}
-        actions:
-          - {name: run, process: true, cmd: "exec sleep 1000"}
-        """)
-    write(settings.specs_dir, "b.yaml", """\
-        name: b
-        actions:
-          - {name: run, process: true, cmd: "exec sleep 1000"}
-        """)
+    write_web_only_and_everywhere(settings.specs_dir)
     web = replace(settings, labels=(*settings.labels, ("role", "web")), labels_file=labels_file)
     with Reconciler(web) as rec:
         result = rec.converge(wait=20)
@@ -194,17 +185,7 @@ def test_resume_places_by_the_labels_the_last_pass_used(
 
     labels_file = tmp_path / "web.labels.yaml"
     labels_file.write_text("role: web\n")
-    write(settings.specs_dir, "web.yaml", """\
-        name: web
-        placement: {labels: {role: web}}
-        actions:
-          - {name: app, process: true, cmd: "exec sleep 1000"}
-        """)
-    write(settings.specs_dir, "agent.yaml", """\
-        name: agent
-        actions:
-          - {name: beat, process: true, cmd: "exec sleep 1000"}
-        """)
+    write_web_only_and_everywhere(settings.specs_dir, ("web", "app"), ("agent", "beat"))
     dirs = ["--specs", str(settings.specs_dir), "--state-dir", str(settings.state_dir)]
     assert cli.main(["--once", "--labels", str(labels_file), *dirs]) == 0
     assert cli.main(["suspend", "agent", *dirs]) == 0

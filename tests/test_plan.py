@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from reconciler.backoff import restart_delay, retry_delay
-from reconciler.desired import Desired, desired_from_services
+from reconciler.desired import Desired, DesiredAction, desired_from_services
 from reconciler.identity import Identity
 from reconciler.observed import Exit, Observed, PidfileState, PortState, ProcInfo, SocketState
 from reconciler.plan import (
@@ -60,6 +60,13 @@ def running_job(want: Desired, pid: int = 500, start: int = 100, **fields: Any) 
                      boot_id=BOOT, starttime_ticks=start, ready=True, started_at=NOW - 100,
                      spec=action.job_spec(), created_at=NOW - 100)
     return replace(base, **fields)
+
+
+def running_oneshot(action: DesiredAction) -> JobRecord:
+    """`action`'s one-shot job, started at NOW and running as pid 42 (start time 7)."""
+    return JobRecord(id="j9", service=action.service, action=action.name,
+                     generation=action.generation, phase="running", process=False, pid=42,
+                     boot_id=BOOT, starttime_ticks=7, started_at=NOW, spec=action.job_spec())
 
 
 def kinds(result: Plan) -> list[str]:
@@ -276,9 +283,7 @@ def test_failed_oneshot_retries_with_backoff() -> None:
     want = desired(Service.model_validate({"name": "w", "actions": [
         {"name": "migrate", "cmd": ["migrate"]}]}))
     action = want.actions[0]
-    job = JobRecord(id="j9", service="w", action="migrate", generation=action.generation,
-                    phase="running", process=False, pid=42, boot_id=BOOT, starttime_ticks=7,
-                    started_at=NOW)
+    job = running_oneshot(action)
     result = plan(want, observed(exits={42: Exit(Identity(BOOT, 42, 7), 3)}), [job], NOW + 1)
     assert kinds(result) == ["UpdateJob"]
     failed = result.steps[0].job  # type: ignore[union-attr]
@@ -544,9 +549,7 @@ def test_a_one_shot_that_left_a_helper_running_succeeds_once_the_helper_is_stopp
     want = desired(Service.model_validate({"name": "w", "actions": [
         {"name": "setup", "cmd": ["setup"]}]}))
     action = want.actions[0]
-    job = JobRecord(id="j9", service="w", action="setup", generation=action.generation,
-                    phase="running", process=False, pid=42, boot_id=BOOT, starttime_ticks=7,
-                    started_at=NOW)
+    job = running_oneshot(action)
     helper = proc(43, session=43)
     snapshot = observed(helper, exits={42: Exit(Identity(BOOT, 42, 7), 0)},
                         members={job.id: (helper,)})

@@ -21,7 +21,16 @@ from reconciler.observed import Exit, PortState
 from reconciler.plan import Plan, plan, plan_down, plan_restart
 from reconciler.spec.model import Service
 from reconciler.state.records import Enrollment, JobRecord
-from tests.test_plan import BOOT, NOW, desired, observed, proc, running_job, service
+from tests.test_plan import (
+    BOOT,
+    NOW,
+    desired,
+    observed,
+    proc,
+    running_job,
+    running_oneshot,
+    service,
+)
 
 LIFECYCLE = Path(__file__).resolve().parents[1] / "docs" / "lifecycle.md"
 
@@ -98,9 +107,7 @@ def oneshot_scenarios() -> Iterator[tuple[str, Plan]]:
     want = desired(svc)
     yield "after", plan(want, observed(), [], NOW)
     migrate = next(a for a in want.actions if a.name == "migrate")
-    ran = JobRecord(id="j9", service="w", action="migrate", generation=migrate.generation,
-                    phase="running", process=False, pid=42, boot_id=BOOT, starttime_ticks=7,
-                    started_at=NOW, spec=migrate.job_spec())
+    ran = running_oneshot(migrate)
     for code in (0, 3):
         exits = {42: Exit(Identity(BOOT, 42, 7), code)}
         yield f"one-shot {code}", plan(want, observed(exits=exits), [ran], NOW + 1)

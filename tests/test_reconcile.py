@@ -77,6 +77,15 @@ def run_cli(settings: Settings, *args: str) -> int:
                      "--state-dir", str(settings.state_dir)])
 
 
+def out_of(capsys: pytest.CaptureFixture[str], settings: Settings, *args: str
+           ) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of one CLI command on this test's dirs."""
+    capsys.readouterr()
+    code = run_cli(settings, *args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def job(settings: Settings, capsys: pytest.CaptureFixture[str], name: str) -> dict[str, object]:
     service, action = name.split(".")
     rows = [r for r in status(settings, capsys)

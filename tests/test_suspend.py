@@ -13,15 +13,16 @@ import pytest
 from reconciler.settings import Settings
 from reconciler.state.store import Store
 from tests.helpers import wait_for
-from tests.test_reconcile import SLEEPER, alive, job, run_cli, status, write_sleeper, write_spec
-
-
-def out_of(capsys: pytest.CaptureFixture[str], settings: Settings, *args: str
-           ) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = run_cli(settings, *args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.test_reconcile import (
+    SLEEPER,
+    alive,
+    job,
+    out_of,
+    run_cli,
+    status,
+    write_sleeper,
+    write_spec,
+)
 
 
 def test_a_suspended_service_is_not_restarted_and_resume_heals_it(
