@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from reconciler import logpaths
 from reconciler.environment import minimal_env
@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # types only: resolving reads what it is given, never the env
     from reconciler.settings import Settings
     from reconciler.spec.load import LoadResult
 
+
+T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class DesiredAction:
@@ -130,59 +132,49 @@ def desired_from_services(services: Iterable[Service], settings: Settings,
 def _across_services(actions: list[DesiredAction],
                      actions_of: Mapping[str, tuple[str, ...]]) -> list[DesiredAction]:
     """Every action after those it waits for, in other services too (otherwise in the
-    given order): a depth-first post-order with an explicit stack, like `dependency_order`."""
+    given order)."""
     by_key = {a.key: a for a in actions}
-    done: list[DesiredAction] = []
-    seen: set[tuple[str, str]] = set()
 
-    def deps(action: DesiredAction) -> Iterable[tuple[str, str]]:
+    def waited_for(action: DesiredAction) -> Iterator[DesiredAction]:
         own = actions_of.get(action.service, ())
-        return (key for dep in action.spec.after
-                for key in after_targets(action.service, own, dep, actions_of))
+        for dep in action.spec.after:
+            for key in after_targets(action.service, own, dep, actions_of):
+                if key in by_key:
+                    yield by_key[key]
 
-    for root in actions:
-        if root.key in seen:
-            continue
-        seen.add(root.key)
-        stack = [(root, iter(deps(root)))]
-        while stack:
-            action, pending = stack[-1]
-            for key in pending:
-                child = by_key.get(key)
-                if child is not None and key not in seen:
-                    seen.add(key)
-                    stack.append((child, iter(deps(child))))
-                    break
-            else:
-                stack.pop()
-                done.append(action)
-    return done
+    return _dependencies_first(actions, lambda a: a.key, waited_for)
 
 
 def dependency_order(service: Service) -> list[Action]:
-    """Actions sorted so every action comes after those it waits for (spec order otherwise).
-
-    A depth-first post-order with an explicit stack: a valid 1 500-action `after:` chain
-    exceeded Python's recursion limit and failed every pass."""
+    """Actions sorted so every action comes after those it waits for (spec order otherwise)."""
     by_name = {a.name: a for a in service.actions}  # other services' targets are not here
-    done: list[Action] = []
-    seen: set[str] = set()
-    for root in service.actions:
-        if root.name in seen:
+    return _dependencies_first(
+        service.actions, lambda a: a.name,
+        lambda a: (by_name[dep] for dep in a.after if dep in by_name))
+
+
+def _dependencies_first(items: Sequence[T], key: Callable[[T], Hashable],
+                        waited_for: Callable[[T], Iterable[T]]) -> list[T]:
+    """A depth-first post-order: each item after what it waits for, the given order
+    otherwise. With an explicit stack: a valid 1 500-action `after:` chain exceeded
+    Python's recursion limit and failed every pass."""
+    done: list[T] = []
+    seen: set[Hashable] = set()
+    for root in items:
+        if key(root) in seen:
             continue
-        seen.add(root.name)
-        stack = [(root, iter(root.after))]
+        seen.add(key(root))
+        stack = [(root, iter(waited_for(root)))]
         while stack:
-            action, deps = stack[-1]
-            for dep in deps:
-                child = by_name.get(dep)
-                if child is not None and child.name not in seen:
-                    seen.add(child.name)
-                    stack.append((child, iter(child.after)))
+            item, pending = stack[-1]
+            for child in pending:
+                if key(child) not in seen:
+                    seen.add(key(child))
+                    stack.append((child, iter(waited_for(child))))
                     break
             else:
                 stack.pop()
-                done.append(action)
+                done.append(item)
     return done
 
 
