@@ -337,17 +337,13 @@ def facts_from_row(row: dict[str, Any]) -> ControllerFacts:
         applied_revision=row.get("applied_revision"), dirty=bool(row.get("dirty")),
         revision_error=row.get("revision_error"), daemon_pid=row.get("daemon_pid"),
         daemon_started_at=row.get("daemon_started_at"),
-        labels=_pairs_from_json(row.get("labels")), unplaced=_pairs_from_json(row.get("unplaced")))
+        labels=_pairs_from_json(row.get("labels"), "labels"),
+        unplaced=_pairs_from_json(row.get("unplaced"), "unplaced"))
 
 
-def _pairs_from_json(raw: Any) -> tuple[tuple[str, str], ...]:
+def _pairs_from_json(raw: Any, what: str) -> tuple[tuple[str, str], ...]:
     """A JSON object of strings as sorted pairs; absent or unreadable is none."""
-    try:
-        value = json.loads(raw) if raw else {}
-    except ValueError:
-        return ()
-    if not isinstance(value, dict):
-        return ()
+    value = _dict_from_json(raw or None, what, "the controller")
     return tuple(sorted((str(k), str(v)) for k, v in value.items()))
 
 
