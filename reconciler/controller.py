@@ -37,7 +37,7 @@ from reconciler.plan import (
     plan_restart,
 )
 from reconciler.settings import Settings
-from reconciler.spec.load import LoadResult, last_good_of, load_specs
+from reconciler.spec.load import LoadResult, forget_parsed_specs, last_good_of, load_specs
 from reconciler.state import statedir
 from reconciler.state.enrollment import Enrollments, sweep_stale_temps
 from reconciler.state.lock import StateLock
@@ -66,6 +66,7 @@ class PassResult:
     source: Revision = NO_REVISION
     applied_revision: str | None = None
     suspended: frozenset[str] = frozenset()  # services left alone (`reconcile suspend`)
+    events: tuple[Event, ...] = ()  # what the steps did (e.g. why a spawn failed)
 
     @property
     def converged(self) -> bool:
@@ -186,7 +187,20 @@ class Reconciler:
             jobs = jobs_after(draft.records, outcome)
             self._housekeeping_when_due(draft.desired, jobs)
             return PassResult(draft.loaded, draft.desired, draft.plan, jobs, source, applied,
-                              draft.suspended)
+                              draft.suspended, tuple(outcome.events))
+
+    def forget_caches(self) -> None:
+        """A reload (SIGHUP): the next pass reads everything afresh, as a new controller
+        would (the specs are re-read by every pass anyway; what they resolve to, the
+        process snapshots, the revision, the labels and the enrollments are cached)."""
+        self.resolved_cache.clear()
+        self.procs.close()
+        self.procs = ProcCache()
+        self.revisions = RevisionReader()
+        if self.labels is not None:
+            self.labels.forget()
+        self.enrollments.invalidate()
+        forget_parsed_specs()
 
     def _refresh_labels(self) -> None:
         """A changed labels file takes effect at this pass (and may un-place a service); a

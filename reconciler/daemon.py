@@ -5,6 +5,12 @@ periodic resync, a backoff timer came due) only *kicks*: it sets an event. Passe
 a time on the thread that called `run()`, which owns the only SQLite writer connection. A kick
 that arrives while a pass runs leaves the event set, so the next pass follows at once: no
 kick is ever lost, and a burst of kicks costs one pass, not one each.
+
+Under systemd (DESIGN §8.3) the loop also tells the service manager how it is doing:
+`READY=1` after the first successful pass, a `STATUS=` line as the counts change,
+`WATCHDOG=1` from the loop itself (a pass that hangs stops the pings), `STOPPING=1` on the
+way out. SIGHUP is a reload: every cache is dropped and a full pass re-reads everything,
+between `RELOADING=1` and `READY=1` (the `Type=notify-reload` protocol).
 """
 
 from __future__ import annotations
@@ -12,13 +18,14 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import logging
+import math
 import signal
 import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from types import FrameType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
@@ -29,12 +36,18 @@ from reconciler.desired import Desired
 from reconciler.health import HealthMonitor, ProbeTarget
 from reconciler.host.exits import ExitWatcher
 from reconciler.logcap import LogCapper, LogTarget
+from reconciler.plan import Spawn, Step, UpdateJob
+from reconciler.sdnotify import Notifier
 from reconciler.settings import Settings
 from reconciler.state.lock import LockTimeout
 from reconciler.state.records import JobRecord
 from reconciler.text import printable
 from reconciler.timing import DAEMON_WAKE_SECONDS, SPEC_WATCH_STEP_MS
 from reconciler.watch import SpecWatcher
+
+if TYPE_CHECKING:  # only a daemon started with --metrics-addr loads prometheus_client
+    from reconciler.metrics import Metrics
+    from reconciler.metrics_server import MetricsServer
 
 log = logging.getLogger(__name__)
 UTC = dt.UTC
@@ -58,6 +71,8 @@ class Passes(Protocol):
 
     def reconcile(self, health: HealthResults | None = None) -> PassResult: ...
 
+    def forget_caches(self) -> None: ...
+
 
 OpenPasses = Callable[[], AbstractContextManager[Passes]]
 
@@ -74,22 +89,34 @@ class Daemon:
 
     `open_passes` is the seam to what runs a pass (default: a `Reconciler` on `settings`);
     `retry_initial`/`retry_max` bound the retry backoff of failed passes (production
-    defaults; a test shortens them rather than waiting them out).
+    defaults; a test shortens them rather than waiting them out). `notifier` talks to
+    systemd (a no-op one without `NOTIFY_SOCKET`); `metrics` (with `serve`, its endpoint)
+    is updated after every pass.
     """
 
     def __init__(self, settings: Settings, *, allow_empty: bool = False,
                  resync: float = RESYNC_SECONDS,
                  retry_initial: float = RETRY_INITIAL_SECONDS,
                  retry_max: float = RETRY_MAX_SECONDS,
-                 open_passes: OpenPasses | None = None) -> None:
+                 open_passes: OpenPasses | None = None,
+                 notifier: Notifier | None = None,
+                 metrics: Metrics | None = None,
+                 serve: MetricsServer | None = None) -> None:
         self.settings = settings
         self.allow_empty = allow_empty
         self.resync = resync
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self._open_passes = open_passes or self._open_reconciler
+        self.notifier = notifier or Notifier(None)
+        self.metrics = metrics
+        self.serve = serve
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        self.reload_requested = threading.Event()
+        self.stop_reason = "stop() called"
+        self.last_result: PassResult | None = None
+        self._pinged_at = -math.inf  # time.monotonic() of the last watchdog ping
         self.passes = 0
         self.failed_passes = 0  # in a row; drives the retry backoff
         self._last_failure: str | None = None
@@ -107,55 +134,131 @@ class Daemon:
     def kick(self) -> None:
         self.wake.set()
 
-    def stop(self) -> None:
+    def stop(self, reason: str = "stop() called") -> None:
+        self.stop_reason = reason
         self.stopping.set()
+        self.wake.set()
+
+    def reload(self) -> None:
+        """SIGHUP: drop every cache and re-read everything in the next pass."""
+        self.reload_requested.set()
         self.wake.set()
 
     def run(self) -> int:
         """Converge until `stop()` (or SIGTERM/SIGINT when installed). Managed processes run in
         their own sessions and keep running after this returns."""
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)
         with self._open_passes() as passes:
             self._start_triggers()
             try:
                 self.kick()
                 while not self.stopping.is_set():
-                    if self.wake.wait(timeout=DAEMON_WAKE_SECONDS) and not self.stopping.is_set():
+                    woke = self.wake.wait(timeout=self._nap())
+                    self._ping_watchdog()
+                    if self.stopping.is_set():
+                        break
+                    if self.reload_requested.is_set():
+                        self._reload(passes)
+                    elif woke:
                         self.wake.clear()
                         self._pass(passes)
-                        if self.passes == 1:
-                            _freeze_start_up_heap()
             finally:
+                self._stopping()
                 self._stop_triggers()
         return 0
 
     def install_signal_handlers(self) -> None:
-        def handle(_signum: int, _frame: FrameType | None) -> None:
-            self.stop()
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            self.stop(signal.Signals(signum).name)
+
+        def reload(_signum: int, _frame: FrameType | None) -> None:
+            self.reload()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, handle)
+            signal.signal(sig, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    # --- systemd ----------------------------------------------------------------------------
+
+    def _nap(self) -> float:
+        """How long the loop may sleep without a trigger: short enough to see a stop, and
+        to ping the watchdog in time."""
+        if self.notifier.watchdog_seconds is None:
+            return DAEMON_WAKE_SECONDS
+        return max(min(DAEMON_WAKE_SECONDS, self.notifier.watchdog_seconds / 4), 0.01)
+
+    def _ping_watchdog(self) -> None:
+        """From the loop, between passes: pings stop when a pass hangs. Every half of the
+        interval systemd set (sd_watchdog_enabled(3)); the loop wakes every quarter of it,
+        so no gap between pings is longer than three quarters."""
+        every = self.notifier.watchdog_seconds
+        if every is not None and time.monotonic() - self._pinged_at >= every / 2:
+            self.notifier.watchdog()
+            self._pinged_at = time.monotonic()
+
+    def _reload(self, passes: Passes) -> None:
+        self.reload_requested.clear()
+        self.wake.clear()
+        self.notifier.reloading()
+        log.info("reload (SIGHUP): caches dropped, re-reading every spec file")
+        passes.forget_caches()
+        result = self._pass(passes)
+        log.info("reload done: %s", status_line(result) if result else "the pass failed; "
+                 "retrying with backoff")
+        self.notifier.ready(status_line(result or self.last_result))
+
+    def _stopping(self) -> None:
+        left = status_line(self.last_result)
+        log.info("stopping (%s): managed processes keep running (%s)", self.stop_reason, left)
+        self.notifier.stopping(f"stopping; {left}")
 
     # --- one pass ---------------------------------------------------------------------------
 
-    def _pass(self, passes: Passes) -> None:
+    def _pass(self, passes: Passes) -> PassResult | None:
+        started = time.monotonic()
         try:
             result = passes.reconcile(health=self.health.states())
         except LockTimeout as err:
             log.warning("%s; trying again", err)
             self.kick()
-            return
+            return None
         except Exception as err:  # a pass must never take the controller down with it
+            if self.metrics is not None:
+                self.metrics.failed(time.monotonic() - started)
             self._pass_failed(err)
-            return
+            return None
         if self.failed_passes:
             log.info("pass succeeded again after %d failed passes", self.failed_passes)
         self.failed_passes, self._last_failure = 0, None
         self.passes += 1
+        self.last_result = result
         self._report(result)
         self._watch(result)
+        self._publish(result, time.monotonic() - started)
+        if self.passes == 1:
+            self._first_pass_done(result, time.monotonic() - started)
         if result.plan.changes:
             self.kick()  # e.g. dependents wait for what this pass just started
+        return result
+
+    def _publish(self, result: PassResult, seconds: float) -> None:
+        if self.metrics is not None:
+            from reconciler.metrics import seen_of
+
+            self.metrics.passed(seen_of(result), seconds)
+        if self.passes > 1:
+            self.notifier.status(status_line(result))
+
+    def _first_pass_done(self, result: PassResult, seconds: float) -> None:
+        """The start-up line operators look for after an upgrade: how many running jobs the
+        new controller took over (none restarted) and how many it had to start."""
+        spawned = {s.job.id for s in result.plan.changes if isinstance(s, Spawn)}
+        alive = [j for j in result.jobs if j.pid is not None]
+        adopted = sum(1 for j in alive if j.id not in spawned)
+        started = sum(1 for j in alive if j.id in spawned)
+        log.info("first pass done in %.0f ms: adopted %d running jobs, started %d; %s",
+                 seconds * 1000, adopted, started, status_line(result))
+        self.notifier.ready(status_line(result))
+        _freeze_start_up_heap()
 
     def _pass_failed(self, err: Exception) -> None:
         """Retry with backoff; log the traceback once per distinct error, not on every try
@@ -196,11 +299,16 @@ class Daemon:
             for note in problems[1]:
                 log.warning("%s", note)
         for step in result.plan.changes:
-            log.info("%s", step.describe())
+            log.log(step_level(step), "%s", step.describe())
+        for event in result.events:
+            if event.reason.startswith("spawn-error"):  # the step said "spawn"; this is why not
+                log.error("%s.%s: %s", event.service, event.action, event.reason)
 
     # --- triggers ---------------------------------------------------------------------------
 
     def _start_triggers(self) -> None:
+        if self.serve is not None:
+            self.serve.start()
         self.scheduler.add_job(
             self.kick, IntervalTrigger(seconds=self.resync, jitter=self.resync * 0.2,
                                        timezone=UTC),
@@ -217,6 +325,33 @@ class Daemon:
         self.health.stop()
         self.logcap.stop()
         self.scheduler.shutdown(wait=False)
+        if self.serve is not None:
+            self.serve.stop()
+        self.notifier.close()
+
+
+def step_level(step: Step) -> int:
+    """A run that ended badly (a crash, a failed health check, a blocked start) is a
+    warning; everything else a pass does is routine."""
+    if isinstance(step, UpdateJob) and step.job.failure_class is not None and step.kind in (
+            "exit", "backoff", "blocked", "stopping"):
+        return logging.WARNING
+    return logging.INFO
+
+
+def status_line(result: PassResult | None) -> str:
+    """systemd's `STATUS=` (what `systemctl status` shows): the jobs by how they are doing,
+    and the revision."""
+    if result is None:
+        return "no pass has succeeded yet"
+    jobs = [j for j in result.jobs if j.phase != "removed"]
+    running = sum(1 for j in jobs if j.phase == "running")
+    failing = sum(1 for j in jobs if j.phase in ("backoff", "blocked"))
+    done = sum(1 for j in jobs if j.phase in ("succeeded", "stopped"))
+    waiting = len(jobs) - running - failing - done
+    revision = result.source.revision or "no revision"
+    return (f"{running} running, {waiting} waiting, {failing} failing, {done} done; "
+            f"revision {revision}")
 
 
 def _freeze_start_up_heap() -> None:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,14 @@ class DaemonRunner:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "RECONCILER_STATE_DIR": str(self.settings.state_dir)}
+    def start(self, *extra: str, env: Mapping[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
+        """`extra`: more flags; `env`: more environment (e.g. systemd's NOTIFY_SOCKET)."""
+        env = {**os.environ, "RECONCILER_STATE_DIR": str(self.settings.state_dir), **(env or {})}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [PY, "-m", "reconciler.cli", "--specs", str(self.settings.specs_dir),
-                 "--state-dir", str(self.settings.state_dir), "--resync", "1s"],
+                 "--state-dir", str(self.settings.state_dir), "--resync", "1s", *extra],
                 env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         return self.proc
@@ -300,6 +302,9 @@ class ScriptedPasses:
         self.calls += 1
         self.before(self.calls)
         return self.real.reconcile(health)
+
+    def forget_caches(self) -> None:
+        self.real.forget_caches()
 
 
 def scripted(settings: Settings, before: Callable[[int], None]

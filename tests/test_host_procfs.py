@@ -49,9 +49,21 @@ def test_parse_stat_fields() -> None:
     stat = parse_stat(stat_line(pid=42, comm="python3", state="R", ppid=7, pgrp=40,
                                 session=39, starttime=987654))
     assert stat == Stat(pid=42, comm="python3", state="R", ppid=7, pgrp=40, session=39,
-                        starttime=987654)
+                        starttime=987654, utime=1, stime=2, threads=1, rss_pages=0)
     assert not stat.zombie
     assert parse_stat(stat_line(state="Z")).zombie
+
+
+def test_read_usage_of_a_live_process_counts_its_cpu_memory_threads_and_fds() -> None:
+    found = procfs.read_usage(os.getpid())
+    assert found is not None
+    stat, fds = found
+    assert stat.pid == os.getpid() and stat.threads >= 1 and stat.rss_pages > 0
+    assert fds is not None and fds >= 3  # stdin, stdout, stderr at least
+    with open(os.devnull) as _a, open(os.devnull) as _b:
+        again = procfs.read_usage(os.getpid())
+        assert again is not None and again[1] == fds + 2
+    assert procfs.read_usage(unused_pid()) is None
 
 
 @pytest.mark.parametrize("comm", ["a) (b c", "x) S 1 2 3 (", ")", "(", "((", "two words", ""])

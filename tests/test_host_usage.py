@@ -73,3 +73,27 @@ def test_sample_measures_the_named_processes_and_skips_a_recycled_pid(foreign: F
     assert set(found) == {"job"}
     assert found["job"].rss_bytes > 0
     assert UsageSampler().sample({}) == {}  # nothing to measure: no window waited either
+
+
+def test_counters_add_up_cpu_and_skip_a_recycled_pid(foreign: Foreign) -> None:
+    """No wait and no second sample: CPU seconds only grow, and a pid that now names another
+    process (another start time) or another boot is never read as ours."""
+    from reconciler.host.identity import identity_of
+    from reconciler.host.usage import read_counters
+
+    busy = foreign.start([sys.executable, "-c", "while True: pass"])
+    ident = identity_of(busy.pid)
+    assert ident is not None
+    stranger = ident._replace(starttime_ticks=ident.starttime_ticks + 1)
+    other_boot = ident._replace(boot_id="0" * 32)
+    first = read_counters({"job": ident, "stale": stranger, "old": other_boot})
+    assert set(first) == {"job"}
+    assert first["job"].rss_bytes > 0 and first["job"].threads >= 1
+    assert first["job"].open_fds is not None and first["job"].open_fds >= 3
+    later = wait_for(lambda: (c := read_counters({"job": ident})).get("job") is not None
+                     and c["job"].cpu_seconds > first["job"].cpu_seconds and c,
+                     message="busy process's CPU seconds to grow")
+    assert later["job"].cpu_seconds > 0
+    busy.kill()
+    busy.wait()
+    assert read_counters({"job": ident}) == {}

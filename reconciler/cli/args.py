@@ -31,6 +31,8 @@ MAX_SETTLE_SECONDS = 60.0  # longer would mean an edit is not applied for minute
 MIN_RESYNC_SECONDS = 1.0  # a safety net, not a poll: `--resync 1ms` busy-looped the daemon
 OUTPUTS = ("table", "json")
 VALIDATE_FORMATS = ("text", "github")
+LOG_FORMATS = ("text", "json", "journal")  # logformat.FORMATS, without importing logging setup
+METRICS_ADDR_ENV = "RECONCILER_METRICS_ADDR"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(a half-written file is never read; 0s to read at once)")
     parser.add_argument("--resync", default="30s",
                         help="daemon: full resync interval (a safety net; events trigger passes)")
+    add_service_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help_text: str, *parents: argparse.ArgumentParser
@@ -102,6 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("repair", "rebuild the jobs from run/ after damage to state.db")
     add("info", "the controller: daemon, last pass, source revision, spec files", output)
     return parser
+
+
+def add_service_flags(parser: argparse.ArgumentParser) -> None:
+    """The daemon's flags for running as a service (DESIGN §8.3)."""
+    parser.add_argument("--metrics-addr", metavar="HOST:PORT", default=None,
+                        help="daemon: serve /metrics and /healthz here (PORT alone: "
+                             "127.0.0.1; a non-loopback host only when written here; "
+                             "default: $RECONCILER_METRICS_ADDR, loopback only, else off)")
+    parser.add_argument("--metrics-textfile", metavar="PATH", default=None,
+                        help="with --once: write the metrics to PATH (atomically) for "
+                             "node_exporter's textfile collector")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=None,
+                        help="daemon log lines: text, json, or journal (<N> priority "
+                             "prefixes; the default when stderr is the journal)")
 
 
 def add_suspend_commands(add: Callable[[str, str], argparse.ArgumentParser]) -> None:

@@ -16,10 +16,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from reconciler import logpaths, logs
+from reconciler import __version__, logformat, logpaths, logs
 from reconciler.cli import render
 from reconciler.cli.args import (
+    METRICS_ADDR_ENV,
     allow_empty_of,
     duration,
     parse_target,
@@ -35,6 +37,7 @@ from reconciler.daemon import Daemon
 from reconciler.host.usage import UsageSampler
 from reconciler.info import info_from, read_info
 from reconciler.preview import preview
+from reconciler.sdnotify import Notifier
 from reconciler.settings import Settings, specs_dir_of, state_dir_of
 from reconciler.spec.load import load_specs
 from reconciler.spec.model import spec_json_schema
@@ -44,8 +47,13 @@ from reconciler.state.reader import open_reader, read_jobs
 from reconciler.state.records import JobRecord
 from reconciler.state.repair import repair
 from reconciler.state.store import Store
-from reconciler.text import PrintableFormatter, printable
+from reconciler.text import printable
 
+if TYPE_CHECKING:  # imported where used: only a daemon with metrics loads prometheus_client
+    from reconciler.metrics import Metrics
+    from reconciler.metrics_server import MetricsAddress, MetricsServer
+
+log = logging.getLogger("reconciler")
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -82,19 +90,97 @@ def cmd_run(args: argparse.Namespace) -> int:
     wait = duration(args.wait, "--wait")
     resync = resync_of(args)
     if args.once:
+        if args.metrics_addr:
+            raise UsageError("--metrics-addr serves a running daemon; with --once, write "
+                             "--metrics-textfile for node_exporter")
         bind(settings, rebind_of(args))
         with Reconciler(settings, allow_empty=allow_empty_of(args)) as reconciler:
-            return report_pass(reconciler.converge(wait), args.output)
+            started = time.monotonic()
+            result = reconciler.converge(wait)
+            code = report_pass(result, args.output)
+        if args.metrics_textfile:
+            write_metrics_textfile(args.metrics_textfile, result, time.monotonic() - started)
+        return code
+    if args.metrics_textfile:
+        raise UsageError("--metrics-textfile is written by --once; a daemon serves its "
+                         "metrics on --metrics-addr")
+    return run_daemon(args, settings, resync)
+
+
+def run_daemon(args: argparse.Namespace, settings: Settings, resync: float) -> int:
+    """The controller as a service: its log format, systemd's notify socket and the metrics
+    endpoint are settled (and a busy metrics port refused) before the first pass."""
+    address = metrics_address_of(args)
+    log_format = args.log_format or logformat.default_format(os.environ, sys.stderr)
     prepare_state_dir(settings, rebind=rebind_of(args))
     with DaemonLock(settings.daemon_lock_path):
         bind(settings, rebind_of(args), daemon=True)
         record_daemon(settings)
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(message)s"))
-        logging.basicConfig(level=logging.INFO, handlers=[handler])
-        daemon = Daemon(settings, allow_empty=allow_empty_of(args), resync=resync)
+        logformat.configure(log_format, sys.stderr)
+        metrics, serve = serve_metrics(address, healthy_within=2 * resync)
+        notifier = Notifier.from_environ(os.environ, os.getpid())
+        log.info("reconciler %s starting (pid %d): specs dir %s, state dir %s, resync %gs%s%s",
+                 __version__, os.getpid(), printable(str(settings.specs_dir)),
+                 printable(str(settings.state_dir)), resync,
+                 f", metrics on {serve.url}/metrics" if serve else "",
+                 ", notifying systemd" if notifier.enabled else "")
+        daemon = Daemon(settings, allow_empty=allow_empty_of(args), resync=resync,
+                        notifier=notifier, metrics=metrics, serve=serve)
         daemon.install_signal_handlers()
-        return daemon.run()
+        code = daemon.run()
+        log.info("reconciler %s stopped (pid %d)", __version__, os.getpid())
+        return code
+
+
+def metrics_address_of(args: argparse.Namespace) -> MetricsAddress | None:
+    """`--metrics-addr` (any host, written on purpose), else `$RECONCILER_METRICS_ADDR`
+    (loopback only), else None: no endpoint."""
+    text, explicit = args.metrics_addr, True
+    if not text:
+        text, explicit = os.environ.get(METRICS_ADDR_ENV, ""), False
+    if not text:
+        return None
+    from reconciler.metrics_server import AddressError, parse_address
+
+    flag = "--metrics-addr" if explicit else f"${METRICS_ADDR_ENV}"
+    try:
+        return parse_address(text, explicit=explicit)
+    except AddressError as err:
+        raise UsageError(f"{flag}: {err}") from None
+
+
+def serve_metrics(address: MetricsAddress | None, healthy_within: float
+                  ) -> tuple[Metrics | None, MetricsServer | None]:
+    """The registry and its listening endpoint, or (None, None) without an address.
+    prometheus_client is imported only here: a daemon without metrics never loads it."""
+    if address is None:
+        return None, None
+    from reconciler.metrics import Metrics
+    from reconciler.metrics_server import MetricsServer
+
+    metrics = Metrics()
+    try:
+        return metrics, MetricsServer(metrics, address, healthy_within)
+    except OSError as err:
+        raise UsageError(f"--metrics-addr {address}: cannot listen: "
+                         f"{err.strerror or err}") from None
+
+
+def write_metrics_textfile(path: str, result: PassResult, seconds: float) -> None:
+    """`--once --metrics-textfile`: the same series as the endpoint (without the
+    short-lived process's own `process_*`), replaced atomically (temp file and rename in
+    the same directory), so node_exporter never reads half a file. The convergence counts
+    as one pass."""
+    from prometheus_client import write_to_textfile
+
+    from reconciler.metrics import Metrics, seen_of
+
+    metrics = Metrics(process=False)
+    metrics.passed(seen_of(result), seconds)
+    try:
+        write_to_textfile(path, metrics.registry)
+    except OSError as err:
+        raise OSError(f"--metrics-textfile {path}: {err.strerror or err}") from None
 
 
 def record_daemon(settings: Settings) -> None:

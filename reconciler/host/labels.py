@@ -69,10 +69,16 @@ class LabelsReader:
         self.error: str | None = None
         self._labels = dict(labels)
         self._key = _version(path)
+        self._forgotten = False
+
+    def forget(self) -> None:
+        """Read the file at the next `read` even if it looks unchanged (a reload)."""
+        self._forgotten = True
 
     def read(self) -> dict[str, str]:
         key = _version(self.path)
-        if key != self._key:
+        if key != self._key or self._forgotten:
+            self._forgotten = False
             had_file, self._key = self._key is not None, key
             try:
                 if key is None and had_file:  # moved away or mid-replace: keep what we have

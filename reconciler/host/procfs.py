@@ -36,6 +36,10 @@ def _dec(token: str) -> int:
     return int(token)
 
 
+def _signed(token: str) -> int:
+    return -_dec(token[1:]) if token.startswith("-") else _dec(token)
+
+
 def _hex(token: str) -> int:
     if not token or not _HEX.issuperset(token):
         raise ValueError(f"not a hex number: {token!r}")
@@ -73,6 +77,11 @@ class Stat:
     pgrp: int
     session: int
     starttime: int  # clock ticks after boot (field 22)
+    # usage (fields 14, 15, 20, 24); 0 in a truncated line, which only a fuzzer writes
+    utime: int = 0  # clock ticks in user mode
+    stime: int = 0  # clock ticks in kernel mode
+    threads: int = 0
+    rss_pages: int = 0
 
     @property
     def zombie(self) -> bool:
@@ -93,8 +102,24 @@ def parse_stat(text: str) -> Stat:
     state = rest[0]
     if len(state) != 1 or not state.isascii() or not state.isalpha():
         raise ValueError(f"stat: bad state {state!r}")
+    utime, stime, threads, rss = _usage(rest)
     return Stat(pid=pid, comm=text[lparen + 1:rparen], state=state, ppid=_dec(rest[1]),
-                pgrp=_dec(rest[2]), session=_dec(rest[3]), starttime=_dec(rest[19]))
+                pgrp=_dec(rest[2]), session=_dec(rest[3]), starttime=_dec(rest[19]),
+                utime=utime, stime=stime, threads=threads, rss_pages=rss)
+
+
+def _usage(rest: list[str]) -> tuple[int, int, int, int]:
+    """utime, stime, num_threads and rss (fields 14, 15, 20, 24): numbers to report, not
+    to decide by, so a field the kernel would never print that way reads as 0 instead of
+    costing the identity fields their parse."""
+    picked = (rest[11], rest[12], rest[17], rest[21] if len(rest) >= 22 else "0")
+    numbers = []
+    for token in picked:
+        try:
+            numbers.append(max(_signed(token), 0))
+        except ValueError:
+            numbers.append(0)
+    return numbers[0], numbers[1], numbers[2], numbers[3]
 
 
 def parse_cmdline(raw: bytes) -> tuple[str, ...]:
@@ -187,6 +212,29 @@ def _process_at(dir_fd: int) -> tuple[Stat, tuple[str, ...]] | None:
     if stat is None or raw is None:
         return None
     return stat, parse_cmdline(raw)
+
+
+def read_usage(pid: int) -> tuple[Stat, int | None] | None:
+    """stat and the number of open fds of the SAME process (one dir fd), or None if it is
+    gone. The fd count is None when /proc/<pid>/fd is not ours to list (another user)."""
+    with _proc_dir(pid) as dir_fd:
+        if dir_fd is None:
+            return None
+        stat = _stat_at(dir_fd)
+        return None if stat is None else (stat, _count_fds_at(dir_fd))
+
+
+def _count_fds_at(dir_fd: int) -> int | None:
+    try:
+        fd = os.open("fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        return len(os.listdir(fd))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def iter_pids() -> Iterator[int]:

@@ -1,4 +1,4 @@
-"""CPU and memory of a managed process, for `status`.
+"""CPU and memory of a managed process, for `status` and the metrics endpoint.
 
 CPU percent is a rate, so it needs two samples: psutil keeps the previous sample on the
 `Process` object, and a `UsageSampler` keeps those objects between calls. The cache key
@@ -7,6 +7,7 @@ includes the process's create time so a recycled PID never inherits another proc
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -14,8 +15,12 @@ from dataclasses import dataclass
 
 import psutil
 
+from reconciler.host import procfs
 from reconciler.host.identity import identity_of
 from reconciler.identity import Identity
+
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,39 @@ class Usage:
 
     cpu_percent: float  # of one CPU since the previous call for this process (can exceed 100)
     rss_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """What a process has used so far, read in one look (no rate, so no second sample and
+    no wait): the metrics endpoint turns CPU seconds into rates itself (`rate()`)."""
+
+    cpu_seconds: float  # user + system since it started
+    rss_bytes: int
+    threads: int
+    open_fds: int | None  # None: /proc/<pid>/fd is not ours to list
+
+
+def read_counters(identities: Mapping[str, Identity]) -> dict[str, Counters]:
+    """Counters of each process (by key, e.g. job id) that still is the one named: read
+    through one /proc dir fd per process, and a pid that now names another process (its
+    start time differs) is skipped. One open of `stat` and one listing of `fd` per process,
+    so a scrape of a thousand jobs stays in milliseconds."""
+    boot_id = procfs.read_boot_id()
+    found: dict[str, Counters] = {}
+    for key, ident in identities.items():
+        if ident.boot_id != boot_id:
+            continue
+        usage = procfs.read_usage(ident.pid)
+        if usage is None:
+            continue
+        stat, fds = usage
+        if stat.starttime != ident.starttime_ticks or stat.zombie:
+            continue
+        found[key] = Counters(cpu_seconds=(stat.utime + stat.stime) / _TICKS_PER_SECOND,
+                              rss_bytes=stat.rss_pages * _PAGE_BYTES, threads=stat.threads,
+                              open_fds=fds)
+    return found
 
 
 SAMPLE_SECONDS = 0.1  # the window a one-off `status` measures CPU over

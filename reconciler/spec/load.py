@@ -521,6 +521,12 @@ def _parse(text: str, filename: str, state_dir: str | None) -> _Parsed:
     return _Parsed(list(found), list(errors), list(docs))
 
 
+def forget_parsed_specs() -> None:
+    """Drop the parse cache (a reload). Its entries are keyed by the text itself, so they
+    are never stale; a reload drops them anyway, to promise a re-read from nothing."""
+    _parse_cached.cache_clear()
+
+
 @functools.lru_cache(maxsize=1024)
 def _parse_cached(text: str, filename: str, state_dir: str | None
                   ) -> tuple[tuple[_Found, ...], tuple[SpecError, ...], tuple[_Doc, ...]]:

@@ -1,0 +1,170 @@
+"""The daemon's HTTP endpoint: `/metrics` (Prometheus) and `/healthz`.
+
+A small `ThreadingHTTPServer` of our own rather than prometheus_client's
+`start_http_server`, because `/healthz` must answer from the daemon's own state (the last
+successful pass) and everything else must be a 404, not a second copy of the metrics.
+prometheus_client still renders the exposition, negotiating the format (text or
+OpenMetrics) from the scraper's Accept header.
+
+The address is the operator's: loopback unless a non-loopback host is written out in
+`--metrics-addr` (service names, revisions and exit codes are not for every network).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client.exposition import choose_encoder
+
+from reconciler.metrics import Metrics
+from reconciler.timing import THREAD_JOIN_SECONDS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+# A scraper that opens a connection and sends nothing must not hold a thread for long.
+REQUEST_TIMEOUT_SECONDS = 10.0
+
+
+class AddressError(ValueError):
+    """`--metrics-addr` names no address we may serve on."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsAddress:
+    """Where to serve: `host` as written (or the loopback default), and the port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(text: str, *, explicit: bool) -> MetricsAddress:
+    """`HOST:PORT`, `[IPv6]:PORT`, `:PORT` or `PORT` (the last two: 127.0.0.1).
+
+    A host that resolves to anything but loopback is refused unless `explicit` (written in
+    `--metrics-addr` itself, not taken from the environment): exposing the metrics to a
+    network is a decision an operator makes on purpose, in the one place they can see it.
+    """
+    host, port_text = _split(text.strip())
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+        raise AddressError(f"{text!r}: the port must be a number from 1 to 65535")
+    address = MetricsAddress(host or DEFAULT_HOST, int(port_text))
+    if not explicit and not all(_loopback(a) for a in resolve(address)):
+        raise AddressError(f"{text!r} is not a loopback address: name it in --metrics-addr "
+                           "itself to serve the metrics on a network")
+    return address
+
+
+def _split(text: str) -> tuple[str, str]:
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise AddressError(f"{text!r}: write an IPv6 address as [ADDRESS]:PORT")
+        return host, rest[1:]
+    host, colon, port = text.rpartition(":")
+    if ":" in host:
+        raise AddressError(f"{text!r}: write an IPv6 address as [ADDRESS]:PORT")
+    return (host, port) if colon else ("", text)
+
+
+def resolve(address: MetricsAddress) -> list[str]:
+    try:
+        found = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as err:
+        raise AddressError(f"cannot resolve {address.host!r}: {err}") from None
+    return [str(info[4][0]) for info in found]
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class MetricsServer:
+    """Serves `metrics` on `address` from its own threads until `stop()`. `healthy_within`
+    is how recent the last successful pass must be for `/healthz` to say 200 (two resync
+    intervals: a daemon that stopped passing is unhealthy well before anyone notices)."""
+
+    def __init__(self, metrics: Metrics, address: MetricsAddress,
+                 healthy_within: float) -> None:
+        self.metrics = metrics
+        self.healthy_within = healthy_within
+        family = socket.AF_INET6 if ":" in resolve(address)[0] else socket.AF_INET
+        self._server = _Server((address.host, address.port), self, family)
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        name="metrics-http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(THREAD_JOIN_SECONDS)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a hung scraper never keeps the daemon from exiting
+
+    def __init__(self, address: tuple[str, int], owner: MetricsServer,
+                 family: socket.AddressFamily) -> None:
+        self.owner = owner
+        self.address_family = family  # read by the base's __init__ to create the socket
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = REQUEST_TIMEOUT_SECONDS
+    server_version = "reconciler"
+
+    def do_GET(self) -> None:  # the name http.server dispatches to
+        path = self.path.partition("?")[0]
+        owner = self.server.owner
+        if path == "/metrics":
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            self._reply(200, encoder(owner.metrics.registry), content_type)
+        elif path == "/healthz":
+            self._healthz(owner)
+        else:
+            self._reply(404, b"not found: try /metrics or /healthz\n")
+
+    def _healthz(self, owner: MetricsServer) -> None:
+        if owner.metrics.healthy(owner.healthy_within):
+            self._reply(200, b"ok\n")
+            return
+        age = owner.metrics.seconds_since_success()
+        why = ("no pass has succeeded yet" if age is None else
+               f"the last successful pass was {age:.0f}s ago (more than "
+               f"{owner.healthy_within:.0f}s)")
+        self._reply(503, f"unhealthy: {why}\n".encode())
+
+    def _reply(self, status: int, body: bytes,
+               content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # `format`: the base's name
+        """Every scrape would be a line on stderr: only a debug log shows them."""
+        log.debug("metrics: %s %s", self.address_string(), format % args)

@@ -1,0 +1,262 @@
+"""The Prometheus endpoint and textfile (DESIGN §8.3): a real daemon scraped over real HTTP,
+parsed with prometheus_client's own parser."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from reconciler import __version__, cli
+from reconciler.metrics import SAMPLE_NAMES, Metrics, Seen
+from reconciler.metrics_server import AddressError, MetricsServer, parse_address
+from reconciler.settings import Settings
+from reconciler.state.records import JobRecord
+from tests.helpers import wait_for
+from tests.test_daemon import DaemonRunner, jobs, running, sleeper, write_spec
+
+Scrape = dict[str, list[Sample]]
+
+
+# straight to 127.0.0.1, whatever http_proxy the machine sets
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def get(url: str, accept: str | None = None) -> tuple[int, str, str]:
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    try:
+        with _DIRECT.open(request, timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers["Content-Type"], err.read().decode()
+
+
+def scrape(url: str) -> Scrape:
+    """A scrape; empty while the daemon is not listening yet."""
+    try:
+        status, _, text = get(f"{url}/metrics")
+    except urllib.error.URLError:  # connection refused: still starting up
+        return {}
+    assert status == 200
+    return parse(text)
+
+
+def parse(text: str) -> Scrape:
+    samples: Scrape = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def value(samples: Scrape, name: str, **labels: str) -> float | None:
+    found = [s.value for s in samples.get(name, [])
+             if all(s.labels.get(k) == v for k, v in labels.items())]
+    assert len(found) <= 1, (name, labels, found)
+    return found[0] if found else None
+
+
+@pytest.fixture
+def daemon(settings: Settings, tmp_path: Path) -> Iterator[DaemonRunner]:
+    runner = DaemonRunner(settings, tmp_path / "daemon.log")
+    yield runner
+    runner.cleanup()
+
+
+def test_a_scrape_shows_every_series_and_removed_jobs_vanish(
+        settings: Settings, daemon: DaemonRunner, free_port: Callable[[], int],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    sleeper(settings, "web")
+    write_spec(settings, "once.yaml", """\
+    name: once
+    actions:
+      - {name: run, cmd: "exit 3", backoff: {initial: 1h, max: 1h}}
+    """)
+    url = f"http://127.0.0.1:{free_port()}"
+    daemon.start("--metrics-addr", url.removeprefix("http://"))
+    job = wait_for(running(settings, capsys, "web.main"), message="web.main running")
+
+    def failed_once() -> Scrape | None:
+        samples = scrape(url)
+        return samples if value(samples, "reconciler_job_last_exit_code",
+                                service="once", action="run") == 3 else None
+
+    samples = wait_for(failed_once, message="the one-shot's exit code in a scrape")
+    assert set(samples) == SAMPLE_NAMES  # every series the contract names, and no other
+    web = {"service": "web", "action": "main"}
+    assert value(samples, "reconciler_job_phase", phase="running", **web) == 1
+    assert value(samples, "reconciler_job_phase", phase="backoff", **web) == 0
+    assert value(samples, "reconciler_job_phase", phase="backoff",
+                 service="once", action="run") == 1
+    assert value(samples, "reconciler_job_ready", **web) == 1
+    assert value(samples, "reconciler_job_restarts_total", **web) == 0
+    assert value(samples, "reconciler_job_start_time_seconds", **web) == pytest.approx(
+        job["started_at"])
+    rss = value(samples, "reconciler_job_resident_memory_bytes", **web)
+    assert rss is not None and rss > 1024 * 1024
+    fds = value(samples, "reconciler_job_open_fds", **web)
+    assert fds is not None and fds >= 3
+    assert value(samples, "reconciler_jobs", phase="running") == 1
+    assert value(samples, "reconciler_jobs", phase="backoff") == 1
+    assert value(samples, "reconciler_spec_file_errors") == 0
+    assert (value(samples, "reconciler_reconcile_total", result="success") or 0) >= 1
+    assert value(samples, "reconciler_build_info", version=__version__) == 1
+    (source,) = samples["reconciler_source_info"]
+    assert source.labels["revision"] == "unknown"  # not in git, and no --revision
+    churning = [s for name, series in samples.items() if not name.endswith("_info")
+                for s in series if {"pid", "revision", "job_id"} & set(s.labels)]
+    assert not churning  # labels that change on every restart or commit: _info series only
+
+    assert get(f"{url}/healthz")[0] == 200
+    assert get(f"{url}/nothing-here")[0] == 404
+    status, content_type, body = get(f"{url}/metrics", "application/openmetrics-text")
+    assert status == 200 and content_type.startswith("application/openmetrics-text")
+    assert body.rstrip().endswith("# EOF")
+
+    (settings.specs_dir / "web.yaml").unlink()
+    wait_for(lambda: (samples := scrape(url)) and not any(
+        s.labels.get("service") == "web" for series in samples.values() for s in series),
+             message="the removed job's series to vanish")
+    assert "web.main" not in jobs(settings, capsys)
+
+
+def test_a_broken_spec_file_counts_in_spec_file_errors(
+        settings: Settings, daemon: DaemonRunner, free_port: Callable[[], int]) -> None:
+    write_spec(settings, "broken.yaml", "name: broken\nactions: [\n")
+    url = f"http://127.0.0.1:{free_port()}"
+    daemon.start("--metrics-addr", url.removeprefix("http://"), "--allow-empty")
+    wait_for(lambda: value(scrape(url), "reconciler_spec_file_errors") == 1,
+             message="one broken file counted")
+
+
+def test_healthz_says_503_until_a_pass_succeeded_and_when_the_last_is_too_old(
+        free_port: Callable[[], int]) -> None:
+    now = [1000.0]
+    metrics = Metrics(process=False, clock=lambda: now[0])
+    server = MetricsServer(metrics, parse_address(f"127.0.0.1:{free_port()}", explicit=True),
+                           healthy_within=60.0)
+    server.start()
+    try:
+        status, _, body = get(f"{server.url}/healthz")
+        assert status == 503 and "no pass has succeeded yet" in body
+        metrics.passed(Seen((), None, None, None, 0), 0.01)
+        assert get(f"{server.url}/healthz")[0] == 200
+        now[0] += 61
+        status, _, body = get(f"{server.url}/healthz")
+        assert status == 503 and "61s ago" in body
+        metrics.failed(0.5)  # a failed pass does not make it healthy
+        assert get(f"{server.url}/healthz")[0] == 503
+        samples = parse(get(f"{server.url}/metrics")[2])
+        assert value(samples, "reconciler_reconcile_total", result="error") == 1
+        assert value(samples, "reconciler_reconcile_duration_seconds_count") == 2
+    finally:
+        server.stop()
+
+
+def test_only_the_newest_job_of_an_action_speaks_for_it() -> None:
+    """While a new generation replaces an old one both have records; two series with the
+    same labels would make the whole scrape unparseable."""
+    old = JobRecord(id="a-1", service="a", action="main", generation="g1", phase="stopping",
+                    created_at=1.0)
+    new = JobRecord(id="a-2", service="a", action="main", generation="g2", phase="pending",
+                    created_at=2.0)
+    metrics = Metrics(process=False, read_counters=lambda _ids: {})
+    metrics.passed(Seen((new, old), "r", "r", False, 0), 0.01)
+    from prometheus_client import generate_latest
+
+    samples = parse(generate_latest(metrics.registry).decode())
+    assert value(samples, "reconciler_job_phase", service="a", action="main",
+                 phase="pending") == 1
+    assert value(samples, "reconciler_jobs", phase="stopping") == 1  # still counted
+
+
+@pytest.mark.parametrize(("text", "host", "port"), [
+    ("9464", "127.0.0.1", 9464), (":9464", "127.0.0.1", 9464),
+    ("127.0.0.1:1", "127.0.0.1", 1), ("[::1]:9464", "::1", 9464),
+    ("localhost:9464", "localhost", 9464),
+])
+def test_loopback_addresses_are_served_from_the_flag_or_the_environment(
+        text: str, host: str, port: int) -> None:
+    for explicit in (True, False):
+        address = parse_address(text, explicit=explicit)
+        assert (address.host, address.port) == (host, port)
+
+
+def test_a_non_loopback_address_must_be_written_in_the_flag() -> None:
+    assert parse_address("0.0.0.0:9464", explicit=True).host == "0.0.0.0"
+    with pytest.raises(AddressError, match="not a loopback address"):
+        parse_address("0.0.0.0:9464", explicit=False)
+
+
+@pytest.mark.parametrize("text", ["", ":", "x", "1:0", ":65536", "::1:80", "[::1]80",
+                                  "host:-1", "[::1", "1:٣"])
+def test_bad_addresses_are_clear_errors(text: str) -> None:
+    with pytest.raises(AddressError):
+        parse_address(text, explicit=True)
+
+
+def cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_the_cli_refuses_what_it_cannot_serve(settings: Settings,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--specs", str(settings.specs_dir), "--state-dir", str(settings.state_dir)]
+    assert "--metrics-textfile" in cli_error([*common, "--once", "--metrics-addr", "9464"],
+                                             capsys)
+    assert "--once" in cli_error([*common, "--metrics-textfile", "/tmp/x.prom"], capsys)
+    with monkeypatch.context() as env:
+        env.setenv("RECONCILER_METRICS_ADDR", "0.0.0.0:9464")
+        err = cli_error(common, capsys)
+    assert "$RECONCILER_METRICS_ADDR" in err and "not a loopback address" in err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        err = cli_error([*common, "--metrics-addr", f"127.0.0.1:{port}"], capsys)
+    assert "cannot listen" in err and "Traceback" not in err
+
+
+def test_once_writes_the_textfile_atomically(settings: Settings, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    write_spec(settings, "job.yaml", """\
+    name: job
+    actions:
+      - {name: run, cmd: "true"}
+    """)
+    out = tmp_path / "textfile"
+    out.mkdir()
+    path = out / "reconciler.prom"
+    argv = ["--specs", str(settings.specs_dir), "--state-dir", str(settings.state_dir),
+            "--once", "--metrics-textfile", str(path)]
+    assert cli.main(argv) == 0
+    first = os.stat(path).st_ino
+    samples = parse(path.read_text())
+    assert value(samples, "reconciler_job_phase", service="job", action="run",
+                 phase="succeeded") == 1
+    assert value(samples, "reconciler_job_last_exit_code", service="job", action="run") == 0
+    assert value(samples, "reconciler_reconcile_total", result="success") == 1
+    assert not any(name.startswith("process_") for name in samples)  # a process long gone
+    assert cli.main(argv) == 0
+    assert os.stat(path).st_ino != first  # replaced by a rename, never rewritten in place
+    assert [p.name for p in out.iterdir()] == ["reconciler.prom"]  # no temp file left
+    capsys.readouterr()
+
+
+def test_docs_list_every_series_and_no_other() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
+    documented = set(re.findall(r"`((?:reconciler|process)_[a-z_]+)`", text))
+    histogram = "reconciler_reconcile_duration_seconds"
+    exported = {n for n in SAMPLE_NAMES if not n.startswith(f"{histogram}_")} | {histogram}
+    assert documented == exported
