@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks import logflood, measure, report, slowstop
+from benchmarks import logflood, measure, metricscost, report, slowstop
 from benchmarks.supervisors import ALL, MARKERS, REPO, Reconciler, Supervisor, kill_all
 
-SCENARIOS = ("all", "compare", "slow-stop", "log-flood")
+SCENARIOS = ("all", "compare", "slow-stop", "log-flood", "metrics")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Plan:
     noop_passes: int
     slow: slowstop.SlowPlan
     flood: logflood.FloodPlan
+    metrics: metricscost.MetricsPlan
     converge_timeout: float = 180.0
 
 
@@ -60,7 +61,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
                    help="all (default); compare: the three supervisors side by side; "
                         "slow-stop: respawn while another job takes 8 s to stop "
                         "(reconciler only, ≤ 2 min); log-flood: a job writing 100 MB/s, "
-                        "its log sampled every 2 ms (reconciler only, ≤ 1 min)")
+                        "its log sampled every 2 ms (reconciler only, ≤ 1 min); metrics: "
+                        "what --metrics-addr costs at the largest N (reconciler only, "
+                        "≈ 4 min)")
     p.add_argument("--slow-samples", type=int, default=20,
                    help="slow stop: kills, each while a slow stop is in progress")
     p.add_argument("--slow-trigger", choices=("remove", "down"), default="remove",
@@ -71,14 +74,16 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
                                  trigger=args.slow_trigger, budget_s=50.0)
         plan = Plan(ns=(50,), runs=1, samples=10, idle_s=5.0, settle_s=1.0, gap_s=0.05,
                     save_samples=10, noop_n=200, noop_passes=20, slow=slow,
-                    flood=logflood.FloodPlan(variants=logflood.QUICK_VARIANTS))
+                    flood=logflood.FloodPlan(variants=logflood.QUICK_VARIANTS),
+                    metrics=metricscost.MetricsPlan(n=50, runs=1, idle_s=10.0, scrapes=10))
     else:
         ns = tuple(int(x) for x in args.n.split(","))
         slow = slowstop.SlowPlan(n=min(ns), samples=args.slow_samples,
                                  trigger=args.slow_trigger)
         plan = Plan(ns=ns, runs=args.runs, samples=args.samples, idle_s=args.idle,
                     settle_s=2.0, gap_s=0.1, save_samples=10, noop_n=max(1000, *ns),
-                    noop_passes=20, slow=slow, flood=logflood.FloodPlan())
+                    noop_passes=20, slow=slow, flood=logflood.FloodPlan(),
+                    metrics=metricscost.MetricsPlan(n=max(ns), runs=args.runs))
     return args, plan
 
 
@@ -143,6 +148,12 @@ def log_flood(plan: Plan, root: Path) -> list[logflood.FloodResult]:
     return logflood.run(plan.flood, root, uuid.uuid4().hex)
 
 
+def metrics_cost(plan: Plan, root: Path) -> metricscost.MetricsResult:
+    m = plan.metrics
+    print(f"metrics n={m.n}: {m.runs} run(s) without and with --metrics-addr …", flush=True)
+    return metricscost.run(m, root, uuid.uuid4().hex)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, plan = parse_args(argv)
     only = {s for s in args.only.split(",") if s}
@@ -151,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     noops: Noops = []
     slow: slowstop.SlowStopResult | None = None
     flood: list[logflood.FloodResult] = []
+    metrics: metricscost.MetricsResult | None = None
     started = time.monotonic()
     # As `pip install` does: otherwise, with PYTHONDONTWRITEBYTECODE set (it is on the
     # machines this was measured on), every start would compile the package from source.
@@ -164,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 slow = slow_stop(plan, root)
             if args.scenario in ("all", "log-flood") and Reconciler in classes:
                 flood = log_flood(plan, root)
+            if args.scenario in ("all", "metrics") and Reconciler in classes:
+                metrics = metrics_cost(plan, root)
         finally:
             kill_all_started()
     elapsed = time.monotonic() - started
@@ -174,9 +188,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.scenario == "log-flood":
         text = "\n".join(report.log_flood(flood, command.strip())) if flood else "no reconciler"
         output = args.output
+    elif args.scenario == "metrics":
+        text = ("\n".join(report.metrics_cost(metrics, plan.metrics, command.strip()))
+                if metrics else "no reconciler")
+        output = args.output
     else:
         text = report.render(results, noops, plan, command.strip(), elapsed,
-                             {c.name: c.version() for c in classes}, slow, flood)
+                             {c.name: c.version() for c in classes}, slow, flood,
+                             (metrics, plan.metrics) if metrics else None)
         output = args.output or str(report.DOC)
     print(text)
     if output:
@@ -185,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              for k, d in results.items()},
            "noop": noops, "slow_stop": asdict(slow) if slow else None,
            "log_flood": [{k: v for k, v in asdict(r).items() if k != "live_series"}
-                         for r in flood]}
+                         for r in flood],
+           "metrics": asdict(metrics) if metrics else None}
     Path(__file__).with_name("last-run.json").write_text(json.dumps(raw, indent=1))
     return 0
 

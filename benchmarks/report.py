@@ -9,8 +9,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks import metricscost
 from benchmarks.logflood import FloodResult, MiB
 from benchmarks.measure import SessionResult
+from benchmarks.metricscost import MetricsPlan, MetricsResult
 from benchmarks.slowstop import SlowStopResult
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -215,6 +217,32 @@ def log_flood(results: list[FloodResult], command: str = "") -> list[str]:
     return [*lines, ""]
 
 
+def metrics_cost(res: MetricsResult, plan: MetricsPlan, command: str = "") -> list[str]:
+    """The metrics scenario's table (issue 11's goals); `command` when run on its own."""
+    got = metricscost.summary(res, plan.scrape_every)
+    lines = ["### Metrics endpoint (reconciler only)", ""]
+    if command:
+        lines += [f"Produced by `{command}`.", ""]
+    scrape, cpu, rss = got["scrape_p50_ms"], got["cpu_added"], got["rss_added"]
+    lines += [
+        f"N = {res.n} sleepers, {plan.runs} run(s), each a daemon without and one with "
+        f"`--metrics-addr`; idle window {plan.idle_s:g} s (no scrapes); then "
+        f"{plan.scrapes} scrapes 0.2 s apart (full HTTP round trip, "
+        f"{res.scrape_bytes / 1024:.0f} KiB each), the daemon's CPU counted over them. "
+        f"{res.failures} session(s) failed to converge.", "",
+        "| metric | without | with | added | goal |", "|---|---|---|---|---|",
+        f"| scrape at N={res.n} (ms) | | p50 {fmt(scrape)}, max {fmt(got['scrape_max_ms'])} "
+        f"| | p50 ≤ 50 ms → {_goal(scrape is not None and scrape <= 50)} |",
+        f"| daemon CPU per scrape (ms) | | {fmt(got['scrape_cpu_ms'])} | | |",
+        f"| idle CPU, not scraped (% of a core) | {fmt(got['cpu_off'])} "
+        f"| {fmt(got['cpu_on'])} | {fmt(got['cpu_standing'])} | |",
+        f"| idle CPU, scraped every {plan.scrape_every:g} s (% of a core) | | | {fmt(cpu)} "
+        f"| ≤ +0.3 → {_goal(cpu is not None and cpu <= 0.3)} |",
+        f"| RSS (MiB) | {fmt(got['rss_off'])} | {fmt(got['rss_on'])} | {fmt(rss)} "
+        f"| ≤ +5 → {_goal(rss is not None and rss <= 5)} |", ""]
+    return lines
+
+
 def _goal(met: bool) -> str:
     return "met" if met else "**missed**"
 
@@ -223,7 +251,8 @@ def render(results: dict[str, dict[int, list[SessionResult]]],
            noops: list[tuple[float | None, list[float]]], plan: Any, command: str,
            elapsed: float, versions: dict[str, str],
            slow: SlowStopResult | None = None,
-           flood: Sequence[FloodResult] = ()) -> str:
+           flood: Sequence[FloodResult] = (),
+           metrics: tuple[MetricsResult, MetricsPlan] | None = None) -> str:
     polls = [r.poll_ms for d in results.values() for rs in d.values() for r in rs if r.poll_ms]
     out = ["# Benchmarks: reconciler vs supervisord vs circus", "",
            "Produced by (from the repository root, venv with `.[bench]` installed):", "",
@@ -245,6 +274,8 @@ def render(results: dict[str, dict[int, list[SessionResult]]],
         out += slow_stop(slow)
     if flood:
         out += log_flood(list(flood))
+    if metrics is not None:
+        out += metrics_cost(*metrics)
     out.append(METHOD)
     return "\n".join(out) + "\n"
 
@@ -295,6 +326,12 @@ METHOD = """## Method
   log and each `.log.N`; the writer notes how much it wrote; the daemon's CPU (all threads)
   is read from /proc over the flood. The sampler may miss a peak between two samples (see
   the gap column).
+- metrics (`--scenario metrics`; reconciler only): N sleepers under a daemon without
+  `--metrics-addr` and under one with it (alternating which goes first, per run); each
+  converges and settles, then its idle CPU and RSS are measured as above (no scrapes); then
+  the second is scraped 30 times 0.2 s apart, each timed from the scraper (connect, request,
+  whole body), and the daemon's CPU ticks over the 30 give one scrape's CPU. The CPU added at
+  a 15 s scrape interval is the idle difference plus one scrape's CPU per 15 s.
 - The harness's own 1 ms poll competes for the 2 cores with the daemons; it does so equally
   for all three.
 """

@@ -3,8 +3,8 @@
 A small `ThreadingHTTPServer` of our own rather than prometheus_client's
 `start_http_server`, because `/healthz` must answer from the daemon's own state (the last
 successful pass) and everything else must be a 404, not a second copy of the metrics.
-prometheus_client still renders the exposition, negotiating the format (text or
-OpenMetrics) from the scraper's Accept header.
+`/metrics` is always the text format (0.0.4), which every Prometheus reads: the per-job
+series are rendered by our own fast path (`metrics.JobSeries`), which writes no OpenMetrics.
 
 The address is the operator's: loopback unless a non-loopback host is written out in
 `--metrics-addr` (service names, revisions and exit codes are not for every network).
@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client.exposition import choose_encoder
-
-from reconciler.metrics import Metrics
+from reconciler.metrics import CONTENT_TYPE, Metrics
 from reconciler.timing import THREAD_JOIN_SECONDS
 
 log = logging.getLogger(__name__)
@@ -140,8 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.partition("?")[0]
         owner = self.server.owner
         if path == "/metrics":
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            self._reply(200, encoder(owner.metrics.registry), content_type)
+            self._reply(200, owner.metrics.exposition(), CONTENT_TYPE)
         elif path == "/healthz":
             self._healthz(owner)
         else:

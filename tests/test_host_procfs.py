@@ -49,7 +49,10 @@ def test_parse_stat_fields() -> None:
     stat = parse_stat(stat_line(pid=42, comm="python3", state="R", ppid=7, pgrp=40,
                                 session=39, starttime=987654))
     assert stat == Stat(pid=42, comm="python3", state="R", ppid=7, pgrp=40, session=39,
-                        starttime=987654, utime=1, stime=2, threads=1, rss_pages=0)
+                        starttime=987654)
+    usage = procfs.parse_stat_usage(stat_line(comm="a) b", starttime=987654).encode())
+    assert (usage.state, usage.utime, usage.stime, usage.threads, usage.starttime,
+            usage.rss_pages) == ("S", 1, 2, 1, 987654, 0)
     assert not stat.zombie
     assert parse_stat(stat_line(state="Z")).zombie
 
@@ -58,7 +61,9 @@ def test_read_usage_of_a_live_process_counts_its_cpu_memory_threads_and_fds() ->
     found = procfs.read_usage(os.getpid())
     assert found is not None
     stat, fds = found
-    assert stat.pid == os.getpid() and stat.threads >= 1 and stat.rss_pages > 0
+    me = procfs.read_stat(os.getpid())
+    assert me is not None and stat.starttime == me.starttime
+    assert stat.threads >= 1 and stat.rss_pages > 0
     assert fds is not None and fds >= 3  # stdin, stdout, stderr at least
     with open(os.devnull) as _a, open(os.devnull) as _b:
         again = procfs.read_usage(os.getpid())

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler import __version__, logformat, logpaths, logs
@@ -171,14 +172,12 @@ def write_metrics_textfile(path: str, result: PassResult, seconds: float) -> Non
     short-lived process's own `process_*`), replaced atomically (temp file and rename in
     the same directory), so node_exporter never reads half a file. The convergence counts
     as one pass."""
-    from prometheus_client import write_to_textfile
-
     from reconciler.metrics import Metrics, seen_of
 
     metrics = Metrics(process=False)
     metrics.passed(seen_of(result), seconds)
     try:
-        write_to_textfile(path, metrics.registry)
+        metrics.write_textfile(Path(path))
     except OSError as err:
         raise OSError(f"--metrics-textfile {path}: {err.strerror or err}") from None
 

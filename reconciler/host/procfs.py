@@ -77,11 +77,6 @@ class Stat:
     pgrp: int
     session: int
     starttime: int  # clock ticks after boot (field 22)
-    # usage (fields 14, 15, 20, 24); 0 in a truncated line, which only a fuzzer writes
-    utime: int = 0  # clock ticks in user mode
-    stime: int = 0  # clock ticks in kernel mode
-    threads: int = 0
-    rss_pages: int = 0
 
     @property
     def zombie(self) -> bool:
@@ -102,24 +97,43 @@ def parse_stat(text: str) -> Stat:
     state = rest[0]
     if len(state) != 1 or not state.isascii() or not state.isalpha():
         raise ValueError(f"stat: bad state {state!r}")
-    utime, stime, threads, rss = _usage(rest)
     return Stat(pid=pid, comm=text[lparen + 1:rparen], state=state, ppid=_dec(rest[1]),
-                pgrp=_dec(rest[2]), session=_dec(rest[3]), starttime=_dec(rest[19]),
-                utime=utime, stime=stime, threads=threads, rss_pages=rss)
+                pgrp=_dec(rest[2]), session=_dec(rest[3]), starttime=_dec(rest[19]))
 
 
-def _usage(rest: list[str]) -> tuple[int, int, int, int]:
-    """utime, stime, num_threads and rss (fields 14, 15, 20, 24): numbers to report, not
-    to decide by, so a field the kernel would never print that way reads as 0 instead of
-    costing the identity fields their parse."""
-    picked = (rest[11], rest[12], rest[17], rest[21] if len(rest) >= 22 else "0")
-    numbers = []
-    for token in picked:
-        try:
-            numbers.append(max(_signed(token), 0))
-        except ValueError:
-            numbers.append(0)
-    return numbers[0], numbers[1], numbers[2], numbers[3]
+@dataclass(frozen=True, slots=True)
+class StatUsage:
+    """What /proc/<pid>/stat says a process has used (fields 3, 14, 15, 20, 22, 24), with
+    its start time to tell whose it is."""
+
+    state: str
+    utime: int  # clock ticks in user mode
+    stime: int  # clock ticks in kernel mode
+    threads: int
+    starttime: int
+    rss_pages: int
+
+    @property
+    def zombie(self) -> bool:
+        return self.state in ("Z", "X", "x")
+
+
+def parse_stat_usage(raw: bytes) -> StatUsage:
+    """The usage fields of a stat line, read on every scrape for every job: only the
+    fields it needs, split once (`parse_stat` does the full, stricter job for identities)."""
+    rparen = raw.rfind(b")")
+    rest = raw[rparen + 1:].split()
+    if rparen < 0 or len(rest) < 22:
+        raise ValueError("stat: too few fields after comm")
+    state = rest[0].decode("ascii", "replace")
+    utime, stime, threads, starttime, rss = (_int(rest[i]) for i in (11, 12, 17, 19, 21))
+    return StatUsage(state, utime, stime, threads, starttime, max(rss, 0))
+
+
+def _int(token: bytes) -> int:
+    if not token.lstrip(b"-").isdigit():
+        raise ValueError(f"not a decimal number: {token!r}")
+    return int(token)
 
 
 def parse_cmdline(raw: bytes) -> tuple[str, ...]:
@@ -214,27 +228,38 @@ def _process_at(dir_fd: int) -> tuple[Stat, tuple[str, ...]] | None:
     return stat, parse_cmdline(raw)
 
 
-def read_usage(pid: int) -> tuple[Stat, int | None] | None:
-    """stat and the number of open fds of the SAME process (one dir fd), or None if it is
-    gone. The fd count is None when /proc/<pid>/fd is not ours to list (another user)."""
-    with _proc_dir(pid) as dir_fd:
-        if dir_fd is None:
-            return None
-        stat = _stat_at(dir_fd)
-        return None if stat is None else (stat, _count_fds_at(dir_fd))
-
-
-def _count_fds_at(dir_fd: int) -> int | None:
+def read_usage(pid: int) -> tuple[StatUsage, int | None] | None:
+    """The usage of `pid` and its number of open fds (None: not ours to count), or None if
+    it is gone. No dir fd (a scrape does this for a thousand jobs): the fds are counted
+    first and stat read second, so when the start time in stat is the job's, the process
+    that had the fds was that job too (a pid is reused only after its process is gone)."""
+    fds = _count_fds(pid)
     try:
-        fd = os.open("fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = os.open(f"{PROC}/{int(pid)}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        return len(os.listdir(fd))
+        raw = os.read(fd, _STAT_MAX)
     except OSError:
         return None
     finally:
         os.close(fd)
+    try:
+        return parse_stat_usage(raw), fds
+    except ValueError:
+        return None
+
+
+def _count_fds(pid: int) -> int | None:
+    """Since Linux 6.2 the size of /proc/<pid>/fd is its number of open fds: one stat
+    instead of a listing. An older kernel says 0, and then the listing answers (a process
+    with no fd at all pays for it)."""
+    path = f"{PROC}/{int(pid)}/fd"
+    try:
+        size = os.stat(path).st_size
+        return size if size > 0 else len(os.listdir(path))
+    except OSError:
+        return None
 
 
 def iter_pids() -> Iterator[int]:

@@ -43,10 +43,9 @@ class Counters:
 
 
 def read_counters(identities: Mapping[str, Identity]) -> dict[str, Counters]:
-    """Counters of each process (by key, e.g. job id) that still is the one named: read
-    through one /proc dir fd per process, and a pid that now names another process (its
-    start time differs) is skipped. One open of `stat` and one listing of `fd` per process,
-    so a scrape of a thousand jobs stays in milliseconds."""
+    """Counters of each process (by key, e.g. job id) that still is the one named; a pid
+    that now names another process (its start time differs) is skipped. One read of `stat`
+    and one stat of `fd` per process, so a scrape of a thousand jobs stays in milliseconds."""
     boot_id = procfs.read_boot_id()
     found: dict[str, Counters] = {}
     for key, ident in identities.items():
@@ -57,7 +56,7 @@ def read_counters(identities: Mapping[str, Identity]) -> dict[str, Counters]:
             continue
         stat, fds = usage
         if stat.starttime != ident.starttime_ticks or stat.zombie:
-            continue
+            continue  # another process has the pid now, or ours has ended
         found[key] = Counters(cpu_seconds=(stat.utime + stat.stime) / _TICKS_PER_SECOND,
                               rss_bytes=stat.rss_pages * _PAGE_BYTES, threads=stat.threads,
                               open_fds=fds)

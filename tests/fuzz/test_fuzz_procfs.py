@@ -13,6 +13,7 @@ from reconciler.host.procfs import (
     parse_net_tcp,
     parse_net_unix,
     parse_stat,
+    parse_stat_usage,
 )
 
 FUZZ = settings(derandomize=True, deadline=None, database=None, max_examples=400,
@@ -59,6 +60,21 @@ def test_stat_round_trips_any_comm(case: tuple[str, dict[str, object]]) -> None:
 @given(st.text(max_size=300))
 def test_stat_random_text(text: str) -> None:
     either_parses_or_value_error(parse_stat, text)
+
+
+@FUZZ
+@given(stat_line())
+def test_stat_usage_reads_the_start_time_of_any_line(case: tuple[str, dict[str, object]]
+                                                     ) -> None:
+    line, fields = case
+    assert parse_stat_usage(line.encode()).starttime == fields["starttime"]
+
+
+@FUZZ
+@given(st.binary(max_size=400))
+def test_stat_usage_random_bytes(raw: bytes) -> None:
+    with contextlib.suppress(ValueError):
+        parse_stat_usage(raw)
 
 
 @FUZZ
