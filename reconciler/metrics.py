@@ -86,6 +86,7 @@ class Metrics:
         self._clock = clock
         self._seen: Seen | None = None
         self._last_success: float | None = None
+        self._restarts = RestartTotal()
         build = Gauge("reconciler_build_info", "The reconciler's version (value 1).",
                       ["version"], registry=self.registry)
         build.labels(version=__version__).set(1)
@@ -99,12 +100,14 @@ class Metrics:
         self._success_at = Gauge("reconciler_last_successful_reconcile_timestamp_seconds",
                                  "When the last successful pass ended (Unix time).",
                                  registry=self.registry)
-        self.registry.register(JobCollector(lambda: self._seen, read_counters))
+        self.registry.register(JobCollector(lambda: self._seen, read_counters,
+                                            lambda: self._restarts.total))
         if process:
             ProcessCollector(registry=self.registry)
 
     def passed(self, seen: Seen, seconds: float) -> None:
         """A pass ran to its end (spec errors included: those are `spec_file_errors`)."""
+        self._restarts.update(seen.jobs)
         self._seen = seen
         self._passes.labels(result="success").inc()
         self._duration.observe(seconds)
@@ -126,13 +129,36 @@ class Metrics:
         return None if last is None else self._clock() - last
 
 
+class RestartTotal:
+    """The host's restarts as a real counter. A plain sum over the current jobs drops when
+    a job that restarted goes away (removed, or replaced by a new generation starting at 0),
+    and Prometheus reads any drop as a reset: `increase()` would count every remaining
+    restart again. So the total only ever adds what each job's count grew by."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._counted: dict[str, int] = {}  # job id -> its restart_count already in total
+
+    def update(self, jobs: Iterable[JobRecord]) -> None:
+        counted: dict[str, int] = {}
+        for job in jobs:
+            if job.phase == "removed":
+                continue
+            before = self._counted.get(job.id, 0)
+            self.total += max(job.restart_count - before, 0)
+            counted[job.id] = max(job.restart_count, before)
+        self._counted = counted
+
+
 class JobCollector(Collector):
     """The per-job series, the host-level aggregates and the source, read at scrape time
     from the last pass's snapshot (`seen`)."""
 
-    def __init__(self, seen: Callable[[], Seen | None], counters: ReadCounters) -> None:
+    def __init__(self, seen: Callable[[], Seen | None], counters: ReadCounters,
+                 restarts: Callable[[], int]) -> None:
         self._seen = seen
         self._counters = counters
+        self._restarts = restarts
 
     def collect(self) -> Iterator[Metric]:
         seen = self._seen()
@@ -140,7 +166,7 @@ class JobCollector(Collector):
         counters = self._counters({j.id: j.identity for j in jobs
                                    if j.pid is not None and j.identity is not None})
         yield from job_families(jobs, counters)
-        yield from host_families(seen.jobs if seen is not None else ())
+        yield from host_families(seen.jobs if seen is not None else (), self._restarts())
         if seen is not None:
             yield from source_families(seen)
 
@@ -201,9 +227,10 @@ def job_families(jobs: list[JobRecord], counters: Mapping[str, Counters]) -> lis
     return [phase, ready, restarts, started, exit_code, cpu, rss, fds]
 
 
-def host_families(jobs: Iterable[JobRecord]) -> list[Metric]:
+def host_families(jobs: Iterable[JobRecord], restarts: int) -> list[Metric]:
     """What a fleet view federates instead of the per-job series: a thousand hosts times a
-    thousand jobs times ~17 series each is past what one Prometheus holds."""
+    thousand jobs times ~17 series each is past what one Prometheus holds. `restarts` is the
+    host's running total (`RestartTotal`)."""
     live = [j for j in jobs if j.phase != "removed"]
     by_phase: Tally[str] = Tally(j.phase for j in live)
     count = GaugeMetricFamily("reconciler_jobs", "Jobs on this host, by phase.",
@@ -212,7 +239,7 @@ def host_families(jobs: Iterable[JobRecord]) -> list[Metric]:
         count.add_metric([name], float(by_phase.get(name, 0)))
     total = CounterMetricFamily("reconciler_restarts",
                                 "Restarts summed over this host's jobs.",
-                                value=float(sum(j.restart_count for j in live)))
+                                value=float(restarts))
     return [count, total]
 
 

@@ -9,6 +9,7 @@ import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,29 @@ def test_docs_list_every_series_and_no_other() -> None:
     histogram = "reconciler_reconcile_duration_seconds"
     exported = {n for n in SAMPLE_NAMES if not n.startswith(f"{histogram}_")} | {histogram}
     assert documented == exported
+
+
+def test_the_host_restart_counter_never_goes_down() -> None:
+    """`reconciler_restarts_total` is a counter: when a job that restarted goes away (removed,
+    or replaced by a new generation that starts at 0), the host's total must not drop, or
+    rate()/increase() read the drop as a reset and count every remaining restart again."""
+    a = JobRecord(id="a-1", service="a", action="main", generation="g1", phase="running",
+                  restart_count=5, created_at=1.0)
+    b = JobRecord(id="b-1", service="b", action="main", generation="g1", phase="running",
+                  restart_count=2, created_at=1.0)
+    a2 = JobRecord(id="a-2", service="a", action="main", generation="g2", phase="running",
+                   created_at=2.0)
+    metrics = Metrics(process=False, read_counters=lambda _ids: {})
+    from prometheus_client import generate_latest
+
+    def total() -> float | None:
+        return value(parse(generate_latest(metrics.registry).decode()),
+                     "reconciler_restarts_total")
+
+    metrics.passed(Seen((a, b), "r", "r", False, 0), 0.01)
+    assert total() == 7
+    b = replace(b, restart_count=3)  # b restarted once more; a new generation replaced a
+    metrics.passed(Seen((a2, b), "r", "r", False, 0), 0.01)
+    assert total() == 8
+    metrics.passed(Seen((), "r", "r", False, 0), 0.01)  # every service removed
+    assert total() == 8
