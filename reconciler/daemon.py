@@ -196,15 +196,20 @@ class Daemon:
             self._pinged_at = time.monotonic()
 
     def _reload(self, passes: Passes) -> None:
+        """Before the first successful pass systemd still waits for start-up: a reload then
+        says nothing to it, since its closing READY=1 would call the daemon started."""
         self.reload_requested.clear()
         self.wake.clear()
-        self.notifier.reloading()
+        started = self.passes > 0
+        if started:
+            self.notifier.reloading()
         log.info("reload (SIGHUP): caches dropped, re-reading every spec file")
         passes.forget_caches()
         result = self._pass(passes)
         log.info("reload done: %s", status_line(result) if result else "the pass failed; "
                  "retrying with backoff")
-        self.notifier.ready(status_line(result or self.last_result))
+        if started:
+            self.notifier.ready(status_line(result or self.last_result))
 
     def _stopping(self) -> None:
         left = status_line(self.last_result)

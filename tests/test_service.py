@@ -31,6 +31,7 @@ from tests.test_daemon import (
     events,
     jobs,
     running,
+    scripted,
     sleeper,
     write_spec,
 )
@@ -298,3 +299,36 @@ def test_json_log_lines_are_one_object_each(settings: Settings, daemon: DaemonRu
     assert "\x1b" not in daemon.log.read_text()
     assert any(e["level"] == "error" and "spawn-error" in e["message"] for e in entries)
 
+
+
+def test_a_reload_before_the_first_successful_pass_does_not_say_ready(
+        settings: Settings, notify: NotifySocket) -> None:
+    """READY=1 means start-up is done (the first pass succeeded). A SIGHUP while the first
+    passes still fail must not send it: systemd would call the unit started."""
+    failing = threading.Event()
+    failing.set()
+
+    def fail_while_told(_call: int) -> None:
+        if failing.is_set():
+            raise OSError("the state disk is on fire")
+
+    opened, open_passes = scripted(settings, fail_while_told)
+    daemon = Daemon(settings, resync=3600, retry_initial=0.05, retry_max=0.05,
+                    open_passes=open_passes, notifier=Notifier(str(notify.path)))
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    try:
+        wait_for(lambda: opened and opened[0].calls >= 1, message="a first, failed pass")
+        daemon.reload()
+        wait_for(lambda: not daemon.reload_requested.is_set(), message="the reload taken")
+        after = opened[0].calls
+        wait_for(lambda: opened[0].calls >= after + 2, message="the reload's pass done")
+        notify.drain()
+        assert not [m for m in notify.seen if m.get("READY") == "1"], notify.seen
+        failing.clear()
+        notify.expect(has("READY", "1"))
+    finally:
+        failing.clear()
+        daemon.stop()
+        runner.join(timeout=30)
+    assert not runner.is_alive()
