@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import re
 import socket
+import stat
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -287,3 +289,23 @@ def test_the_host_restart_counter_never_goes_down() -> None:
     assert total() == 8
     metrics.passed(Seen((), "r", "r", False, 0), 0.01)  # every service removed
     assert total() == 8
+
+
+def test_the_textfile_is_never_written_through_a_planted_symlink(
+        settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The textfile directory is often shared; root writing there must not follow a link
+    someone planted at the temp file's name (prometheus_client's is `PATH.<pid>.<thread>`,
+    opened without O_EXCL or O_NOFOLLOW), and node_exporter (another user) must read it."""
+    out = tmp_path / "textfile"
+    out.mkdir()
+    path = out / "reconciler.prom"
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (out / f"reconciler.prom.{os.getpid()}.{threading.get_ident()}").symlink_to(victim)
+    argv = ["--specs", str(settings.specs_dir), "--state-dir", str(settings.state_dir),
+            "--once", "--allow-empty", "--metrics-textfile", str(path)]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert victim.read_text() == "precious\n"
+    assert not path.is_symlink() and "reconciler_build_info" in path.read_text()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644

@@ -10,6 +10,7 @@ and leave a fresh one absent. Commands that act (`--once`, the daemon, `down`, `
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -34,6 +35,7 @@ from reconciler.cli.args import (
 from reconciler.cli.errors import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UsageError
 from reconciler.controller import PassResult, Reconciler, prepare_state_dir
 from reconciler.daemon import Daemon
+from reconciler.files import write_atomic
 from reconciler.host.usage import UsageSampler
 from reconciler.info import info_from, read_info
 from reconciler.preview import preview
@@ -54,6 +56,7 @@ if TYPE_CHECKING:  # imported where used: only a daemon with metrics loads prome
     from reconciler.metrics_server import MetricsAddress, MetricsServer
 
 log = logging.getLogger("reconciler")
+TEXTFILE_MODE = 0o644  # node_exporter reads it as its own user
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -170,15 +173,19 @@ def write_metrics_textfile(path: str, result: PassResult, seconds: float) -> Non
     """`--once --metrics-textfile`: the same series as the endpoint (without the
     short-lived process's own `process_*`), replaced atomically (temp file and rename in
     the same directory), so node_exporter never reads half a file. The convergence counts
-    as one pass."""
-    from prometheus_client import write_to_textfile
+    as one pass. Not prometheus_client's write_to_textfile: its temp file has a guessable
+    name and is opened through any symlink planted there (we often run as root). World-
+    readable, for node_exporter; the directory must exist (a typo is an error)."""
+    from prometheus_client import generate_latest
 
     from reconciler.metrics import Metrics, seen_of
 
     metrics = Metrics(process=False)
     metrics.passed(seen_of(result), seconds)
     try:
-        write_to_textfile(path, metrics.registry)
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise FileNotFoundError(errno.ENOENT, "its directory does not exist")
+        write_atomic(path, generate_latest(metrics.registry), TEXTFILE_MODE)
     except OSError as err:
         raise OSError(f"--metrics-textfile {path}: {err.strerror or err}") from None
 
