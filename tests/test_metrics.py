@@ -3,10 +3,12 @@ parsed with prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
 import stat
+import struct
 import threading
 import urllib.error
 import urllib.request
@@ -309,3 +311,35 @@ def test_the_textfile_is_never_written_through_a_planted_symlink(
     assert victim.read_text() == "precious\n"
     assert not path.is_symlink() and "reconciler_build_info" in path.read_text()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+
+
+def test_a_scraper_hanging_up_mid_reply_prints_no_traceback(
+        free_port: Callable[[], int], capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A scrape that times out on Prometheus' side, a curl cut short: socketserver printed
+    a traceback straight to stderr for each, past the log format (raw lines in the journal,
+    non-JSON lines in a JSON log)."""
+    caplog.set_level(logging.DEBUG, logger="reconciler.metrics_server")
+    metrics = Metrics(process=False, read_counters=lambda _ids: {})
+    metrics.passed(Seen((), None, None, None, 0), 0.01)
+    server = MetricsServer(metrics, parse_address(f"127.0.0.1:{free_port()}", explicit=True),
+                           healthy_within=60.0)
+    server.start()
+    stderr: list[str] = []
+    try:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as client:
+            client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # closed with a reset: the reply meets ECONNRESET or EPIPE
+
+        def handled() -> bool:
+            stderr.append(capsys.readouterr().err)
+            return "Connection" in "".join(stderr) or any(
+                "hung up" in r.getMessage() for r in caplog.records)
+
+        wait_for(handled, message="the reset connection handled")
+        assert get(f"{server.url}/healthz")[0] == 200  # and the server still serves
+    finally:
+        server.stop()
+    assert "Traceback" not in "".join(stderr) and "Exception occurred" not in "".join(stderr)
