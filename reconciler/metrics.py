@@ -81,9 +81,11 @@ class Metrics:
     """
 
     def __init__(self, *, process: bool = True, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
                  read_counters: ReadCounters = read_counters) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self._clock = clock
+        self._monotonic = monotonic  # for ages: the wall clock may step (NTP, a VM resumed)
         self._seen: Seen | None = None
         self._last_success: float | None = None
         self._restarts = RestartTotal()
@@ -111,8 +113,8 @@ class Metrics:
         self._seen = seen
         self._passes.labels(result="success").inc()
         self._duration.observe(seconds)
-        self._last_success = self._clock()
-        self._success_at.set(self._last_success)
+        self._last_success = self._monotonic()
+        self._success_at.set(self._clock())
 
     def failed(self, seconds: float) -> None:
         """A pass raised: the jobs keep what the last successful pass saw."""
@@ -122,11 +124,11 @@ class Metrics:
     def healthy(self, within: float) -> bool:
         """`/healthz`: a pass succeeded within the last `within` seconds."""
         last = self._last_success
-        return last is not None and self._clock() - last <= within
+        return last is not None and self._monotonic() - last <= within
 
     def seconds_since_success(self) -> float | None:
         last = self._last_success
-        return None if last is None else self._clock() - last
+        return None if last is None else self._monotonic() - last
 
 
 class RestartTotal:

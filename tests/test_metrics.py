@@ -145,7 +145,7 @@ def test_a_broken_spec_file_counts_in_spec_file_errors(
 def test_healthz_says_503_until_a_pass_succeeded_and_when_the_last_is_too_old(
         free_port: Callable[[], int]) -> None:
     now = [1000.0]
-    metrics = Metrics(process=False, clock=lambda: now[0])
+    metrics = Metrics(process=False, monotonic=lambda: now[0])
     server = MetricsServer(metrics, parse_address(f"127.0.0.1:{free_port()}", explicit=True),
                            healthy_within=60.0)
     server.start()
@@ -343,3 +343,18 @@ def test_a_scraper_hanging_up_mid_reply_prints_no_traceback(
     finally:
         server.stop()
     assert "Traceback" not in "".join(stderr) and "Exception occurred" not in "".join(stderr)
+
+
+def test_healthz_measures_the_age_of_the_last_pass_on_the_monotonic_clock() -> None:
+    """The wall clock steps (NTP at boot, a VM resumed): stepped back an hour, it kept a hung
+    daemon 'healthy' for that hour; stepped forward, it failed a healthy one."""
+    wall, steady = [1_000_000.0], [50.0]
+    metrics = Metrics(process=False, clock=lambda: wall[0], monotonic=lambda: steady[0])
+    metrics.passed(Seen((), None, None, None, 0), 0.01)
+    wall[0] -= 3600  # stepped back
+    steady[0] += 61
+    assert not metrics.healthy(60.0)
+    assert metrics.seconds_since_success() == pytest.approx(61)
+    metrics.passed(Seen((), None, None, None, 0), 0.01)
+    wall[0] += 7200  # stepped forward
+    assert metrics.healthy(60.0)
