@@ -15,10 +15,12 @@ between `RELOADING=1` and `READY=1` (the `Type=notify-reload` protocol).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gc
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -167,15 +169,30 @@ class Daemon:
         return 0
 
     def install_signal_handlers(self) -> None:
-        def stop(signum: int, _frame: FrameType | None) -> None:
-            self.stop(signal.Signals(signum).name)
+        """SIGTERM/SIGINT stop, SIGHUP reloads. A Python handler runs on the loop's own
+        thread between two bytecodes, possibly while the loop holds an Event's lock (inside
+        `wake.wait()` or `.clear()`; those locks are not reentrant): setting the Event there
+        would block forever. So the handler only writes the signal's number into a pipe, and
+        a thread of its own acts on it."""
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(write_fd, False)
 
-        def reload(_signum: int, _frame: FrameType | None) -> None:
-            self.reload()
+        def note(signum: int, _frame: FrameType | None) -> None:
+            with contextlib.suppress(BlockingIOError):  # a full pipe: plenty already noted
+                os.write(write_fd, bytes([signum]))
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, stop)
-        signal.signal(signal.SIGHUP, reload)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, note)
+        threading.Thread(target=self._act_on_signals, args=(read_fd,), name="signals",
+                         daemon=True).start()
+
+    def _act_on_signals(self, read_fd: int) -> None:
+        while received := os.read(read_fd, 64):
+            for signum in received:
+                if signum == signal.SIGHUP:
+                    self.reload()
+                else:
+                    self.stop(signal.Signals(signum).name)
 
     # --- systemd ----------------------------------------------------------------------------
 
@@ -196,15 +213,20 @@ class Daemon:
             self._pinged_at = time.monotonic()
 
     def _reload(self, passes: Passes) -> None:
+        """Before the first successful pass systemd still waits for start-up: a reload then
+        says nothing to it, since its closing READY=1 would call the daemon started."""
         self.reload_requested.clear()
         self.wake.clear()
-        self.notifier.reloading()
+        started = self.passes > 0
+        if started:
+            self.notifier.reloading()
         log.info("reload (SIGHUP): caches dropped, re-reading every spec file")
         passes.forget_caches()
         result = self._pass(passes)
         log.info("reload done: %s", status_line(result) if result else "the pass failed; "
                  "retrying with backoff")
-        self.notifier.ready(status_line(result or self.last_result))
+        if started:
+            self.notifier.ready(status_line(result or self.last_result))
 
     def _stopping(self) -> None:
         left = status_line(self.last_result)

@@ -85,11 +85,14 @@ class Metrics:
     """
 
     def __init__(self, *, process: bool = True, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
                  read_counters: ReadCounters = read_counters) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self._clock = clock
+        self._monotonic = monotonic  # for ages: the wall clock may step (NTP, a VM resumed)
         self._seen: Seen | None = None
         self._last_success: float | None = None
+        self._restarts = RestartTotal()
         build = Gauge("reconciler_build_info", "The reconciler's version (value 1).",
                       ["version"], registry=self.registry)
         build.labels(version=__version__).set(1)
@@ -103,7 +106,7 @@ class Metrics:
         self._success_at = Gauge("reconciler_last_successful_reconcile_timestamp_seconds",
                                  "When the last successful pass ended (Unix time).",
                                  registry=self.registry)
-        self._jobs = JobSeries(read_counters)
+        self._jobs = JobSeries(read_counters, lambda: self._restarts.total)
         if process:
             ProcessCollector(registry=self.registry)
 
@@ -122,11 +125,12 @@ class Metrics:
 
     def passed(self, seen: Seen, seconds: float) -> None:
         """A pass ran to its end (spec errors included: those are `spec_file_errors`)."""
+        self._restarts.update(seen.jobs)
         self._seen = seen
         self._passes.labels(result="success").inc()
         self._duration.observe(seconds)
-        self._last_success = self._clock()
-        self._success_at.set(self._last_success)
+        self._last_success = self._monotonic()
+        self._success_at.set(self._clock())
 
     def failed(self, seconds: float) -> None:
         """A pass raised: the jobs keep what the last successful pass saw."""
@@ -136,11 +140,32 @@ class Metrics:
     def healthy(self, within: float) -> bool:
         """`/healthz`: a pass succeeded within the last `within` seconds."""
         last = self._last_success
-        return last is not None and self._clock() - last <= within
+        return last is not None and self._monotonic() - last <= within
 
     def seconds_since_success(self) -> float | None:
         last = self._last_success
-        return None if last is None else self._clock() - last
+        return None if last is None else self._monotonic() - last
+
+
+class RestartTotal:
+    """The host's restarts as a real counter. A plain sum over the current jobs drops when
+    a job that restarted goes away (removed, or replaced by a new generation starting at 0),
+    and Prometheus reads any drop as a reset: `increase()` would count every remaining
+    restart again. So the total only ever adds what each job's count grew by."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._counted: dict[str, int] = {}  # job id -> its restart_count already in total
+
+    def update(self, jobs: Iterable[JobRecord]) -> None:
+        counted: dict[str, int] = {}
+        for job in jobs:
+            if job.phase == "removed":
+                continue
+            before = self._counted.get(job.id, 0)
+            self.total += max(job.restart_count - before, 0)
+            counted[job.id] = max(job.restart_count, before)
+        self._counted = counted
 
 
 def current_jobs(jobs: Iterable[JobRecord]) -> list[JobRecord]:
@@ -191,8 +216,9 @@ class JobSeries:
     The output is checked by prometheus_client's own parser in the tests.
     """
 
-    def __init__(self, counters: ReadCounters) -> None:
+    def __init__(self, counters: ReadCounters, restarts: Callable[[], int]) -> None:
         self._counters = counters
+        self._restarts = restarts
         self._cache: dict[tuple[object, ...], _RecordLines] = {}
 
     def render(self, seen: Seen | None) -> str:
@@ -204,7 +230,7 @@ class JobSeries:
             out.extend(chunk[index] for chunk in lines)
         out.extend(_usage_lines(jobs, lines, self._counters(
             {j.id: j.identity for j in jobs if j.pid is not None and j.identity is not None})))
-        out.append(_host_lines(seen.jobs if seen is not None else ()))
+        out.append(_host_lines(seen.jobs if seen is not None else (), self._restarts()))
         if seen is not None:
             out.append(_source_lines(seen))
         return "".join(out)
@@ -269,12 +295,12 @@ def _usage_lines(jobs: list[JobRecord], chunks: list[_RecordLines],
     return [*cpu_lines, *rss_lines, *fd_lines]
 
 
-def _host_lines(jobs: Iterable[JobRecord]) -> str:
+def _host_lines(jobs: Iterable[JobRecord], restarts: int) -> str:
     """What a fleet view federates instead of the per-job series: a thousand hosts times a
-    thousand jobs times ~17 series each is past what one Prometheus holds."""
+    thousand jobs times ~17 series each is past what one Prometheus holds. `restarts` is the
+    host's running total (`RestartTotal`)."""
     live = [j for j in jobs if j.phase != "removed"]
     by_phase: Tally[str] = Tally(j.phase for j in live)
-    restarts = sum(j.restart_count for j in live)
     return "".join([
         _header("reconciler_jobs", "gauge", "Jobs on this host, by phase."),
         *(f'reconciler_jobs{{phase="{phase}"}} {by_phase.get(phase, 0)}\n' for phase in PHASES),

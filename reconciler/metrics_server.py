@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -127,6 +128,17 @@ class _Server(ThreadingHTTPServer):
         self.owner = owner
         self.address_family = family  # read by the base's __init__ to create the socket
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """socketserver's own prints a traceback straight to stderr, past the log format,
+        for every scraper that hangs up mid-reply (a Prometheus scrape timeout, a curl cut
+        short): that is the client's business. Anything else is ours, logged once per
+        request as an error."""
+        err = sys.exc_info()[1]
+        if isinstance(err, (ConnectionError, TimeoutError)):
+            log.debug("metrics: %s hung up: %s", client_address, err)
+        else:
+            log.error("metrics: a request from %s failed", client_address, exc_info=err)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -3,12 +3,17 @@ parsed with prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
+import stat
+import struct
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -139,7 +144,7 @@ def test_a_broken_spec_file_counts_in_spec_file_errors(
 def test_healthz_says_503_until_a_pass_succeeded_and_when_the_last_is_too_old(
         free_port: Callable[[], int]) -> None:
     now = [1000.0]
-    metrics = Metrics(process=False, clock=lambda: now[0])
+    metrics = Metrics(process=False, monotonic=lambda: now[0])
     server = MetricsServer(metrics, parse_address(f"127.0.0.1:{free_port()}", explicit=True),
                            healthy_within=60.0)
     server.start()
@@ -257,3 +262,94 @@ def test_docs_list_every_series_and_no_other() -> None:
     histogram = "reconciler_reconcile_duration_seconds"
     exported = {n for n in SAMPLE_NAMES if not n.startswith(f"{histogram}_")} | {histogram}
     assert documented == exported
+
+
+def test_the_host_restart_counter_never_goes_down() -> None:
+    """`reconciler_restarts_total` is a counter: when a job that restarted goes away (removed,
+    or replaced by a new generation that starts at 0), the host's total must not drop, or
+    rate()/increase() read the drop as a reset and count every remaining restart again."""
+    a = JobRecord(id="a-1", service="a", action="main", generation="g1", phase="running",
+                  restart_count=5, created_at=1.0)
+    b = JobRecord(id="b-1", service="b", action="main", generation="g1", phase="running",
+                  restart_count=2, created_at=1.0)
+    a2 = JobRecord(id="a-2", service="a", action="main", generation="g2", phase="running",
+                   created_at=2.0)
+    metrics = Metrics(process=False, read_counters=lambda _ids: {})
+
+    def total() -> float | None:
+        return value(parse(metrics.exposition().decode()), "reconciler_restarts_total")
+
+    metrics.passed(Seen((a, b), "r", "r", False, 0), 0.01)
+    assert total() == 7
+    b = replace(b, restart_count=3)  # b restarted once more; a new generation replaced a
+    metrics.passed(Seen((a2, b), "r", "r", False, 0), 0.01)
+    assert total() == 8
+    metrics.passed(Seen((), "r", "r", False, 0), 0.01)  # every service removed
+    assert total() == 8
+
+
+def test_the_textfile_is_never_written_through_a_planted_symlink(
+        settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The textfile directory is often shared; root writing there must not follow a link
+    someone planted at the temp file's name (prometheus_client's is `PATH.<pid>.<thread>`,
+    opened without O_EXCL or O_NOFOLLOW), and node_exporter (another user) must read it."""
+    out = tmp_path / "textfile"
+    out.mkdir()
+    path = out / "reconciler.prom"
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (out / f"reconciler.prom.{os.getpid()}.{threading.get_ident()}").symlink_to(victim)
+    argv = ["--specs", str(settings.specs_dir), "--state-dir", str(settings.state_dir),
+            "--once", "--allow-empty", "--metrics-textfile", str(path)]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert victim.read_text() == "precious\n"
+    assert not path.is_symlink() and "reconciler_build_info" in path.read_text()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+
+
+def test_a_scraper_hanging_up_mid_reply_prints_no_traceback(
+        free_port: Callable[[], int], capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A scrape that times out on Prometheus' side, a curl cut short: socketserver printed
+    a traceback straight to stderr for each, past the log format (raw lines in the journal,
+    non-JSON lines in a JSON log)."""
+    caplog.set_level(logging.DEBUG, logger="reconciler.metrics_server")
+    metrics = Metrics(process=False, read_counters=lambda _ids: {})
+    metrics.passed(Seen((), None, None, None, 0), 0.01)
+    server = MetricsServer(metrics, parse_address(f"127.0.0.1:{free_port()}", explicit=True),
+                           healthy_within=60.0)
+    server.start()
+    stderr: list[str] = []
+    try:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as client:
+            client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # closed with a reset: the reply meets ECONNRESET or EPIPE
+
+        def handled() -> bool:
+            stderr.append(capsys.readouterr().err)
+            return "Connection" in "".join(stderr) or any(
+                "hung up" in r.getMessage() for r in caplog.records)
+
+        wait_for(handled, message="the reset connection handled")
+        assert get(f"{server.url}/healthz")[0] == 200  # and the server still serves
+    finally:
+        server.stop()
+    assert "Traceback" not in "".join(stderr) and "Exception occurred" not in "".join(stderr)
+
+
+def test_healthz_measures_the_age_of_the_last_pass_on_the_monotonic_clock() -> None:
+    """The wall clock steps (NTP at boot, a VM resumed): stepped back an hour, it kept a hung
+    daemon 'healthy' for that hour; stepped forward, it failed a healthy one."""
+    wall, steady = [1_000_000.0], [50.0]
+    metrics = Metrics(process=False, clock=lambda: wall[0], monotonic=lambda: steady[0])
+    metrics.passed(Seen((), None, None, None, 0), 0.01)
+    wall[0] -= 3600  # stepped back
+    steady[0] += 61
+    assert not metrics.healthy(60.0)
+    assert metrics.seconds_since_success() == pytest.approx(61)
+    metrics.passed(Seen((), None, None, None, 0), 0.01)
+    wall[0] += 7200  # stepped forward
+    assert metrics.healthy(60.0)

@@ -9,6 +9,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +33,7 @@ from tests.test_daemon import (
     events,
     jobs,
     running,
+    scripted,
     sleeper,
     write_spec,
 )
@@ -298,3 +301,67 @@ def test_json_log_lines_are_one_object_each(settings: Settings, daemon: DaemonRu
     assert "\x1b" not in daemon.log.read_text()
     assert any(e["level"] == "error" and "spawn-error" in e["message"] for e in entries)
 
+
+
+def test_a_reload_before_the_first_successful_pass_does_not_say_ready(
+        settings: Settings, notify: NotifySocket) -> None:
+    """READY=1 means start-up is done (the first pass succeeded). A SIGHUP while the first
+    passes still fail must not send it: systemd would call the unit started."""
+    failing = threading.Event()
+    failing.set()
+
+    def fail_while_told(_call: int) -> None:
+        if failing.is_set():
+            raise OSError("the state disk is on fire")
+
+    opened, open_passes = scripted(settings, fail_while_told)
+    daemon = Daemon(settings, resync=3600, retry_initial=0.05, retry_max=0.05,
+                    open_passes=open_passes, notifier=Notifier(str(notify.path)))
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    try:
+        wait_for(lambda: opened and opened[0].calls >= 1, message="a first, failed pass")
+        daemon.reload()
+        wait_for(lambda: not daemon.reload_requested.is_set(), message="the reload taken")
+        after = opened[0].calls
+        wait_for(lambda: opened[0].calls >= after + 2, message="the reload's pass done")
+        notify.drain()
+        assert not [m for m in notify.seen if m.get("READY") == "1"], notify.seen
+        failing.clear()
+        notify.expect(has("READY", "1"))
+    finally:
+        failing.clear()
+        daemon.stop()
+        runner.join(timeout=30)
+    assert not runner.is_alive()
+
+
+SIGNAL_WHILE_THE_LOOP_HOLDS_ITS_EVENTS = """\
+import signal, sys, time
+from pathlib import Path
+from reconciler.daemon import Daemon
+from reconciler.settings import Settings
+
+daemon = Daemon(Settings(specs_dir=Path(sys.argv[1]), state_dir=Path(sys.argv[2])))
+daemon.install_signal_handlers()
+# The loop thread sits inside wake.wait()/wake.clear()/reload_requested.clear(): each holds
+# its Event's lock for a few bytecodes, and a signal handler runs between any two of them.
+with daemon.wake._cond, daemon.reload_requested._cond:
+    signal.raise_signal(signal.SIGHUP)
+deadline = time.monotonic() + 10
+while not daemon.reload_requested.is_set() and time.monotonic() < deadline:
+    time.sleep(0.01)
+sys.exit(0 if daemon.reload_requested.is_set() else 3)
+"""
+
+
+def test_a_signal_while_the_loop_holds_its_events_does_not_deadlock(
+        settings: Settings) -> None:
+    """A Python signal handler runs on the loop's own thread, between two bytecodes; one
+    that sets a threading.Event blocks forever on that Event's lock when the loop was
+    holding it (Event locks are not reentrant): a daemon frozen by a reload or a stop."""
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_THE_LOOP_HOLDS_ITS_EVENTS,
+                           str(settings.specs_dir), str(settings.state_dir)],
+                          capture_output=True, text=True, timeout=15,
+                          cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
