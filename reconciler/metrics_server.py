@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 # A scraper that opens a connection and sends nothing must not hold a thread for long.
 REQUEST_TIMEOUT_SECONDS = 10.0
+# Requests served at once (one thread each); more are closed at once: a Prometheus pair
+# needs two, and a flood of idle connections must not become thousands of threads.
+MAX_CONNECTIONS = 8
 
 
 class AddressError(ValueError):
@@ -37,10 +40,13 @@ class AddressError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class MetricsAddress:
-    """Where to serve: `host` as written (or the loopback default), and the port."""
+    """Where to serve: `host` as written (or the loopback default), the port, and `bind`,
+    the address `host` resolved to when it was checked (served as is, never resolved again:
+    a name that resolved to loopback for the check cannot bind elsewhere afterwards)."""
 
     host: str
     port: int
+    bind: str = DEFAULT_HOST
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -56,11 +62,13 @@ def parse_address(text: str, *, explicit: bool) -> MetricsAddress:
     host, port_text = _split(text.strip())
     if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise AddressError(f"{text!r}: the port must be a number from 1 to 65535")
-    address = MetricsAddress(host or DEFAULT_HOST, int(port_text))
-    if not explicit and not all(_loopback(a) for a in resolve(address)):
+    host = host or DEFAULT_HOST
+    found = resolve(host, int(port_text))
+    if not explicit and not all(_loopback(a) for a in found):
         raise AddressError(f"{text!r} is not a loopback address: name it in --metrics-addr "
                            "itself to serve the metrics on a network")
-    return address
+    # a name with several addresses (localhost: ::1 and 127.0.0.1) is served on the first
+    return MetricsAddress(host, int(port_text), found[0])
 
 
 def _split(text: str) -> tuple[str, str]:
@@ -75,11 +83,13 @@ def _split(text: str) -> tuple[str, str]:
     return (host, port) if colon else ("", text)
 
 
-def resolve(address: MetricsAddress) -> list[str]:
+def resolve(host: str, port: int) -> list[str]:
     try:
-        found = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as err:
-        raise AddressError(f"cannot resolve {address.host!r}: {err}") from None
+        raise AddressError(f"cannot resolve {host!r}: {err}") from None
+    if not found:
+        raise AddressError(f"cannot resolve {host!r}: no address")
     return [str(info[4][0]) for info in found]
 
 
@@ -99,8 +109,8 @@ class MetricsServer:
                  healthy_within: float) -> None:
         self.metrics = metrics
         self.healthy_within = healthy_within
-        family = socket.AF_INET6 if ":" in resolve(address)[0] else socket.AF_INET
-        self._server = _Server((address.host, address.port), self, family)
+        family = socket.AF_INET6 if ":" in address.bind else socket.AF_INET
+        self._server = _Server((address.bind, address.port), self, family)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name="metrics-http", daemon=True)
 
@@ -115,9 +125,12 @@ class MetricsServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        """Also when never started (the daemon failed before its loop): `shutdown()` would
+        then wait forever for a serve loop that never ran."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(THREAD_JOIN_SECONDS)
         self._server.server_close()
-        self._thread.join(THREAD_JOIN_SECONDS)
 
 
 class _Server(ThreadingHTTPServer):
@@ -127,7 +140,28 @@ class _Server(ThreadingHTTPServer):
                  family: socket.AddressFamily) -> None:
         self.owner = owner
         self.address_family = family  # read by the base's __init__ to create the socket
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One thread per request, at most MAX_CONNECTIONS at once; beyond that the
+        connection is closed unanswered (the scraper retries at its next interval)."""
+        if not self._slots.acquire(blocking=False):
+            log.debug("metrics: %s refused: %d requests in progress", client_address,
+                      MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread started: nothing else will release it
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """socketserver's own prints a traceback straight to stderr, past the log format,

@@ -71,7 +71,9 @@ class Notifier:
             if self._socket is None:
                 self._socket = socket.socket(socket.AF_UNIX,
                                              socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._socket.sendto(message, self.address)
+            # never blocks: a service manager that stopped reading must not stall the loop
+            # (the message is lost; the next status or ping says the same again)
+            self._socket.sendto(message, socket.MSG_DONTWAIT, self.address)
         except OSError as err:
             if not self._warned:  # once: a missing socket would otherwise log every second
                 log.warning("cannot notify systemd at %s: %s", os.fsdecode(self.address), err)

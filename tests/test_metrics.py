@@ -22,7 +22,13 @@ from prometheus_client.samples import Sample
 
 from reconciler import __version__, cli
 from reconciler.metrics import SAMPLE_NAMES, Metrics, Seen
-from reconciler.metrics_server import AddressError, MetricsServer, parse_address
+from reconciler.metrics_server import (
+    MAX_CONNECTIONS,
+    AddressError,
+    MetricsAddress,
+    MetricsServer,
+    parse_address,
+)
 from reconciler.settings import Settings
 from reconciler.state.records import JobRecord
 from tests.helpers import wait_for
@@ -353,3 +359,50 @@ def test_healthz_measures_the_age_of_the_last_pass_on_the_monotonic_clock() -> N
     metrics.passed(Seen((), None, None, None, 0), 0.01)
     wall[0] += 7200  # stepped forward
     assert metrics.healthy(60.0)
+
+
+def test_the_server_binds_the_address_that_was_checked(free_port: Callable[[], int]) -> None:
+    """The loopback rule checks what the name resolved to; the server binds that address and
+    never resolves the name again (a second answer could be another address)."""
+    checked = parse_address(f"localhost:{free_port()}", explicit=False)
+    assert checked.bind in ("127.0.0.1", "::1")
+    unresolvable = MetricsAddress("no-such-host.invalid", free_port(), "127.0.0.1")
+    server = MetricsServer(Metrics(process=False), unresolvable, healthy_within=60.0)
+    try:
+        assert server.url.startswith("http://127.0.0.1:")
+    finally:
+        server.stop()
+
+
+def test_idle_connections_cannot_pile_up_threads(free_port: Callable[[], int]) -> None:
+    """Connections that send nothing hold a thread each until they time out: beyond
+    MAX_CONNECTIONS at once the server closes new ones unanswered, and serves again as soon
+    as the idle ones go."""
+    metrics = Metrics(process=False)
+    server = MetricsServer(metrics, parse_address(f"127.0.0.1:{free_port()}", explicit=True),
+                           healthy_within=60.0)
+    before = threading.active_count()
+    server.start()
+    port = int(server.url.rsplit(":", 1)[1])
+    idle = []
+    full = before + 1 + MAX_CONNECTIONS  # the serve loop and one thread per idle connection
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        wait_for(lambda: threading.active_count() == full, message="every idle one accepted")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
+            extra.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert extra.recv(100) == b""  # closed unanswered
+        assert threading.active_count() == full
+    finally:
+        for conn in idle:
+            conn.close()
+    wait_for(lambda: _answers(f"{server.url}/healthz"), message="served again")
+    server.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return get(url)[0] in (200, 503)
+    except (urllib.error.URLError, ConnectionError):
+        return False

@@ -204,6 +204,25 @@ def test_notifying_without_a_listener_never_raises(tmp_path: Path,
     assert not Notifier(None).send("READY=1")
 
 
+def test_a_service_manager_that_stops_reading_never_blocks_the_loop(tmp_path: Path) -> None:
+    """A notify socket whose reader is stuck fills up; a send then fails at once (the
+    message is lost) instead of blocking the reconcile loop that sent it."""
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stuck.bind(str(tmp_path / "stuck.sock"))
+    notifier = Notifier(str(tmp_path / "stuck.sock"), watchdog_seconds=1.0)
+    sent: list[bool] = []
+    sender = threading.Thread(target=lambda: sent.extend(notifier.send("WATCHDOG=1")
+                                                         for _ in range(2000)), daemon=True)
+    try:
+        sender.start()
+        sender.join(timeout=20)
+        assert not sender.is_alive(), "a send blocked"
+        assert True in sent and False in sent  # the first got through, then the queue was full
+    finally:
+        stuck.close()
+        notifier.close()
+
+
 def test_an_abstract_notify_socket_is_reached(notify: NotifySocket) -> None:
     name = f"reconciler-test-{os.getpid()}-{time.monotonic_ns()}"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
