@@ -193,6 +193,45 @@ class Event:
     revision: str | None = None  # the specs dir's revision at the pass that recorded it
 
 
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One look at a running job's resources (DESIGN §8.4), summed over its members (the
+    processes of its session and those carrying its job id) where a sum means something.
+    `at` never goes backwards for a job, whatever the wall clock does (see sampling)."""
+
+    at: float
+    job_id: str
+    service: str
+    action: str
+    members: int  # live processes of the job
+    rss_bytes: int  # summed
+    cpu_seconds: float  # user + system, summed over the live members
+    threads: int  # summed
+    open_fds: int | None  # summed (None: not ours to count)
+    fd_limit: int | None  # the main process's soft RLIMIT_NOFILE
+    oom_score: int | None  # the highest of the members
+    state: str  # the main process's state letter (R, S, D, Z, T, …)
+    wchan: str  # where the main process sleeps in the kernel ("0" or "" when running)
+    dstate: int = 0  # members in uninterruptible sleep (D)
+    zombies: int = 0  # zombie children of the members, not yet reaped
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.service, self.action)
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """A resource rule a job breaks now (docs/resources.md), since when, and the numbers."""
+
+    job_id: str
+    service: str
+    action: str
+    rule: str  # "fds", "rss-growth", "threads-growth", "d-state", "zombies", "oom-score"
+    since: float
+    detail: str
+
+
 EnvFiles = tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # (path, ((key, value), ...))
 
 

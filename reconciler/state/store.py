@@ -16,6 +16,7 @@ version still reads (unknown columns are ignored).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -34,12 +35,14 @@ from sqlite_utils.db import Table
 from reconciler.files import PRIVATE_FILE, make_private_dirs
 from reconciler.state.errors import DatabaseDamaged
 from reconciler.state.records import (
+    Anomaly,
     BlockedBy,
     ControllerFacts,
     EnvFiles,
     Event,
     JobRecord,
     JobSpec,
+    Sample,
     SpecRecord,
 )
 from reconciler.timing import LOCK_RETRY_SECONDS
@@ -139,6 +142,44 @@ def m006_spec_env_files(db: Database) -> None:
 def m007_pass_placement(db: Database) -> None:
     """The labels the last pass placed by and the services it left off this host."""
     _add_missing_columns(_table(db, "controller"), {"labels": str, "unplaced": str}, {})
+
+
+@MIGRATIONS()
+def m008_samples(db: Database) -> None:
+    """Resource samples of running jobs for a bounded window, and the anomalies in force
+    (DESIGN §8.4)."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS samples (at REAL NOT NULL, job_id TEXT NOT NULL,"
+        " service TEXT NOT NULL, action TEXT NOT NULL, members INTEGER, rss_bytes INTEGER,"
+        " cpu_seconds REAL, threads INTEGER, open_fds INTEGER, fd_limit INTEGER,"
+        " oom_score INTEGER, state TEXT, wchan TEXT, dstate INTEGER, zombies INTEGER)")
+    samples = _table(db, "samples")
+    samples.create_index(["job_id", "at"], index_name="idx_samples_job_at", if_not_exists=True)
+    samples.create_index(["service", "action", "at"], index_name="idx_samples_key_at",
+                         if_not_exists=True)
+    samples.create_index(["at"], index_name="idx_samples_at", if_not_exists=True)
+    _ensure_table(db, "anomalies", {"id": str, "job_id": str, "rule": str, "service": str,
+                                    "action": str, "since": float, "detail": str},
+                  pk="id")  # id: "<job id>/<rule>"
+
+
+def sample_from_row(row: dict[str, Any]) -> Sample:
+    """Tolerant like the other readers: a NULL count reads as 0, a NULL text as ""."""
+    def number(name: str) -> int:
+        value = row.get(name)
+        return int(value) if isinstance(value, int | float) else 0
+
+    def optional(name: str) -> int | None:
+        value = row.get(name)
+        return int(value) if isinstance(value, int | float) else None
+
+    return Sample(at=float(row["at"]), job_id=str(row["job_id"]), service=str(row["service"]),
+                  action=str(row["action"]), members=number("members"),
+                  rss_bytes=number("rss_bytes"), cpu_seconds=float(row.get("cpu_seconds") or 0),
+                  threads=number("threads"), open_fds=optional("open_fds"),
+                  fd_limit=optional("fd_limit"), oom_score=optional("oom_score"),
+                  state=str(row.get("state") or ""), wchan=str(row.get("wchan") or ""),
+                  dstate=number("dstate"), zombies=number("zombies"))
 
 
 def _ensure_events_table(db: Database) -> None:
@@ -602,6 +643,62 @@ class Store:
                 "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC"
                 " LIMIT 1 OFFSET ?)", [max(keep, 0)])
         return cursor.rowcount
+
+    # resource samples and anomalies (DESIGN §8.4)
+
+    def append_samples(self, samples: Iterable[Sample]) -> None:
+        rows = [dataclasses.asdict(sample) for sample in samples]
+        if rows:
+            with self.atomic():
+                _table(self.db, "samples").insert_all(rows)
+
+    def samples(self, *, service: str | None = None, action: str | None = None,
+                since: float | None = None) -> list[Sample]:
+        """Samples oldest first, of one service (and action) or of all."""
+        if self._missing("samples"):
+            return []
+        where: list[str] = ["1"]
+        params: list[str | float] = []
+        for column, value in (("service", service), ("action", action)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("at >= ?")
+            params.append(since)
+        rows = self.db.query(f"SELECT * FROM samples WHERE {' AND '.join(where)} ORDER BY at",
+                             params)
+        return [sample_from_row(row) for row in rows]
+
+    def latest_samples(self) -> dict[str, Sample]:
+        """The newest sample of every job that has one (for `top`, `status`, metrics)."""
+        if self._missing("samples"):
+            return {}
+        rows = self.db.query("SELECT s.* FROM samples s JOIN (SELECT job_id, MAX(at) AS at"
+                             " FROM samples GROUP BY job_id) m USING (job_id, at)")
+        return {row["job_id"]: sample_from_row(row) for row in rows}
+
+    def prune_samples(self, before: float) -> int:
+        """Drop samples older than `before`: the window is bounded."""
+        with self.atomic():
+            cursor = self.db.execute("DELETE FROM samples WHERE at < ?", [before])
+        return cursor.rowcount
+
+    def anomalies(self) -> list[Anomaly]:
+        if self._missing("anomalies"):
+            return []
+        rows = self.db.query("SELECT * FROM anomalies ORDER BY service, action, rule")
+        return [Anomaly(job_id=r["job_id"], service=r["service"], action=r["action"],
+                        rule=r["rule"], since=r["since"], detail=r["detail"] or "")
+                for r in rows]
+
+    def set_anomalies(self, anomalies: Iterable[Anomaly]) -> None:
+        """Replace the anomalies in force with these."""
+        rows = [{"id": f"{a.job_id}/{a.rule}", **dataclasses.asdict(a)} for a in anomalies]
+        with self.atomic():
+            self.db.execute("DELETE FROM anomalies")
+            if rows:
+                _table(self.db, "anomalies").insert_all(rows)
 
     # suspended services
 
