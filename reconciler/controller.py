@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,7 +41,14 @@ from reconciler.spec.load import LoadResult, forget_parsed_specs, last_good_of, 
 from reconciler.state import statedir
 from reconciler.state.enrollment import Enrollments, sweep_stale_temps
 from reconciler.state.lock import StateLock
-from reconciler.state.records import Enrollment, Event, JobRecord, SpecRecord
+from reconciler.state.records import (
+    Anomaly,
+    Enrollment,
+    Event,
+    JobRecord,
+    Sample,
+    SpecRecord,
+)
 from reconciler.state.store import Store
 from reconciler.text import printable
 from reconciler.timing import HOUSEKEEPING_SECONDS
@@ -50,6 +57,7 @@ log = logging.getLogger(__name__)
 SETTLED_PHASES = ("succeeded", "stopped")
 EVENTS_KEPT = 10_000  # the newest events kept: a crash loop must not grow the database forever
 HealthResults = Mapping[str, "health.HealthState"]
+OverLimit = Mapping[str, tuple[Identity, str]]  # job id -> (process over a limit, why)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +167,8 @@ class Reconciler:
 
     # --- passes ---------------------------------------------------------------------------
 
-    def reconcile(self, health: HealthResults | None = None) -> PassResult:
+    def reconcile(self, health: HealthResults | None = None,
+                  over_limit: OverLimit | None = None) -> PassResult:
         """One full pass: observe, plan, execute, record.
 
         `health` carries probe results: from a running `HealthMonitor` (the daemon), or from
@@ -173,7 +182,7 @@ class Reconciler:
             source = self.revisions.read(self.settings.specs_dir, self.settings.revision)
             self._refresh_labels()
             try:
-                draft = self._draft(self.children, health)
+                draft = self._draft(self.children, health, over_limit=over_limit)
                 outcome = self._execute(draft.plan)
                 outcome = stamp_new_jobs(outcome, draft.records, source.revision)
                 applied = self._applied_revision(source, draft.loaded)
@@ -201,6 +210,35 @@ class Reconciler:
             self.labels.forget()
         self.enrollments.invalidate()
         forget_parsed_specs()
+
+    def record_resources(self, samples: Sequence[Sample],
+                         anomalies: Mapping[str, Mapping[str, str]], *,
+                         window: float) -> list[Event]:
+        """Store a sampling round: the samples (and drop those older than `window`), the
+        anomalies in force, and an event for each anomaly that began or ended. One
+        transaction; no state lock (samples are only appended, and no pass reads them)."""
+        before = {(a.job_id, a.rule): a for a in self.store.anomalies()}
+        by_job = {s.job_id: s for s in samples}
+        now: dict[tuple[str, str], Anomaly] = {}
+        for job_id, rules in anomalies.items():
+            sample = by_job.get(job_id)
+            if sample is None:
+                continue
+            for rule, why in rules.items():
+                held = before.get((job_id, rule))
+                now[(job_id, rule)] = Anomaly(job_id, sample.service, sample.action, rule,
+                                              held.since if held else sample.at, why)
+        events = anomaly_events(before, now, by_job, self.clock())
+        with self.store.atomic():
+            self.store.append_samples(samples)
+            if samples:
+                self.store.prune_samples(before=samples[-1].at - window)
+            if now.keys() != before.keys() or any(
+                    before[k].detail != a.detail for k, a in now.items()):
+                self.store.set_anomalies(now.values())
+            self.store.append_events(with_revision(
+                events, self.store.controller_facts().revision if events else None))
+        return events
 
     def _refresh_labels(self) -> None:
         """A changed labels file takes effect at this pass (and may un-place a service); a
@@ -295,14 +333,16 @@ class Reconciler:
         timeouts = [j.spec.stop_timeout for j in self.store.jobs()]
         return max(timeouts, default=0.0) + 2 * KILL_GRACE_SECONDS
 
-    def _draft(self, children: Children | None, health: HealthResults | None,
+    def _draft(self, children: Children | None, health: HealthResults | None, *,
+               over_limit: OverLimit | None = None,
                settle: float | None = None) -> _Draft:
         loaded, spec_records = self._load(settle)
         suspended = self.store.suspended()
         desired, records, planned = plan_for(
             self.settings, loaded, self.store.jobs(), self.enrollments.current(), self.clock(),
             children=children, procs=self.procs if children is not None else None,
-            health=health, allow_empty=self.allow_empty, cache=self.resolved_cache,
+            health=health, over_limit=over_limit, allow_empty=self.allow_empty,
+            cache=self.resolved_cache,
             suspended=suspended)
         return _Draft(loaded, spec_records, desired, records, planned, suspended)
 
@@ -405,7 +445,8 @@ def prepare_state_dir(settings: Settings, *, rebind: bool = False) -> None:
 def plan_for(settings: Settings, loaded: LoadResult, jobs: list[JobRecord],
              enrollments: dict[str, Enrollment], now: float, *,
              children: Children | None = None, procs: ProcCache | None = None,
-             health: HealthResults | None = None, allow_empty: bool = False,
+             health: HealthResults | None = None, over_limit: OverLimit | None = None,
+             allow_empty: bool = False,
              cache: ResolvedCache | None = None,
              suspended: frozenset[str] = frozenset()) -> tuple[Desired, list[JobRecord], Plan]:
     """Resolve, observe, plan: the one sequence a pass and `diff` (`preview.py`, on a
@@ -414,6 +455,8 @@ def plan_for(settings: Settings, loaded: LoadResult, jobs: list[JobRecord],
     desired = build_desired(loaded, settings, cache)
     records = with_unrecorded_enrollments(jobs, enrollments, now)
     observed = with_health(observe_for(desired, records, enrollments, children, procs), health)
+    if over_limit:
+        observed = replace(observed, over_limit=dict(over_limit))
     planned = plan(desired, observed, records, now, enrollments=enrollments,
                    allow_empty=allow_empty, hold_prune=loaded.unsettled_until is not None,
                    suspended=suspended)
@@ -566,6 +609,24 @@ def stamp_new_jobs(outcome: Outcome, records: list[JobRecord],
                if job_id not in known and job.revision is None else job
                for job_id, job in outcome.jobs.items()}
     return replace(outcome, jobs=stamped)
+
+
+def anomaly_events(before: Mapping[tuple[str, str], Anomaly],
+                   now: Mapping[tuple[str, str], Anomaly], samples: Mapping[str, Sample],
+                   at: float) -> list[Event]:
+    """`anomaly` when a rule starts holding for a job, `anomaly-recovered` when it stops
+    (or the job stops being sampled: it no longer runs)."""
+    events = [Event(at=at, kind="anomaly", reason=f"{a.rule}: {a.detail}", job_id=a.job_id,
+                    service=a.service, action=a.action, detail={"rule": a.rule})
+              for key, a in now.items() if key not in before]
+    for key, a in before.items():
+        if key in now:
+            continue
+        why = "recovered" if a.job_id in samples else "no longer running"
+        events.append(Event(at=at, kind="anomaly-recovered", reason=f"{a.rule}: {why}",
+                            job_id=a.job_id, service=a.service, action=a.action,
+                            detail={"rule": a.rule}))
+    return events
 
 
 def with_revision(events: Iterable[Event], revision: str | None) -> list[Event]:

@@ -21,10 +21,11 @@ import gc
 import logging
 import math
 import os
+import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
@@ -33,8 +34,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from reconciler.controller import HealthResults, PassResult, Reconciler
-from reconciler.desired import Desired
+from reconciler import resources
+from reconciler.anomalies import DEFAULT_RULES, Rules
+from reconciler.controller import HealthResults, OverLimit, PassResult, Reconciler
+from reconciler.desired import Desired, DesiredAction
 from reconciler.health import HealthMonitor, ProbeTarget
 from reconciler.host.exits import ExitWatcher
 from reconciler.logcap import LogCapper, LogTarget
@@ -42,7 +45,7 @@ from reconciler.plan import Spawn, Step, UpdateJob
 from reconciler.sdnotify import Notifier
 from reconciler.settings import Settings
 from reconciler.state.lock import LockTimeout
-from reconciler.state.records import JobRecord
+from reconciler.state.records import Event, JobRecord, Sample
 from reconciler.text import printable
 from reconciler.timing import DAEMON_WAKE_SECONDS, SPEC_WATCH_STEP_MS
 from reconciler.watch import SpecWatcher
@@ -71,9 +74,14 @@ class Passes(Protocol):
     the daemon a reconciler that fails or kicks on purpose instead of patching the class.
     """
 
-    def reconcile(self, health: HealthResults | None = None) -> PassResult: ...
+    def reconcile(self, health: HealthResults | None = None,
+                  over_limit: OverLimit | None = None) -> PassResult: ...
 
     def forget_caches(self) -> None: ...
+
+    def record_resources(self, samples: Sequence[Sample],
+                         anomalies: Mapping[str, Mapping[str, str]], *,
+                         window: float) -> list[Event]: ...
 
 
 OpenPasses = Callable[[], AbstractContextManager[Passes]]
@@ -103,7 +111,9 @@ class Daemon:
                  open_passes: OpenPasses | None = None,
                  notifier: Notifier | None = None,
                  metrics: Metrics | None = None,
-                 serve: MetricsServer | None = None) -> None:
+                 serve: MetricsServer | None = None,
+                 sample_interval: float = resources.DEFAULT_INTERVAL_SECONDS,
+                 rules: Rules = DEFAULT_RULES) -> None:
         self.settings = settings
         self.allow_empty = allow_empty
         self.resync = resync
@@ -129,6 +139,21 @@ class Daemon:
         self.exits = ExitWatcher(lambda _identity: self.kick())
         self.health = HealthMonitor(self.kick)
         self.logcap = LogCapper()
+        self.over_limit: OverLimit = {}  # from the last sampling round, for the next pass
+        self.resources = resources.ResourceMonitor(
+            self._jobs_now, self._memory_limits, self.kick, interval=sample_interval,
+            rules=rules)
+
+    def _jobs_now(self) -> Sequence[JobRecord]:
+        result = self.last_result  # one reference read: the monitor's thread never sees half
+        return result.jobs if result is not None else ()
+
+    def _memory_limits(self) -> dict[tuple[str, str], int]:
+        result = self.last_result
+        if result is None:
+            return {}
+        return {a.key: limit for a in result.desired.actions
+                if (limit := max_rss_of(a)) is not None}
 
     def _open_reconciler(self) -> Reconciler:
         return Reconciler(self.settings, allow_empty=self.allow_empty)
@@ -158,6 +183,7 @@ class Daemon:
                     self._ping_watchdog()
                     if self.stopping.is_set():
                         break
+                    self._record_resources(passes)
                     if self.reload_requested.is_set():
                         self._reload(passes)
                     elif woke:
@@ -238,7 +264,7 @@ class Daemon:
     def _pass(self, passes: Passes) -> PassResult | None:
         started = time.monotonic()
         try:
-            result = passes.reconcile(health=self.health.states())
+            result = passes.reconcile(health=self.health.states(), over_limit=self.over_limit)
         except LockTimeout as err:
             log.warning("%s; trying again", err)
             self.kick()
@@ -251,6 +277,7 @@ class Daemon:
         if self.failed_passes:
             log.info("pass succeeded again after %d failed passes", self.failed_passes)
         self.failed_passes, self._last_failure = 0, None
+        self.over_limit = {}  # acted on: the process over its limit is being stopped
         self.passes += 1
         self.last_result = result
         self._report(result)
@@ -328,6 +355,30 @@ class Daemon:
 
     # --- triggers ---------------------------------------------------------------------------
 
+    def _record_resources(self, passes: Passes) -> None:
+        """Store the sampling rounds that came in, log the anomalies that began or ended,
+        and hand the jobs over their memory limit to the next pass (kicked at once)."""
+        while True:
+            try:
+                taken = self.resources.rounds.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                events = passes.record_resources(taken.samples, taken.anomalies,
+                                                 window=resources.WINDOW_SECONDS)
+            except Exception as err:  # a full disk must not stop the healing
+                log.error("cannot store resource samples: %s", printable(str(err)))
+                events = []
+            for event in events:
+                level = logging.WARNING if event.kind == "anomaly" else logging.INFO
+                log.log(level, "%s.%s: %s %s", event.service, event.action, event.kind,
+                        printable(event.reason))
+            if self.metrics is not None:
+                self.metrics.anomalies(taken.anomalies)
+            if taken.over_limit:
+                self.over_limit = taken.over_limit
+                self.kick()
+
     def _start_triggers(self) -> None:
         if self.serve is not None:
             self.serve.start()
@@ -340,16 +391,25 @@ class Daemon:
         self.exits.start()
         self.health.start()
         self.logcap.start()
+        self.resources.start()
 
     def _stop_triggers(self) -> None:
         self.watcher.stop()
         self.exits.stop()
         self.health.stop()
         self.logcap.stop()
+        self.resources.stop()
         self.scheduler.shutdown(wait=False)
         if self.serve is not None:
             self.serve.stop()
         self.notifier.close()
+
+
+def max_rss_of(action: DesiredAction) -> int | None:
+    """The action's `limits.max_rss` in bytes, if it has one."""
+    limits = getattr(action.spec, "limits", None)
+    value = getattr(limits, "max_rss", None)
+    return value if isinstance(value, int) else None
 
 
 def step_level(step: Step) -> int:

@@ -106,7 +106,9 @@ class Metrics:
         self._success_at = Gauge("reconciler_last_successful_reconcile_timestamp_seconds",
                                  "When the last successful pass ended (Unix time).",
                                  registry=self.registry)
-        self._jobs = JobSeries(read_counters, lambda: self._restarts.total)
+        self._anomalies: Mapping[str, Mapping[str, str]] = {}
+        self._jobs = JobSeries(read_counters, lambda: self._restarts.total,
+                               lambda: self._anomalies)
         if process:
             ProcessCollector(registry=self.registry)
 
@@ -122,6 +124,10 @@ class Metrics:
         if not path.parent.is_dir():
             raise FileNotFoundError(f"{path.parent} is not a directory")
         write_atomic(path, self.exposition(), TEXTFILE_MODE)
+
+    def anomalies(self, found: Mapping[str, Mapping[str, str]]) -> None:
+        """The anomalies of the last sampling round (job id -> rule -> why)."""
+        self._anomalies = found
 
     def passed(self, seen: Seen, seconds: float) -> None:
         """A pass ran to its end (spec errors included: those are `spec_file_errors`)."""
@@ -216,9 +222,11 @@ class JobSeries:
     The output is checked by prometheus_client's own parser in the tests.
     """
 
-    def __init__(self, counters: ReadCounters, restarts: Callable[[], int]) -> None:
+    def __init__(self, counters: ReadCounters, restarts: Callable[[], int],
+                 anomalies: Callable[[], Mapping[str, Mapping[str, str]]]) -> None:
         self._counters = counters
         self._restarts = restarts
+        self._anomalies = anomalies
         self._cache: dict[tuple[object, ...], _RecordLines] = {}
 
     def render(self, seen: Seen | None) -> str:
@@ -230,6 +238,7 @@ class JobSeries:
             out.extend(chunk[index] for chunk in lines)
         out.extend(_usage_lines(jobs, lines, self._counters(
             {j.id: j.identity for j in jobs if j.pid is not None and j.identity is not None})))
+        out.append(_anomaly_lines(jobs, lines, self._anomalies()))
         out.append(_host_lines(seen.jobs if seen is not None else (), self._restarts()))
         if seen is not None:
             out.append(_source_lines(seen))
@@ -295,6 +304,17 @@ def _usage_lines(jobs: list[JobRecord], chunks: list[_RecordLines],
     return [*cpu_lines, *rss_lines, *fd_lines]
 
 
+def _anomaly_lines(jobs: list[JobRecord], chunks: list[_RecordLines],
+                   anomalies: Mapping[str, Mapping[str, str]]) -> str:
+    """1 per rule a job breaks now (docs/resources.md); a job without anomalies has none."""
+    lines = [_header("reconciler_job_anomaly", "gauge",
+                     "1 for each resource anomaly rule the job breaks now.")]
+    for job, chunk in zip(jobs, chunks, strict=True):
+        for rule in sorted(anomalies.get(job.id, {})):
+            lines.append(f'reconciler_job_anomaly{{{chunk[-1]},rule="{_label(rule)}"}} 1\n')
+    return "".join(lines)
+
+
 def _host_lines(jobs: Iterable[JobRecord], restarts: int) -> str:
     """What a fleet view federates instead of the per-job series: a thousand hosts times a
     thousand jobs times ~17 series each is past what one Prometheus holds. `restarts` is the
@@ -333,6 +353,7 @@ def _sample_names() -> frozenset[str]:
         "reconciler_job_restarts": ("_total",), "reconciler_job_start_time_seconds": ("",),
         "reconciler_job_last_exit_code": ("",), "reconciler_job_cpu_seconds": ("_total",),
         "reconciler_job_resident_memory_bytes": ("",), "reconciler_job_open_fds": ("",),
+        "reconciler_job_anomaly": ("",),
         "reconciler_jobs": ("",), "reconciler_restarts": ("_total",),
         "process_virtual_memory_bytes": ("",), "process_resident_memory_bytes": ("",),
         "process_start_time_seconds": ("",), "process_cpu_seconds": ("_total",),

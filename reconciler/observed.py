@@ -93,6 +93,8 @@ class Observed:
     exits: dict[int, Exit] = field(default_factory=dict)  # pid -> reaped exit of an own child
     ready: dict[str, bool] = field(default_factory=dict)  # job id -> health probe passed
     failing: dict[str, int] = field(default_factory=dict)  # job id -> failed probes since ready
+    # job id -> (the process that was over its limit, why): from the resource monitor
+    over_limit: dict[str, tuple[Identity, str]] = field(default_factory=dict)
     # job id -> its live processes other than a live main process: what is left of its
     # session, and processes carrying its RECONCILER_JOB_ID anywhere else (a daemonized
     # child). Only asked for jobs whose main process exited or that are being stopped.

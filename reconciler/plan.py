@@ -410,6 +410,10 @@ def _forget_previous_boot(ctx: _Pass, job: JobRecord) -> JobRecord:
 
 def _plan_process(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
     proc = ctx.observed.alive(job.identity)
+    over = _over_limit(ctx, job) if proc is not None else None
+    if over is not None:
+        _stop_over_limit(ctx, action, job, over)
+        return
     unhealthy = proc is not None and _unhealthy(ctx, action, job)
     if proc is not None and not unhealthy:
         _keep_running(ctx, job)
@@ -526,6 +530,20 @@ def _record_exit(ctx: _Pass, action: DesiredAction, job: JobRecord) -> JobRecord
         ctx.emit(UpdateJob(stopped, "exit", stopped.reason))
         return stopped
     return _due(ctx, action, base, what)
+
+
+def _over_limit(ctx: _Pass, job: JobRecord) -> str | None:
+    """Why the job's current process is over a resource limit (`max_rss`), if it is: the
+    monitor names the process it measured, so a restarted one never pays for it."""
+    found = ctx.observed.over_limit.get(job.id)
+    return found[1] if found is not None and found[0] == job.identity else None
+
+
+def _stop_over_limit(ctx: _Pass, action: DesiredAction, job: JobRecord, what: str) -> None:
+    """Over `max_rss`: stopped and restarted like a crash (its backoff applies)."""
+    ended, restart = _run_ended(ctx, action, job, None, "memory-limit", what)
+    _begin_stop(ctx, ended, "restart" if restart else "stopped", what, sig=action.stop_signal,
+                timeout=action.spec.stop.timeout, cmd=command_line(action.argv))
 
 
 def _stop_unhealthy(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:

@@ -11,14 +11,14 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reconciler import cli
-from reconciler.controller import HealthResults, PassResult, Reconciler
+from reconciler.controller import HealthResults, OverLimit, PassResult, Reconciler
 from reconciler.daemon import (
     RETRY_INITIAL_SECONDS,
     RETRY_MAX_SECONDS,
@@ -29,6 +29,7 @@ from reconciler.daemon import (
 from reconciler.host.identity import identity_of
 from reconciler.plan import MIN_START_INTERVAL
 from reconciler.settings import Settings
+from reconciler.state.records import Event, Sample
 from tests.helpers import wait_for
 
 PY = sys.executable
@@ -298,13 +299,19 @@ class ScriptedPasses:
         self.before = before
         self.calls = 0
 
-    def reconcile(self, health: HealthResults | None = None) -> PassResult:
+    def reconcile(self, health: HealthResults | None = None,
+                  over_limit: OverLimit | None = None) -> PassResult:
         self.calls += 1
         self.before(self.calls)
-        return self.real.reconcile(health)
+        return self.real.reconcile(health, over_limit)
 
     def forget_caches(self) -> None:
         self.real.forget_caches()
+
+    def record_resources(self, samples: Sequence[Sample],
+                         anomalies: Mapping[str, Mapping[str, str]], *,
+                         window: float) -> list[Event]:
+        return self.real.record_resources(samples, anomalies, window=window)
 
 
 def scripted(settings: Settings, before: Callable[[int], None]

@@ -20,7 +20,8 @@ import pytest
 FORBIDDEN = ("subprocess", "socket", "select", "psutil", "sqlite3", "sqlite_utils",
              "watchfiles", "apscheduler", "yaml")
 PURE = ("reconciler.plan", "reconciler.desired", "reconciler.observed", "reconciler.identity",
-        "reconciler.state.records", "reconciler.backoff", "reconciler.environment")
+        "reconciler.state.records", "reconciler.backoff", "reconciler.environment",
+        "reconciler.anomalies")
 
 # pydantic's plugin loader imports importlib.metadata, which imports email and with it socket
 # and select, as soon as any model class is built: loaded by the library, never used by us.

@@ -9,7 +9,7 @@ same holds for `--allow-empty`). Readers use the accessors below for their defau
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from reconciler import __version__
@@ -28,6 +28,7 @@ from reconciler.spec.units import parse_duration
 # broken labels file stops them before any pass, and only them.
 PLACING_COMMANDS = (None, "diff", "resume")
 MAX_SETTLE_SECONDS = 60.0  # longer would mean an edit is not applied for minutes
+DEFAULT_SAMPLE_SECONDS = 5.0  # = resources.DEFAULT_INTERVAL_SECONDS (kept out of --help)
 MIN_RESYNC_SECONDS = 1.0  # a safety net, not a poll: `--resync 1ms` busy-looped the daemon
 OUTPUTS = ("table", "json")
 VALIDATE_FORMATS = ("text", "github")
@@ -116,6 +117,9 @@ def add_service_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-textfile", metavar="PATH", default=None,
                         help="with --once: write the metrics to PATH (atomically) for "
                              "node_exporter's textfile collector")
+    parser.add_argument("--sample-interval", default=None, metavar="DURATION",
+                        help="daemon: sample every running job's resources this often "
+                             "(default: $RECONCILER_SAMPLE_INTERVAL or 5s; at least 100ms)")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default=None,
                         help="daemon log lines: text, json, or journal (<N> priority "
                              "prefixes; the default when stderr is the journal)")
@@ -173,6 +177,25 @@ def rebind_of(args: argparse.Namespace) -> bool:
 
 def allow_empty_of(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "allow_empty", False))
+
+
+MIN_SAMPLE_SECONDS = 0.1
+MAX_SAMPLE_SECONDS = 3600.0
+SAMPLE_INTERVAL_ENV = "RECONCILER_SAMPLE_INTERVAL"
+
+
+def sample_interval_of(args: argparse.Namespace, environ: Mapping[str, str]) -> float:
+    """`--sample-interval`, else `$RECONCILER_SAMPLE_INTERVAL`, else 5 s; bounded."""
+    text, flag = args.sample_interval, "--sample-interval"
+    if text is None:
+        text, flag = environ.get(SAMPLE_INTERVAL_ENV), f"${SAMPLE_INTERVAL_ENV}"
+    if not text:
+        return DEFAULT_SAMPLE_SECONDS
+    seconds = duration(text, flag)
+    if not MIN_SAMPLE_SECONDS <= seconds <= MAX_SAMPLE_SECONDS:
+        raise UsageError(f"{flag}: from {MIN_SAMPLE_SECONDS * 1000:g}ms to "
+                         f"{MAX_SAMPLE_SECONDS:g}s")
+    return seconds
 
 
 def resync_of(args: argparse.Namespace) -> float:

@@ -28,6 +28,7 @@ from reconciler.cli.args import (
     parse_target,
     rebind_of,
     resync_of,
+    sample_interval_of,
     settings_from,
     specs_flag,
     state_dir_flag,
@@ -112,6 +113,7 @@ def run_daemon(args: argparse.Namespace, settings: Settings, resync: float) -> i
     """The controller as a service: its log format, systemd's notify socket and the metrics
     endpoint are settled (and a busy metrics port refused) before the first pass."""
     address = metrics_address_of(args)
+    sample_interval = sample_interval_of(args, os.environ)
     log_format = args.log_format or logformat.default_format(os.environ, sys.stderr)
     prepare_state_dir(settings, rebind=rebind_of(args))
     with DaemonLock(settings.daemon_lock_path):
@@ -126,7 +128,8 @@ def run_daemon(args: argparse.Namespace, settings: Settings, resync: float) -> i
                  f", metrics on {serve.url}/metrics" if serve else "",
                  ", notifying systemd" if notifier.enabled else "")
         daemon = Daemon(settings, allow_empty=allow_empty_of(args), resync=resync,
-                        notifier=notifier, metrics=metrics, serve=serve)
+                        notifier=notifier, metrics=metrics, serve=serve,
+                        sample_interval=sample_interval)
         daemon.install_signal_handlers()
         code = daemon.run()
         log.info("reconciler %s stopped (pid %d)", __version__, os.getpid())

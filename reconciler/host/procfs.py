@@ -112,6 +112,8 @@ class StatUsage:
     threads: int
     starttime: int
     rss_pages: int
+    ppid: int = 0
+    session: int = 0
 
     @property
     def zombie(self) -> bool:
@@ -126,8 +128,9 @@ def parse_stat_usage(raw: bytes) -> StatUsage:
     if rparen < 0 or len(rest) < 22:
         raise ValueError("stat: too few fields after comm")
     state = rest[0].decode("ascii", "replace")
-    utime, stime, threads, starttime, rss = (_int(rest[i]) for i in (11, 12, 17, 19, 21))
-    return StatUsage(state, utime, stime, threads, starttime, max(rss, 0))
+    ppid, session, utime, stime, threads, starttime, rss = (
+        _int(rest[i]) for i in (1, 3, 11, 12, 17, 19, 21))
+    return StatUsage(state, utime, stime, threads, starttime, max(rss, 0), ppid, session)
 
 
 def _int(token: bytes) -> int:
@@ -233,7 +236,7 @@ def read_usage(pid: int) -> tuple[StatUsage, int | None] | None:
     it is gone. No dir fd (a scrape does this for a thousand jobs): the fds are counted
     first and stat read second, so when the start time in stat is the job's, the process
     that had the fds was that job too (a pid is reused only after its process is gone)."""
-    fds = _count_fds(pid)
+    fds = count_fds(pid)
     try:
         fd = os.open(f"{PROC}/{int(pid)}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -250,7 +253,7 @@ def read_usage(pid: int) -> tuple[StatUsage, int | None] | None:
         return None
 
 
-def _count_fds(pid: int) -> int | None:
+def count_fds(pid: int) -> int | None:
     """Since Linux 6.2 the size of /proc/<pid>/fd is its number of open fds: one stat
     instead of a listing. An older kernel says 0, and then the listing answers (a process
     with no fd at all pays for it)."""
@@ -260,6 +263,70 @@ def _count_fds(pid: int) -> int | None:
         return size if size > 0 else len(os.listdir(path))
     except OSError:
         return None
+
+
+def read_stat_usage(pid: int) -> StatUsage | None:
+    """`parse_stat_usage` of a live process; None when it is gone."""
+    try:
+        fd = os.open(f"{PROC}/{int(pid)}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return parse_stat_usage(os.read(fd, _STAT_MAX))
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_small(path: str) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 8192).decode(_FS_ENCODING, "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_oom_score(pid: int) -> int | None:
+    text = _read_small(f"{PROC}/{int(pid)}/oom_score")
+    try:
+        return _dec(text.strip()) if text is not None else None
+    except ValueError:
+        return None
+
+
+def read_wchan(pid: int) -> str:
+    """Where the process sleeps in the kernel ("0" or "" when it runs or we may not see)."""
+    text = _read_small(f"{PROC}/{int(pid)}/wchan")
+    return "" if text is None else text.strip()[:64]
+
+
+def parse_limits(text: str) -> dict[str, tuple[int | None, int | None]]:
+    """/proc/<pid>/limits: `Max open files  1024  4096  files` → {"Max open files":
+    (1024, 4096)}; `unlimited` is None. The name is everything before the first run of two
+    spaces; lines that do not parse are skipped."""
+    found: dict[str, tuple[int | None, int | None]] = {}
+    for line in _lines(text)[1:]:
+        name, _, rest = line.partition("  ")
+        fields = rest.split()
+        if len(fields) < 2:
+            continue
+        try:
+            soft, hard = (None if f == "unlimited" else _dec(f) for f in fields[:2])
+        except ValueError:
+            continue
+        found[name.strip()] = (soft, hard)
+    return found
+
+
+def read_fd_soft_limit(pid: int) -> int | None:
+    text = _read_small(f"{PROC}/{int(pid)}/limits")
+    return None if text is None else parse_limits(text).get("Max open files", (None, None))[0]
 
 
 def iter_pids() -> Iterator[int]:

@@ -26,7 +26,7 @@ StopThen = Literal["removed", "stopped", "restart", "succeeded", "retry"]
 # Why a run ended badly; shown in `status` so operators see the class of trouble at a glance.
 FailureClass = Literal[
     "spawn-error", "bind-conflict", "crash-before-ready", "crash-after-ready",
-    "unhealthy", "exit-nonzero",
+    "unhealthy", "exit-nonzero", "memory-limit",
 ]
 
 

@@ -1,0 +1,113 @@
+"""Resource samples of running jobs (DESIGN §8.4): one look at every job's processes.
+
+A job's members are the processes of its main process's session (every job starts in a
+session of its own, and its children stay in it unless they call setsid()). One walk of
+/proc reads each process's stat once and groups them by session, so a round costs one
+`stat` read per process on the host plus, per member, its fd count and oom_score, and per
+job the main process's wchan and (once per process) its fd limit. CPU, RSS, threads and fds
+are summed over the members; zombies are counted, not summed (they use nothing).
+
+Sample times come from `SampleClock`: the monotonic clock anchored at a wall-clock time, so
+a series never goes backwards when the wall clock is stepped (NTP at boot, a resumed VM).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+from reconciler.host import procfs
+from reconciler.host.procfs import StatUsage
+from reconciler.state.records import JobRecord, Sample
+
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+class SampleClock:
+    """Sample times that only move forward: `start_after` (the newest time already stored,
+    say by a previous daemon) plus the monotonic time since this clock was made, or the
+    wall clock at that moment if it is later."""
+
+    def __init__(self, start_after: float = 0.0, *, wall: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._base = max(wall(), start_after)
+        self._monotonic = monotonic
+        self._zero = monotonic()
+
+    def now(self) -> float:
+        return self._base + (self._monotonic() - self._zero)
+
+
+class Sampler:
+    """Takes a `Sample` of every running job. Keeps only the fd soft limit of each process
+    it has seen (it changes only by prlimit, and reading /proc/<pid>/limits every round
+    would be a third of the cost)."""
+
+    def __init__(self, clock: SampleClock | None = None) -> None:
+        self.clock = clock or SampleClock()
+        self._fd_limits: dict[tuple[int, int], int | None] = {}
+
+    def sample(self, jobs: Iterable[JobRecord]) -> list[Sample]:
+        running = [j for j in jobs if j.pid is not None and j.identity is not None
+                   and j.phase in ("running", "starting", "stopping")]
+        if not running:
+            return []
+        by_session = _processes_by_session()
+        at = self.clock.now()
+        samples: list[Sample] = []
+        seen: set[tuple[int, int]] = set()
+        for job in running:
+            assert job.pid is not None and job.identity is not None
+            main = _find(by_session, job.pid)
+            if main is None or main.starttime != job.identity.starttime_ticks:
+                continue  # gone, or the pid is another process's now
+            members = by_session.get(main.session, [])
+            key = (job.pid, main.starttime)
+            seen.add(key)
+            if key not in self._fd_limits:
+                self._fd_limits[key] = procfs.read_fd_soft_limit(job.pid)
+            samples.append(_sample_of(job, at, main, members, self._fd_limits[key]))
+        self._fd_limits = {k: v for k, v in self._fd_limits.items() if k in seen}
+        return samples
+
+
+Members = list[tuple[int, StatUsage]]
+
+
+def _processes_by_session() -> dict[int, Members]:
+    found: dict[int, Members] = defaultdict(list)
+    for pid in procfs.iter_pids():
+        usage = procfs.read_stat_usage(pid)
+        if usage is not None:
+            found[usage.session].append((pid, usage))
+    return found
+
+
+def _find(by_session: dict[int, Members], pid: int) -> StatUsage | None:
+    """The main process is usually its session's leader (sid = pid); one that daemonized
+    may sit in another session: then it is read on its own."""
+    for member_pid, usage in by_session.get(pid, []):
+        if member_pid == pid:
+            return usage
+    return procfs.read_stat_usage(pid)
+
+
+def _sample_of(job: JobRecord, at: float, main: StatUsage, members: Members,
+               fd_limit: int | None) -> Sample:
+    live = [(pid, u) for pid, u in members if u.state not in ("Z", "X", "x")] or [
+        (job.pid or 0, main)]
+    fds = [procfs.count_fds(pid) for pid, _ in live]
+    scores = [s for pid, _ in live if (s := procfs.read_oom_score(pid)) is not None]
+    return Sample(
+        at=at, job_id=job.id, service=job.service, action=job.action, members=len(live),
+        rss_bytes=sum(u.rss_pages for _, u in live) * _PAGE_BYTES,
+        cpu_seconds=sum(u.utime + u.stime for _, u in live) / _TICKS_PER_SECOND,
+        threads=sum(u.threads for _, u in live),
+        open_fds=None if any(f is None for f in fds) else sum(f for f in fds if f is not None),
+        fd_limit=fd_limit, oom_score=max(scores, default=None), state=main.state,
+        wchan=procfs.read_wchan(job.pid or 0),
+        dstate=sum(1 for _, u in live if u.state == "D"),
+        zombies=sum(1 for _, u in members if u.state == "Z"))

@@ -1,0 +1,117 @@
+"""The daemon's resource monitor (DESIGN §8.4): samples every running job on its own thread,
+judges the anomaly rules and the `max_rss` limits, and hands each round to the loop.
+
+Reading /proc for a thousand jobs takes tens of milliseconds, so it happens here, never in
+a pass. The loop, which owns the only writer connection, stores each round (`Round`) and
+acts on it: an anomaly that starts or ends is an event, a job over its `max_rss` is
+restarted by the next pass (reason `memory-limit`). A round that finds a job over its limit
+kicks the loop at once, so the restart comes within the sample that saw it (within two
+samples of the growth that crossed the limit).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from reconciler.anomalies import DEFAULT_RULES, Rules, evaluate
+from reconciler.host.sampling import Sampler
+from reconciler.identity import Identity
+from reconciler.state.records import JobRecord, Sample
+from reconciler.timing import THREAD_JOIN_SECONDS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL_SECONDS = 5.0
+WINDOW_SECONDS = 3600.0  # samples kept in the database
+# The most samples kept in memory per job for the rules: enough for the growth window at
+# the shortest interval the flag allows.
+_HISTORY_MAX = 2000
+
+JobsNow = Callable[[], Sequence[JobRecord]]
+Limits = Callable[[], Mapping[tuple[str, str], int]]  # (service, action) -> max_rss bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """One sampling round: the samples, the rules each job breaks now, and the jobs over
+    their memory limit (identity: the process that was over, so a restarted one is not
+    stopped for its predecessor's sin)."""
+
+    samples: tuple[Sample, ...]
+    anomalies: dict[str, dict[str, str]]  # job id -> rule -> why
+    over_limit: dict[str, tuple[Identity, str]] = field(default_factory=dict)
+
+
+class ResourceMonitor:
+    """Samples `jobs()` every `interval` seconds on its own thread; each round goes into
+    `rounds` and `kick()` wakes the loop."""
+
+    def __init__(self, jobs: JobsNow, limits: Limits, kick: Callable[[], None], *,
+                 interval: float = DEFAULT_INTERVAL_SECONDS, rules: Rules = DEFAULT_RULES,
+                 sampler: Sampler | None = None) -> None:
+        self.interval = interval
+        self.rules = rules
+        self.rounds: queue.SimpleQueue[Round] = queue.SimpleQueue()
+        self._jobs = jobs
+        self._limits = limits
+        self._kick = kick
+        self._sampler = sampler or Sampler()
+        self._history: dict[str, deque[Sample]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="resources", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(THREAD_JOIN_SECONDS)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.rounds.put(self.take_round())
+                self._kick()
+            except Exception:  # one bad round must not end sampling for good
+                log.exception("resource sampling failed; trying again next interval")
+
+    def take_round(self) -> Round:
+        jobs = list(self._jobs())
+        samples = self._sampler.sample(jobs)
+        anomalies: dict[str, dict[str, str]] = {}
+        for sample in samples:
+            history = self._history.setdefault(sample.job_id, deque(maxlen=_HISTORY_MAX))
+            history.append(sample)
+            while history and history[0].at < sample.at - self.rules.growth_window * 1.1:
+                history.popleft()
+            found = evaluate(history, self.rules)
+            if found:
+                anomalies[sample.job_id] = found
+        sampled = {s.job_id for s in samples}
+        self._history = {k: v for k, v in self._history.items() if k in sampled}
+        return Round(tuple(samples), anomalies, over_memory(jobs, samples, self._limits()))
+
+
+def over_memory(jobs: Sequence[JobRecord], samples: Sequence[Sample],
+                limits: Mapping[tuple[str, str], int]) -> dict[str, tuple[Identity, str]]:
+    """Jobs whose RSS (summed over their processes) is above their `max_rss`."""
+    by_id = {j.id: j for j in jobs}
+    over: dict[str, tuple[Identity, str]] = {}
+    for sample in samples:
+        limit = limits.get(sample.key)
+        job = by_id.get(sample.job_id)
+        if limit is None or job is None or job.identity is None or sample.rss_bytes <= limit:
+            continue
+        over[sample.job_id] = (job.identity, f"memory-limit: RSS {_mib(sample.rss_bytes)} over "
+                                             f"max_rss {_mib(limit)}")
+    return over
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024 / 1024:.1f} MiB"
