@@ -41,14 +41,20 @@ class SampleClock:
         return self._base + (self._monotonic() - self._zero)
 
 
+# The fd soft limit of a process is read again every this many rounds (a process may
+# lower or raise it itself, but rarely does; reading /proc/<pid>/limits every round would
+# be a third of a round's cost).
+FD_LIMIT_ROUNDS = 12
+
+
 class Sampler:
     """Takes a `Sample` of every running job. Keeps only the fd soft limit of each process
-    it has seen (it changes only by prlimit, and reading /proc/<pid>/limits every round
-    would be a third of the cost)."""
+    it has seen, read again every FD_LIMIT_ROUNDS rounds."""
 
     def __init__(self, clock: SampleClock | None = None) -> None:
         self.clock = clock or SampleClock()
         self._fd_limits: dict[tuple[int, int], int | None] = {}
+        self._rounds = 0
 
     def sample(self, jobs: Iterable[JobRecord]) -> list[Sample]:
         running = [j for j in jobs if j.pid is not None and j.identity is not None
@@ -57,6 +63,9 @@ class Sampler:
             return []
         by_session = _processes_by_session()
         at = self.clock.now()
+        self._rounds += 1
+        if self._rounds % FD_LIMIT_ROUNDS == 0:
+            self._fd_limits.clear()
         samples: list[Sample] = []
         seen: set[tuple[int, int]] = set()
         for job in running:

@@ -1,0 +1,195 @@
+"""Resource samples and anomaly rules (DESIGN §8.4) on real processes: each rule has a
+process that breaks it and a steady one that must not.
+
+The rules run with short windows here (seconds instead of minutes); the sampling interval
+between two looks is the measurement's own, not a synchronization: every wait ends on a
+condition or a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler.anomalies import Rules, evaluate
+from reconciler.host.identity import identity_of
+from reconciler.host.sampling import SampleClock, Sampler
+from reconciler.state.records import JobRecord, Sample
+from tests.conftest import Foreign
+from tests.helpers import wait_for
+
+PY = sys.executable
+FAST = Rules(growth_window=2.0, dstate_seconds=1.0)
+STEP = 0.1  # seconds between two samples in these tests
+
+
+def job_of(proc: subprocess.Popen[bytes], name: str = "svc") -> JobRecord:
+    ident = identity_of(proc.pid)
+    assert ident is not None
+    return JobRecord(id=f"{name}-1", service=name, action="main", generation="g",
+                     phase="running", pid=proc.pid, boot_id=ident.boot_id,
+                     starttime_ticks=ident.starttime_ticks, started_at=time.time())
+
+
+def start(foreign: Foreign, code: str) -> subprocess.Popen[bytes]:
+    """A job's main process: a session of its own, as the reconciler starts every job."""
+    return foreign.start([PY, "-c", textwrap.dedent(code)])
+
+
+def watch_until(job: JobRecord, rule: str, timeout: float = 20.0) -> tuple[str, list[Sample]]:
+    sampler, history = Sampler(), []
+
+    def broken() -> str | None:
+        history.extend(sampler.sample([job]))
+        return evaluate(history, FAST).get(rule)
+
+    why = wait_for(broken, timeout=timeout, interval=STEP, message=f"rule {rule}")
+    return why, history
+
+
+def test_members_threads_and_memory_are_summed(foreign: Foreign, tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    proc = foreign.start([PY, "-c", textwrap.dedent(f"""
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        open({str(ready)!r}, "w").close()
+        time.sleep(60)
+    """)])
+    wait_for(ready.exists, message="the job's child started")
+    (sample,) = wait_for(lambda: [s for s in Sampler().sample([job_of(proc)])
+                                  if s.members == 2], message="two members")
+    alone = Sampler().sample([job_of(foreign.start(["sleep", "60"]),
+                                     "other")])
+    assert sample.threads >= 2 and sample.rss_bytes > alone[0].rss_bytes
+    assert sample.open_fds is not None and sample.open_fds >= 6  # 3 each at least
+    assert sample.fd_limit and sample.state in ("S", "R") and sample.zombies == 0
+
+
+def test_a_recycled_pid_or_a_gone_process_is_not_sampled(foreign: Foreign) -> None:
+    proc = foreign.start(["sleep", "60"])
+    job = job_of(proc)
+    stranger = JobRecord(id="x-1", service="x", action="main", generation="g",
+                         phase="running", pid=proc.pid, boot_id=job.boot_id,
+                         starttime_ticks=(job.starttime_ticks or 0) + 1)
+    assert [s.job_id for s in Sampler().sample([job, stranger])] == [job.id]
+    proc.kill()
+    proc.wait()
+    assert Sampler().sample([job]) == []
+
+
+def test_sample_times_never_go_backwards_when_the_wall_clock_does() -> None:
+    wall, mono = [1000.0], [5.0]
+    clock = SampleClock(start_after=2000.0, wall=lambda: wall[0], monotonic=lambda: mono[0])
+    first = clock.now()
+    assert first == 2000.0  # after what an earlier daemon stored
+    wall[0], mono[0] = 10.0, 6.0  # the wall clock stepped back an hour, one second passed
+    assert clock.now() == first + 1.0
+
+
+# --- rules that trigger ---------------------------------------------------------------------
+
+
+def test_fds_near_the_limit(foreign: Foreign) -> None:
+    proc = start(foreign, """
+        import os, resource, time
+        resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+        held = [os.open("/dev/null", os.O_RDONLY) for _ in range(85)]
+        time.sleep(60)
+    """)
+    why, _ = watch_until(job_of(proc), "fds")
+    assert "of 100 file descriptors" in why
+
+
+def test_steady_rss_growth(foreign: Foreign) -> None:
+    proc = start(foreign, """
+        import time
+        hoard = []
+        for _ in range(400):
+            hoard.append(bytearray(2 * 1024 * 1024))
+            time.sleep(0.02)
+        time.sleep(60)
+    """)
+    why, _ = watch_until(job_of(proc), "rss-growth")
+    assert "RSS grew steadily" in why
+
+
+def test_threads_growing(foreign: Foreign) -> None:
+    proc = start(foreign, """
+        import threading, time
+        for _ in range(300):
+            threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+            time.sleep(0.02)
+        time.sleep(60)
+    """)
+    why, _ = watch_until(job_of(proc), "threads-growth")
+    assert "threads grew steadily" in why
+
+
+def test_zombies_piling_up(foreign: Foreign) -> None:
+    proc = start(foreign, """
+        import os, time
+        for _ in range(12):
+            if os.fork() == 0:
+                os._exit(0)
+        time.sleep(60)
+    """)
+    why, _ = watch_until(job_of(proc), "zombies")
+    assert why.startswith("12 zombie")
+
+
+def test_a_high_oom_score(foreign: Foreign) -> None:
+    proc = foreign.start(["sh", "-c", "echo 1000 > /proc/self/oom_score_adj; exec sleep 60"])
+    wait_for(lambda: Path(f"/proc/{proc.pid}/comm").read_text().strip() == "sleep",
+             message="sleep exec'ed")
+    why, _ = watch_until(job_of(proc), "oom-score")
+    assert why.startswith("oom_score ")
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler to make a vfork")
+def test_a_member_stuck_in_d_state(foreign: Foreign, tmp_path: Path) -> None:
+    """A vfork()ing parent waits uninterruptibly (state D) until its child exits: the one
+    unprivileged way to hold a process in D state on purpose."""
+    source = tmp_path / "vfork.c"
+    source.write_text("#include <unistd.h>\nint main(void) { if (vfork() == 0) { sleep(60);"
+                      " _exit(0); } return 0; }\n")
+    subprocess.run(["cc", "-o", str(tmp_path / "vfork"), str(source)], check=True)
+    proc = foreign.start([str(tmp_path / "vfork")])
+    why, _ = watch_until(job_of(proc), "d-state")
+    assert "uninterruptible sleep (D)" in why
+
+
+# --- and a steady process that must not ---------------------------------------------------
+
+
+def test_a_steady_process_breaks_no_rule(foreign: Foreign) -> None:
+    proc = start(foreign, """
+        import os, time
+        try:  # as low as it goes, so the oom rule is about this process, not its parent
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("0")
+        except OSError:
+            pass
+        buffers = [bytearray(1024 * 1024) for _ in range(20)]
+        time.sleep(60)
+    """)
+    job, sampler, history = job_of(proc), Sampler(), []
+    deadline = time.monotonic() + FAST.growth_window * 1.5
+    while time.monotonic() < deadline:  # a full growth window of samples
+        history.extend(sampler.sample([job]))
+        assert not evaluate(history, FAST) or _only_inherited_oom(history), \
+            evaluate(history, FAST)
+        time.sleep(STEP)
+    assert len(history) >= 10
+
+
+def _only_inherited_oom(history: list[Sample]) -> bool:
+    """Unprivileged, the test cannot lower an oom_score_adj it inherited."""
+    found = evaluate(history, FAST)
+    return set(found) == {"oom-score"} and os.geteuid() != 0
