@@ -8,6 +8,7 @@ condition or a deadline.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,12 +19,16 @@ from pathlib import Path
 
 import pytest
 
+from reconciler import cli
 from reconciler.anomalies import Rules, evaluate
 from reconciler.host.identity import identity_of
 from reconciler.host.sampling import SampleClock, Sampler
+from reconciler.settings import Settings
+from reconciler.state.reader import open_reader
 from reconciler.state.records import JobRecord, Sample
 from tests.conftest import Foreign
 from tests.helpers import wait_for
+from tests.test_daemon import DaemonRunner, events, jobs, sleeper, write_spec
 
 PY = sys.executable
 FAST = Rules(growth_window=2.0, dstate_seconds=1.0)
@@ -193,3 +198,44 @@ def _only_inherited_oom(history: list[Sample]) -> bool:
     """Unprivileged, the test cannot lower an oom_score_adj it inherited."""
     found = evaluate(history, FAST)
     return set(found) == {"oom-score"} and os.geteuid() != 0
+
+
+# --- through the daemon ---------------------------------------------------------------------
+
+
+ZOMBIE_MAKER = ("import os, time\n"
+                "for _ in range(12):\n"
+                "    if os.fork() == 0:\n"
+                "        os._exit(0)\n"
+                "time.sleep(3600)\n")
+
+
+def test_the_daemon_records_samples_and_flags_an_anomaly_until_it_ends(
+        settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_spec(settings, "z.yaml", f"""\
+    name: z
+    actions:
+      - {{name: main, process: true, cmd: {json.dumps([PY, "-c", ZOMBIE_MAKER])}}}
+    """)
+    sleeper(settings, "keep")  # so removing z.yaml does not empty the specs dir
+    daemon = DaemonRunner(settings, tmp_path / "daemon.log")
+    try:
+        daemon.start("--sample-interval", "100ms")
+        row = wait_for(lambda: (r := jobs(settings, capsys).get("z.main")) and r["anomalies"]
+                       and r, message="the zombies flagged in status")
+        assert [a["rule"] for a in row["anomalies"]] == ["zombies"]
+        capsys.readouterr()
+        assert cli.main(["status", "--state-dir", str(settings.state_dir),
+                         "--specs", str(settings.specs_dir)]) == 0
+        assert "zombies" in capsys.readouterr().out
+        onset = [e for e in events(settings, capsys) if e["kind"] == "anomaly"]
+        assert onset and onset[0]["reason"].startswith("zombies: 12 zombie")
+        with open_reader(settings) as store:
+            samples = store.samples(service="z")
+        assert len(samples) >= 2 and all(s.zombies == 12 for s in samples[-2:])
+        assert [s.at for s in samples] == sorted(s.at for s in samples)
+        (settings.specs_dir / "z.yaml").unlink()
+        wait_for(lambda: any(e["kind"] == "anomaly-recovered"
+                             for e in events(settings, capsys)), message="recovered")
+    finally:
+        daemon.cleanup()

@@ -343,14 +343,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     with open_reader(settings) as store:  # one read-only open for the jobs and the header
-        jobs, suspended = store.jobs(), store.suspended()
+        jobs, suspended, anomalies = store.jobs(), store.suspended(), store.anomalies()
         info = info_from(store, settings) if args.output != "json" else None
     usages = UsageSampler().sample({j.id: j.identity for j in jobs if j.pid and j.identity})
     if info is None:
-        emit(render.jobs_json(jobs, usages, suspended))  # stays a list of jobs (DESIGN §8.2)
+        emit(render.jobs_json(jobs, usages, suspended, anomalies))  # a list of jobs (§8.2)
     else:
         emit(render.status_header(info))
-        emit(render.status_table(jobs, usages, suspended) if jobs else "no jobs")
+        emit(render.status_table(jobs, usages, suspended, anomalies) if jobs else "no jobs")
     return EXIT_OK
 
 

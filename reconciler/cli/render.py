@@ -16,7 +16,7 @@ from reconciler.host.usage import Usage
 from reconciler.info import Info
 from reconciler.plan import Cleanup, Kill, Plan, Step, Waiting
 from reconciler.spec.load import LoadResult, SpecError
-from reconciler.state.records import Event, JobRecord
+from reconciler.state.records import Anomaly, Event, JobRecord
 from reconciler.text import printable
 
 
@@ -25,7 +25,7 @@ def to_json(value: object) -> str:
 
 
 def job_json(job: JobRecord, now: float | None = None, usage: Usage | None = None, *,
-             suspended: bool = False) -> dict[str, Any]:
+             suspended: bool = False, anomalies: Sequence[Anomaly] = ()) -> dict[str, Any]:
     now = time.time() if now is None else now
     return {
         "service": job.service,
@@ -48,20 +48,32 @@ def job_json(job: JobRecord, now: float | None = None, usage: Usage | None = Non
         "cpu_percent": round(usage.cpu_percent, 1) if usage else None,
         "rss_bytes": usage.rss_bytes if usage else None,
         "suspended": suspended,
+        "anomalies": [{"rule": a.rule, "since": a.since, "detail": a.detail}
+                      for a in anomalies],
     }
 
 
 def jobs_json(jobs: Iterable[JobRecord], usages: dict[str, Usage] | None = None,
-              suspended: frozenset[str] = frozenset()) -> str:
-    return to_json(jobs_list(jobs, usages, suspended))
+              suspended: frozenset[str] = frozenset(),
+              anomalies: Sequence[Anomaly] = ()) -> str:
+    return to_json(jobs_list(jobs, usages, suspended, anomalies))
 
 
 def jobs_list(jobs: Iterable[JobRecord], usages: dict[str, Usage] | None = None,
-              suspended: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+              suspended: frozenset[str] = frozenset(),
+              anomalies: Sequence[Anomaly] = ()) -> list[dict[str, Any]]:
     """The job objects of `status -o json` (also inside `--once -o json`)."""
     usages = usages or {}
-    return [job_json(j, usage=usages.get(j.id), suspended=j.service in suspended)
-            for j in jobs]
+    by_job = anomalies_by_job(anomalies)
+    return [job_json(j, usage=usages.get(j.id), suspended=j.service in suspended,
+                     anomalies=by_job.get(j.id, ())) for j in jobs]
+
+
+def anomalies_by_job(anomalies: Iterable[Anomaly]) -> dict[str, list[Anomaly]]:
+    found: dict[str, list[Anomaly]] = {}
+    for anomaly in anomalies:
+        found.setdefault(anomaly.job_id, []).append(anomaly)
+    return found
 
 
 def describe_reason(job: JobRecord, now: float | None = None) -> str:
@@ -74,11 +86,13 @@ def describe_reason(job: JobRecord, now: float | None = None) -> str:
 
 
 def status_table(jobs: Sequence[JobRecord], usages: dict[str, Usage] | None = None,
-                 suspended: frozenset[str] = frozenset()) -> str:
+                 suspended: frozenset[str] = frozenset(),
+                 anomalies: Sequence[Anomaly] = ()) -> str:
     now = time.time()
     usages = usages or {}
+    by_job = anomalies_by_job(anomalies)
     rows = [("SERVICE", "ACTION", "PHASE", "READY", "PID", "RESTARTS", "UPTIME", "CPU%", "RSS",
-             "LAST EXIT", "SUSPENDED", "REASON")]
+             "LAST EXIT", "SUSPENDED", "ANOMALIES", "REASON")]
     for job in jobs:
         uptime = age(now - job.started_at) if job.pid and job.started_at else "-"
         used = usages.get(job.id)
@@ -89,6 +103,7 @@ def status_table(jobs: Sequence[JobRecord], usages: dict[str, Usage] | None = No
                      f"{used.rss_bytes / 2**20:.1f}MiB" if used else "-",
                      "-" if job.last_exit_code is None else str(job.last_exit_code),
                      "yes" if job.service in suspended else "-",
+                     ",".join(a.rule for a in by_job.get(job.id, ())) or "-",
                      describe_reason(job, now)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
