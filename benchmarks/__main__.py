@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks import logflood, measure, metricscost, report, slowstop
+from benchmarks import logflood, measure, metricscost, report, samplingcost, slowstop
 from benchmarks.supervisors import ALL, MARKERS, REPO, Reconciler, Supervisor, kill_all
 
-SCENARIOS = ("all", "compare", "slow-stop", "log-flood", "metrics")
+SCENARIOS = ("all", "compare", "slow-stop", "log-flood", "metrics", "sampling")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Plan:
     slow: slowstop.SlowPlan
     flood: logflood.FloodPlan
     metrics: metricscost.MetricsPlan
+    sampling: samplingcost.SamplingPlan
     converge_timeout: float = 180.0
 
 
@@ -75,7 +76,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
         plan = Plan(ns=(50,), runs=1, samples=10, idle_s=5.0, settle_s=1.0, gap_s=0.05,
                     save_samples=10, noop_n=200, noop_passes=20, slow=slow,
                     flood=logflood.FloodPlan(variants=logflood.QUICK_VARIANTS),
-                    metrics=metricscost.MetricsPlan(n=50, runs=1, idle_s=10.0, scrapes=10))
+                    metrics=metricscost.MetricsPlan(n=50, runs=1, idle_s=10.0, scrapes=10),
+                    sampling=samplingcost.SamplingPlan(n=50, runs=1, idle_s=10.0))
     else:
         ns = tuple(int(x) for x in args.n.split(","))
         slow = slowstop.SlowPlan(n=min(ns), samples=args.slow_samples,
@@ -83,7 +85,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
         plan = Plan(ns=ns, runs=args.runs, samples=args.samples, idle_s=args.idle,
                     settle_s=2.0, gap_s=0.1, save_samples=10, noop_n=max(1000, *ns),
                     noop_passes=20, slow=slow, flood=logflood.FloodPlan(),
-                    metrics=metricscost.MetricsPlan(n=max(ns), runs=args.runs))
+                    metrics=metricscost.MetricsPlan(n=max(ns), runs=args.runs),
+                    sampling=samplingcost.SamplingPlan(n=max(ns), runs=args.runs))
     return args, plan
 
 
@@ -154,6 +157,12 @@ def metrics_cost(plan: Plan, root: Path) -> metricscost.MetricsResult:
     return metricscost.run(m, root, uuid.uuid4().hex)
 
 
+def sampling_cost(plan: Plan, root: Path) -> samplingcost.SamplingResult:
+    s = plan.sampling
+    print(f"sampling n={s.n}: {s.runs} run(s), sampling off and every 5 s …", flush=True)
+    return samplingcost.run(s, root, uuid.uuid4().hex)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, plan = parse_args(argv)
     only = {s for s in args.only.split(",") if s}
@@ -163,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     slow: slowstop.SlowStopResult | None = None
     flood: list[logflood.FloodResult] = []
     metrics: metricscost.MetricsResult | None = None
+    sampling: samplingcost.SamplingResult | None = None
     started = time.monotonic()
     # As `pip install` does: otherwise, with PYTHONDONTWRITEBYTECODE set (it is on the
     # machines this was measured on), every start would compile the package from source.
@@ -178,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flood = log_flood(plan, root)
             if args.scenario in ("all", "metrics") and Reconciler in classes:
                 metrics = metrics_cost(plan, root)
+            if args.scenario in ("all", "sampling") and Reconciler in classes:
+                sampling = sampling_cost(plan, root)
         finally:
             kill_all_started()
     elapsed = time.monotonic() - started
@@ -188,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.scenario == "log-flood":
         text = "\n".join(report.log_flood(flood, command.strip())) if flood else "no reconciler"
         output = args.output
+    elif args.scenario == "sampling":
+        text = ("\n".join(report.sampling_cost(sampling, plan.sampling, command.strip()))
+                if sampling else "no reconciler")
+        output = args.output
     elif args.scenario == "metrics":
         text = ("\n".join(report.metrics_cost(metrics, plan.metrics, command.strip()))
                 if metrics else "no reconciler")
@@ -195,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         text = report.render(results, noops, plan, command.strip(), elapsed,
                              {c.name: c.version() for c in classes}, slow, flood,
-                             (metrics, plan.metrics) if metrics else None)
+                             (metrics, plan.metrics) if metrics else None,
+                             (sampling, plan.sampling) if sampling else None)
         output = args.output or str(report.DOC)
     print(text)
     if output:
@@ -205,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
            "noop": noops, "slow_stop": asdict(slow) if slow else None,
            "log_flood": [{k: v for k, v in asdict(r).items() if k != "live_series"}
                          for r in flood],
-           "metrics": asdict(metrics) if metrics else None}
+           "metrics": asdict(metrics) if metrics else None,
+           "sampling": asdict(sampling) if sampling else None}
     Path(__file__).with_name("last-run.json").write_text(json.dumps(raw, indent=1))
     return 0
 

@@ -9,10 +9,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import metricscost
+from benchmarks import metricscost, samplingcost
 from benchmarks.logflood import FloodResult, MiB
 from benchmarks.measure import SessionResult
 from benchmarks.metricscost import MetricsPlan, MetricsResult
+from benchmarks.samplingcost import SamplingPlan, SamplingResult
 from benchmarks.slowstop import SlowStopResult
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -243,6 +244,28 @@ def metrics_cost(res: MetricsResult, plan: MetricsPlan, command: str = "") -> li
     return lines
 
 
+def sampling_cost(res: SamplingResult, plan: SamplingPlan, command: str = "") -> list[str]:
+    """The sampling scenario's table (issue 12's goal); `command` when run on its own."""
+    got = samplingcost.summary(res)
+    lines = ["### Resource sampling (reconciler only)", ""]
+    if command:
+        lines += [f"Produced by `{command}`.", ""]
+    cpu, pct_round = got["cpu_added"], got["round_pct"]
+    lines += [
+        f"N = {res.n} sleepers, {plan.runs} run(s), each a daemon sampling every hour (in "
+        f"effect not at all) and one at the default 5 s; idle window {plan.idle_s:g} s. "
+        f"Then {plan.rounds} rounds of `Sampler.sample` over the N jobs, timed in-process "
+        f"(CPU time). {res.failures} session(s) failed to converge.", "",
+        "| metric | sampling off | every 5 s | added | goal |", "|---|---|---|---|---|",
+        f"| idle CPU (% of a core) | {fmt(got['cpu_off'])} | {fmt(got['cpu_on'])} "
+        f"| {fmt(cpu)} | ≤ 1 → {_goal(cpu is not None and cpu <= 1)} |",
+        f"| one round, CPU (ms) | | {fmt(got['round_ms'])} | {fmt(pct_round)} % of a core "
+        f"at 5 s | ≤ 1 % → {_goal(pct_round is not None and pct_round <= 1)} |",
+        f"| RSS (MiB) | {fmt(got['rss_off'])} | {fmt(got['rss_on'])} "
+        f"| {fmt(got['rss_added'])} | within the RSS goal above |", ""]
+    return lines
+
+
 def _goal(met: bool) -> str:
     return "met" if met else "**missed**"
 
@@ -252,7 +275,8 @@ def render(results: dict[str, dict[int, list[SessionResult]]],
            elapsed: float, versions: dict[str, str],
            slow: SlowStopResult | None = None,
            flood: Sequence[FloodResult] = (),
-           metrics: tuple[MetricsResult, MetricsPlan] | None = None) -> str:
+           metrics: tuple[MetricsResult, MetricsPlan] | None = None,
+           sampling: tuple[SamplingResult, SamplingPlan] | None = None) -> str:
     polls = [r.poll_ms for d in results.values() for rs in d.values() for r in rs if r.poll_ms]
     out = ["# Benchmarks: reconciler vs supervisord vs circus", "",
            "Produced by (from the repository root, venv with `.[bench]` installed):", "",
@@ -276,6 +300,8 @@ def render(results: dict[str, dict[int, list[SessionResult]]],
         out += log_flood(list(flood))
     if metrics is not None:
         out += metrics_cost(*metrics)
+    if sampling is not None:
+        out += sampling_cost(*sampling)
     out.append(METHOD)
     return "\n".join(out) + "\n"
 
@@ -332,6 +358,10 @@ METHOD = """## Method
   the second is scraped 30 times 0.2 s apart, each timed from the scraper (connect, request,
   whole body), and the daemon's CPU ticks over the 30 give one scrape's CPU. The CPU added at
   a 15 s scrape interval is the idle difference plus one scrape's CPU per 15 s.
+- sampling (`--scenario sampling`; reconciler only): N sleepers under a daemon with
+  `--sample-interval 1h` and under one with the default 5 s (alternating which goes first);
+  idle CPU and RSS as above; then 20 sampling rounds of the N jobs timed in the harness's
+  process (`Sampler.sample`, CPU time).
 - The harness's own 1 ms poll competes for the 2 cores with the daemons; it does so equally
   for all three.
 """
