@@ -123,7 +123,8 @@ class Daemon:
         self.notifier = notifier or Notifier(None)
         self.metrics = metrics
         self.serve = serve
-        self.wake = threading.Event()
+        self.wake = threading.Event()  # the loop has something to look at
+        self.pass_wanted = threading.Event()  # ... and it is a pass
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
         self.stop_reason = "stop() called"
@@ -141,7 +142,7 @@ class Daemon:
         self.logcap = LogCapper()
         self.over_limit: OverLimit = {}  # from the last sampling round, for the next pass
         self.resources = resources.ResourceMonitor(
-            self._jobs_now, self._memory_limits, self.kick, interval=sample_interval,
+            self._jobs_now, self._memory_limits, self._resources_ready, interval=sample_interval,
             rules=rules)
 
     def _jobs_now(self) -> Sequence[JobRecord]:
@@ -159,6 +160,14 @@ class Daemon:
         return Reconciler(self.settings, allow_empty=self.allow_empty)
 
     def kick(self) -> None:
+        """A pass is wanted (a trigger fired)."""
+        self.pass_wanted.set()
+        self.wake.set()
+
+    def _resources_ready(self) -> None:
+        """A sampling round is in: the loop stores it, and passes only if it asks to (a
+        job over its memory limit): a pass every sampling round would cost far more than
+        sampling itself."""
         self.wake.set()
 
     def stop(self, reason: str = "stop() called") -> None:
@@ -179,15 +188,16 @@ class Daemon:
             try:
                 self.kick()
                 while not self.stopping.is_set():
-                    woke = self.wake.wait(timeout=self._nap())
+                    self.wake.wait(timeout=self._nap())
+                    self.wake.clear()  # before looking: a kick from now on wakes us again
                     self._ping_watchdog()
                     if self.stopping.is_set():
                         break
                     self._record_resources(passes)
                     if self.reload_requested.is_set():
                         self._reload(passes)
-                    elif woke:
-                        self.wake.clear()
+                    elif self.pass_wanted.is_set():
+                        self.pass_wanted.clear()
                         self._pass(passes)
             finally:
                 self._stopping()
@@ -242,7 +252,7 @@ class Daemon:
         """Before the first successful pass systemd still waits for start-up: a reload then
         says nothing to it, since its closing READY=1 would call the daemon started."""
         self.reload_requested.clear()
-        self.wake.clear()
+        self.pass_wanted.clear()  # the reload's pass is the one wanted
         started = self.passes > 0
         if started:
             self.notifier.reloading()

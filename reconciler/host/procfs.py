@@ -128,15 +128,11 @@ def parse_stat_usage(raw: bytes) -> StatUsage:
     if rparen < 0 or len(rest) < 22:
         raise ValueError("stat: too few fields after comm")
     state = rest[0].decode("ascii", "replace")
-    ppid, session, utime, stime, threads, starttime, rss = (
-        _int(rest[i]) for i in (1, 3, 11, 12, 17, 19, 21))
-    return StatUsage(state, utime, stime, threads, starttime, max(rss, 0), ppid, session)
-
-
-def _int(token: bytes) -> int:
-    if not token.lstrip(b"-").isdigit():
-        raise ValueError(f"not a decimal number: {token!r}")
-    return int(token)
+    try:  # int() on bytes: the kernel's numbers; anything else is a ValueError
+        return StatUsage(state, int(rest[11]), int(rest[12]), int(rest[17]), int(rest[19]),
+                         max(int(rest[21]), 0), int(rest[1]), int(rest[3]))
+    except ValueError:
+        raise ValueError("stat: a usage field is not a number") from None
 
 
 def parse_cmdline(raw: bytes) -> tuple[str, ...]:

@@ -3,8 +3,9 @@
 A job's members are the processes of its main process's session (every job starts in a
 session of its own, and its children stay in it unless they call setsid()). One walk of
 /proc reads each process's stat once and groups them by session, so a round costs one
-`stat` read per process on the host plus, per member, its fd count and oom_score, and per
-job the main process's wchan and (once per process) its fd limit. CPU, RSS, threads and fds
+`stat` read per process on the host plus, per member, its fd count; a member's oom_score and
+the main process's fd limit are read again every 12th round, its wchan then and whenever it
+is in D state (where it says what it waits for). CPU, RSS, threads and fds
 are summed over the members; zombies are counted, not summed (they use nothing).
 
 Sample times come from `SampleClock`: the monotonic clock anchored at a wall-clock time, so
@@ -54,6 +55,7 @@ class Sampler:
     def __init__(self, clock: SampleClock | None = None) -> None:
         self.clock = clock or SampleClock()
         self._fd_limits: dict[tuple[int, int], int | None] = {}
+        self._oom_scores: dict[tuple[int, int], int | None] = {}
         self._rounds = 0
 
     def sample(self, jobs: Iterable[JobRecord]) -> list[Sample]:
@@ -64,10 +66,13 @@ class Sampler:
         by_session = _processes_by_session()
         at = self.clock.now()
         self._rounds += 1
-        if self._rounds % FD_LIMIT_ROUNDS == 0:
+        slow_round = self._rounds % FD_LIMIT_ROUNDS == 0
+        if slow_round:
             self._fd_limits.clear()
+            self._oom_scores.clear()
         samples: list[Sample] = []
         seen: set[tuple[int, int]] = set()
+        alive = {(pid, u.starttime) for members in by_session.values() for pid, u in members}
         for job in running:
             assert job.pid is not None and job.identity is not None
             main = _find(by_session, job.pid)
@@ -78,9 +83,20 @@ class Sampler:
             seen.add(key)
             if key not in self._fd_limits:
                 self._fd_limits[key] = procfs.read_fd_soft_limit(job.pid)
-            samples.append(_sample_of(job, at, main, members, self._fd_limits[key]))
+            samples.append(_sample_of(job, at, main, members, self._fd_limits[key],
+                                      self._oom_score, wchan=slow_round or main.state == "D"))
         self._fd_limits = {k: v for k, v in self._fd_limits.items() if k in seen}
+        self._oom_scores = {k: v for k, v in self._oom_scores.items() if k in alive}
         return samples
+
+
+    def _oom_score(self, pid: int, usage: StatUsage) -> int | None:
+        """Read again with the fd limits (every 12th round): it moves with the process's
+        memory, slowly, and one read per member per round was a fifth of a round's cost."""
+        key = (pid, usage.starttime)
+        if key not in self._oom_scores:
+            self._oom_scores[key] = procfs.read_oom_score(pid)
+        return self._oom_scores[key]
 
 
 Members = list[tuple[int, StatUsage]]
@@ -105,11 +121,14 @@ def _find(by_session: dict[int, Members], pid: int) -> StatUsage | None:
 
 
 def _sample_of(job: JobRecord, at: float, main: StatUsage, members: Members,
-               fd_limit: int | None) -> Sample:
+               fd_limit: int | None, oom_score: Callable[[int, StatUsage], int | None], *,
+               wchan: bool) -> Sample:
+    """`wchan`: read the main process's wchan this round (always when it is in D state,
+    where it says what it waits for; otherwise with the fd limit, every 12th round)."""
     live = [(pid, u) for pid, u in members if u.state not in ("Z", "X", "x")] or [
         (job.pid or 0, main)]
     fds = [procfs.count_fds(pid) for pid, _ in live]
-    scores = [s for pid, _ in live if (s := procfs.read_oom_score(pid)) is not None]
+    scores = [s for pid, u in live if (s := oom_score(pid, u)) is not None]
     return Sample(
         at=at, job_id=job.id, service=job.service, action=job.action, members=len(live),
         rss_bytes=sum(u.rss_pages for _, u in live) * _PAGE_BYTES,
@@ -117,6 +136,6 @@ def _sample_of(job: JobRecord, at: float, main: StatUsage, members: Members,
         threads=sum(u.threads for _, u in live),
         open_fds=None if any(f is None for f in fds) else sum(f for f in fds if f is not None),
         fd_limit=fd_limit, oom_score=max(scores, default=None), state=main.state,
-        wchan=procfs.read_wchan(job.pid or 0),
+        wchan=procfs.read_wchan(job.pid or 0) if wchan else "",
         dstate=sum(1 for _, u in live if u.state == "D"),
         zombies=sum(1 for _, u in members if u.state == "Z"))
