@@ -108,9 +108,23 @@ def _limit_problem(pid: int, key: str, which: int, value: int,
 
 def unraisable_hard_limits() -> dict[str, int] | None:
     """The controller's own hard limits by spec key, which a job can never exceed because
-    the controller cannot raise them (validation refuses more); None when it can, as root.
-    `geteuid() == 0` stands in for CAP_SYS_RESOURCE: a non-root controller with the
-    capability gets a validation error it could have lived without, never a spawn error."""
-    if os.geteuid() == 0:
+    the controller cannot raise them (validation refuses more); None when it can: with
+    CAP_SYS_RESOURCE in its effective set (root in a container often lacks it), or, where
+    /proc/self/status cannot be read, as root."""
+    if _can_raise_hard_limits():
         return None
     return {key: resource.getrlimit(which)[1] for key, which in RLIMITS.items()}
+
+
+_CAP_SYS_RESOURCE = 24
+
+
+def _can_raise_hard_limits() -> bool:
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_SYS_RESOURCE & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0

@@ -560,7 +560,8 @@ class Limits(_Spec):
     process before its command runs, one value for both the soft and the hard limit, and
     inherited by everything it starts. Unset means inherited from the reconciler."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+    # dumped as written (`as`), so a dumped spec loads back
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
 
     max_rss: Annotated[int, SizeBetween(MIN_MAX_RSS, MAX_MAX_RSS)] | None = None
     nofile: Annotated[int, RlimitBetween(1, MAX_NOFILE, size=False, unlimited=False)] | None \
@@ -575,6 +576,24 @@ class Limits(_Spec):
 
     # The rlimits by spec key, in the order they are applied; RLIMIT_<KEY upper-cased>.
     RLIMITS: ClassVar[tuple[str, ...]] = ("nofile", "nproc", "core", "memlock", "as", "fsize")
+
+    @model_validator(mode="after")
+    def _within_hard_limits(self, info: ValidationInfo) -> Limits:
+        """Above a hard limit the controller cannot raise, a job could never start: say so
+        now. `spec.load` passes those limits (host facts) in the context; none without."""
+        hard: Mapping[str, int] | None = (info.context or {}).get("hard_limits")
+        if not hard:
+            return self
+        for key, value in self.rlimits():
+            ceiling = hard.get(key, UNLIMITED)
+            if ceiling == UNLIMITED or (value != UNLIMITED and value <= ceiling):
+                continue
+            show = _rlimit_shown(key not in ("nofile", "nproc"))
+            raise spec_error(
+                f"{show(value)} is above the reconciler's own hard limit {show(ceiling)}, "
+                "which it cannot raise without CAP_SYS_RESOURCE: lower the value, or raise "
+                "the reconciler's hard limit (systemd: Limit" + key.upper() + "=)", at=(key,))
+        return self
 
     def rlimits(self) -> tuple[tuple[str, int], ...]:
         """The rlimits this spec sets, as (spec key, value; UNLIMITED for unlimited)."""
