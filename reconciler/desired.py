@@ -60,7 +60,19 @@ class DesiredAction:
             argv=self.argv, pidfile=self.pidfile, sockets=self.sockets,
             tcp_ports=tuple(self.spec.tcp_ports), stop_signal=self.spec.stop.signal,
             stop_timeout=self.spec.stop.timeout, log_path=self.log_path,
-            health=self.spec.health is not None, keep_logs=self.spec.logs.keep)
+            health=self.spec.health is not None, keep_logs=self.spec.logs.keep,
+            max_rss=self.spec.limits.max_rss)
+
+    @property
+    def max_rss(self) -> int | None:
+        """`limits.max_rss` in bytes, None when unset (enforced by sampling, not an rlimit)."""
+        return self.spec.limits.max_rss
+
+    @property
+    def rlimits(self) -> tuple[tuple[str, int], ...]:
+        """The rlimits its processes start with: (spec key, value), `spec.model.UNLIMITED`
+        for unlimited; host/spawn.py applies them before the command runs."""
+        return self.spec.limits.rlimits()
 
 
 @dataclass(frozen=True, slots=True)

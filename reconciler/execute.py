@@ -211,7 +211,8 @@ class Executor:
         try:
             return now, self.children.spawn(list(action.argv), cwd=action.cwd,
                                             env=dict(action.env), log_path=log_path,
-                                            enroll=enroll, job_id=step.job.id)
+                                            enroll=enroll, job_id=step.job.id,
+                                            rlimits=action.rlimits)
         except (SpawnError, pidfile.PidfileRefused) as err:
             if isinstance(err, pidfile.PidfileRefused):
                 enrollment.unenroll(self.run_dir, step.job.id)

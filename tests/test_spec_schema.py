@@ -172,6 +172,8 @@ VALID = {
         "    singleton: false\n    kill_others: false\n    sockets: []\n    tcp_ports: []\n"
         "    pidfile: null\n    health: null", process=False),
     "null restart": action("    restart: null"),
+    "limits at their bounds": action("    limits: {max_rss: 1MiB, nofile: 1, nproc: unlimited, "
+                                     "core: 0, memlock: 0B, as: 1MiB, fsize: unlimited}"),
 }
 
 
@@ -260,6 +262,10 @@ INVALID = {
     "ports on a one-shot": action("    tcp_ports: [8080]", process=False),
     "singleton one-shot": action("    singleton: true", process=False),
     "pidfile on a one-shot": action("    pidfile: a.pid", process=False),
+    "unlimited open files": action("    limits: {nofile: unlimited}"),
+    "no open files": action("    limits: {nofile: 0}"),
+    "a size limit without a unit": action("    limits: {core: 10}"),
+    "an unknown limit": action("    limits: {rss: 1GiB}"),
 }
 
 
@@ -276,6 +282,7 @@ LOADER_ONLY = {
     "duration above its range": action("    stop: {timeout: 2h}"),
     "duration below its range": action("    backoff: {initial: 1ms}"),
     "size below its range": action("    logs: {max_size: 1KiB}"),
+    "size limit below its range": action("    limits: {as: 4KiB}"),
     "max shorter than initial": action("    backoff: {initial: 5s, max: 1s}"),
     "duplicate action names": "name: web\nactions:\n  - {name: a, cmd: [x]}\n"
                               "  - {name: a, cmd: [y]}\n",

@@ -31,15 +31,17 @@ from dataclasses import dataclass
 from reconciler.environment import DEFAULT_PATH
 from reconciler.files import PRIVATE_FILE, make_private_dirs
 from reconciler.host import procfs
-from reconciler.host.limits import child_fd_limit
+from reconciler.host.limits import LimitError, apply_rlimits, child_fd_limit
 from reconciler.host.pidfd import SYSTEM, NoPidfd, Pidfds
 from reconciler.identity import Identity
 from reconciler.observed import Exit
 from reconciler.timing import NO_PIDFD_POLL_SECONDS
 
 # Waits for the parent's go on stdin; end-of-file (the parent died) means never run "$@".
-# $1 is the soft open-file limit the command gets (host/limits.py).
-_GATE = ('ulimit -S -n "$1" 2>/dev/null; shift; '
+# $1 is the soft open-file limit the command gets (host/limits.py); empty when the spec sets
+# `limits.nofile`, which the parent sets with prlimit while the gate waits and which must
+# win: the shell may run its `ulimit` after the parent's prlimit.
+_GATE = ('[ -z "$1" ] || ulimit -S -n "$1" 2>/dev/null; shift; '
          'read -r _ || exit 125; exec "$@" </dev/null')
 GATE_ARGV0 = "reconciler-gate"
 # Inherited by every process of a job, across forks, setsid and exec: how a job's members are
@@ -177,9 +179,14 @@ class Children:
     def spawn(self, argv: Sequence[str], *, cwd: str | os.PathLike[str] | None,
               env: Mapping[str, str], log_path: str | os.PathLike[str],
               enroll: Callable[[Identity], None] | None = None,
-              job_id: str | None = None) -> Identity:
+              job_id: str | None = None,
+              rlimits: Sequence[tuple[str, int]] = ()) -> Identity:
         """Start `argv` in a new session with stdout+stderr appended to `log_path`, and
         `RECONCILER_JOB_ID=job_id` in its environment when a job id is given.
+
+        `rlimits` ((spec key, value) of a spec's `limits:`, host/limits.py) are set on the
+        gated child before anything else: one that cannot be set is a SpawnError naming it,
+        and the command never runs.
 
         `enroll(identity)` runs after the process exists and before it runs `argv` (see the
         module docstring); if it raises, the command never runs and the error propagates.
@@ -206,7 +213,9 @@ class Children:
             os.close(log_fd)
             raise SpawnError(f"cannot create the spawn gate: {err.strerror}") from err
         try:
-            gate_argv = ["/bin/sh", "-c", _GATE, GATE_ARGV0, str(child_fd_limit())]
+            own_nofile = any(key == "nofile" for key, _ in rlimits)
+            fd_soft = "" if own_nofile else str(child_fd_limit())
+            gate_argv = ["/bin/sh", "-c", _GATE, GATE_ARGV0, fd_soft]
             popen = subprocess.Popen([*gate_argv, *argv], cwd=cwd_str,
                                      env=env, stdin=gate_read, stdout=log_fd,
                                      stderr=subprocess.STDOUT, start_new_session=True,
@@ -219,6 +228,10 @@ class Children:
             os.close(gate_read)
         with contextlib.closing(_Gate(gate_write)) as gate:
             identity = self._register(popen)
+            try:
+                apply_rlimits(popen.pid, rlimits)
+            except LimitError as err:
+                raise SpawnError(str(err)) from err
             if enroll is not None:
                 enroll(identity)
             gate.open()

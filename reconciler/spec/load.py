@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from reconciler.host.limits import unraisable_hard_limits
 from reconciler.redact import is_secret_name
 from reconciler.spec.model import (
     AFTER_PATTERN,
@@ -280,7 +281,7 @@ def _load_file(where: _Dir, name: str, previous: LastGood | None,
         return _FileLoad(name, display, outcome, fallback or [], settles_at, [], previous)
     parsed = _Parsed()
     if content is not None:
-        parsed = _parse(content, display, where.state_dir)
+        parsed = _parse(content, display, where.state_dir, host_hard_limits())
         errors = parsed.errors or _claimed_elsewhere(parsed.found, claimed, display)
     if not errors and content is not None:
         chosen, errors, env_files = _with_env_files(where, parsed.found, display, strict=True)
@@ -299,7 +300,7 @@ def _last_good_services(where: _Dir, previous: LastGood | None, display: str,
     Its `after:` targets are not: a running service never stops because of another file."""
     if previous is None:
         return None
-    parsed = _parse(previous.content, display, where.state_dir)
+    parsed = _parse(previous.content, display, where.state_dir, host_hard_limits())
     if parsed.errors or _claimed_elsewhere(parsed.found, claimed, display):
         return None
     return _with_env_files(where, parsed.found, display, strict=False,
@@ -499,13 +500,18 @@ class _Parsed:
     docs: list[_Doc] = field(default_factory=list)
 
 
-def parse_text(text: str, filename: str, state_dir: Path | str | None = None) -> list[Service]:
+def parse_text(text: str, filename: str, state_dir: Path | str | None = None, *,
+               hard_limits: Mapping[str, int] | None = None) -> list[Service]:
     """All services in one file's text (one per non-empty YAML document).
 
-    With `state_dir`, paths pointing into it (outside `run/`) are errors too.
+    With `state_dir`, paths pointing into it (outside `run/`) are errors too; with
+    `hard_limits` (spec key -> hard limit, what `host_hard_limits` gives a controller that
+    cannot raise its own), a `limits:` value above one is an error too.
     Raises `SpecErrors` listing every problem; never anything else.
     """
-    parsed = _parse(text, filename, None if state_dir is None else os.path.abspath(state_dir))
+    hard = None if hard_limits is None else tuple(sorted(hard_limits.items()))
+    parsed = _parse(text, filename, None if state_dir is None else os.path.abspath(state_dir),
+                    hard)
     known = {d.service: d.actions for d in parsed.docs}
     errors = parsed.errors + [e for d in parsed.docs for e in _after_errors(d, known, filename)]
     if errors:
@@ -513,11 +519,23 @@ def parse_text(text: str, filename: str, state_dir: Path | str | None = None) ->
     return [f.service for f in parsed.found]
 
 
-def _parse(text: str, filename: str, state_dir: str | None) -> _Parsed:
+# (spec key, hard limit) of the rlimits a job cannot exceed, or None: hashable, for the cache.
+HardLimits = tuple[tuple[str, int], ...] | None
+
+
+@functools.cache
+def host_hard_limits() -> HardLimits:
+    """This controller's hard limits when it cannot raise them (host/limits.py), read once:
+    without CAP_SYS_RESOURCE they can only go down, and never do in a controller."""
+    found = unraisable_hard_limits()
+    return None if found is None else tuple(sorted(found.items()))
+
+
+def _parse(text: str, filename: str, state_dir: str | None, hard: HardLimits) -> _Parsed:
     """A fresh `_Parsed` for this text. Every pass re-reads every spec file, but files rarely
     change: parsing is most of a pass's cost, so results are cached per (text, file). Reuse
     is safe because the models are frozen."""
-    found, errors, docs = _parse_cached(text, filename, state_dir)
+    found, errors, docs = _parse_cached(text, filename, state_dir, hard)
     return _Parsed(list(found), list(errors), list(docs))
 
 
@@ -528,16 +546,17 @@ def forget_parsed_specs() -> None:
 
 
 @functools.lru_cache(maxsize=1024)
-def _parse_cached(text: str, filename: str, state_dir: str | None
+def _parse_cached(text: str, filename: str, state_dir: str | None, hard: HardLimits
                   ) -> tuple[tuple[_Found, ...], tuple[SpecError, ...], tuple[_Doc, ...]]:
-    parsed = _parse_uncached(text, filename, state_dir)
+    parsed = _parse_uncached(text, filename, state_dir, hard)
     return tuple(parsed.found), tuple(parsed.errors), tuple(parsed.docs)
 
 
-def _parse_uncached(text: str, filename: str, state_dir: str | None) -> _Parsed:
+def _parse_uncached(text: str, filename: str, state_dir: str | None,
+                    hard: HardLimits) -> _Parsed:
     """`_parse_text` behind the promise that no input produces a traceback."""
     try:
-        return _parse_text(text, filename, state_dir)
+        return _parse_text(text, filename, state_dir, hard)
     except RecursionError:
         return _Parsed(errors=[SpecError(filename, 1, 1, "nested too deeply")])
     except Exception as exc:  # the promise: a bad spec is an error message, not a crash
@@ -545,7 +564,7 @@ def _parse_uncached(text: str, filename: str, state_dir: str | None) -> _Parsed:
         return _Parsed(errors=[SpecError(filename, 1, 1, message)])
 
 
-def _parse_text(text: str, filename: str, state_dir: str | None) -> _Parsed:
+def _parse_text(text: str, filename: str, state_dir: str | None, hard: HardLimits) -> _Parsed:
     surrogate = _SURROGATE.search(text)  # only reachable through parse_text, not from a file
     if surrogate is not None:
         line, column = _char_position(text, surrogate.start())
@@ -562,7 +581,7 @@ def _parse_text(text: str, filename: str, state_dir: str | None) -> _Parsed:
     for root in roots:
         if isinstance(root, ScalarNode) and root.tag == _NULL:
             continue  # an empty document
-        found, errors, doc = _parse_document(root, filename, state_dir)
+        found, errors, doc = _parse_document(root, filename, state_dir, hard)
         result.errors.extend(errors)
         if found is not None:
             result.found.append(found)
@@ -657,7 +676,7 @@ def _duplicates_in_file(found: list[_Found], filename: str) -> list[SpecError]:
 
 # --- one document ---------------------------------------------------------------------------
 
-def _parse_document(root: Node, filename: str, state_dir: str | None
+def _parse_document(root: Node, filename: str, state_dir: str | None, hard: HardLimits
                     ) -> tuple[_Found | None, list[SpecError], _Doc | None]:
     if not isinstance(root, MappingNode):
         message = (f"a spec document must be a mapping (a service with name and actions), "
@@ -669,7 +688,8 @@ def _parse_document(root: Node, filename: str, state_dir: str | None
         return None, tree.errors, None
     doc = _doc_of(root, tree, data)
     try:
-        service = Service.model_validate(data, context={"state_dir": state_dir})
+        service = Service.model_validate(data, context={
+            "state_dir": state_dir, "hard_limits": None if hard is None else dict(hard)})
     except ValidationError as exc:
         return None, tree.errors + [_translate(err, root, tree, filename)
                                     for err in exc.errors(include_url=False)], doc
@@ -964,7 +984,9 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         models = inner or tagged
         if not models:
             return []
-    return sorted({name for model in models for name in model.model_fields})
+    # the key as written: `as`, not its Python field name `as_`
+    return sorted({info.alias or name for model in models
+                   for name, info in model.model_fields.items()})
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:

@@ -39,7 +39,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
-from pydantic.config import JsonDict
+from pydantic.config import JsonDict, JsonValue
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
 
@@ -100,6 +100,16 @@ MAX_HOST_GLOBS = 256
 MAX_HOSTNAME = 253
 MAX_LABELS = 256
 MAX_LABEL_VALUE = 256
+# `limits:` (docs/spec.md, Limits). max_rss is sampled, not an rlimit: below 1 MiB nothing
+# runs, above 1 TiB it is no limit at all. RLIMIT_NOFILE can never be unlimited and the
+# kernel refuses more than fs.nr_open (1048576 by default, at most 2^31 - 64): the static
+# bound is 2^30, a value above the host's nr_open is a spawn error naming the limit.
+MIN_MAX_RSS, MAX_MAX_RSS = 1024**2, 1024**4
+MAX_NOFILE = 1 << 30
+MAX_NPROC = 4 * 1024**2  # PID_MAX_LIMIT: no more processes than pids
+MAX_RLIMIT_SIZE = 1024**5  # core, memlock, fsize, as: what a size can say (spec.units)
+MIN_AS = 1024**2  # less address space than this and not even the command's exec succeeds
+UNLIMITED = -1  # an rlimit value `unlimited` (RLIM_INFINITY; host/spawn.py translates it)
 
 Loc = tuple[str | int, ...]
 
@@ -319,6 +329,83 @@ class SizeBetween:
         ])
 
 
+def _rlimit_input(size: bool, unlimited: bool) -> Callable[[Any], Any]:
+    """One value sets both the soft and the hard limit: `unlimited` where the kernel allows
+    it, a size (`64MiB`, or a plain 0) for byte limits, a plain number for counts."""
+    words = "a size such as '64MiB', or 0" if size else "a number"
+    if unlimited:
+        words += ", or 'unlimited'"
+
+    def parse(value: Any) -> Any:
+        if unlimited and value == "unlimited":
+            return UNLIMITED
+        if isinstance(value, bool):
+            raise spec_error(f"must be {words}, not true/false")
+        if size:
+            if isinstance(value, int | float) and value == 0:
+                return 0
+            if isinstance(value, int | float):
+                raise spec_error(f"sizes need a unit, e.g. '{value:g}B' or '10MiB' "
+                                 "(only 0 goes without one)")
+            if not isinstance(value, str):
+                raise spec_error(f"must be {words}")
+            return _size_input(value)
+        if isinstance(value, str):
+            raise spec_error(f"must be {words}, not a string")
+        return value
+    return parse
+
+
+def _rlimit_shown(size: bool) -> Callable[[int], str | int]:
+    def show(value: int) -> str | int:
+        if value == UNLIMITED:
+            return "unlimited"
+        return format_size(value) if size and value else value
+    return show
+
+
+@dataclass(frozen=True)
+class RlimitBetween:
+    """`Annotated[int, RlimitBetween(0, 2**40, size=True)]`: a resource limit (setrlimit(2))
+    bounded to [low, high], or UNLIMITED when `unlimited` is allowed (RLIMIT_NOFILE cannot
+    be). Sizes are written like log sizes; counts are plain integers."""
+
+    low: int
+    high: int
+    size: bool
+    unlimited: bool = True
+
+    def __get_pydantic_core_schema__(self, source: Any,
+                                     handler: GetCoreSchemaHandler) -> CoreSchema:
+        show = _rlimit_shown(self.size)
+        bounded = _between(self.low, self.high, lambda n: str(show(int(n))))
+        return handler.generate_schema(Annotated[
+            int,
+            BeforeValidator(_rlimit_input(self.size, self.unlimited)),
+            AfterValidator(lambda n: n if n == UNLIMITED else bounded(n)),
+            PlainSerializer(show, return_type=str | int),
+            WithJsonSchema(self._json_schema()),
+        ])
+
+    def _json_schema(self) -> JsonDict:
+        choices: list[JsonDict]
+        if self.size:
+            low, high = format_size(self.low) if self.low else "0", format_size(self.high)
+            choices = [{"type": "string", "pattern": SIZE_PATTERN,
+                        "description": f"a size from {low} to {high}",
+                        "examples": ["0B", "64MiB", "1GiB"] if self.low == 0
+                        else ["64MiB", "1GiB"]}]
+            if self.low == 0:
+                choices.append({"const": 0})
+        else:
+            choices = [{"type": "integer", "minimum": self.low, "maximum": self.high}]
+        if self.unlimited:
+            choices.append({"const": "unlimited"})
+        if len(choices) == 1:
+            return choices[0]
+        return {"anyOf": list[JsonValue](choices)}
+
+
 # Every name Python knows, aliases included (SIGIOT = SIGABRT): the loader accepts them all.
 _SIGNAL_NAMES = sorted(signal.Signals.__members__)
 _SIGNAL_NUMBERS = sorted({int(s) for s in signal.Signals})
@@ -465,6 +552,55 @@ class LogsSpec(_Spec):
     keep: Annotated[int, Field(ge=0, le=MAX_KEEP),
                     BeforeValidator(_plain_number)] = DEFAULT_LOGS_KEEP
     max_size: Annotated[int, SizeBetween(MIN_LOG_SIZE, MAX_LOG_SIZE)] = 10 * 1024 * 1024
+
+
+class Limits(_Spec):
+    """What a job's processes may use (docs/spec.md, Limits). `max_rss` is watched by
+    sampling (the job restarts with reason `memory-limit`); the others are rlimits set on the
+    process before its command runs, one value for both the soft and the hard limit, and
+    inherited by everything it starts. Unset means inherited from the reconciler."""
+
+    # dumped as written (`as`), so a dumped spec loads back
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+
+    max_rss: Annotated[int, SizeBetween(MIN_MAX_RSS, MAX_MAX_RSS)] | None = None
+    nofile: Annotated[int, RlimitBetween(1, MAX_NOFILE, size=False, unlimited=False)] | None \
+        = None
+    nproc: Annotated[int, RlimitBetween(1, MAX_NPROC, size=False)] | None = None
+    core: Annotated[int, RlimitBetween(0, MAX_RLIMIT_SIZE, size=True)] | None = None
+    memlock: Annotated[int, RlimitBetween(0, MAX_RLIMIT_SIZE, size=True)] | None = None
+    # `as` is a Python keyword: the field is `as_`, the spec key is `as`.
+    as_: Annotated[int, RlimitBetween(MIN_AS, MAX_RLIMIT_SIZE, size=True)] | None = Field(
+        default=None, alias="as")
+    fsize: Annotated[int, RlimitBetween(0, MAX_RLIMIT_SIZE, size=True)] | None = None
+
+    # The rlimits by spec key, in the order they are applied; RLIMIT_<KEY upper-cased>.
+    RLIMITS: ClassVar[tuple[str, ...]] = ("nofile", "nproc", "core", "memlock", "as", "fsize")
+
+    @model_validator(mode="after")
+    def _within_hard_limits(self, info: ValidationInfo) -> Limits:
+        """Above a hard limit the controller cannot raise, a job could never start: say so
+        now. `spec.load` passes those limits (host facts) in the context; none without."""
+        hard: Mapping[str, int] | None = (info.context or {}).get("hard_limits")
+        if not hard:
+            return self
+        for key, value in self.rlimits():
+            ceiling = hard.get(key, UNLIMITED)
+            if ceiling == UNLIMITED or (value != UNLIMITED and value <= ceiling):
+                continue
+            show = _rlimit_shown(key not in ("nofile", "nproc"))
+            raise spec_error(
+                f"{show(value)} is above the reconciler's own hard limit {show(ceiling)}, "
+                "which it cannot raise without CAP_SYS_RESOURCE: lower the value, or raise "
+                "the reconciler's hard limit (systemd: Limit" + key.upper() + "=)", at=(key,))
+        return self
+
+    def rlimits(self) -> tuple[tuple[str, int], ...]:
+        """The rlimits this spec sets, as (spec key, value; UNLIMITED for unlimited)."""
+        values = {"nofile": self.nofile, "nproc": self.nproc, "core": self.core,
+                  "memlock": self.memlock, "as": self.as_, "fsize": self.fsize}
+        return tuple((key, value) for key in self.RLIMITS
+                     if (value := values[key]) is not None)
 
 
 class _Probe(_Spec):
@@ -653,10 +789,11 @@ class Action(_Spec):
     stop: StopSpec = StopSpec()
     health: Health | None = None
     logs: LogsSpec = LogsSpec()
+    limits: Limits = Limits()
 
     # Only these change what runs; editing anything else must keep the job (DESIGN §2).
     GENERATION_FIELDS: ClassVar[tuple[str, ...]] = (
-        "cmd", "cwd", "env", "sockets", "tcp_ports", "pidfile", "process")
+        "cmd", "cwd", "env", "sockets", "tcp_ports", "pidfile", "process", "limits")
 
     @model_validator(mode="after")
     def _process_only_fields(self) -> Action:
@@ -686,6 +823,11 @@ class Action(_Spec):
         fields = self.model_dump(include=set(self.GENERATION_FIELDS), mode="json")
         fields["tcp_ports"] = sorted(fields["tcp_ports"])
         fields["sockets"] = sorted(fields["sockets"])
+        # Only the limits set: an action without any keeps the generation it had before
+        # `limits:` existed (upgrading the reconciler must not restart every job).
+        limits = {k: v for k, v in fields.pop("limits").items() if v is not None}
+        if limits:
+            fields["limits"] = limits
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -61,6 +61,9 @@ class JobSpec:
     log_path: str | None = None
     health: bool = False  # it has a health probe: not ready until the probe passes once
     keep_logs: int = DEFAULT_LOGS_KEEP
+    # `limits.max_rss` in bytes (None: no limit): the planner restarts a job over it from
+    # its record, so a limit holds for the generation that was started with it.
+    max_rss: int | None = None
 
     @property
     def stop_signal_number(self) -> int:
@@ -87,6 +90,7 @@ class JobSpec:
             log_path=_optional_str(raw.get("log_path")),
             health=bool(raw.get("health", default.health)),
             keep_logs=int(_number(raw.get("keep_logs"), default.keep_logs)),
+            max_rss=_positive_int(raw.get("max_rss")),
         )
 
 
@@ -110,6 +114,13 @@ def _str(value: object, default: str) -> str:
 
 def _optional_str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _positive_int(value: object) -> int | None:
+    """A byte count, or None for anything else (absent in an older database, damaged)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return None
+    return value
 
 
 def _number(value: object, default: float) -> float:
