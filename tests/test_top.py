@@ -21,6 +21,7 @@ from reconciler.state.records import Anomaly, Sample
 from reconciler.state.store import Store
 from tests.helpers import wait_for
 from tests.test_reconcile import out_of, run_cli, write_sleeper
+from tests.test_state_dir import snapshot
 
 MiB = 2**20
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,3 +178,13 @@ def test_top_in_a_real_terminal_ends_cleanly_on_ctrl_c(settings: Settings) -> No
     finally:
         tmux.close()
 
+
+
+def test_top_and_stats_write_nothing_to_the_state_dir(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    sampled_jobs(settings)
+    before = snapshot(settings.state_dir)
+    for argv in (["top"], ["stats", "hot"], ["stats", "fat", "-o", "json"]):
+        code, out, _ = out_of(capsys, settings, *argv)
+        assert code == 0 and out, argv
+    assert snapshot(settings.state_dir) == before
