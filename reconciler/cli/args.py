@@ -34,6 +34,8 @@ OUTPUTS = ("table", "json")
 VALIDATE_FORMATS = ("text", "github")
 LOG_FORMATS = ("text", "json", "journal")  # logformat.FORMATS, without importing logging setup
 METRICS_ADDR_ENV = "RECONCILER_METRICS_ADDR"
+SORT_KEYS = ("cpu", "rss")  # resources.SORT_KEYS, without importing the renderer here
+MIN_TOP_INTERVAL = 0.1  # seconds: faster only burns the CPU it is meant to show
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
     log_cmd.add_argument("-n", "--lines", type=int, default=100)
     add("repair", "rebuild the jobs from run/ after damage to state.db")
     add("info", "the controller: daemon, last pass, source revision, spec files", output)
+    add_resource_commands(add, output)
     return parser
+
+
+def add_resource_commands(add: Callable[..., argparse.ArgumentParser],
+                          output: argparse.ArgumentParser) -> None:
+    """`top` and `stats SERVICE[.ACTION]` (DESIGN §8.4): they read the daemon's samples."""
+    top = add("top", "live table of the running jobs' resources (q quits, c/m sort)")
+    top.add_argument("--sort", choices=SORT_KEYS, default="cpu",
+                     help="highest first: cpu (default) or rss; keys c and m switch live")
+    top.add_argument("--interval", default="2s",
+                     help="refresh every this long (it re-reads the state db, never /proc)")
+    stats = add("stats", "a job's resource history: sparklines, last values, anomalies",
+                output)
+    stats.add_argument("target", metavar="SERVICE[.ACTION]")
+    stats.add_argument("--since", default="1h",
+                       help="how far back (samples are kept 1h by default)")
 
 
 def add_service_flags(parser: argparse.ArgumentParser) -> None:

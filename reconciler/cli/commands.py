@@ -1,10 +1,10 @@
 """The commands of `reconcile`: each reads its flags, asks the controller, the store or the
 host, and hands the result to `render`. No reconciling logic and no host access live here.
 
-Read-only commands (`status`, `events`, `logs`, `info`, `diff`, `validate`, `schema`) open the state
-through `reconciler.state.reader` and create nothing, so they work on a read-only state dir
-and leave a fresh one absent. Commands that act (`--once`, the daemon, `down`, `restart`,
-`repair`) check and bind the state dir first.
+Read-only commands (`status`, `events`, `logs`, `info`, `diff`, `validate`, `schema`, `top`,
+`stats`) open the state through `reconciler.state.reader` and create nothing, so they work on
+a read-only state dir and leave a fresh one absent. Commands that act (`--once`, the daemon,
+`down`, `restart`, `repair`) check and bind the state dir first.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler import __version__, logformat, logpaths, logs
-from reconciler.cli import render
+from reconciler.cli import render, resources
 from reconciler.cli.args import (
     METRICS_ADDR_ENV,
+    MIN_TOP_INTERVAL,
     allow_empty_of,
     duration,
     parse_target,
@@ -408,11 +409,48 @@ def _has_log(settings: Settings, service: str, action: str) -> bool:
     return os.path.lexists(path) or os.path.lexists(logpaths.previous_path(path))
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    from reconciler.cli.top import run_top  # curses is loaded only by `top`
+
+    interval = duration(args.interval, "--interval")
+    if interval < MIN_TOP_INTERVAL:
+        raise UsageError(f"--interval: at least {MIN_TOP_INTERVAL:g}s")
+    return run_top(settings_from(args), args.sort, interval)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """A job's history in the sample window. A name the state dir never knew is an error,
+    like `logs`; a known one without samples (no daemon samples it yet) is not."""
+    from reconciler.cli.top import anomaly_events, has_samples
+
+    settings = settings_from(args)
+    service, action = parse_target(args.target)
+    since = time.time() - duration(args.since, "--since")
+    with open_reader(settings) as store:
+        samples = store.samples(service=service, action=action, since=since)
+        known = samples or has_samples(store, service, action) or any(
+            j.service == service and action in (None, j.action)
+            for j in store.jobs(include_removed=True))
+        if not known:
+            raise UsageError(f"no job named {args.target} in this state dir "
+                             "(`reconcile status` lists them)")
+        jobs = resources.histories(samples, store.anomalies(),
+                                   anomaly_events(store, service, action, since))
+    if args.output == "json":
+        emit(render.to_json(resources.stats_json(jobs)))
+    elif not jobs:
+        emit(f"no samples of {args.target} since {resources.clock(since)} (the daemon samples "
+             "running jobs every --sample-interval, 5s by default)")
+    else:
+        emit(resources.stats_lines(jobs))
+    return EXIT_OK
+
+
 COMMANDS: dict[str | None, Command] = {
     None: cmd_run, "diff": cmd_diff, "status": cmd_status, "validate": cmd_validate,
     "schema": cmd_schema, "down": cmd_down, "restart": cmd_restart, "events": cmd_events,
     "logs": cmd_logs, "repair": cmd_repair, "info": cmd_info, "suspend": cmd_suspend,
-    "resume": cmd_resume,
+    "resume": cmd_resume, "top": cmd_top, "stats": cmd_stats,
 }
 
 

@@ -1,0 +1,154 @@
+"""`reconcile top`: the live table of the running jobs' newest samples, and the reads of the
+samples tables that `top` and `stats` need beyond `Store`'s own (DESIGN §8.4).
+
+`top` only re-reads the store (the daemon samples, never this command), reopening it at every
+refresh: a read-only store opened without a live write-ahead log reads a fixed snapshot.
+The live screen is curses: `curses.wrapper` restores the terminal when the loop ends in any
+way (q, an error, Ctrl-C), and SIGTERM/SIGHUP are turned into an ordinary exit so they do
+too. When stdin or stdout is not a terminal the table is printed once, without escape codes.
+"""
+
+from __future__ import annotations
+
+import curses
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from types import FrameType
+
+from reconciler.cli.resources import ANOMALY_EVENT_KINDS, TopRow, cpu_rate, top_lines
+from reconciler.settings import Settings
+from reconciler.state.reader import open_reader
+from reconciler.state.records import Event, Sample
+from reconciler.state.store import Store, event_from_row, sample_from_row
+
+KEYS = {ord("c"): "cpu", ord("C"): "cpu", ord("m"): "rss", ord("M"): "rss"}
+QUIT_KEYS = (ord("q"), ord("Q"))
+MAX_EVENTS = 50  # anomaly events `stats` shows per command: the newest
+
+
+# --- reads (candidates for state/store.py) -------------------------------------------------
+
+
+def _has_table(store: Store, table: str) -> bool:
+    return store.tables is None or table in store.tables
+
+
+def previous_sample(store: Store, sample: Sample) -> Sample | None:
+    """The sample of the same job just before `sample` (one indexed look per job)."""
+    if not _has_table(store, "samples"):
+        return None
+    rows = list(store.db.query("SELECT * FROM samples WHERE job_id = ? AND at < ?"
+                               " ORDER BY at DESC LIMIT 1", [sample.job_id, sample.at]))
+    return sample_from_row(rows[0]) if rows else None
+
+
+def has_samples(store: Store, service: str, action: str | None) -> bool:
+    """Whether any sample of this name is stored (in or before a window)."""
+    if not _has_table(store, "samples"):
+        return False
+    where, params = "service = ?", [service]
+    if action is not None:
+        where, params = where + " AND action = ?", [service, action]
+    return bool(list(store.db.query(f"SELECT 1 FROM samples WHERE {where} LIMIT 1", params)))
+
+
+def anomaly_events(store: Store, service: str, action: str | None,
+                   since: float) -> list[Event]:
+    """The newest anomaly onsets and recoveries of a service (or one action) since `since`,
+    oldest first."""
+    if not _has_table(store, "events"):
+        return []
+    where = "service = ? AND kind IN (?, ?) AND at >= ?"
+    params: list[str | float] = [service, *ANOMALY_EVENT_KINDS, since]
+    if action is not None:
+        where += " AND action = ?"
+        params.append(action)
+    rows = store.db.query(f"SELECT * FROM (SELECT * FROM events WHERE {where}"
+                          f" ORDER BY id DESC LIMIT {MAX_EVENTS}) ORDER BY id", params)
+    return [event_from_row(row) for row in rows]
+
+
+def read_top(settings: Settings) -> list[TopRow]:
+    """A row per running job (a job record with a pid) that has a sample: a stopped job's
+    last sample stays in the window for an hour, but it is not running."""
+    with open_reader(settings) as store:
+        running = {job.id: job for job in store.jobs() if job.pid}
+        rules: dict[str, list[str]] = {}
+        for anomaly in store.anomalies():
+            rules.setdefault(anomaly.job_id, []).append(anomaly.rule)
+        rows = []
+        for job_id, sample in store.latest_samples().items():
+            job = running.get(job_id)
+            if job is None:
+                continue
+            before = previous_sample(store, sample)
+            rows.append(TopRow(sample, cpu_rate(before, sample) if before else None, job.pid,
+                               tuple(sorted(rules.get(job_id, ())))))
+    return rows
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def run_top(settings: Settings, key: str, interval: float) -> int:
+    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+        print("\n".join(top_lines(read_top(settings), key)))
+        return 0
+    try:
+        with _exit_on_signals():
+            curses.wrapper(_loop, settings, key, interval)
+    except KeyboardInterrupt:  # Ctrl-C: curses.wrapper has restored the terminal already
+        pass
+    return 0
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGHUP during `top`: unwinds through `curses.wrapper`, which restores the
+    terminal, like q."""
+
+
+@contextmanager
+def _exit_on_signals() -> Iterator[None]:
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise _Stop
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    except _Stop:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _loop(screen: curses.window, settings: Settings, key: str, interval: float) -> None:
+    """Draw, wait for a key until the next refresh is due, repeat. A key redraws at once
+    (a new sort order) without re-reading; the store is read once per interval."""
+    with suppress(curses.error):  # a terminal that cannot hide the cursor
+        curses.curs_set(0)
+    rows = read_top(settings)
+    due = time.monotonic() + interval
+    while True:
+        _draw(screen, [*top_lines(rows, key), "", "c: sort by CPU · m: by RSS · q: quit"])
+        screen.timeout(max(int((due - time.monotonic()) * 1000), 0))
+        pressed = screen.getch()
+        if pressed in QUIT_KEYS:
+            return
+        key = KEYS.get(pressed, key)
+        if time.monotonic() >= due:
+            rows = read_top(settings)
+            due = time.monotonic() + interval
+
+
+def _draw(screen: curses.window, lines: list[str]) -> None:
+    height, width = screen.getmaxyx()
+    screen.erase()
+    for y, line in enumerate(lines[:height]):
+        attr = curses.A_BOLD if y == 0 else curses.A_REVERSE if y == 2 else curses.A_NORMAL
+        with suppress(curses.error):  # a screen too small for the line: it shows less
+            screen.addnstr(y, 0, line, max(width - 1, 0), attr)
+    screen.refresh()
