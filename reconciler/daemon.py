@@ -37,7 +37,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from reconciler import resources
 from reconciler.anomalies import DEFAULT_RULES, Rules
 from reconciler.controller import HealthResults, OverLimit, PassResult, Reconciler
-from reconciler.desired import Desired, DesiredAction
+from reconciler.desired import Desired
 from reconciler.health import HealthMonitor, ProbeTarget
 from reconciler.host.exits import ExitWatcher
 from reconciler.logcap import LogCapper, LogTarget
@@ -153,8 +153,7 @@ class Daemon:
         result = self.last_result
         if result is None:
             return {}
-        return {a.key: limit for a in result.desired.actions
-                if (limit := max_rss_of(a)) is not None}
+        return {a.key: a.max_rss for a in result.desired.actions if a.max_rss is not None}
 
     def _open_reconciler(self) -> Reconciler:
         return Reconciler(self.settings, allow_empty=self.allow_empty)
@@ -413,13 +412,6 @@ class Daemon:
         if self.serve is not None:
             self.serve.stop()
         self.notifier.close()
-
-
-def max_rss_of(action: DesiredAction) -> int | None:
-    """The action's `limits.max_rss` in bytes, if it has one."""
-    limits = getattr(action.spec, "limits", None)
-    value = getattr(limits, "max_rss", None)
-    return value if isinstance(value, int) else None
 
 
 def step_level(step: Step) -> int:

@@ -239,3 +239,40 @@ def test_the_daemon_records_samples_and_flags_an_anomaly_until_it_ends(
                              for e in events(settings, capsys)), message="recovered")
     finally:
         daemon.cleanup()
+
+
+GROWER = ("import time\n"
+          "hoard = []\n"
+          "while True:\n"
+          "    hoard.append(bytearray(8 * 1024 * 1024))\n"
+          "    time.sleep(0.05)\n")
+
+
+def test_a_job_over_its_max_rss_is_restarted_with_reason_memory_limit(
+        settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """DESIGN §8.4: past `max_rss` the job is stopped and restarted (its backoff applies),
+    and the events say `memory-limit`; its restart count goes up like a crash's."""
+    write_spec(settings, "grow.yaml", f"""\
+    name: grow
+    actions:
+      - name: main
+        process: true
+        cmd: {json.dumps([PY, "-c", GROWER])}
+        limits: {{max_rss: 100MiB}}
+        backoff: {{initial: 100ms}}
+    """)
+    daemon = DaemonRunner(settings, tmp_path / "daemon.log")
+    try:
+        daemon.start("--sample-interval", "200ms")
+        restarted = wait_for(lambda: (r := jobs(settings, capsys).get("grow.main"))
+                             and r["restart_count"] >= 1 and r, timeout=30,
+                             message="the grower restarted")
+        assert restarted["failure_class"] == "memory-limit"
+        kills = [e for e in events(settings, capsys)
+                 if e["service"] == "grow" and "memory-limit" in e["reason"]]
+        assert kills and "over max_rss 100.0 MiB" in kills[0]["reason"]
+        with open_reader(settings) as store:
+            over = [s for s in store.samples(service="grow") if s.rss_bytes > 100 * 2**20]
+        assert over  # the sample that saw it
+    finally:
+        daemon.cleanup()
