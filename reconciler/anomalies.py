@@ -37,13 +37,20 @@ DEFAULT_RULES = Rules()
 RULES = ("fds", "rss-growth", "threads-growth", "d-state", "zombies", "oom-score")
 
 
-def evaluate(history: Sequence[Sample], rules: Rules = DEFAULT_RULES) -> dict[str, str]:
+GROWTH_RULES = frozenset({"rss-growth", "threads-growth"})
+
+
+def evaluate(history: Sequence[Sample], rules: Rules = DEFAULT_RULES, *,
+             growth: bool = True) -> dict[str, str]:
     """The rules `history` (one job's samples, oldest first) breaks at its newest sample,
-    each with what shows it."""
+    each with what shows it. `growth=False` leaves out the two growth rules, which fit a
+    line through minutes of samples: the caller judges those less often."""
     if not history:
         return {}
     found: dict[str, str] = {}
     for name, check in _CHECKS:
+        if not growth and name in GROWTH_RULES:
+            continue
         why = check(history, rules)
         if why is not None:
             found[name] = why

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from reconciler.anomalies import DEFAULT_RULES, Rules, evaluate
+from reconciler.anomalies import DEFAULT_RULES, GROWTH_RULES, Rules, evaluate
 from reconciler.host.sampling import Sampler
 from reconciler.identity import Identity
 from reconciler.state.records import JobRecord, Sample
@@ -31,6 +31,10 @@ WINDOW_SECONDS = 3600.0  # samples kept in the database
 # The most samples kept in memory per job for the rules: enough for the growth window at
 # the shortest interval the flag allows.
 _HISTORY_MAX = 2000
+# The growth rules (a line fitted through ten minutes of samples) are judged every this
+# many seconds, not every round: the trends they look for take minutes, and fitting a
+# thousand lines every 5 s cost more than sampling.
+GROWTH_EVERY_SECONDS = 60.0
 
 JobsNow = Callable[[], Sequence[JobRecord]]
 Limits = Callable[[], Mapping[tuple[str, str], int]]  # (service, action) -> max_rss bytes
@@ -62,6 +66,8 @@ class ResourceMonitor:
         self._kick = kick
         self._sampler = sampler or Sampler()
         self._history: dict[str, deque[Sample]] = {}
+        self._growth: dict[str, dict[str, str]] = {}  # job id -> growth rules broken
+        self._growth_at = -GROWTH_EVERY_SECONDS  # sample time of the last growth judgement
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="resources", daemon=True)
 
@@ -85,16 +91,25 @@ class ResourceMonitor:
         jobs = list(self._jobs())
         samples = self._sampler.sample(jobs)
         anomalies: dict[str, dict[str, str]] = {}
+        growth_due = bool(samples) and (
+            samples[0].at - self._growth_at >= min(GROWTH_EVERY_SECONDS, self.interval * 12))
         for sample in samples:
             history = self._history.setdefault(sample.job_id, deque(maxlen=_HISTORY_MAX))
             history.append(sample)
             while history and history[0].at < sample.at - self.rules.growth_window * 1.1:
                 history.popleft()
-            found = evaluate(history, self.rules)
+            if growth_due:
+                self._growth[sample.job_id] = evaluate(history, self.rules, growth=True)
+            found = {**evaluate(history, self.rules, growth=False),
+                     **{k: v for k, v in self._growth.get(sample.job_id, {}).items()
+                        if k in GROWTH_RULES}}
             if found:
                 anomalies[sample.job_id] = found
+        if growth_due:
+            self._growth_at = samples[0].at
         sampled = {s.job_id for s in samples}
         self._history = {k: v for k, v in self._history.items() if k in sampled}
+        self._growth = {k: v for k, v in self._growth.items() if k in sampled}
         return Round(tuple(samples), anomalies, over_memory(jobs, samples, self._limits()))
 
 

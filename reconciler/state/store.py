@@ -163,6 +163,11 @@ def m008_samples(db: Database) -> None:
                   pk="id")  # id: "<job id>/<rule>"
 
 
+_SAMPLE_COLUMNS = tuple(f.name for f in dataclasses.fields(Sample))
+_INSERT_SAMPLE = (f"INSERT INTO samples ({', '.join(_SAMPLE_COLUMNS)}) "
+                  f"VALUES ({', '.join('?' for _ in _SAMPLE_COLUMNS)})")
+
+
 def sample_from_row(row: dict[str, Any]) -> Sample:
     """Tolerant like the other readers: a NULL count reads as 0, a NULL text as ""."""
     def number(name: str) -> int:
@@ -647,10 +652,12 @@ class Store:
     # resource samples and anomalies (DESIGN §8.4)
 
     def append_samples(self, samples: Iterable[Sample]) -> None:
-        rows = [dataclasses.asdict(sample) for sample in samples]
+        """A round of a thousand jobs every 5 s: plain tuples and one executemany (the
+        dict-per-row path cost ten times as much)."""
+        rows = [tuple(getattr(sample, name) for name in _SAMPLE_COLUMNS) for sample in samples]
         if rows:
             with self.atomic():
-                _table(self.db, "samples").insert_all(rows)
+                self.db.conn.executemany(_INSERT_SAMPLE, rows)
 
     def samples(self, *, service: str | None = None, action: str | None = None,
                 since: float | None = None) -> list[Sample]:
