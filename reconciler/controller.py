@@ -140,6 +140,7 @@ class Reconciler:
         self.housekeeping_interval = housekeeping_interval
         self.events_kept = events_kept
         self._housekept_at = -math.inf  # time.monotonic() of the last housekeeping
+        self._pruned_samples_at = -math.inf  # ... and of the last pruning of old samples
         self.clock = clock
         self.children = Children()
         raise_fd_limit()
@@ -231,8 +232,10 @@ class Reconciler:
         events = anomaly_events(before, now, by_job, self.clock())
         with self.store.atomic():
             self.store.append_samples(samples)
-            if samples:
+            if samples and time.monotonic() - self._pruned_samples_at >= HOUSEKEEPING_SECONDS * 12:
+                # once a minute: a minute of extra rows is nothing, a DELETE per round is not
                 self.store.prune_samples(before=samples[-1].at - window)
+                self._pruned_samples_at = time.monotonic()
             if now.keys() != before.keys() or any(
                     before[k].detail != a.detail for k, a in now.items()):
                 self.store.set_anomalies(now.values())
