@@ -243,6 +243,10 @@ class Reconciler:
                 events, self.store.controller_facts().revision if events else None))
         return events
 
+    def newest_sample_at(self) -> float | None:
+        """The newest stored sample's time (the daemon's sample clock starts after it)."""
+        return self.store.newest_sample_at()
+
     def _refresh_labels(self) -> None:
         """A changed labels file takes effect at this pass (and may un-place a service); a
         broken one keeps the last good labels, logged once per change."""

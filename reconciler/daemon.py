@@ -83,6 +83,8 @@ class Passes(Protocol):
                          anomalies: Mapping[str, Mapping[str, str]], *,
                          window: float) -> list[Event]: ...
 
+    def newest_sample_at(self) -> float | None: ...
+
 
 OpenPasses = Callable[[], AbstractContextManager[Passes]]
 
@@ -183,6 +185,7 @@ class Daemon:
         """Converge until `stop()` (or SIGTERM/SIGINT when installed). Managed processes run in
         their own sessions and keep running after this returns."""
         with self._open_passes() as passes:
+            self.resources.resume_after(passes.newest_sample_at())
             self._start_triggers()
             try:
                 self.kick()

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from reconciler.anomalies import DEFAULT_RULES, GROWTH_RULES, Rules, evaluate
-from reconciler.host.sampling import Sampler
+from reconciler.host.sampling import SampleClock, Sampler
 from reconciler.identity import Identity
 from reconciler.state.records import JobRecord, Sample
 from reconciler.timing import THREAD_JOIN_SECONDS
@@ -70,6 +70,12 @@ class ResourceMonitor:
         self._growth_at = -GROWTH_EVERY_SECONDS  # sample time of the last growth judgement
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="resources", daemon=True)
+
+    def resume_after(self, newest: float | None) -> None:
+        """Before `start`: sample times come after `newest` (stored by a previous daemon),
+        even when the wall clock is now behind it."""
+        if newest is not None:
+            self._sampler.clock = SampleClock(start_after=newest)
 
     def start(self) -> None:
         self._thread.start()

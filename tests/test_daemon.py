@@ -313,6 +313,9 @@ class ScriptedPasses:
                          window: float) -> list[Event]:
         return self.real.record_resources(samples, anomalies, window=window)
 
+    def newest_sample_at(self) -> float | None:
+        return self.real.newest_sample_at()
+
 
 def scripted(settings: Settings, before: Callable[[int], None]
              ) -> tuple[list[ScriptedPasses], OpenPasses]:

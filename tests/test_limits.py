@@ -351,3 +351,18 @@ def test_limits_dump_as_written_and_load_back() -> None:
     dumped = given.model_dump()
     assert dumped["limits"]["as"] == "1GiB" and dumped["limits"]["nproc"] == "unlimited"
     assert Action.model_validate(dumped) == given
+
+
+def test_max_rss_on_a_one_shot_is_an_error_not_silently_ignored() -> None:
+    """Only a process action is stopped for its memory (plan's `_plan_process`): a one-shot
+    with `max_rss` would run unbounded while the spec says otherwise."""
+    text = (f"name: web\nactions:\n  - name: once\n"
+            f"    cmd: {yaml_list(SLEEPER)}\n    limits: {{max_rss: 100MiB}}\n")
+    with pytest.raises(SpecErrors) as caught:
+        parse_text(text, "web.yaml")
+    found = [str(e) for e in caught.value.errors]
+    assert len(found) == 1 and "web.yaml:5:" in found[0], found
+    assert "only process actions can set limits.max_rss" in found[0]
+    # the rlimits are set before exec for a one-shot too
+    text = text.replace("max_rss: 100MiB", "nofile: 256")
+    assert parse_text(text, "web.yaml")[0].actions[0].limits.nofile == 256

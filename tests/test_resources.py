@@ -276,3 +276,32 @@ def test_a_job_over_its_max_rss_is_restarted_with_reason_memory_limit(
         assert over  # the sample that saw it
     finally:
         daemon.cleanup()
+
+
+def test_a_restarted_daemon_samples_after_the_newest_stored_sample(
+        settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The wall clock stepped back between two daemons (or the previous one ran ahead): the
+    new daemon's samples still come after the stored ones, as docs/resources.md promises."""
+    from reconciler.controller import Reconciler, prepare_state_dir
+
+    sleeper(settings, "s")
+    ahead = time.time() + 7200.0
+    prepare_state_dir(settings)
+    with Reconciler(settings) as rec:
+        rec.store.append_samples([Sample(
+            at=ahead, job_id="old", service="s", action="main", members=1, rss_bytes=1,
+            cpu_seconds=0.0, threads=1, open_fds=1, fd_limit=1024, oom_score=0, state="S",
+            wchan="")])
+    daemon = DaemonRunner(settings, tmp_path / "daemon.log")
+    try:
+        daemon.start("--sample-interval", "100ms")
+        new = wait_for(lambda: [s for s in _stored(settings) if s.job_id != "old"],
+                       message="a sample of the new daemon")
+        assert all(s.at > ahead for s in new), (new[0].at, ahead)
+    finally:
+        daemon.cleanup()
+
+
+def _stored(settings: Settings) -> list[Sample]:
+    with open_reader(settings) as store:
+        return store.samples(service="s")

@@ -112,7 +112,7 @@ def test_every_default_in_the_schema_is_valid_by_its_own_schema() -> None:
 
 
 def test_the_one_shot_rule_covers_every_process_only_key() -> None:
-    assert set(_ONE_SHOT_VALUES) == {*PROCESS_ONLY, "health"}
+    assert set(_ONE_SHOT_VALUES) == {*PROCESS_ONLY, "health", "limits"}  # limits: max_rss only
 
 
 # --- docs/spec.md ------------------------------------------------------------------------------

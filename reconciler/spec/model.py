@@ -750,6 +750,7 @@ EnvFiles = Annotated[
 _ONE_SHOT_VALUES: JsonDict = {
     "singleton": {"const": False}, "pidfile": {"type": "null"}, "sockets": {"maxItems": 0},
     "tcp_ports": {"maxItems": 0}, "kill_others": {"const": False}, "health": {"type": "null"},
+    "limits": {"properties": {"max_rss": {"type": "null"}}},
 }
 _ONE_SHOT_RULE: JsonDict = {
     "if": {"properties": {"process": {"const": True}}, "required": ["process"]},
@@ -806,6 +807,10 @@ class Action(_Spec):
             if getattr(self, key):
                 raise spec_error(f"only process actions can set {key} (add process: true); "
                                  "a one-shot owns no resources", at=(key,))
+        if self.limits.max_rss is not None:  # enforced by stopping a running process only
+            raise spec_error("only process actions can set limits.max_rss (add process: "
+                             "true); a one-shot's rlimits (`as`) bound it instead",
+                             at=("limits", "max_rss"))
         return self
 
     @property

@@ -685,6 +685,14 @@ class Store:
                              " FROM samples GROUP BY job_id) m USING (job_id, at)")
         return {row["job_id"]: sample_from_row(row) for row in rows}
 
+    def newest_sample_at(self) -> float | None:
+        """The time of the newest stored sample: a new daemon's samples come after it."""
+        if self._missing("samples"):
+            return None
+        rows = list(self.db.query("SELECT MAX(at) AS at FROM samples"))
+        value = rows[0]["at"] if rows else None
+        return float(value) if isinstance(value, int | float) else None
+
     def prune_samples(self, before: float) -> int:
         """Drop samples older than `before`: the window is bounded."""
         with self.atomic():
