@@ -58,12 +58,15 @@ def evaluate(history: Sequence[Sample], rules: Rules = DEFAULT_RULES, *,
 
 
 def _fds(history: Sequence[Sample], rules: Rules) -> str | None:
+    """The fd limit is per process: a member's own count is what runs into it (nine
+    workers of 100 fds under a limit of 1024 are fine, whatever their sum)."""
     last = history[-1]
-    if last.open_fds is None or not last.fd_limit:
+    most = last.max_fds if last.max_fds is not None else last.open_fds
+    if most is None or not last.fd_limit:
         return None
-    if last.open_fds >= rules.fd_fraction * last.fd_limit:
-        return (f"{last.open_fds} of {last.fd_limit} file descriptors open "
-                f"({100 * last.open_fds / last.fd_limit:.0f}%)")
+    if most >= rules.fd_fraction * last.fd_limit:
+        return (f"{most} of {last.fd_limit} file descriptors open in one process "
+                f"({100 * most / last.fd_limit:.0f}%)")
     return None
 
 

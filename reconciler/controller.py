@@ -223,12 +223,13 @@ class Reconciler:
         now: dict[tuple[str, str], Anomaly] = {}
         for job_id, rules in anomalies.items():
             sample = by_job.get(job_id)
-            if sample is None:
-                continue
             for rule, why in rules.items():
                 held = before.get((job_id, rule))
-                now[(job_id, rule)] = Anomaly(job_id, sample.service, sample.action, rule,
-                                              held.since if held else sample.at, why)
+                if sample is not None:
+                    now[(job_id, rule)] = Anomaly(job_id, sample.service, sample.action, rule,
+                                                  held.since if held else sample.at, why)
+                elif held is not None:  # not sampled this round, but still in force
+                    now[(job_id, rule)] = held
         events = anomaly_events(before, now, by_job, self.clock())
         with self.store.atomic():
             self.store.append_samples(samples)

@@ -21,7 +21,6 @@ import gc
 import logging
 import math
 import os
-import queue
 import signal
 import threading
 import time
@@ -372,8 +371,8 @@ class Daemon:
         and hand the jobs over their memory limit to the next pass (kicked at once)."""
         while True:
             try:
-                taken = self.resources.rounds.get_nowait()
-            except queue.Empty:
+                taken = self.resources.rounds.popleft()
+            except IndexError:
                 return
             try:
                 events = passes.record_resources(taken.samples, taken.anomalies,

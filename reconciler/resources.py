@@ -12,7 +12,6 @@ samples of the growth that crossed the limit).
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +34,13 @@ _HISTORY_MAX = 2000
 # many seconds, not every round: the trends they look for take minutes, and fitting a
 # thousand lines every 5 s cost more than sampling.
 GROWTH_EVERY_SECONDS = 60.0
+# An anomaly in force ends only after this many rounds in a row without it (or when its job
+# stops running): a value hovering at a threshold, or one round that could not read a
+# process, must not make an onset and a recovery event every round.
+RECOVER_ROUNDS = 3
+# Rounds waiting for the loop; beyond this the oldest is dropped (a gap in the samples)
+# rather than memory growing while a pass hangs.
+ROUNDS_KEPT = 12
 
 JobsNow = Callable[[], Sequence[JobRecord]]
 Limits = Callable[[], Mapping[tuple[str, str], int]]  # (service, action) -> max_rss bytes
@@ -60,7 +66,9 @@ class ResourceMonitor:
                  sampler: Sampler | None = None) -> None:
         self.interval = interval
         self.rules = rules
-        self.rounds: queue.SimpleQueue[Round] = queue.SimpleQueue()
+        # appended here, popped by the loop (deque's append/popleft are thread-safe)
+        self.rounds: deque[Round] = deque(maxlen=ROUNDS_KEPT)
+        self._held: dict[tuple[str, str], tuple[str, int]] = {}  # (job, rule) -> why, misses
         self._jobs = jobs
         self._limits = limits
         self._kick = kick
@@ -88,7 +96,7 @@ class ResourceMonitor:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.rounds.put(self.take_round())
+                self.rounds.append(self.take_round())
                 self._kick()
             except Exception:  # one bad round must not end sampling for good
                 log.exception("resource sampling failed; trying again next interval")
@@ -116,7 +124,25 @@ class ResourceMonitor:
         sampled = {s.job_id for s in samples}
         self._history = {k: v for k, v in self._history.items() if k in sampled}
         self._growth = {k: v for k, v in self._growth.items() if k in sampled}
-        return Round(tuple(samples), anomalies, over_memory(jobs, samples, self._limits()))
+        running = {j.id for j in jobs if j.pid is not None}
+        return Round(tuple(samples), self._hold(anomalies, running),
+                     over_memory(jobs, samples, self._limits()))
+
+    def _hold(self, found: dict[str, dict[str, str]],
+              running: set[str]) -> dict[str, dict[str, str]]:
+        """The anomalies in force: those found now, and those found lately that have not
+        been missing for RECOVER_ROUNDS rounds in a row (while their job still runs)."""
+        held: dict[tuple[str, str], tuple[str, int]] = {
+            (job_id, rule): (why, 0) for job_id, rules in found.items()
+            for rule, why in rules.items()}
+        for key, (why, misses) in self._held.items():
+            if key not in held and key[0] in running and misses + 1 < RECOVER_ROUNDS:
+                held[key] = (why, misses + 1)
+        self._held = held
+        in_force: dict[str, dict[str, str]] = {}
+        for (job_id, rule), (why, _) in held.items():
+            in_force.setdefault(job_id, {})[rule] = why
+        return in_force
 
 
 def over_memory(jobs: Sequence[JobRecord], samples: Sequence[Sample],

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from reconciler import cli
 from reconciler.anomalies import Rules, evaluate
 from reconciler.host.identity import identity_of
 from reconciler.host.sampling import SampleClock, Sampler
+from reconciler.resources import RECOVER_ROUNDS, ROUNDS_KEPT, ResourceMonitor
 from reconciler.settings import Settings
 from reconciler.state.reader import open_reader
 from reconciler.state.records import JobRecord, Sample
@@ -305,3 +307,57 @@ def test_a_restarted_daemon_samples_after_the_newest_stored_sample(
 def _stored(settings: Settings) -> list[Sample]:
     with open_reader(settings) as store:
         return store.samples(service="s")
+
+
+# --- the monitor's judgement over rounds ---------------------------------------------------
+
+
+class ScriptedSampler(Sampler):
+    """Rounds of given zombie counts for one job: the monitor's logic without /proc."""
+
+    def __init__(self, zombies: list[int | None]) -> None:
+        super().__init__()
+        self.zombies = zombies
+        self.round = 0
+
+    def sample(self, jobs: Iterable[JobRecord]) -> list[Sample]:
+        count = self.zombies[self.round]
+        self.round += 1
+        if count is None:  # this round could not read the job
+            return []
+        return [Sample(at=float(self.round), job_id="z-1", service="z", action="main",
+                       members=1 + count, rss_bytes=1, cpu_seconds=0.0, threads=1,
+                       open_fds=3, fd_limit=1024, oom_score=0, state="S", wchan="",
+                       zombies=count)]
+
+
+def test_an_anomaly_hovering_at_its_threshold_does_not_flap() -> None:
+    job = JobRecord(id="z-1", service="z", action="main", generation="g", phase="running",
+                    pid=1234, boot_id="b", starttime_ticks=1)
+    scripted = ScriptedSampler([10, 9, 10, None, 9, 10, 0, 0, 0, 0])
+    monitor = ResourceMonitor(lambda: [job], dict, lambda: None, sampler=scripted)
+    in_force = [bool(monitor.take_round().anomalies) for _ in scripted.zombies]
+    # held through a dip, a round that could not read it and another dip; ends only after
+    # RECOVER_ROUNDS rounds in a row without it
+    assert in_force == [True] * 6 + [True] * (RECOVER_ROUNDS - 1) + [False] * (
+        len(scripted.zombies) - 6 - (RECOVER_ROUNDS - 1))
+
+
+def test_the_rounds_waiting_for_a_hung_loop_are_bounded() -> None:
+    job = JobRecord(id="z-1", service="z", action="main", generation="g", phase="running",
+                    pid=1234, boot_id="b", starttime_ticks=1)
+    monitor = ResourceMonitor(lambda: [job], dict, lambda: None,
+                              sampler=ScriptedSampler([10] * 40))
+    for _ in range(40):
+        monitor.rounds.append(monitor.take_round())
+    assert len(monitor.rounds) == ROUNDS_KEPT
+
+
+def test_the_fd_rule_looks_at_one_process_not_the_sum() -> None:
+    """The fd limit is per process: nine workers of 100 fds under 1024 are fine."""
+    def sample(open_fds: int, max_fds: int) -> Sample:
+        return Sample(at=1.0, job_id="w-1", service="w", action="main", members=9,
+                      rss_bytes=1, cpu_seconds=0.0, threads=9, open_fds=open_fds,
+                      fd_limit=1024, oom_score=0, state="S", wchan="", max_fds=max_fds)
+    assert "fds" not in evaluate([sample(900, 100)])
+    assert "fds" in evaluate([sample(900, 900)])

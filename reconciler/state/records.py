@@ -225,6 +225,7 @@ class Sample:
     wchan: str  # where the main process sleeps in the kernel ("0" or "" when running)
     dstate: int = 0  # members in uninterruptible sleep (D)
     zombies: int = 0  # zombie children of the members, not yet reaped
+    max_fds: int | None = None  # the most fds one member holds (the fd limit is per process)
 
     @property
     def key(self) -> tuple[str, str]:

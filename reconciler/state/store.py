@@ -152,7 +152,8 @@ def m008_samples(db: Database) -> None:
         "CREATE TABLE IF NOT EXISTS samples (at REAL NOT NULL, job_id TEXT NOT NULL,"
         " service TEXT NOT NULL, action TEXT NOT NULL, members INTEGER, rss_bytes INTEGER,"
         " cpu_seconds REAL, threads INTEGER, open_fds INTEGER, fd_limit INTEGER,"
-        " oom_score INTEGER, state TEXT, wchan TEXT, dstate INTEGER, zombies INTEGER)")
+        " oom_score INTEGER, state TEXT, wchan TEXT, dstate INTEGER, zombies INTEGER,"
+        " max_fds INTEGER)")
     samples = _table(db, "samples")
     samples.create_index(["job_id", "at"], index_name="idx_samples_job_at", if_not_exists=True)
     samples.create_index(["service", "action", "at"], index_name="idx_samples_key_at",
@@ -184,7 +185,8 @@ def sample_from_row(row: dict[str, Any]) -> Sample:
                   threads=number("threads"), open_fds=optional("open_fds"),
                   fd_limit=optional("fd_limit"), oom_score=optional("oom_score"),
                   state=str(row.get("state") or ""), wchan=str(row.get("wchan") or ""),
-                  dstate=number("dstate"), zombies=number("zombies"))
+                  dstate=number("dstate"), zombies=number("zombies"),
+                  max_fds=optional("max_fds"))
 
 
 def _ensure_events_table(db: Database) -> None:
