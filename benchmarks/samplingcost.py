@@ -22,7 +22,7 @@ from benchmarks.supervisors import Reconciler
 class SamplingPlan:
     n: int = 1000
     runs: int = 3
-    idle_s: float = 30.0
+    idle_s: float = 60.0  # so the first round (it reads every limit) weighs little
     rounds: int = 20  # timed in-process
     settle_s: float = 2.0
     converge_timeout: float = 180.0
