@@ -27,9 +27,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_SECONDS = 5.0
 WINDOW_SECONDS = 3600.0  # samples kept in the database
-# The most samples kept in memory per job for the rules: enough for the growth window at
-# the shortest interval the flag allows.
-_HISTORY_MAX = 2000
+# Points per growth window in the thinned series the growth rules fit their line through.
+TREND_POINTS = 20
 # The growth rules (a line fitted through ten minutes of samples) are judged every this
 # many seconds, not every round: the trends they look for take minutes, and fitting a
 # thousand lines every 5 s cost more than sampling.
@@ -73,7 +72,8 @@ class ResourceMonitor:
         self._limits = limits
         self._kick = kick
         self._sampler = sampler or Sampler()
-        self._history: dict[str, deque[Sample]] = {}
+        self._recent: dict[str, deque[Sample]] = {}  # job id -> the last dstate window
+        self._trend: dict[str, deque[Sample]] = {}  # job id -> thinned growth window
         self._growth: dict[str, dict[str, str]] = {}  # job id -> growth rules broken
         self._growth_at = -GROWTH_EVERY_SECONDS  # sample time of the last growth judgement
         self._stop = threading.Event()
@@ -108,25 +108,43 @@ class ResourceMonitor:
         growth_due = bool(samples) and (
             samples[0].at - self._growth_at >= min(GROWTH_EVERY_SECONDS, self.interval * 12))
         for sample in samples:
-            history = self._history.setdefault(sample.job_id, deque(maxlen=_HISTORY_MAX))
-            history.append(sample)
-            while history and history[0].at < sample.at - self.rules.growth_window * 1.1:
-                history.popleft()
+            recent = self._keep(self._recent, sample, self.rules.dstate_seconds * 1.5, 0.0)
+            trend = self._keep(self._trend, sample, self.rules.growth_window * 1.1,
+                               self.rules.growth_window / TREND_POINTS)
             if growth_due:
-                self._growth[sample.job_id] = evaluate(history, self.rules, growth=True)
-            found = {**evaluate(history, self.rules, growth=False),
-                     **{k: v for k, v in self._growth.get(sample.job_id, {}).items()
-                        if k in GROWTH_RULES}}
+                self._growth[sample.job_id] = {
+                    k: v for k, v in evaluate(trend, self.rules).items() if k in GROWTH_RULES}
+            found = {**evaluate(recent, self.rules, growth=False),
+                     **self._growth.get(sample.job_id, {})}
             if found:
                 anomalies[sample.job_id] = found
         if growth_due:
             self._growth_at = samples[0].at
         sampled = {s.job_id for s in samples}
-        self._history = {k: v for k, v in self._history.items() if k in sampled}
+        self._recent = {k: v for k, v in self._recent.items() if k in sampled}
+        self._trend = {k: v for k, v in self._trend.items() if k in sampled}
         self._growth = {k: v for k, v in self._growth.items() if k in sampled}
         running = {j.id for j in jobs if j.pid is not None}
         return Round(tuple(samples), self._hold(anomalies, running),
                      over_memory(jobs, samples, self._limits()))
+
+    @staticmethod
+    def _keep(series: dict[str, deque[Sample]], sample: Sample, span: float,
+              spacing: float) -> deque[Sample]:
+        """`sample` added to the job's series (unless the newest is less than `spacing`
+        older, then it replaces it), and what is older than `span` dropped. Two series
+        per job: the recent one for the rules about now, and a thinned one, a point every
+        `growth_window / TREND_POINTS`, for the growth rules: ten minutes of every sample
+        of a thousand jobs would be a hundred thousand objects held for a line fit."""
+        kept = series.setdefault(sample.job_id, deque())
+        if kept and spacing and sample.at - kept[-1].at < spacing and len(kept) > 1 and (
+                kept[-1].at - kept[-2].at < spacing):
+            kept[-1] = sample
+        else:
+            kept.append(sample)
+        while kept and kept[0].at < sample.at - span:
+            kept.popleft()
+        return kept
 
     def _hold(self, found: dict[str, dict[str, str]],
               running: set[str]) -> dict[str, dict[str, str]]:

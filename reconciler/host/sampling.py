@@ -127,6 +127,19 @@ def _sample_of(job: JobRecord, at: float, main: StatUsage, members: Members,
     where it says what it waits for; otherwise with the fd limit, every 12th round)."""
     live = [(pid, u) for pid, u in members if u.state not in ("Z", "X", "x")] or [
         (job.pid or 0, main)]
+    if len(live) == 1:  # most jobs: one process, no sums to build
+        pid, usage = live[0]
+        fd_count = procfs.count_fds(pid)
+        return Sample(
+            at=at, job_id=job.id, service=job.service, action=job.action, members=1,
+            rss_bytes=usage.rss_pages * _PAGE_BYTES,
+            cpu_seconds=(usage.utime + usage.stime) / _TICKS_PER_SECOND,
+            threads=usage.threads, open_fds=fd_count, fd_limit=fd_limit,
+            oom_score=oom_score(pid, usage), state=main.state,
+            wchan=procfs.read_wchan(job.pid or 0) if wchan else "",
+            dstate=1 if usage.state == "D" else 0,
+            zombies=sum(1 for _, u in members if u.state == "Z") if len(members) > 1 else 0,
+            max_fds=fd_count)
     fds = [procfs.count_fds(pid) for pid, _ in live]
     scores = [s for pid, u in live if (s := oom_score(pid, u)) is not None]
     return Sample(
