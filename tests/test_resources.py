@@ -361,3 +361,29 @@ def test_the_fd_rule_looks_at_one_process_not_the_sum() -> None:
                       fd_limit=1024, oom_score=0, state="S", wchan="", max_fds=max_fds)
     assert "fds" not in evaluate([sample(900, 100)])
     assert "fds" in evaluate([sample(900, 900)])
+
+
+class GrowingSampler(Sampler):
+    """One job whose RSS grows by 1 MiB a second, a round a second: the monitor's thinned
+    series must still show the leak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.round = 0
+
+    def sample(self, jobs: Iterable[JobRecord]) -> list[Sample]:
+        self.round += 1
+        return [Sample(at=float(self.round), job_id="g-1", service="g", action="main",
+                       members=1, rss_bytes=(10 + self.round) * 2**20,
+                       cpu_seconds=float(self.round), threads=1, open_fds=3, fd_limit=1024,
+                       oom_score=0, state="S", wchan="")]
+
+
+def test_the_monitor_finds_a_leak_through_its_thinned_series() -> None:
+    job = JobRecord(id="g-1", service="g", action="main", generation="g", phase="running",
+                    pid=1234, boot_id="b", starttime_ticks=1)
+    monitor = ResourceMonitor(lambda: [job], dict, lambda: None, interval=1.0,
+                              rules=Rules(growth_window=20.0), sampler=GrowingSampler())
+    found = [monitor.take_round().anomalies.get("g-1", {}) for _ in range(40)]
+    assert "rss-growth" in found[-1]
+    assert len(monitor._trend["g-1"]) <= 25  # thinned: not one point per round
