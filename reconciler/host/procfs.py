@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 PROC = "/proc"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of utime, stime and starttime
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")  # the unit of rss
 TCP_LISTEN = "0A"  # TCP_LISTEN in include/net/tcp_states.h, as printed by /proc/net/tcp
 UNIX_LISTENING_FLAG = 0x00010000  # __SO_ACCEPTCON: the socket called listen()
 
@@ -119,6 +121,14 @@ class StatUsage:
     def zombie(self) -> bool:
         return self.state in ("Z", "X", "x")
 
+    @property
+    def cpu_seconds(self) -> float:
+        return (self.utime + self.stime) / CLOCK_TICKS
+
+    @property
+    def rss_bytes(self) -> int:
+        return self.rss_pages * PAGE_BYTES
+
 
 def parse_stat_usage(raw: bytes) -> StatUsage:
     """The usage fields of a stat line, read on every scrape for every job: only the
@@ -201,12 +211,17 @@ def read_stat(pid: int) -> Stat | None:
     One open and one read (the kernel renders the whole line, well under 4 KiB, at the
     first read): this runs for every spawn and every identity check.
     """
+    return _stat_from(_read_stat_line(pid))
+
+
+def _read_stat_line(pid: int) -> bytes | None:
+    """The raw /proc/<pid>/stat line; None when the process is gone (also mid-read)."""
     try:
         fd = os.open(f"{PROC}/{int(pid)}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        return _stat_from(os.read(fd, _STAT_MAX))
+        return os.read(fd, _STAT_MAX)
     except OSError:  # ESRCH: gone while we read
         return None
     finally:
@@ -233,20 +248,8 @@ def read_usage(pid: int) -> tuple[StatUsage, int | None] | None:
     first and stat read second, so when the start time in stat is the job's, the process
     that had the fds was that job too (a pid is reused only after its process is gone)."""
     fds = count_fds(pid)
-    try:
-        fd = os.open(f"{PROC}/{int(pid)}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        raw = os.read(fd, _STAT_MAX)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    try:
-        return parse_stat_usage(raw), fds
-    except ValueError:
-        return None
+    usage = read_stat_usage(pid)
+    return None if usage is None else (usage, fds)
 
 
 def count_fds(pid: int) -> int | None:
@@ -263,16 +266,11 @@ def count_fds(pid: int) -> int | None:
 
 def read_stat_usage(pid: int) -> StatUsage | None:
     """`parse_stat_usage` of a live process; None when it is gone."""
+    raw = _read_stat_line(pid)
     try:
-        fd = os.open(f"{PROC}/{int(pid)}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+        return None if raw is None else parse_stat_usage(raw)
+    except ValueError:
         return None
-    try:
-        return parse_stat_usage(os.read(fd, _STAT_MAX))
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(fd)
 
 
 def _read_small(path: str) -> str | None:

@@ -14,7 +14,6 @@ a series never goes backwards when the wall clock is stepped (NTP at boot, a res
 
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -22,9 +21,6 @@ from collections.abc import Callable, Iterable
 from reconciler.host import procfs
 from reconciler.host.procfs import StatUsage
 from reconciler.state.records import JobRecord, Sample
-
-_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
-_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 class SampleClock:
@@ -132,8 +128,7 @@ def _sample_of(job: JobRecord, at: float, main: StatUsage, members: Members,
         fd_count = procfs.count_fds(pid)
         return Sample(
             at=at, job_id=job.id, service=job.service, action=job.action, members=1,
-            rss_bytes=usage.rss_pages * _PAGE_BYTES,
-            cpu_seconds=(usage.utime + usage.stime) / _TICKS_PER_SECOND,
+            rss_bytes=usage.rss_bytes, cpu_seconds=usage.cpu_seconds,
             threads=usage.threads, open_fds=fd_count, fd_limit=fd_limit,
             oom_score=oom_score(pid, usage), state=main.state,
             wchan=procfs.read_wchan(job.pid or 0) if wchan else "",
@@ -144,8 +139,8 @@ def _sample_of(job: JobRecord, at: float, main: StatUsage, members: Members,
     scores = [s for pid, u in live if (s := oom_score(pid, u)) is not None]
     return Sample(
         at=at, job_id=job.id, service=job.service, action=job.action, members=len(live),
-        rss_bytes=sum(u.rss_pages for _, u in live) * _PAGE_BYTES,
-        cpu_seconds=sum(u.utime + u.stime for _, u in live) / _TICKS_PER_SECOND,
+        rss_bytes=sum(u.rss_bytes for _, u in live),
+        cpu_seconds=sum(u.cpu_seconds for _, u in live),
         threads=sum(u.threads for _, u in live),
         open_fds=None if any(f is None for f in fds) else sum(f for f in fds if f is not None),
         max_fds=max((f for f in fds if f is not None), default=None),

@@ -7,7 +7,6 @@ includes the process's create time so a recycled PID never inherits another proc
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Mapping
@@ -18,9 +17,6 @@ import psutil
 from reconciler.host import procfs
 from reconciler.host.identity import identity_of
 from reconciler.identity import Identity
-
-_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
-_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(frozen=True)
@@ -57,9 +53,8 @@ def read_counters(identities: Mapping[str, Identity]) -> dict[str, Counters]:
         stat, fds = usage
         if stat.starttime != ident.starttime_ticks or stat.zombie:
             continue  # another process has the pid now, or ours has ended
-        found[key] = Counters(cpu_seconds=(stat.utime + stat.stime) / _TICKS_PER_SECOND,
-                              rss_bytes=stat.rss_pages * _PAGE_BYTES, threads=stat.threads,
-                              open_fds=fds)
+        found[key] = Counters(cpu_seconds=stat.cpu_seconds, rss_bytes=stat.rss_bytes,
+                              threads=stat.threads, open_fds=fds)
     return found
 
 
