@@ -13,6 +13,7 @@ import signal
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from benchmarks import procfs
@@ -129,3 +130,48 @@ def noop_pass(sup: Reconciler, passes: int) -> tuple[float | None, list[float]]:
             if result.plan.changes:
                 raise RuntimeError(f"not a no-op pass: {len(result.plan.changes)} changes")
     return once, times
+
+
+@dataclass
+class OnOff:
+    """Idle CPU (% of a core) and RSS (MiB) of a daemon without (`off`) and with (`on`) a
+    feature, one entry per session: the metrics and sampling scenarios share this."""
+
+    cpu_off: list[float] = field(default_factory=list)
+    cpu_on: list[float] = field(default_factory=list)
+    rss_off: list[float] = field(default_factory=list)
+    rss_on: list[float] = field(default_factory=list)
+    failures: int = 0  # sessions that did not converge
+
+    def idle_summary(self) -> dict[str, float | None]:
+        """Medians of both sides and what the feature adds."""
+        cpu_off, cpu_on = median_or_none(self.cpu_off), median_or_none(self.cpu_on)
+        rss_off, rss_on = median_or_none(self.rss_off), median_or_none(self.rss_on)
+        return {"cpu_off": cpu_off, "cpu_on": cpu_on,
+                "cpu_added": None if cpu_on is None or cpu_off is None else cpu_on - cpu_off,
+                "rss_off": rss_off, "rss_on": rss_on,
+                "rss_added": None if rss_on is None or rss_off is None else rss_on - rss_off}
+
+
+def median_or_none(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def on_off_session(sup: Supervisor, on: bool, out: OnOff, *, converge_timeout: float,
+                   settle_s: float, idle_s: float,
+                   then: Callable[[Supervisor], None] | None = None) -> None:
+    """Converge, settle, measure idle CPU and RSS into the `on` or `off` side of `out`,
+    then run `then` on the converged daemon; always stop it."""
+    try:
+        tracker, converged = converge(sup, converge_timeout)
+        if converged is None:
+            out.failures += 1
+            return
+        time.sleep(settle_s)
+        cpu, rss = idle(sup, tracker, idle_s)
+        (out.cpu_on if on else out.cpu_off).append(cpu)
+        (out.rss_on if on else out.rss_off).append(rss)
+        if then is not None:
+            then(sup)
+    finally:
+        sup.stop()

@@ -13,14 +13,13 @@ thing with the noise of the 30 s resync, which falls into some windows and not o
 from __future__ import annotations
 
 import socket
-import statistics
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import measure, procfs
-from benchmarks.supervisors import Reconciler
+from benchmarks.supervisors import Reconciler, Supervisor
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -37,16 +36,13 @@ class MetricsPlan:
 
 
 @dataclass
-class MetricsResult:
+class MetricsResult(measure.OnOff):
+    """`on`: the daemon with the endpoint (not scraped during the idle window)."""
+
     n: int = 0
-    cpu_off: list[float] = field(default_factory=list)  # idle CPU % without the endpoint
-    cpu_on: list[float] = field(default_factory=list)  # with it (not scraped)
-    rss_off: list[float] = field(default_factory=list)  # MiB
-    rss_on: list[float] = field(default_factory=list)
     scrape_ms: list[float] = field(default_factory=list)
     scrape_cpu_ms: list[float] = field(default_factory=list)  # daemon CPU per scrape, per run
     scrape_bytes: int = 0
-    failures: int = 0
 
 
 class MetricsReconciler(Reconciler):
@@ -90,20 +86,14 @@ def run(plan: MetricsPlan, root: Path, marker: str) -> MetricsResult:
 def _session(plan: MetricsPlan, workdir: Path, marker: str, with_metrics: bool,
              out: MetricsResult) -> None:
     cls = MetricsReconciler if with_metrics else Reconciler
-    sup = cls(workdir, plan.n, marker)
-    try:
-        tracker, converged = measure.converge(sup, plan.converge_timeout)
-        if converged is None:
-            out.failures += 1
-            return
-        time.sleep(plan.settle_s)
-        cpu, rss = measure.idle(sup, tracker, plan.idle_s)
-        (out.cpu_on if with_metrics else out.cpu_off).append(cpu)
-        (out.rss_on if with_metrics else out.rss_off).append(rss)
+
+    def scrapes(sup: Supervisor) -> None:
         if isinstance(sup, MetricsReconciler):
             _scrapes(sup, plan.scrapes, out)
-    finally:
-        sup.stop()
+
+    measure.on_off_session(cls(workdir, plan.n, marker), with_metrics, out,
+                           converge_timeout=plan.converge_timeout, settle_s=plan.settle_s,
+                           idle_s=plan.idle_s, then=scrapes)
 
 
 def _scrapes(sup: MetricsReconciler, count: int, out: MetricsResult) -> None:
@@ -121,18 +111,13 @@ def _scrapes(sup: MetricsReconciler, count: int, out: MetricsResult) -> None:
 
 
 def summary(res: MetricsResult, scrape_every: float) -> dict[str, float | None]:
-    med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
-    cpu_on, cpu_off, rss_on, rss_off = (med(res.cpu_on), med(res.cpu_off), med(res.rss_on),
-                                        med(res.rss_off))
-    standing = None if cpu_on is None or cpu_off is None else cpu_on - cpu_off
-    per_scrape = med(res.scrape_cpu_ms)
+    idle = res.idle_summary()
+    standing, per_scrape = idle["cpu_added"], measure.median_or_none(res.scrape_cpu_ms)
     return {
-        "scrape_p50_ms": med(res.scrape_ms),
+        **idle,
+        "scrape_p50_ms": measure.median_or_none(res.scrape_ms),
         "scrape_max_ms": max(res.scrape_ms) if res.scrape_ms else None,
-        "scrape_cpu_ms": per_scrape,
-        "cpu_off": cpu_off, "cpu_on": cpu_on, "cpu_standing": standing,
+        "scrape_cpu_ms": per_scrape, "cpu_standing": standing,
         "cpu_added": (None if standing is None or per_scrape is None
                       else standing + 100 * per_scrape / 1000 / scrape_every),
-        "rss_off": rss_off, "rss_on": rss_on,
-        "rss_added": None if rss_on is None or rss_off is None else rss_on - rss_off,
     }

@@ -9,13 +9,12 @@ CPU time of this process), the figure the per-round cost comes from.
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import measure
-from benchmarks.supervisors import Reconciler
+from benchmarks.supervisors import Reconciler, Supervisor
 
 
 @dataclass(frozen=True)
@@ -29,14 +28,11 @@ class SamplingPlan:
 
 
 @dataclass
-class SamplingResult:
+class SamplingResult(measure.OnOff):
+    """`off`: sampling every hour; `on`: every 5 s."""
+
     n: int = 0
-    cpu_off: list[float] = field(default_factory=list)
-    cpu_on: list[float] = field(default_factory=list)
-    rss_off: list[float] = field(default_factory=list)
-    rss_on: list[float] = field(default_factory=list)
     round_ms: list[float] = field(default_factory=list)  # CPU per round, in-process
-    failures: int = 0
 
 
 class SamplingReconciler(Reconciler):
@@ -60,20 +56,13 @@ def run(plan: SamplingPlan, root: Path, marker: str) -> SamplingResult:
 
 def _session(plan: SamplingPlan, workdir: Path, marker: str, interval: str,
              out: SamplingResult, time_rounds: bool) -> None:
-    sup = SamplingReconciler(workdir, plan.n, marker, interval)
-    try:
-        tracker, converged = measure.converge(sup, plan.converge_timeout)
-        if converged is None:
-            out.failures += 1
-            return
-        time.sleep(plan.settle_s)
-        cpu, rss = measure.idle(sup, tracker, plan.idle_s)
-        (out.cpu_on if interval == "5s" else out.cpu_off).append(cpu)
-        (out.rss_on if interval == "5s" else out.rss_off).append(rss)
-        if time_rounds:
+    def rounds(sup: Supervisor) -> None:
+        if time_rounds and isinstance(sup, Reconciler):
             out.round_ms = _time_rounds(sup, plan.rounds)
-    finally:
-        sup.stop()
+
+    measure.on_off_session(SamplingReconciler(workdir, plan.n, marker, interval),
+                           interval == "5s", out, converge_timeout=plan.converge_timeout,
+                           settle_s=plan.settle_s, idle_s=plan.idle_s, then=rounds)
 
 
 def _time_rounds(sup: Reconciler, rounds: int) -> list[float]:
@@ -92,13 +81,6 @@ def _time_rounds(sup: Reconciler, rounds: int) -> list[float]:
 
 
 def summary(res: SamplingResult) -> dict[str, float | None]:
-    med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
-    cpu_on, cpu_off = med(res.cpu_on), med(res.cpu_off)
-    rss_on, rss_off = med(res.rss_on), med(res.rss_off)
-    round_ms = med(res.round_ms)
-    return {"cpu_off": cpu_off, "cpu_on": cpu_on,
-            "cpu_added": None if cpu_on is None or cpu_off is None else cpu_on - cpu_off,
-            "rss_off": rss_off, "rss_on": rss_on,
-            "rss_added": None if rss_on is None or rss_off is None else rss_on - rss_off,
-            "round_ms": round_ms,
+    round_ms = measure.median_or_none(res.round_ms)
+    return {**res.idle_summary(), "round_ms": round_ms,
             "round_pct": None if round_ms is None else 100 * round_ms / 1000 / 5.0}
