@@ -332,15 +332,23 @@ def scripted(settings: Settings, before: Callable[[int], None]
     return opened, open_passes
 
 
-def run_until_stopped(daemon: Daemon, until: Callable[[], object], message: str) -> None:
+@contextlib.contextmanager
+def daemon_running(daemon: Daemon) -> Iterator[None]:
+    """`daemon.run()` on a thread of its own for the `with` block; stopped and joined after
+    it, also on failure."""
     runner = threading.Thread(target=daemon.run, daemon=True)
     runner.start()
     try:
-        wait_for(until, timeout=20, message=message)
+        yield
     finally:
         daemon.stop()
         runner.join(timeout=30)
     assert not runner.is_alive()
+
+
+def run_until_stopped(daemon: Daemon, until: Callable[[], object], message: str) -> None:
+    with daemon_running(daemon):
+        wait_for(until, timeout=20, message=message)
 
 
 def test_a_kick_during_a_pass_is_never_lost(settings: Settings) -> None:

@@ -4,7 +4,6 @@ a burst of edits."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -19,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from reconciler.controller import Reconciler
 from reconciler.daemon import Daemon
 from reconciler.host import procfs
 from reconciler.host.identity import identity_of
@@ -29,7 +27,7 @@ from tests.helpers import wait_for
 from tests.test_daemon import (
     SLEEPER,
     DaemonRunner,
-    ScriptedPasses,
+    daemon_running,
     events,
     jobs,
     running,
@@ -163,29 +161,21 @@ def test_a_hung_loop_stops_the_watchdog_pings(settings: Settings,
             hanging.set()
             release.wait(timeout=30)
 
-    @contextlib.contextmanager
-    def open_passes() -> Iterator[ScriptedPasses]:
-        with Reconciler(settings, allow_empty=True) as real:
-            yield ScriptedPasses(real, hang_in_the_second_pass)
-
+    _, open_passes = scripted(settings, hang_in_the_second_pass)
     notifier = Notifier(str(notify.path), watchdog_seconds=0.2)  # a ping every 0.1 s
     daemon = Daemon(settings, resync=3600, open_passes=open_passes, notifier=notifier)
-    runner = threading.Thread(target=daemon.run, daemon=True)
-    runner.start()
-    try:
-        notify.expect(has("READY", "1"))
-        notify.expect(has("WATCHDOG", "1"))
-        daemon.kick()
-        wait_for(hanging.is_set, message="the second pass to hang")
-        notify.drain()  # pings sent before the pass began
-        assert notify.receive(1.0) is None  # ten ping intervals of silence
-        release.set()
-        notify.expect(has("WATCHDOG", "1"))
-    finally:
-        release.set()
-        daemon.stop()
-        runner.join(timeout=30)
-    assert not runner.is_alive()
+    with daemon_running(daemon):
+        try:
+            notify.expect(has("READY", "1"))
+            notify.expect(has("WATCHDOG", "1"))
+            daemon.kick()
+            wait_for(hanging.is_set, message="the second pass to hang")
+            notify.drain()  # pings sent before the pass began
+            assert notify.receive(1.0) is None  # ten ping intervals of silence
+            release.set()
+            notify.expect(has("WATCHDOG", "1"))
+        finally:
+            release.set()  # before the stop: a hanging pass would hold up the join
 
 
 def test_the_watchdog_applies_only_to_the_process_it_names() -> None:
@@ -336,23 +326,19 @@ def test_a_reload_before_the_first_successful_pass_does_not_say_ready(
     opened, open_passes = scripted(settings, fail_while_told)
     daemon = Daemon(settings, resync=3600, retry_initial=0.05, retry_max=0.05,
                     open_passes=open_passes, notifier=Notifier(str(notify.path)))
-    runner = threading.Thread(target=daemon.run, daemon=True)
-    runner.start()
-    try:
-        wait_for(lambda: opened and opened[0].calls >= 1, message="a first, failed pass")
-        daemon.reload()
-        wait_for(lambda: not daemon.reload_requested.is_set(), message="the reload taken")
-        after = opened[0].calls
-        wait_for(lambda: opened[0].calls >= after + 2, message="the reload's pass done")
-        notify.drain()
-        assert not [m for m in notify.seen if m.get("READY") == "1"], notify.seen
-        failing.clear()
-        notify.expect(has("READY", "1"))
-    finally:
-        failing.clear()
-        daemon.stop()
-        runner.join(timeout=30)
-    assert not runner.is_alive()
+    with daemon_running(daemon):
+        try:
+            wait_for(lambda: opened and opened[0].calls >= 1, message="a first, failed pass")
+            daemon.reload()
+            wait_for(lambda: not daemon.reload_requested.is_set(), message="the reload taken")
+            after = opened[0].calls
+            wait_for(lambda: opened[0].calls >= after + 2, message="the reload's pass done")
+            notify.drain()
+            assert not [m for m in notify.seen if m.get("READY") == "1"], notify.seen
+            failing.clear()
+            notify.expect(has("READY", "1"))
+        finally:
+            failing.clear()
 
 
 SIGNAL_WHILE_THE_LOOP_HOLDS_ITS_EVENTS = """\
