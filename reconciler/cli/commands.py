@@ -418,24 +418,26 @@ def cmd_top(args: argparse.Namespace) -> int:
     return run_top(settings_from(args), args.sort, interval)
 
 
+MAX_ANOMALY_EVENTS = 50  # anomaly events `stats` shows: the newest
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     """A job's history in the sample window. A name the state dir never knew is an error,
     like `logs`; a known one without samples (no daemon samples it yet) is not."""
-    from reconciler.cli.top import anomaly_events, has_samples
-
     settings = settings_from(args)
     service, action = parse_target(args.target)
     since = time.time() - duration(args.since, "--since")
     with open_reader(settings) as store:
         samples = store.samples(service=service, action=action, since=since)
-        known = samples or has_samples(store, service, action) or any(
+        known = samples or store.has_samples(service, action) or any(
             j.service == service and action in (None, j.action)
             for j in store.jobs(include_removed=True))
         if not known:
             raise UsageError(f"no job named {args.target} in this state dir "
                              "(`reconcile status` lists them)")
-        jobs = resources.histories(samples, store.anomalies(),
-                                   anomaly_events(store, service, action, since))
+        events = store.events(service=service, action=action, since=since,
+                              kinds=resources.ANOMALY_EVENT_KINDS, limit=MAX_ANOMALY_EVENTS)
+        jobs = resources.histories(samples, store.anomalies(), [e for _, e in events])
     if args.output == "json":
         emit(render.to_json(resources.stats_json(jobs)))
     elif not jobs:

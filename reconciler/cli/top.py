@@ -1,5 +1,4 @@
-"""`reconcile top`: the live table of the running jobs' newest samples, and the reads of the
-samples tables that `top` and `stats` need beyond `Store`'s own (DESIGN §8.4).
+"""`reconcile top`: the live table of the running jobs' newest samples (DESIGN §8.4).
 
 `top` only re-reads the store (the daemon samples, never this command), reopening it at every
 refresh: a read-only store opened without a live write-ahead log reads a fixed snapshot.
@@ -18,57 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from types import FrameType
 
-from reconciler.cli.resources import ANOMALY_EVENT_KINDS, TopRow, cpu_rate, top_lines
+from reconciler.cli.resources import TopRow, cpu_rate, top_lines
 from reconciler.settings import Settings
 from reconciler.state.reader import open_reader
-from reconciler.state.records import Event, Sample
-from reconciler.state.store import Store, event_from_row, sample_from_row
 
 KEYS = {ord("c"): "cpu", ord("C"): "cpu", ord("m"): "rss", ord("M"): "rss"}
 QUIT_KEYS = (ord("q"), ord("Q"))
-MAX_EVENTS = 50  # anomaly events `stats` shows per command: the newest
-
-
-# --- reads (candidates for state/store.py) -------------------------------------------------
-
-
-def _has_table(store: Store, table: str) -> bool:
-    return store.tables is None or table in store.tables
-
-
-def previous_sample(store: Store, sample: Sample) -> Sample | None:
-    """The sample of the same job just before `sample` (one indexed look per job)."""
-    if not _has_table(store, "samples"):
-        return None
-    rows = list(store.db.query("SELECT * FROM samples WHERE job_id = ? AND at < ?"
-                               " ORDER BY at DESC LIMIT 1", [sample.job_id, sample.at]))
-    return sample_from_row(rows[0]) if rows else None
-
-
-def has_samples(store: Store, service: str, action: str | None) -> bool:
-    """Whether any sample of this name is stored (in or before a window)."""
-    if not _has_table(store, "samples"):
-        return False
-    where, params = "service = ?", [service]
-    if action is not None:
-        where, params = where + " AND action = ?", [service, action]
-    return bool(list(store.db.query(f"SELECT 1 FROM samples WHERE {where} LIMIT 1", params)))
-
-
-def anomaly_events(store: Store, service: str, action: str | None,
-                   since: float) -> list[Event]:
-    """The newest anomaly onsets and recoveries of a service (or one action) since `since`,
-    oldest first."""
-    if not _has_table(store, "events"):
-        return []
-    where = "service = ? AND kind IN (?, ?) AND at >= ?"
-    params: list[str | float] = [service, *ANOMALY_EVENT_KINDS, since]
-    if action is not None:
-        where += " AND action = ?"
-        params.append(action)
-    rows = store.db.query(f"SELECT * FROM (SELECT * FROM events WHERE {where}"
-                          f" ORDER BY id DESC LIMIT {MAX_EVENTS}) ORDER BY id", params)
-    return [event_from_row(row) for row in rows]
 
 
 def read_top(settings: Settings) -> list[TopRow]:
@@ -84,7 +38,7 @@ def read_top(settings: Settings) -> list[TopRow]:
             job = running.get(job_id)
             if job is None:
                 continue
-            before = previous_sample(store, sample)
+            before = store.previous_sample(sample)
             rows.append(TopRow(sample, cpu_rate(before, sample) if before else None, job.pid,
                                tuple(sorted(rules.get(job_id, ())))))
     return rows

@@ -631,13 +631,28 @@ class Store:
             with self.atomic():
                 _table(self.db, "events").insert_all(rows)
 
-    def events(self, *, service: str | None = None,
+    def events(self, *, service: str | None = None, action: str | None = None,
+               kinds: Iterable[str] = (), since: float | None = None,
                limit: int | None = 100) -> list[tuple[int, Event]]:
-        """The newest `limit` events (None: all), returned oldest first like a log."""
+        """The newest `limit` events (None: all) of a service (and action), of some kinds,
+        since a time, or of all; returned oldest first like a log."""
         if self._missing("events"):
             return []
-        where, params = ("WHERE service = ?", [service]) if service is not None else ("", [])
-        sql = (f"SELECT * FROM (SELECT * FROM events {where} ORDER BY id DESC LIMIT ?)"
+        where: list[str] = []
+        params: list[str | float] = []
+        for column, value in (("service", service), ("action", action)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        kinds = list(kinds)
+        if kinds:
+            where.append(f"kind IN ({', '.join('?' for _ in kinds)})")
+            params += kinds
+        if since is not None:
+            where.append("at >= ?")
+            params.append(since)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        sql = (f"SELECT * FROM (SELECT * FROM events {clause} ORDER BY id DESC LIMIT ?)"
                " ORDER BY id")
         rows = self.db.query(sql, [*params, -1 if limit is None else max(limit, 0)])
         return [(row["id"], event_from_row(row)) for row in rows]
@@ -678,6 +693,24 @@ class Store:
         rows = self.db.query(f"SELECT * FROM samples WHERE {' AND '.join(where)} ORDER BY at",
                              params)
         return [sample_from_row(row) for row in rows]
+
+    def previous_sample(self, sample: Sample) -> Sample | None:
+        """The sample of the same job just before `sample` (one indexed look)."""
+        if self._missing("samples"):
+            return None
+        rows = list(self.db.query("SELECT * FROM samples WHERE job_id = ? AND at < ?"
+                                  " ORDER BY at DESC LIMIT 1", [sample.job_id, sample.at]))
+        return sample_from_row(rows[0]) if rows else None
+
+    def has_samples(self, service: str, action: str | None = None) -> bool:
+        """Whether any sample of this service (and action) is stored."""
+        if self._missing("samples"):
+            return False
+        where, params = "service = ?", [service]
+        if action is not None:
+            where, params = where + " AND action = ?", [service, action]
+        return bool(list(self.db.query(f"SELECT 1 FROM samples WHERE {where} LIMIT 1",
+                                       params)))
 
     def latest_samples(self) -> dict[str, Sample]:
         """The newest sample of every job that has one (for `top`, `status`, metrics)."""
