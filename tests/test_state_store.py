@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-from reconciler.state.records import BlockedBy, Event, JobRecord, JobSpec, SpecRecord
+from reconciler.state.records import BlockedBy, Event, JobRecord, JobSpec, Sample, SpecRecord
 from reconciler.state.store import MIGRATIONS, Store, job_to_row
 
 
@@ -432,3 +432,35 @@ def test_a_reader_cannot_write_even_as_root(store: Store, db_path: Path) -> None
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             reader.db.execute("DELETE FROM jobs")
         assert reader.jobs() == [full_job()]
+
+
+def _sample(at: float, job_id: str, rss: int = 1) -> Sample:
+    return Sample(at=at, job_id=job_id, service=job_id, action="main", members=1,
+                  rss_bytes=rss, cpu_seconds=at, threads=1, open_fds=3, fd_limit=1024,
+                  oom_score=0, state="S", wchan="")
+
+
+def test_samples_of_an_m008_database_keep_their_rows_and_lose_the_scattered_indexes(
+        db_path: Path) -> None:
+    """m009: an index by job or service makes every round's insert touch a page per job."""
+    db_path.parent.mkdir()
+    old = Database(db_path)
+    MIGRATIONS.apply(old, stop_before="m009_samples_by_time")
+    assert {"idx_samples_job_at", "idx_samples_key_at"} <= {
+        i.name for i in old.table("samples").indexes}
+    old.close()
+    with Store.open(db_path) as store:
+        store.append_samples([_sample(1.0, "a"), _sample(1.0, "b")])
+    with Store.open(db_path) as store:
+        assert [i.name for i in store.db.table("samples").indexes] == ["idx_samples_at"]
+        assert [s.job_id for s in store.samples()] == ["a", "b"]
+
+
+def test_recent_samples_are_the_newest_per_job_of_the_newest_rounds(store: Store) -> None:
+    store.append_samples([_sample(1.0, "gone")])  # not in the newest three rounds
+    for at in (2.0, 3.0, 4.0, 5.0):
+        store.append_samples([_sample(at, "a", rss=int(at))]
+                             + ([_sample(at, "b", rss=int(at))] if at >= 5.0 else []))
+    recent = store.recent_samples(per_job=2)
+    assert {job: [s.at for s in kept] for job, kept in recent.items()} == {
+        "a": [5.0, 4.0], "b": [5.0]}

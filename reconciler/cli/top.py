@@ -34,11 +34,11 @@ def read_top(settings: Settings) -> list[TopRow]:
         for anomaly in store.anomalies():
             rules.setdefault(anomaly.job_id, []).append(anomaly.rule)
         rows = []
-        for job_id, sample in store.latest_samples().items():
+        for job_id, (sample, *older) in store.recent_samples(per_job=2).items():
             job = running.get(job_id)
             if job is None:
                 continue
-            before = store.previous_sample(sample)
+            before = older[0] if older else None
             rows.append(TopRow(sample, cpu_rate(before, sample) if before else None, job.pid,
                                tuple(sorted(rules.get(job_id, ())))))
     return rows
