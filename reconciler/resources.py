@@ -107,15 +107,16 @@ class ResourceMonitor:
         anomalies: dict[str, dict[str, str]] = {}
         growth_due = bool(samples) and (
             samples[0].at - self._growth_at >= min(GROWTH_EVERY_SECONDS, self.interval * 12))
+        spacing = self.rules.growth_window / TREND_POINTS
         for sample in samples:
-            recent = self._keep(self._recent, sample, self.rules.dstate_seconds * 1.5, 0.0)
-            trend = self._keep(self._trend, sample, self.rules.growth_window * 1.1,
-                               self.rules.growth_window / TREND_POINTS)
+            trend = self._trend.setdefault(sample.job_id, deque())
+            _thin_append(trend, sample, spacing, self.rules.growth_window * 1.1)
             if growth_due:
                 self._growth[sample.job_id] = {
                     k: v for k, v in evaluate(trend, self.rules).items() if k in GROWTH_RULES}
-            found = {**evaluate(recent, self.rules, growth=False),
-                     **self._growth.get(sample.job_id, {})}
+            found = evaluate(self._recent_of(sample), self.rules, growth=False)
+            if sample.job_id in self._growth:
+                found.update(self._growth[sample.job_id])
             if found:
                 anomalies[sample.job_id] = found
         if growth_due:
@@ -128,23 +129,19 @@ class ResourceMonitor:
         return Round(tuple(samples), self._hold(anomalies, running),
                      over_memory(jobs, samples, self._limits()))
 
-    @staticmethod
-    def _keep(series: dict[str, deque[Sample]], sample: Sample, span: float,
-              spacing: float) -> deque[Sample]:
-        """`sample` added to the job's series (unless the newest is less than `spacing`
-        older, then it replaces it), and what is older than `span` dropped. Two series
-        per job: the recent one for the rules about now, and a thinned one, a point every
-        `growth_window / TREND_POINTS`, for the growth rules: ten minutes of every sample
-        of a thousand jobs would be a hundred thousand objects held for a line fit."""
-        kept = series.setdefault(sample.job_id, deque())
-        if kept and spacing and sample.at - kept[-1].at < spacing and len(kept) > 1 and (
-                kept[-1].at - kept[-2].at < spacing):
-            kept[-1] = sample
-        else:
-            kept.append(sample)
-        while kept and kept[0].at < sample.at - span:
-            kept.popleft()
-        return kept
+    def _recent_of(self, sample: Sample) -> Sequence[Sample]:
+        """The samples the rules about now look at: this one alone, or, while the job has a
+        member in D state, every sample since that began (the D rule needs 30 s of them).
+        Only those jobs keep a series: a thousand deques updated every round for a rule
+        that almost never holds cost more than the rule."""
+        if not sample.dstate:
+            self._recent.pop(sample.job_id, None)
+            return (sample,)
+        recent = self._recent.setdefault(sample.job_id, deque())
+        recent.append(sample)
+        while recent[0].at < sample.at - self.rules.dstate_seconds * 1.5:
+            recent.popleft()
+        return recent
 
     def _hold(self, found: dict[str, dict[str, str]],
               running: set[str]) -> dict[str, dict[str, str]]:
@@ -166,6 +163,8 @@ class ResourceMonitor:
 def over_memory(jobs: Sequence[JobRecord], samples: Sequence[Sample],
                 limits: Mapping[tuple[str, str], int]) -> dict[str, tuple[Identity, str]]:
     """Jobs whose RSS (summed over their processes) is above their `max_rss`."""
+    if not limits:
+        return {}
     by_id = {j.id: j for j in jobs}
     over: dict[str, tuple[Identity, str]] = {}
     for sample in samples:
@@ -176,6 +175,19 @@ def over_memory(jobs: Sequence[JobRecord], samples: Sequence[Sample],
         over[sample.job_id] = (job.identity, f"memory-limit: RSS {_mib(sample.rss_bytes)} over "
                                              f"max_rss {_mib(limit)}")
     return over
+
+
+def _thin_append(series: deque[Sample], sample: Sample, spacing: float, span: float) -> None:
+    """The growth rules' series: a point every `spacing` seconds (a twentieth of the growth
+    window), the newest `span` seconds. Ten minutes of every sample of a thousand jobs would
+    be a hundred thousand objects held for a line fit; the newest point is at most
+    `spacing` old when the rules look (they judge minutes of growth)."""
+    if series and sample.at - series[-1].at < spacing and sample.cpu_seconds >= (
+            series[-1].cpu_seconds):
+        return
+    series.append(sample)
+    while series[0].at < sample.at - span:
+        series.popleft()
 
 
 def _mib(size: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import socket
 import sys
@@ -357,3 +358,28 @@ def test_fuzz_mutated_samples(sample: str, at: int, insert: str, cut: int) -> No
 @given(st.binary(max_size=64))
 def test_fuzz_cmdline(raw: bytes) -> None:
     assert all(isinstance(arg, str) for arg in parse_cmdline(raw))
+
+
+LIMITS = """Limit                     Soft Limit           Hard Limit           Units
+Max cpu time              unlimited            unlimited            seconds
+Max open files            1024                 524288               files
+Max locked memory         8388608              8388608              bytes
+"""
+
+
+def test_the_fd_soft_limit_is_parsed_from_its_own_line() -> None:
+    assert procfs.parse_fd_soft_limit(LIMITS) == 1024
+    assert procfs.parse_limits(LIMITS)["Max open files"] == (1024, 524288)  # same answer
+    assert procfs.parse_fd_soft_limit(LIMITS.replace("1024 ", "unlimited ")) is None
+    assert procfs.parse_fd_soft_limit(LIMITS.replace("1024 ", "lots ")) is None
+    assert procfs.parse_fd_soft_limit("Limit  Soft Limit\n") is None
+    assert procfs.read_fd_soft_limit(os.getpid()) == resource.getrlimit(
+        resource.RLIMIT_NOFILE)[0]
+
+
+def test_one_walk_reads_every_process_once() -> None:
+    walked = dict(procfs.iter_stat_usage())
+    mine = walked[os.getpid()]
+    assert mine == procfs.read_stat_usage(os.getpid())._replace(
+        utime=mine.utime, stime=mine.stime, rss_pages=mine.rss_pages, state=mine.state)
+    assert 1 in walked and all(pid > 0 for pid in walked)

@@ -114,6 +114,35 @@ def test_fds_near_the_limit(foreign: Foreign) -> None:
     assert "of 100 file descriptors" in why
 
 
+def test_a_raised_fd_limit_is_read_again_before_it_looks_like_running_out(
+        foreign: Foreign, tmp_path: Path) -> None:
+    """The sampler keeps a process's fd limit for minutes, but not once the process holds
+    half of it: a process that raised its own limit (Go does at start) is not an anomaly."""
+    go, done = tmp_path / "go", tmp_path / "done"
+    proc = start(foreign, f"""
+        import os, resource, time
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        open({str(tmp_path / "ready")!r}, "w").close()
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.01)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+        held = [os.open("/dev/null", os.O_RDONLY) for _ in range(55)]
+        open({str(done)!r}, "w").close()
+        time.sleep(60)
+    """)
+    wait_for((tmp_path / "ready").exists, message="the limit lowered")
+    job, sampler = job_of(proc), Sampler()
+    (before,) = sampler.sample([job])
+    assert before.fd_limit == 64
+    go.touch()
+    wait_for(done.exists, message="the limit raised and 55 fds open")
+    (after,) = sampler.sample([job])
+    assert after.max_fds is not None and after.max_fds >= 55
+    assert after.fd_limit is not None and after.fd_limit > 64
+    assert "fds" not in evaluate([after])
+
+
 def test_steady_rss_growth(foreign: Foreign) -> None:
     proc = start(foreign, """
         import time

@@ -38,20 +38,29 @@ class SampleClock:
         return self._base + (self._monotonic() - self._zero)
 
 
-# The fd soft limit of a process is read again every this many rounds (a process may
-# lower or raise it itself, but rarely does; reading /proc/<pid>/limits every round would
-# be a third of a round's cost).
-FD_LIMIT_ROUNDS = 12
+# Fields that move slowly are read again every this many rounds per process, spread by pid
+# so each round reads a twelfth of them: a member's oom_score (it follows memory), the main
+# process's wchan (also whenever it is in D state, where it says what it waits for).
+SLOW_ROUNDS = 12
+# The fd soft limit of a main process: read at first sight, again every this many rounds,
+# and whenever one member holds half of it or more (a process that raised its own limit,
+# as Go programs do at start, must not look like it runs out of fds). Reading
+# /proc/<pid>/limits every round would be a third of a round's cost.
+FD_LIMIT_ROUNDS = 60
+
+Key = tuple[int, int]  # (pid, start time): a recycled pid is another process
 
 
 class Sampler:
-    """Takes a `Sample` of every running job. Keeps only the fd soft limit of each process
-    it has seen, read again every FD_LIMIT_ROUNDS rounds."""
+    """Takes a `Sample` of every running job. Keeps only the slow fields of each process
+    it saw in its last round."""
 
     def __init__(self, clock: SampleClock | None = None) -> None:
         self.clock = clock or SampleClock()
-        self._fd_limits: dict[tuple[int, int], int | None] = {}
-        self._oom_scores: dict[tuple[int, int], int | None] = {}
+        self._fd_limits: dict[Key, int | None] = {}
+        self._oom_scores: dict[Key, int | None] = {}
+        self._fd_limits_now: dict[Key, int | None] = {}
+        self._oom_scores_now: dict[Key, int | None] = {}
         self._rounds = 0
 
     def sample(self, jobs: Iterable[JobRecord]) -> list[Sample]:
@@ -62,37 +71,64 @@ class Sampler:
         by_session = _processes_by_session()
         at = self.clock.now()
         self._rounds += 1
-        slow_round = self._rounds % FD_LIMIT_ROUNDS == 0
-        if slow_round:
-            self._fd_limits.clear()
-            self._oom_scores.clear()
         samples: list[Sample] = []
-        seen: set[tuple[int, int]] = set()
-        alive = {(pid, u.starttime) for members in by_session.values() for pid, u in members}
         for job in running:
             assert job.pid is not None and job.identity is not None
             main = _find(by_session, job.pid)
             if main is None or main.starttime != job.identity.starttime_ticks:
                 continue  # gone, or the pid is another process's now
-            members = by_session.get(main.session, [])
-            key = (job.pid, main.starttime)
-            seen.add(key)
-            if key not in self._fd_limits:
-                self._fd_limits[key] = procfs.read_fd_soft_limit(job.pid)
-            samples.append(_sample_of(job, at, main, members, self._fd_limits[key],
-                                      self._oom_score, wchan=slow_round or main.state == "D"))
-        self._fd_limits = {k: v for k, v in self._fd_limits.items() if k in seen}
-        self._oom_scores = {k: v for k, v in self._oom_scores.items() if k in alive}
+            members = by_session.get(main.session) or [(job.pid, main)]
+            samples.append(self._sample_of(job, at, main, members))
+        # what this round saw is all that is kept: ended processes drop out
+        self._fd_limits, self._fd_limits_now = self._fd_limits_now, {}
+        self._oom_scores, self._oom_scores_now = self._oom_scores_now, {}
         return samples
 
+    def _due(self, pid: int, every: int) -> bool:
+        return (self._rounds + pid) % every == 0
 
     def _oom_score(self, pid: int, usage: StatUsage) -> int | None:
-        """Read again with the fd limits (every 12th round): it moves with the process's
-        memory, slowly, and one read per member per round was a fifth of a round's cost."""
         key = (pid, usage.starttime)
-        if key not in self._oom_scores:
-            self._oom_scores[key] = procfs.read_oom_score(pid)
-        return self._oom_scores[key]
+        score = self._oom_scores.get(key, -1)
+        if score == -1 or self._due(pid, SLOW_ROUNDS):
+            score = procfs.read_oom_score(pid)
+        self._oom_scores_now[key] = score
+        return score
+
+    def _fd_limit(self, pid: int, usage: StatUsage, most_fds: int | None) -> int | None:
+        key = (pid, usage.starttime)
+        limit = self._fd_limits.get(key, -1)
+        if limit == -1 or self._due(pid, FD_LIMIT_ROUNDS) or (
+                limit is not None and most_fds is not None and 2 * most_fds >= limit):
+            limit = procfs.read_fd_soft_limit(pid)
+        self._fd_limits_now[key] = limit
+        return limit
+
+    def _sample_of(self, job: JobRecord, at: float, main: StatUsage,
+                   members: Members) -> Sample:
+        """Sums over the live members; most jobs are one process, the short way."""
+        pid = job.pid or 0
+        wchan = procfs.read_wchan(pid) if main.state == "D" or self._due(
+            pid, SLOW_ROUNDS) else ""
+        if len(members) == 1:
+            fds = procfs.count_fds(pid)
+            return Sample(at, job.id, job.service, job.action, 1, main.rss_bytes,
+                          main.cpu_seconds, main.threads, fds,
+                          self._fd_limit(pid, main, fds), self._oom_score(pid, main),
+                          main.state, wchan, 1 if main.state == "D" else 0, 0, fds)
+        live = [(p, u) for p, u in members if u.state not in ("Z", "X", "x")] or [(pid, main)]
+        counts = [procfs.count_fds(p) for p, _ in live]
+        most = max((f for f in counts if f is not None), default=None)
+        scores = [s for p, u in live if (s := self._oom_score(p, u)) is not None]
+        return Sample(
+            at, job.id, job.service, job.action, len(live),
+            sum(u.rss_pages for _, u in live) * procfs.PAGE_BYTES,
+            sum(u.utime + u.stime for _, u in live) / procfs.CLOCK_TICKS,
+            sum(u.threads for _, u in live),
+            None if None in counts else sum(f for f in counts if f is not None),
+            self._fd_limit(pid, main, most), max(scores, default=None), main.state, wchan,
+            sum(1 for _, u in live if u.state == "D"),
+            sum(1 for _, u in members if u.state == "Z"), most)
 
 
 Members = list[tuple[int, StatUsage]]
@@ -100,10 +136,8 @@ Members = list[tuple[int, StatUsage]]
 
 def _processes_by_session() -> dict[int, Members]:
     found: dict[int, Members] = defaultdict(list)
-    for pid in procfs.iter_pids():
-        usage = procfs.read_stat_usage(pid)
-        if usage is not None:
-            found[usage.session].append((pid, usage))
+    for pid, usage in procfs.iter_stat_usage():
+        found[usage.session].append((pid, usage))
     return found
 
 
@@ -114,37 +148,3 @@ def _find(by_session: dict[int, Members], pid: int) -> StatUsage | None:
         if member_pid == pid:
             return usage
     return procfs.read_stat_usage(pid)
-
-
-def _sample_of(job: JobRecord, at: float, main: StatUsage, members: Members,
-               fd_limit: int | None, oom_score: Callable[[int, StatUsage], int | None], *,
-               wchan: bool) -> Sample:
-    """`wchan`: read the main process's wchan this round (always when it is in D state,
-    where it says what it waits for; otherwise with the fd limit, every 12th round)."""
-    live = [(pid, u) for pid, u in members if u.state not in ("Z", "X", "x")] or [
-        (job.pid or 0, main)]
-    if len(live) == 1:  # most jobs: one process, no sums to build
-        pid, usage = live[0]
-        fd_count = procfs.count_fds(pid)
-        return Sample(
-            at=at, job_id=job.id, service=job.service, action=job.action, members=1,
-            rss_bytes=usage.rss_bytes, cpu_seconds=usage.cpu_seconds,
-            threads=usage.threads, open_fds=fd_count, fd_limit=fd_limit,
-            oom_score=oom_score(pid, usage), state=main.state,
-            wchan=procfs.read_wchan(job.pid or 0) if wchan else "",
-            dstate=1 if usage.state == "D" else 0,
-            zombies=sum(1 for _, u in members if u.state == "Z") if len(members) > 1 else 0,
-            max_fds=fd_count)
-    fds = [procfs.count_fds(pid) for pid, _ in live]
-    scores = [s for pid, u in live if (s := oom_score(pid, u)) is not None]
-    return Sample(
-        at=at, job_id=job.id, service=job.service, action=job.action, members=len(live),
-        rss_bytes=sum(u.rss_bytes for _, u in live),
-        cpu_seconds=sum(u.cpu_seconds for _, u in live),
-        threads=sum(u.threads for _, u in live),
-        open_fds=None if any(f is None for f in fds) else sum(f for f in fds if f is not None),
-        max_fds=max((f for f in fds if f is not None), default=None),
-        fd_limit=fd_limit, oom_score=max(scores, default=None), state=main.state,
-        wchan=procfs.read_wchan(job.pid or 0) if wchan else "",
-        dstate=sum(1 for _, u in live if u.state == "D"),
-        zombies=sum(1 for _, u in members if u.state == "Z"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from reconciler.identity import Identity
 from reconciler.spec.defaults import DEFAULT_LOGS_KEEP, DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT
@@ -204,11 +204,12 @@ class Event:
     revision: str | None = None  # the specs dir's revision at the pass that recorded it
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+class Sample(NamedTuple):
     """One look at a running job's resources (DESIGN §8.4), summed over its members (the
-    processes of its session and those carrying its job id) where a sum means something.
-    `at` never goes backwards for a job, whatever the wall clock does (see sampling)."""
+    processes of its session) where a sum means something. `at` never goes backwards for a
+    job, whatever the wall clock does (see sampling). A named tuple: a round makes a
+    thousand every 5 s (a frozen dataclass cost 6 µs each), and its fields in order are
+    the row the store inserts."""
 
     at: float
     job_id: str
