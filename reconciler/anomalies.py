@@ -48,9 +48,7 @@ def evaluate(history: Sequence[Sample], rules: Rules = DEFAULT_RULES, *,
     if not history:
         return {}
     found: dict[str, str] = {}
-    for name, check in _CHECKS:
-        if not growth and name in GROWTH_RULES:
-            continue
+    for name, check in _CHECKS if growth else _NOW_CHECKS:
         why = check(history, rules)
         if why is not None:
             found[name] = why
@@ -124,6 +122,7 @@ def _oom_score(history: Sequence[Sample], rules: Rules) -> str | None:
 _CHECKS: tuple[tuple[str, Callable[[Sequence[Sample], Rules], str | None]], ...] = (
     ("fds", _fds), ("rss-growth", _rss_growth), ("threads-growth", _thread_growth),
     ("d-state", _dstate), ("zombies", _zombies), ("oom-score", _oom_score))
+_NOW_CHECKS = tuple((name, check) for name, check in _CHECKS if name not in GROWTH_RULES)
 
 
 def _window(history: Sequence[Sample], seconds: float) -> Sequence[Sample]:

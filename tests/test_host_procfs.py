@@ -377,9 +377,11 @@ def test_the_fd_soft_limit_is_parsed_from_its_own_line() -> None:
         resource.RLIMIT_NOFILE)[0]
 
 
-def test_one_walk_reads_every_process_once() -> None:
-    walked = dict(procfs.iter_stat_usage())
-    mine = walked[os.getpid()]
-    assert mine == procfs.read_stat_usage(os.getpid())._replace(
-        utime=mine.utime, stime=mine.stime, rss_pages=mine.rss_pages, state=mine.state)
-    assert 1 in walked and all(pid > 0 for pid in walked)
+def test_a_process_dir_inode_is_its_own(foreign: Foreign) -> None:
+    """The sampler skips processes it knows by their /proc inode: a new process (also on a
+    recycled pid) must not show an inode it saw before, and a live one keeps its own."""
+    first = dict(procfs.iter_pid_inodes())
+    assert first[os.getpid()] == os.stat(f"/proc/{os.getpid()}").st_ino
+    assert dict(procfs.iter_pid_inodes())[os.getpid()] == first[os.getpid()]
+    proc = foreign.start(["sleep", "60"])
+    assert dict(procfs.iter_pid_inodes())[proc.pid] not in set(first.values())

@@ -79,6 +79,34 @@ def test_members_threads_and_memory_are_summed(foreign: Foreign, tmp_path: Path)
     assert sample.fd_limit and sample.state in ("S", "R") and sample.zombies == 0
 
 
+def test_a_main_process_in_a_session_seen_before_is_sampled_with_its_members(
+        foreign: Foreign, tmp_path: Path) -> None:
+    """The walk skips processes it once found outside every job's session; a job whose main
+    process sits in such a session (a daemon adopted from its pidfile, whose session leader
+    is its parent) still gets all of that session's processes counted."""
+    pidfile = tmp_path / "child.pid"
+    leader = start(foreign, f"""
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        open({str(pidfile)!r}, "w").write(str(child.pid))
+        time.sleep(60)
+    """)
+    child_pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(),
+                             message="the child started"))
+    other = job_of(foreign.start(["sleep", "60"]), "other")
+    sampler = Sampler()
+    assert [s.job_id for s in sampler.sample([other])] == [other.id]  # the walk saw both
+    ident = identity_of(child_pid)
+    assert ident is not None
+    daemon = JobRecord(id="d-1", service="d", action="main", generation="g", phase="running",
+                       pid=child_pid, boot_id=ident.boot_id,
+                       starttime_ticks=ident.starttime_ticks)
+    for _ in range(2):  # first sight, then a round that walks the session itself
+        by_job = {s.job_id: s for s in sampler.sample([other, daemon])}
+        assert by_job["d-1"].members == 2, "the leader and the daemon"
+    assert leader.poll() is None
+
+
 def test_a_recycled_pid_or_a_gone_process_is_not_sampled(foreign: Foreign) -> None:
     proc = foreign.start(["sleep", "60"])
     job = job_of(proc)

@@ -338,28 +338,17 @@ def parse_fd_soft_limit(text: str) -> int | None:
         return None
 
 
-def iter_stat_usage() -> Iterator[tuple[int, StatUsage]]:
-    """`parse_stat_usage` of every process on the host, in one walk of /proc (a process
-    that ends mid-walk is left out). The sampler's round: the loop is written out, not
-    `read_stat_usage` per pid, as it runs for every process every 5 s."""
-    flags = os.O_RDONLY | os.O_CLOEXEC
-    for name in os.listdir(PROC):
-        if not (name.isascii() and name.isdigit()):
-            continue
-        try:
-            fd = os.open(f"{PROC}/{name}/stat", flags)
-        except OSError:
-            continue
-        try:
-            raw = os.read(fd, _STAT_MAX)
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
-        try:
-            yield int(name), parse_stat_usage(raw)
-        except ValueError:
-            continue
+def iter_pid_inodes() -> Iterator[tuple[int, int]]:
+    """Every process's pid with the inode number of its /proc directory (readdir's d_ino,
+    no extra syscall). A new process gets a new inode, also on a recycled pid, and a process
+    keeps its own while it lives, so a reader may skip what it learnt about an unchanged
+    one. (A /proc dentry dropped under memory pressure comes back with a new number: the
+    reader reads again, no harm.)"""
+    with os.scandir(PROC) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.isascii() and name.isdigit():
+                yield int(name), entry.inode()
 
 
 def iter_pids() -> Iterator[int]:

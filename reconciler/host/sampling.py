@@ -62,23 +62,32 @@ class Sampler:
         self._fd_limits_now: dict[Key, int | None] = {}
         self._oom_scores_now: dict[Key, int | None] = {}
         self._rounds = 0
+        self._walk = SessionWalk()
+        self._sessions: set[int] = set()  # the jobs' sessions other than their main pids
 
     def sample(self, jobs: Iterable[JobRecord]) -> list[Sample]:
         running = [j for j in jobs if j.pid is not None and j.identity is not None
                    and j.phase in ("running", "starting", "stopping")]
         if not running:
             return []
-        by_session = _processes_by_session()
+        by_session = self._walk.sessions({j.pid for j in running if j.pid} | self._sessions)
         at = self.clock.now()
         self._rounds += 1
         samples: list[Sample] = []
+        sessions: set[int] = set()
         for job in running:
             assert job.pid is not None and job.identity is not None
-            main = _find(by_session, job.pid)
+            main, walked = _find(by_session, job.pid)
             if main is None or main.starttime != job.identity.starttime_ticks:
                 continue  # gone, or the pid is another process's now
-            members = by_session.get(main.session) or [(job.pid, main)]
+            if main.session not in by_session:  # a session the walk did not look into
+                by_session[main.session] = self._walk.members_of(main.session)
+            sessions.add(main.session)
+            members = by_session[main.session]
+            if not walked and all(pid != job.pid for pid, _ in members):
+                members = [*members, (job.pid, main)]  # started after the walk
             samples.append(self._sample_of(job, at, main, members))
+        self._sessions = sessions - {j.pid for j in running}
         # what this round saw is all that is kept: ended processes drop out
         self._fd_limits, self._fd_limits_now = self._fd_limits_now, {}
         self._oom_scores, self._oom_scores_now = self._oom_scores_now, {}
@@ -134,17 +143,52 @@ class Sampler:
 Members = list[tuple[int, StatUsage]]
 
 
-def _processes_by_session() -> dict[int, Members]:
-    found: dict[int, Members] = defaultdict(list)
-    for pid, usage in procfs.iter_stat_usage():
-        found[usage.session].append((pid, usage))
-    return found
+class SessionWalk:
+    """The processes of some sessions, found in one walk of /proc.
+
+    A process cannot join a session that exists (setsid() only makes a new one, named by
+    the caller's pid, and a pid is not reused while a session or group is named by it), so
+    a process once found outside the jobs' sessions stays outside while it lives. Its
+    /proc inode says whether it still is the same process: the walk reads the stat of
+    new processes and of the jobs' members only, and a host's other processes, however
+    many, cost a directory entry each."""
+
+    def __init__(self) -> None:
+        self._outside: dict[int, tuple[int, int]] = {}  # pid -> (inode, session)
+
+    def sessions(self, wanted: set[int]) -> dict[int, Members]:
+        found: dict[int, Members] = defaultdict(list)
+        outside: dict[int, tuple[int, int]] = {}
+        for pid, inode in procfs.iter_pid_inodes():
+            known = self._outside.get(pid)
+            if known is not None and known[0] == inode and known[1] not in wanted:
+                outside[pid] = known
+                continue
+            usage = procfs.read_stat_usage(pid)
+            if usage is None:
+                continue
+            if usage.session in wanted:
+                found[usage.session].append((pid, usage))
+            else:
+                outside[pid] = (inode, usage.session)
+        self._outside = outside
+        return found
+
+    def members_of(self, session: int) -> Members:
+        """The processes of a session the last walk did not look into (a job's main
+        process that sits in a session not named by its pid, seen for the first time)."""
+        members = []
+        for pid, (_, known) in self._outside.items():
+            if known == session and (usage := procfs.read_stat_usage(pid)) is not None:
+                members.append((pid, usage))
+        return members
 
 
-def _find(by_session: dict[int, Members], pid: int) -> StatUsage | None:
-    """The main process is usually its session's leader (sid = pid); one that daemonized
-    may sit in another session: then it is read on its own."""
-    for member_pid, usage in by_session.get(pid, []):
+def _find(by_session: dict[int, Members], pid: int) -> tuple[StatUsage | None, bool]:
+    """The main process, and whether the walk found it. It is usually its session's leader
+    (sid = pid); one that daemonized may sit in another session: then it is read on its
+    own."""
+    for member_pid, usage in by_session.get(pid, ()):
         if member_pid == pid:
-            return usage
-    return procfs.read_stat_usage(pid)
+            return usage, True
+    return procfs.read_stat_usage(pid), False
