@@ -18,7 +18,6 @@ from reconciler.cli.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPE, Usage
 from reconciler.settings import SettingsError
 from reconciler.state.errors import StateError
 from reconciler.state.lock import LockTimeout
-from reconciler.state.store import is_damage
 from reconciler.text import printable
 
 __all__ = ["main"]
@@ -48,6 +47,8 @@ def _main(argv: Sequence[str] | None) -> int:
     except (SettingsError, StateError, LockTimeout, UsageError) as err:
         return _error(str(err))
     except sqlite3.DatabaseError as err:
+        from reconciler.state.store import is_damage
+
         if is_damage(err):
             return _error(f"the state database is damaged ({err}). Managed processes keep "
                           "running. Run `reconcile repair` with the same --state-dir")
