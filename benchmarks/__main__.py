@@ -16,13 +16,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks import logflood, measure, metricscost, report, samplingcost, slowstop
+from benchmarks import clistartup, logflood, measure, metricscost, report, samplingcost, slowstop
 from benchmarks.supervisors import ALL, MARKERS, REPO, Reconciler, Supervisor, kill_all
 
-SCENARIOS = ("all", "compare", "slow-stop", "log-flood", "metrics", "sampling")
+SCENARIOS = ("all", "compare", "slow-stop", "log-flood", "metrics", "sampling", "cli")
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class Plan:
     flood: logflood.FloodPlan
     metrics: metricscost.MetricsPlan
     sampling: samplingcost.SamplingPlan
+    cli: clistartup.CliPlan = field(default_factory=clistartup.CliPlan)
     converge_timeout: float = 180.0
 
 
@@ -64,7 +65,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
                         "(reconciler only, ≤ 2 min); log-flood: a job writing 100 MB/s, "
                         "its log sampled every 2 ms (reconciler only, ≤ 1 min); metrics: "
                         "what --metrics-addr costs at the largest N (reconciler only, "
-                        "≈ 4 min)")
+                        "≈ 4 min); cli: each command's start-up against `python -c pass` "
+                        "(≈ 1 min)")
     p.add_argument("--slow-samples", type=int, default=20,
                    help="slow stop: kills, each while a slow stop is in progress")
     p.add_argument("--slow-trigger", choices=("remove", "down"), default="remove",
@@ -173,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     flood: list[logflood.FloodResult] = []
     metrics: metricscost.MetricsResult | None = None
     sampling: samplingcost.SamplingResult | None = None
+    cli: clistartup.CliResult | None = None
     started = time.monotonic()
     # As `pip install` does: otherwise, with PYTHONDONTWRITEBYTECODE set (it is on the
     # machines this was measured on), every start would compile the package from source.
@@ -190,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 metrics = metrics_cost(plan, root)
             if args.scenario in ("all", "sampling") and Reconciler in classes:
                 sampling = sampling_cost(plan, root)
+            if args.scenario in ("all", "cli") and Reconciler in classes:
+                print(f"cli start-up: {plan.cli.runs} runs of each command, n={plan.cli.n} …",
+                      flush=True)
+                cli = clistartup.run(plan.cli, root, uuid.uuid4().hex)
         finally:
             kill_all_started()
     elapsed = time.monotonic() - started
@@ -208,11 +215,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = ("\n".join(report.metrics_cost(metrics, plan.metrics, command.strip()))
                 if metrics else "no reconciler")
         output = args.output
+    elif args.scenario == "cli":
+        text = ("\n".join(clistartup.report(cli, plan.cli, command.strip()))
+                if cli else "no reconciler")
+        output = args.output
     else:
         text = report.render(results, noops, plan, command.strip(), elapsed,
                              {c.name: c.version() for c in classes}, slow, flood,
                              (metrics, plan.metrics) if metrics else None,
-                             (sampling, plan.sampling) if sampling else None)
+                             (sampling, plan.sampling) if sampling else None,
+                             (cli, plan.cli) if cli else None)
         output = args.output or str(report.DOC)
     print(text)
     if output:
@@ -223,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
            "log_flood": [{k: v for k, v in asdict(r).items() if k != "live_series"}
                          for r in flood],
            "metrics": asdict(metrics) if metrics else None,
-           "sampling": asdict(sampling) if sampling else None}
+           "sampling": asdict(sampling) if sampling else None,
+           "cli": asdict(cli) if cli else None}
     Path(__file__).with_name("last-run.json").write_text(json.dumps(raw, indent=1))
     return 0
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import metricscost, samplingcost
+from benchmarks import clistartup, metricscost, samplingcost
 from benchmarks.logflood import FloodResult, MiB
 from benchmarks.measure import SessionResult
 from benchmarks.metricscost import MetricsPlan, MetricsResult
@@ -276,7 +276,8 @@ def render(results: dict[str, dict[int, list[SessionResult]]],
            slow: SlowStopResult | None = None,
            flood: Sequence[FloodResult] = (),
            metrics: tuple[MetricsResult, MetricsPlan] | None = None,
-           sampling: tuple[SamplingResult, SamplingPlan] | None = None) -> str:
+           sampling: tuple[SamplingResult, SamplingPlan] | None = None,
+           cli: tuple[clistartup.CliResult, clistartup.CliPlan] | None = None) -> str:
     polls = [r.poll_ms for d in results.values() for rs in d.values() for r in rs if r.poll_ms]
     out = ["# Benchmarks: reconciler vs supervisord vs circus", "",
            "Produced by (from the repository root, venv with `.[bench]` installed):", "",
@@ -302,6 +303,8 @@ def render(results: dict[str, dict[int, list[SessionResult]]],
         out += metrics_cost(*metrics)
     if sampling is not None:
         out += sampling_cost(*sampling)
+    if cli is not None:
+        out += clistartup.report(*cli, "python -m benchmarks --scenario cli")
     out.append(METHOD)
     return "\n".join(out) + "\n"
 

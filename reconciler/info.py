@@ -21,7 +21,6 @@ from typing import Literal
 
 from reconciler import __version__
 from reconciler.settings import Settings
-from reconciler.spec.load import NO_SERVICES
 from reconciler.state import statedir
 from reconciler.state.lock import daemon_pid
 from reconciler.state.reader import open_reader
@@ -96,6 +95,8 @@ def served_specs_dir(settings: Settings) -> str:
 def file_state(record: SpecRecord) -> FileState:
     if record.error is None:
         return FileState(record.file, "ok", None)
+    from reconciler.spec.load import NO_SERVICES  # only for a broken file: yaml, pydantic
+
     if NO_SERVICES in record.error:
         return FileState(record.file, "empty", record.error)
     state: FileStateName = "last-good" if record.content is not None else "refused"

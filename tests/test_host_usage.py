@@ -4,81 +4,41 @@ from __future__ import annotations
 
 import sys
 
-import psutil
-
-from reconciler.host.usage import Usage, UsageSampler
+from reconciler.host.identity import identity_of
+from reconciler.host.usage import read_now
 from tests.conftest import Foreign
 from tests.helpers import wait_for
 
-SAMPLER = UsageSampler()  # one for the module: a later call measures against an earlier one
 
-
-def test_busy_child_shows_cpu_on_a_later_call(foreign: Foreign) -> None:
-    busy = foreign.start([sys.executable, "-c", "while True: pass"])
-    first = SAMPLER.usage(busy.pid)
-    assert first is not None
-    assert first.cpu_percent == 0.0  # no earlier sample to compare with
-    assert first.rss_bytes > 0
-    later = wait_for(lambda: _cpu_above(busy.pid, 0.0), interval=0.1, message="busy cpu > 0")
-    assert later.rss_bytes > 0
-
-
-def test_idle_child_has_rss_and_little_cpu(foreign: Foreign) -> None:
-    idle = foreign.start(["sleep", "60"])
-    wait_for(lambda: psutil.Process(idle.pid).status() == psutil.STATUS_SLEEPING,
-             message="sleep to be sleeping")
-    first = SAMPLER.usage(idle.pid)
-    assert first is not None
-    assert first.cpu_percent == 0.0
-    assert first.rss_bytes > 0
-    second = SAMPLER.usage(idle.pid)
-    assert second is not None
-    assert second.cpu_percent < 50.0  # a sleeping process; generous for a loaded CI host
-
-
-def test_zombie_and_gone_processes_have_no_usage(foreign: Foreign) -> None:
-    child = foreign.start(["true"])
-    wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE,
-             message="an unreaped child")
-    assert SAMPLER.usage(child.pid) is None
-    child.wait()
-    assert SAMPLER.usage(child.pid) is None
-
-
-def test_recycled_pid_does_not_reuse_the_old_sample(foreign: Foreign) -> None:
-    """A cache keyed by pid alone would measure a new process against a dead one's counters."""
-    child = foreign.start(["sleep", "60"])
-    created = psutil.Process(child.pid).create_time()
-    previous = psutil.Process(child.pid)
-    previous.cpu_percent(interval=None)  # primed, as an earlier process would have been
-    cache = {(child.pid, created - 1000.0): previous}  # what an earlier process left
-    sample = UsageSampler(cache).usage(child.pid)
-    assert sample is not None and sample.cpu_percent == 0.0  # a first sample, not a delta
-    assert list(cache) == [(child.pid, created)]
-
-
-def _cpu_above(pid: int, threshold: float) -> Usage | None:
-    sample = SAMPLER.usage(pid)
-    return sample if sample is not None and sample.cpu_percent > threshold else None
-
-
-def test_sample_measures_the_named_processes_and_skips_a_recycled_pid(foreign: Foreign) -> None:
-    from reconciler.host.identity import identity_of
-
+def test_read_now_averages_cpu_since_start_and_skips_strangers(foreign: Foreign) -> None:
+    """`status` reads once and never waits: a busy process's CPU % is its average since it
+    started (CPU time over elapsed time, as ps(1) shows it); a pid now naming another
+    process (another start time) or another boot is not ours, and a zombie has no usage."""
     busy = foreign.start([sys.executable, "-c", "while True: pass"])
     ident = identity_of(busy.pid)
     assert ident is not None
-    stranger = ident._replace(starttime_ticks=ident.starttime_ticks + 1)  # same pid, not it
-    found = UsageSampler().sample({"job": ident, "stale": stranger}, interval=0.05)
-    assert set(found) == {"job"}
-    assert found["job"].rss_bytes > 0
-    assert UsageSampler().sample({}) == {}  # nothing to measure: no window waited either
+    stranger = ident._replace(starttime_ticks=ident.starttime_ticks + 1)
+    other_boot = ident._replace(boot_id="0" * 32)
+    assert set(read_now({"job": ident, "stale": stranger, "old": other_boot})) == {"job"}
+    found = wait_for(lambda: (u := read_now({"job": ident}).get("job")) is not None
+                     and u.cpu_percent > 10.0 and u, message="busy process's CPU % > 10")
+    assert found.cpu_percent < 100.0 * 1.5  # one thread: at most one core (+ rounding)
+    assert found.rss_bytes > 0
+    busy.kill()
+    wait_for(lambda: read_now({"job": ident}) == {}, message="a zombie to have no usage")
+    assert read_now({}) == {}
+
+
+def test_read_now_of_an_idle_process_is_near_zero(foreign: Foreign) -> None:
+    idle = foreign.start(["sleep", "60"])
+    ident = wait_for(lambda: identity_of(idle.pid), message="sleep's identity")
+    usage = read_now({"job": ident})["job"]
+    assert 0.0 <= usage.cpu_percent < 50.0 and usage.rss_bytes > 0
 
 
 def test_counters_add_up_cpu_and_skip_a_recycled_pid(foreign: Foreign) -> None:
     """No wait and no second sample: CPU seconds only grow, and a pid that now names another
     process (another start time) or another boot is never read as ours."""
-    from reconciler.host.identity import identity_of
     from reconciler.host.usage import read_counters
 
     busy = foreign.start([sys.executable, "-c", "while True: pass"])

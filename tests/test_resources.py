@@ -269,6 +269,11 @@ ZOMBIE_MAKER = ("import os, time\n"
                 "time.sleep(3600)\n")
 
 
+def z_samples(settings: Settings) -> list[Sample]:
+    with open_reader(settings) as store:
+        return store.samples(service="z")
+
+
 def test_the_daemon_records_samples_and_flags_an_anomaly_until_it_ends(
         settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_spec(settings, "z.yaml", f"""\
@@ -289,9 +294,9 @@ def test_the_daemon_records_samples_and_flags_an_anomaly_until_it_ends(
         assert "zombies" in capsys.readouterr().out
         onset = [e for e in events(settings, capsys) if e["kind"] == "anomaly"]
         assert onset and onset[0]["reason"].startswith("zombies: 12 zombie")
-        with open_reader(settings) as store:
-            samples = store.samples(service="z")
-        assert len(samples) >= 2 and all(s.zombies == 12 for s in samples[-2:])
+        samples = wait_for(lambda: s if len(s := z_samples(settings)) >= 2 else None,
+                           message="two samples of z")  # status no longer waits 100 ms
+        assert all(s.zombies == 12 for s in samples[-2:])
         assert [s.at for s in samples] == sorted(s.at for s in samples)
         (settings.specs_dir / "z.yaml").unlink()
         wait_for(lambda: any(e["kind"] == "anomaly-recovered"

@@ -9,17 +9,14 @@ exit 2; anything unexpected prints one line and how to get the details. Exit cod
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
-from collections.abc import Sequence
 
 from reconciler.cli.args import build_parser
 from reconciler.cli.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPE, UsageError
-from reconciler.settings import SettingsError
-from reconciler.state.errors import StateError
-from reconciler.state.lock import LockTimeout
-from reconciler.state.store import is_damage
-from reconciler.text import printable
+
+TYPE_CHECKING = False  # not `typing`: importing it costs more than all of `--help`
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["main"]
 
@@ -41,13 +38,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    # after parsing: `--help` and a usage error load only argparse (tests/test_cli_imports.py)
+    import sqlite3
+
+    from reconciler.settings import SettingsError
+    from reconciler.state.errors import StateError
+    from reconciler.state.lock import LockTimeout
+
     try:
-        from reconciler.cli.commands import run  # after parsing: `--help` stays fast
+        from reconciler.cli.commands import run
 
         return int(run(args))
     except (SettingsError, StateError, LockTimeout, UsageError) as err:
         return _error(str(err))
     except sqlite3.DatabaseError as err:
+        from reconciler.state.store import is_damage
+
         if is_damage(err):
             return _error(f"the state database is damaged ({err}). Managed processes keep "
                           "running. Run `reconcile repair` with the same --state-dir")
@@ -61,11 +67,15 @@ def _main(argv: Sequence[str] | None) -> int:
     except Exception as err:  # the last line of defence: one line, never a traceback
         if os.environ.get("RECONCILER_DEBUG"):
             raise
+        from reconciler.text import printable
+
         print(f"reconcile: internal error: {type(err).__name__}: {printable(str(err))} "
               "(set RECONCILER_DEBUG=1 for a traceback)", file=sys.stderr)
         return EXIT_ERROR
 
 
 def _error(message: str) -> int:
+    from reconciler.text import printable
+
     print(f"reconcile: error: {printable(message)}", file=sys.stderr)
     return EXIT_ERROR

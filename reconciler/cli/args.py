@@ -9,20 +9,15 @@ same holds for `--allow-empty`). Readers use the accessors below for their defau
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
-from dataclasses import replace
 
 from reconciler import __version__
 from reconciler.cli.errors import UsageError
-from reconciler.host.labels import (
-    DEFAULT_LABELS_FILE,
-    LabelsError,
-    automatic_labels,
-    host_labels,
-    labels_file_of,
-)
-from reconciler.settings import Settings, resolve
-from reconciler.spec.units import parse_duration
+
+TYPE_CHECKING = False  # not `typing`: importing it costs more than all of `--help`
+if TYPE_CHECKING:  # what the flags mean is imported by the readers below: `--help` needs none
+    from collections.abc import Callable, Mapping
+
+    from reconciler.settings import Settings
 
 # The commands whose passes place services by the labels (None: the daemon and --once): a
 # broken labels file stops them before any pass, and only them.
@@ -156,6 +151,17 @@ def add_suspend_commands(add: Callable[[str, str], argparse.ArgumentParser]) -> 
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    from dataclasses import replace
+
+    from reconciler.host.labels import (
+        DEFAULT_LABELS_FILE,
+        LabelsError,
+        automatic_labels,
+        host_labels,
+        labels_file_of,
+    )
+    from reconciler.settings import resolve
+
     settings = resolve(specs_flag(args), state_dir_flag(args),
                        revision=getattr(args, "revision", None))
     labels_file = labels_file_of(getattr(args, "labels", None))
@@ -233,6 +239,8 @@ def parse_target(text: str) -> tuple[str, str | None]:
 
 
 def duration(text: str, flag: str) -> float:
+    from reconciler.spec.units import parse_duration
+
     try:
         return parse_duration(text)
     except ValueError as err:

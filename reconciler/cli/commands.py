@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler import __version__, logformat, logpaths, logs
+from reconciler import logpaths
 from reconciler.cli import render, resources
 from reconciler.cli.args import (
     METRICS_ADDR_ENV,
@@ -35,26 +35,18 @@ from reconciler.cli.args import (
     state_dir_flag,
 )
 from reconciler.cli.errors import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UsageError
-from reconciler.controller import PassResult, Reconciler, prepare_state_dir
-from reconciler.daemon import Daemon
-from reconciler.host.usage import UsageSampler
-from reconciler.info import info_from, read_info
-from reconciler.preview import preview
-from reconciler.sdnotify import Notifier
 from reconciler.settings import Settings, specs_dir_of, state_dir_of
-from reconciler.spec.load import load_specs
-from reconciler.spec.model import spec_json_schema
-from reconciler.state import statedir
-from reconciler.state.lock import DaemonLock
 from reconciler.state.reader import open_reader, read_jobs
-from reconciler.state.records import JobRecord
-from reconciler.state.repair import repair
-from reconciler.state.store import Store
 from reconciler.text import printable
 
-if TYPE_CHECKING:  # imported where used: only a daemon with metrics loads prometheus_client
+# Each command imports what only it needs where it runs (issue 13): `status` must not pay for
+# the spec model (pydantic), the daemon (watchfiles, the scheduler), sqlite-utils or
+# prometheus_client; tests/test_cli_imports.py checks which modules each command loads.
+if TYPE_CHECKING:
+    from reconciler.controller import PassResult
     from reconciler.metrics import Metrics
     from reconciler.metrics_server import MetricsAddress, MetricsServer
+    from reconciler.state.records import JobRecord
 
 log = logging.getLogger("reconciler")
 Command = Callable[[argparse.Namespace], int]
@@ -77,6 +69,10 @@ def bind(settings: Settings, rebind: bool, *, daemon: bool = False) -> None:
     A rebind is refused while a daemon runs (unless we are that daemon, holding its lock):
     it would go on serving the old specs dir, and the two would undo each other's passes.
     """
+    from reconciler.controller import prepare_state_dir
+    from reconciler.state import statedir
+    from reconciler.state.lock import DaemonLock
+
     prepare_state_dir(settings, rebind=rebind)
     if rebind and not daemon and not statedir.binding(settings).matches:
         with DaemonLock(settings.daemon_lock_path, ": stop it before --rebind"):
@@ -89,6 +85,8 @@ def bind(settings: Settings, rebind: bool, *, daemon: bool = False) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from reconciler.controller import Reconciler
+
     settings = settings_from(args)
     wait = duration(args.wait, "--wait")
     resync = resync_of(args)
@@ -113,6 +111,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_daemon(args: argparse.Namespace, settings: Settings, resync: float) -> int:
     """The controller as a service: its log format, systemd's notify socket and the metrics
     endpoint are settled (and a busy metrics port refused) before the first pass."""
+    from reconciler import __version__, logformat
+    from reconciler.controller import prepare_state_dir
+    from reconciler.daemon import Daemon
+    from reconciler.sdnotify import Notifier
+    from reconciler.state.lock import DaemonLock
+
     address = metrics_address_of(args)
     sample_interval = sample_interval_of(args, os.environ)
     log_format = args.log_format or logformat.default_format(os.environ, sys.stderr)
@@ -189,6 +193,8 @@ def write_metrics_textfile(path: str, result: PassResult, seconds: float) -> Non
 def record_daemon(settings: Settings) -> None:
     """For `info`: which daemon serves this state dir, since when (it is up only while it
     holds daemon.lock, so a record left by a dead daemon says nothing)."""
+    from reconciler.state.store import Store
+
     with Store.open(settings.db_path) as store:
         store.save_daemon(os.getpid(), time.time())
 
@@ -214,6 +220,8 @@ def pass_source(result: PassResult) -> dict[str, str | bool | None]:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    from reconciler.controller import Reconciler
+
     settings = settings_from(args)
     targets = frozenset([parse_target(args.target)]) if args.target else None
     bind(settings, rebind_of(args))
@@ -236,6 +244,8 @@ def require_known(text: str, targets: frozenset[tuple[str, str | None]],
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
+    from reconciler.controller import Reconciler
+
     settings = settings_from(args)
     target = parse_target(args.target)
     require_known(args.target, frozenset([target]), read_jobs(settings))
@@ -269,6 +279,9 @@ def set_suspended(args: argparse.Namespace, *, suspend: bool) -> int:
     """Suspend or resume a service the specs name or the state dir has jobs of (or, to
     resume, one still suspended after its spec and jobs are gone). A resume runs one pass at
     once, so the service heals (or, removed from the specs meanwhile, is pruned) now."""
+    from reconciler.controller import Reconciler
+    from reconciler.spec.load import load_specs
+
     settings = settings_from(args)
     service: str = args.service
     bind(settings, rebind_of(args))
@@ -292,6 +305,8 @@ def set_suspended(args: argparse.Namespace, *, suspend: bool) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
+    from reconciler.state.repair import repair
+
     emit(repair(settings_from(args)).lines())
     return EXIT_OK
 
@@ -300,6 +315,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from reconciler.preview import preview
+
     # --rebind here previews the new specs dir without binding to it: diff changes nothing
     loaded, planned, unplaced = preview(settings_from(args), allow_empty=allow_empty_of(args),
                                         rebind=rebind_of(args))
@@ -317,6 +334,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Needs no Settings: it never writes, so the default state dir is fine even in tests."""
+    from reconciler.spec.load import load_specs
+
     specs_dir = specs_dir_of(args.dir or specs_flag(args))
     loaded = load_specs(specs_dir, state_dir=state_dir_of(state_dir_flag(args)).absolute())
     if args.format == "github":
@@ -337,16 +356,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from reconciler.spec.model import spec_json_schema
+
     emit(render.to_json(spec_json_schema()))
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from reconciler.host.usage import read_now
+    from reconciler.info import info_from
+
     settings = settings_from(args)
     with open_reader(settings) as store:  # one read-only open for the jobs and the header
         jobs, suspended, anomalies = store.jobs(), store.suspended(), store.anomalies()
         info = info_from(store, settings) if args.output != "json" else None
-    usages = UsageSampler().sample({j.id: j.identity for j in jobs if j.pid and j.identity})
+    usages = read_now({j.id: j.identity for j in jobs if j.pid and j.identity})
     if info is None:
         emit(render.jobs_json(jobs, usages, suspended, anomalies))  # a list of jobs (§8.2)
     else:
@@ -356,6 +380,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from reconciler.info import read_info
+
     info = read_info(settings_from(args))
     emit(render.to_json(render.info_json(info)) if args.output == "json"
          else render.info_lines(info))
@@ -370,6 +396,8 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    from reconciler import logs
+
     settings = settings_from(args)
     keys = logged_jobs(settings, args.target)
     paths = [logpaths.log_path(settings.logs_dir, service, action) for service, action in keys]

@@ -10,14 +10,16 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reconciler.host.usage import Usage
-from reconciler.info import Info
-from reconciler.plan import Cleanup, Kill, Plan, Step, Waiting
-from reconciler.spec.load import LoadResult, SpecError
-from reconciler.state.records import Anomaly, Event, JobRecord
 from reconciler.text import printable
+
+if TYPE_CHECKING:  # `status` loads no planner (it pulls in the spec model: pydantic)
+    from reconciler.host.usage import Usage
+    from reconciler.info import Info
+    from reconciler.plan import Plan, Step, Waiting
+    from reconciler.spec.load import LoadResult, SpecError
+    from reconciler.state.records import Anomaly, Event, JobRecord
 
 
 def to_json(value: object) -> str:
@@ -155,6 +157,8 @@ def diff_json(planned: Plan) -> str:
 def step_entry(step: Step) -> dict[str, Any]:
     """A step as a diff entry. A cleanup belongs to no job (its path is in `reason`), nor
     does a kill of a foreign process (its pid and command are)."""
+    from reconciler.plan import Cleanup, Kill
+
     if isinstance(step, Cleanup):
         return _entry(step.verb, None, step.path + ": " + step.reason)
     if isinstance(step, Kill):

@@ -20,18 +20,13 @@ import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode
+from typing import TYPE_CHECKING
 
 from reconciler.files import FileVersion, file_version
-from reconciler.spec.model import (
-    LABEL_KEY_PATTERN,
-    LABEL_VALUE_PATTERN,
-    MAX_LABEL_VALUE,
-    MAX_LABELS,
-)
 from reconciler.text import printable
+
+if TYPE_CHECKING:  # yaml and the spec model are imported by read_labels: every command
+    from yaml.nodes import Node  # settles its labels, and most have no labels file to read
 
 DEFAULT_LABELS_FILE = Path("/etc/reconciler/labels.yaml")
 LABELS_ENV = "RECONCILER_LABELS"
@@ -106,6 +101,16 @@ def host_labels(path: Path | None) -> dict[str, str]:
 
 def read_labels(path: Path) -> dict[str, str]:
     """A YAML mapping of string keys to string values. Raises LabelsError."""
+    import yaml
+    from yaml.nodes import MappingNode
+
+    from reconciler.spec.model import (
+        LABEL_KEY_PATTERN,
+        LABEL_VALUE_PATTERN,
+        MAX_LABEL_VALUE,
+        MAX_LABELS,
+    )
+
     shown = printable(str(path))
     try:
         raw = _read_regular(path, MAX_LABELS_BYTES + 1)
@@ -160,6 +165,8 @@ def _read_regular(path: Path, limit: int) -> bytes:
 
 
 def _string(shown: str, node: Node, what: str) -> str:
+    from yaml.nodes import ScalarNode
+
     if not isinstance(node, ScalarNode) or node.tag != _STR:
         raise _error(shown, node, f"must be {what}")
     return str(node.value)

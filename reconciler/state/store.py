@@ -22,15 +22,12 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import quote
-
-from sqlite_utils import Database, Migrations
-from sqlite_utils.db import Table
 
 from reconciler.files import PRIVATE_FILE, make_private_dirs
 from reconciler.state.errors import DatabaseDamaged
@@ -47,12 +44,52 @@ from reconciler.state.records import (
 )
 from reconciler.timing import LOCK_RETRY_SECONDS
 
+if TYPE_CHECKING:  # sqlite-utils is imported where a writer needs it (see _LazyMigrations)
+    from sqlite_utils import Database, Migrations
+    from sqlite_utils.db import Table
+
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
 _DAMAGE_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB (primary codes)
 
-MIGRATIONS = Migrations("reconciler")
+_Migration = TypeVar("_Migration", bound="Callable[[Database], None]")
+
+
+class _LazyMigrations:
+    """sqlite-utils' `Migrations("reconciler")`, built on first use: importing sqlite-utils
+    (click, pluggy, dateutil come with it) costs more than all of `reconcile status`, which
+    only reads (see `_ReadOnlyDb`). Registering a migration needs no import."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._registered: list[Callable[[Database], None]] = []
+        self._built: Migrations | None = None
+
+    def __call__(self) -> Callable[[_Migration], _Migration]:
+        def register(fn: _Migration) -> _Migration:
+            self._registered.append(fn)
+            return fn
+        return register
+
+    @property
+    def migrations(self) -> Migrations:
+        if self._built is None:
+            from sqlite_utils import Migrations
+
+            self._built = Migrations(self.name)
+            for fn in self._registered:
+                self._built()(fn)
+        return self._built
+
+    def pending(self, db: Database) -> list[Any]:
+        return self.migrations.pending(db)
+
+    def apply(self, db: Database, *, stop_before: str | None = None) -> None:
+        self.migrations.apply(db, stop_before=stop_before)
+
+
+MIGRATIONS = _LazyMigrations("reconciler")
 
 
 # --- migrations ---------------------------------------------------------------------------
@@ -431,6 +468,8 @@ def _restrict_modes(path: Path) -> None:
 
 
 def _connect(path: Path) -> Database:
+    from sqlite_utils import Database
+
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000)
     db = Database(conn, execute_plugins=False)
     db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -482,6 +521,42 @@ def damaged(path: Path, detail: str) -> DatabaseDamaged:
         f"the state database {path} is damaged ({detail}). Managed processes keep running. "
         f"Run `reconcile repair --state-dir {path.parent}` to move it aside and rebuild the "
         f"jobs from {path.parent / 'run'}", detail)
+
+
+class _ReadOnlyDb:
+    """A reader's `Database`: `query`, `execute` and `close` on the plain connection, so
+    `status`, `events` and `info` never import sqlite-utils (tens of milliseconds, more than
+    the command's own work). Anything else a caller asks of it (`table`, what `Migrations`
+    reads) is the real sqlite-utils `Database` on the same connection, built then."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._full: Database | None = None
+
+    def query(self, sql: str, params: Iterable[Any] | None = None
+              ) -> Iterator[dict[str, Any]]:
+        cursor = self.execute(sql, params)
+        keys = [d[0] for d in cursor.description or ()]
+        return (dict(zip(keys, row, strict=True)) for row in cursor)
+
+    def execute(self, sql: str, params: Iterable[Any] | None = None) -> sqlite3.Cursor:
+        return self.conn.execute(sql, tuple(params or ()))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._database(), name)
+
+    def __getitem__(self, name: str) -> Any:  # `db[table]`, as sqlite-utils itself asks
+        return self._database()[name]
+
+    def _database(self) -> Database:
+        if self._full is None:
+            from sqlite_utils import Database
+
+            self._full = Database(self.conn, execute_plugins=False)
+        return self._full
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -542,7 +617,7 @@ class Store:
             uri = f"file:{quote(str(path))}?mode=ro"
             params = "" if live_log else "&immutable=1"
         conn = sqlite3.connect(uri + params, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
-        db = Database(conn, execute_plugins=False)
+        db = cast("Database", _ReadOnlyDb(conn))  # it is one, loaded on demand (see there)
         try:
             tables = {row[0] for row in db.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}

@@ -1,0 +1,82 @@
+"""What each command loads (issue 13): start-up is mostly imports, so a command must load
+only what it uses. A fresh interpreter runs the command and lists `sys.modules`; the timing
+goals themselves are measured by `python -m benchmarks --scenario cli`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reconciler.controller import Reconciler
+from reconciler.settings import Settings
+from tests.test_reconcile import write_sleeper
+
+REPO = Path(__file__).resolve().parent.parent
+# runs `main(argv)` in a fresh interpreter and prints the top-level packages it loaded
+PROBE = """
+import contextlib, io, json, sys
+from reconciler.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        code = main(sys.argv[1:])
+    except SystemExit as exit:
+        code = exit.code
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+# the daemon's, the spec model's and the writer's libraries: tens of ms each to import
+HEAVY = ("pydantic", "pydantic_core", "apscheduler", "watchfiles", "prometheus_client", "yaml",
+         "sqlite_utils", "psutil")
+
+
+def loaded(*argv: str) -> tuple[int, set[str]]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for name in ("RECONCILER_SPECS", "RECONCILER_STATE_DIR", "RECONCILER_LABELS"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-c", PROBE, *argv], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=True)
+    result = json.loads(done.stdout.splitlines()[-1])
+    return result["code"], set(result["modules"])
+
+
+def heavy_in(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m.split(".")[0] in HEAVY)
+
+
+def test_help_loads_argparse_and_nothing_of_ours_beyond_the_parser() -> None:
+    code, modules = loaded("--help")
+    assert code == 0
+    assert heavy_in(modules) == []
+    ours = {m for m in modules if m.startswith("reconciler")}
+    assert ours == {"reconciler", "reconciler.cli", "reconciler.cli.args",
+                    "reconciler.cli.errors"}
+    assert "typing" not in modules and "sqlite3" not in modules  # each costs ms of --help
+
+
+def test_status_of_running_jobs_loads_no_heavy_library(settings: Settings,
+                                                      reconciler: Reconciler) -> None:
+    write_sleeper(settings.specs_dir, "web")
+    reconciler.converge(10.0)
+    flags = ("--specs", str(settings.specs_dir), "--state-dir", str(settings.state_dir))
+    for argv in (("status", *flags), ("status", "-o", "json", *flags), ("events", *flags),
+                 ("info", *flags)):
+        code, modules = loaded(*argv)
+        assert code == 0, argv
+        assert heavy_in(modules) == [], argv
+        assert "reconciler.plan" not in modules and "reconciler.daemon" not in modules
+
+
+@pytest.mark.parametrize("argv", [("validate",), ("schema",)])
+def test_validate_and_schema_load_the_spec_model_but_not_the_daemon(
+        specs_dir: Path, argv: tuple[str, ...]) -> None:
+    write_sleeper(specs_dir, "web")
+    code, modules = loaded(*argv, "--specs", str(specs_dir))
+    assert code == 0
+    assert "pydantic" in modules  # it is what validates: the check above is not vacuous
+    assert not {"apscheduler", "watchfiles", "prometheus_client", "sqlite_utils",
+                "psutil"} & {m.split(".")[0] for m in modules}
+    assert "reconciler.daemon" not in modules and "reconciler.controller" not in modules
