@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reconciler import health, logs
-from reconciler.desired import Desired, ResolvedCache, build_desired
+from reconciler.desired import Desired, DesiredAction, ResolvedCache, build_desired
 from reconciler.execute import Executor, Outcome
 from reconciler.host.gitrev import NO_REVISION, UNKNOWN, Revision, RevisionReader
 from reconciler.host.labels import LabelsReader
@@ -26,7 +26,7 @@ from reconciler.host.observe import observe
 from reconciler.host.proccache import ProcCache
 from reconciler.host.spawn import Children
 from reconciler.identity import Identity
-from reconciler.observed import Observed, ProcInfo
+from reconciler.observed import Exit, Observed, ProcInfo
 from reconciler.plan import (
     KILL_GRACE_SECONDS,
     STOP_POLL_SECONDS,
@@ -58,6 +58,20 @@ SETTLED_PHASES = ("succeeded", "stopped")
 EVENTS_KEPT = 10_000  # the newest events kept: a crash loop must not grow the database forever
 HealthResults = Mapping[str, "health.HealthState"]
 OverLimit = Mapping[str, tuple[Identity, str]]  # job id -> (process over a limit, why)
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """What a keyed pass reconciles (docs/architecture.md, "Keyed passes"): these services,
+    and with `specs` every service whose desired actions changed since the last pass. The
+    pass adds what they wait for and what waits for them (`after:`), and turns itself into
+    a full pass wherever a subset is not provably enough."""
+
+    services: frozenset[str] = frozenset()
+    specs: bool = False  # the specs dir changed: load it, key what changed
+
+    def __or__(self, other: Keys) -> Keys:
+        return Keys(self.services | other.services, self.specs or other.specs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +139,8 @@ class _Draft:
     records: list[JobRecord]
     plan: Plan
     suspended: frozenset[str]
+    scope: frozenset[str] | None = None  # the services a keyed pass planned; None: all
+    loaded_now: bool = True  # the specs were read by this pass (not reused from the last)
 
 
 class Reconciler:
@@ -150,6 +166,12 @@ class Reconciler:
         self.lock = StateLock(settings.lock_path)
         self.enrollments = Enrollments(settings.run_dir)
         self.resolved_cache: ResolvedCache = {}
+        # what the last pass loaded and resolved (with the labels it resolved them under):
+        # a keyed pass that is not about the specs plans against it without reading them
+        self._last: tuple[LoadResult, Desired, tuple[tuple[str, str], ...]] | None = None
+        self._last_scope: frozenset[str] | None = None  # of the last pass; None: it was full
+        self._requeue_at: float | None = None  # the plan's requeue, kept across keyed passes
+        self._held_exits: dict[int, Exit] = {}  # reaped in a keyed pass, for a later pass
         self.procs = ProcCache()
         self.revisions = RevisionReader()
         self.labels = (LabelsReader(settings.labels_file, dict(settings.labels))
@@ -169,8 +191,10 @@ class Reconciler:
     # --- passes ---------------------------------------------------------------------------
 
     def reconcile(self, health: HealthResults | None = None,
-                  over_limit: OverLimit | None = None) -> PassResult:
-        """One full pass: observe, plan, execute, record.
+                  over_limit: OverLimit | None = None, keys: Keys | None = None) -> PassResult:
+        """One pass: observe, plan, execute, record. A full pass without `keys`; with them,
+        a keyed pass over their services only (see `Keys`), or a full one where a subset is
+        not safe.
 
         `health` carries probe results: from a running `HealthMonitor` (the daemon), or from
         `probe_readiness` between passes (`converge`). A pass never probes itself: it holds
@@ -183,12 +207,13 @@ class Reconciler:
             source = self.revisions.read(self.settings.specs_dir, self.settings.revision)
             self._refresh_labels()
             try:
-                draft = self._draft(self.children, health, over_limit=over_limit)
+                draft = self._draft(self.children, health, over_limit=over_limit, keys=keys)
                 outcome = self._execute(draft.plan)
                 outcome = stamp_new_jobs(outcome, draft.records, source.revision)
                 applied = self._applied_revision(source, draft.loaded)
                 with self.store.atomic():  # the pass's records and its facts: one commit
-                    self._save(outcome, draft.spec_records, draft.loaded, source.revision)
+                    self._save(outcome, draft.spec_records,
+                               draft.loaded if draft.loaded_now else None, source.revision)
                     self._record_pass(started, draft.loaded.ok, source, applied,
                                       (dict(self.settings.labels), draft.desired.unplaced))
             except Exception:
@@ -196,6 +221,8 @@ class Reconciler:
                 raise
             jobs = jobs_after(draft.records, outcome)
             self._housekeeping_when_due(draft.desired, jobs)
+            self._last = (draft.loaded, draft.desired, self.settings.labels)
+            self._last_scope = draft.scope
             return PassResult(draft.loaded, draft.desired, draft.plan, jobs, source, applied,
                               draft.suspended, tuple(outcome.events))
 
@@ -204,6 +231,7 @@ class Reconciler:
         would (the specs are re-read by every pass anyway; what they resolve to, the
         process snapshots, the revision, the labels and the enrollments are cached)."""
         self.resolved_cache.clear()
+        self._last = None
         self.procs.close()
         self.procs = ProcCache()
         self.revisions = RevisionReader()
@@ -343,23 +371,57 @@ class Reconciler:
 
     def _draft(self, children: Children | None, health: HealthResults | None, *,
                over_limit: OverLimit | None = None,
-               settle: float | None = None) -> _Draft:
-        loaded, spec_records = self._load(settle)
+               settle: float | None = None, keys: Keys | None = None) -> _Draft:
+        reuse = self._reusable() if keys is not None and not keys.specs else None
+        if reuse is not None:
+            loaded, spec_records = reuse[0], list[SpecRecord]()
+        else:
+            loaded, spec_records = self._load(settle)
         suspended = self.store.suspended()
+        jobs, enrollments, now = self.store.jobs(), self.enrollments.current(), self.clock()
+        desired = reuse[1] if reuse is not None else build_desired(
+            loaded, self.settings, self.resolved_cache)
+        scope = None
+        if keys is not None:
+            previous = self._last[1] if self._last is not None else None
+            scope = keyed_scope(keys, desired, previous, jobs, enrollments, suspended,
+                                loaded)
         desired, records, planned = plan_for(
-            self.settings, loaded, self.store.jobs(), self.enrollments.current(), self.clock(),
+            self.settings, loaded, jobs, enrollments, now,
             children=children, procs=self.procs if children is not None else None,
             health=health, over_limit=over_limit, allow_empty=self.allow_empty,
-            cache=self.resolved_cache,
-            suspended=suspended)
-        return _Draft(loaded, spec_records, desired, records, planned, suspended)
+            cache=self.resolved_cache, suspended=suspended, desired=desired, scope=scope,
+            held=self._held_exits)
+        planned = self._carry_requeue(planned, scope, now)
+        return _Draft(loaded, spec_records, desired, records, planned, suspended, scope,
+                      reuse is None)
+
+    def _reusable(self) -> tuple[LoadResult, Desired] | None:
+        """The last pass's specs and desired state, if a keyed pass may plan against them:
+        no file was waiting to settle, and the labels (placement) did not change since."""
+        if self._last is None:
+            return None
+        loaded, desired, labels = self._last
+        if loaded.unsettled_until is not None or labels != self.settings.labels:
+            return None
+        return loaded, desired
+
+    def _carry_requeue(self, planned: Plan, scope: frozenset[str] | None, now: float) -> Plan:
+        """A keyed pass plans some services: a requeue another one asked for (a stop in
+        progress) must survive it until it is due."""
+        carried = self._requeue_at if scope is not None else None
+        if carried is not None and carried > now:
+            ours = planned.requeue_at
+            planned = replace(planned, requeue_at=carried if ours is None else min(ours, carried))
+        self._requeue_at = planned.requeue_at
+        return planned
 
     def _apply(self, planner: Callable[[Observed, list[JobRecord], float], Plan]) -> Plan:
         """Run an operator's command (`down`, `restart`) as one locked, recorded pass."""
         with self._locked():
             records, enrollments = self._records()
             observed = observe_for(Desired(actions=()), records, enrollments, self.children,
-                                   self.procs)
+                                   self.procs, held=self._held_exits)
             planned = planner(observed, records, self.clock())
             # an operator's command loads no specs: its events carry the last pass's revision
             self._save(self._execute(planned), [], None, self.store.controller_facts().revision)
@@ -456,56 +518,194 @@ def plan_for(settings: Settings, loaded: LoadResult, jobs: list[JobRecord],
              health: HealthResults | None = None, over_limit: OverLimit | None = None,
              allow_empty: bool = False,
              cache: ResolvedCache | None = None,
-             suspended: frozenset[str] = frozenset()) -> tuple[Desired, list[JobRecord], Plan]:
+             suspended: frozenset[str] = frozenset(), desired: Desired | None = None,
+             scope: frozenset[str] | None = None,
+             held: dict[int, Exit] | None = None) -> tuple[Desired, list[JobRecord], Plan]:
     """Resolve, observe, plan: the one sequence a pass and `diff` (`preview.py`, on a
     read-only store) share, so `diff` shows exactly what a pass would do. Returns the desired
-    state, the job records planned against (with any rebuilt from enrollments) and the plan."""
-    desired = build_desired(loaded, settings, cache)
+    state, the job records planned against (with any rebuilt from enrollments) and the plan.
+    `desired`: already resolved from `loaded`; `scope`: the services of a keyed pass (see
+    `keyed_scope`), None for all."""
+    if desired is None:
+        desired = build_desired(loaded, settings, cache)
     records = with_unrecorded_enrollments(jobs, enrollments, now)
-    observed = with_health(observe_for(desired, records, enrollments, children, procs), health)
+    observed = observe_for(desired, records, enrollments, children, procs, scope=scope,
+                           held=held)
+    observed = with_health(observed, health)
     if over_limit:
         observed = replace(observed, over_limit=dict(over_limit))
     planned = plan(desired, observed, records, now, enrollments=enrollments,
                    allow_empty=allow_empty, hold_prune=loaded.unsettled_until is not None,
-                   suspended=suspended)
+                   suspended=suspended, only=scope)
     return desired, records, planned
 
 
+def keyed_scope(keys: Keys, desired: Desired, previous: Desired | None,
+                jobs: list[JobRecord], enrollments: Mapping[str, Enrollment],
+                suspended: frozenset[str], loaded: LoadResult) -> frozenset[str] | None:
+    """The services a keyed pass plans, or None where only a full pass is safe.
+
+    The keyed services (with `keys.specs`, also every service whose desired actions are new,
+    changed or gone since `previous`), closed over `after:` both ways: what waits for them
+    is planned after them, and what they wait for is planned before them, so each reads its
+    dependencies' state of this very pass, as the full plan would. Full instead: a spec file
+    still settling, an enrollment without its job (a crash between spawn and record), or a
+    job whose action is no longer desired outside the scope and not yet being retired (a
+    rename, a removal this pass has not been told about)."""
+    services = set(keys.services)
+    if keys.specs:
+        if previous is None:
+            return None
+        services |= changed_services(previous, desired)
+    if loaded.unsettled_until is not None:
+        return None
+    known = {j.id for j in jobs}
+    if any(job_id not in known for job_id in enrollments):
+        return None
+    wanted = {a.key for a in desired.actions}
+    for job in jobs:
+        if job.key in wanted or job.service in services or job.service in suspended:
+            continue
+        if job.stop_then != "removed":
+            return None
+    return after_closure(desired, frozenset(services))
+
+
+def changed_services(before: Desired, after: Desired) -> set[str]:
+    """Services whose resolved actions differ between two desired states (added, removed,
+    changed in anything plan reads, or placed/unplaced)."""
+    def by_service(desired: Desired) -> dict[str, list[DesiredAction]]:
+        grouped: dict[str, list[DesiredAction]] = {}
+        for action in desired.actions:
+            grouped.setdefault(action.service, []).append(action)
+        return grouped
+
+    old, new = by_service(before), by_service(after)
+    changed = {s for s in old.keys() | new.keys() if old.get(s) != new.get(s)}
+    return changed | (before.unplaced.keys() ^ after.unplaced.keys())
+
+
+def after_closure(desired: Desired, services: frozenset[str]) -> frozenset[str]:
+    """`services`, every service that waits for one of them (`after:`), transitively, and
+    then everything those wait for, transitively."""
+    waits_on: dict[str, set[str]] = {}  # service -> services it waits for
+    for action in desired.actions:
+        for dep in action.spec.after:
+            waits_on.setdefault(action.service, set()).update(
+                s for s, _ in desired.waits_for(action.service, dep) if s != action.service)
+    if not waits_on:
+        return services
+    waited_by: dict[str, set[str]] = {}
+    for service, deps in waits_on.items():
+        for dep in deps:
+            waited_by.setdefault(dep, set()).add(service)
+    down = _reach(services, waited_by)
+    return _reach(down, waits_on)
+
+
+def _reach(start: Iterable[str], edges: Mapping[str, set[str]]) -> frozenset[str]:
+    seen = set(start)
+    todo = list(seen)
+    while todo:
+        for nxt in edges.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return frozenset(seen)
+
+
 def observe_for(desired: Desired, records: list[JobRecord], enrollments: dict[str, Enrollment],
-                children: Children | None, cache: ProcCache | None = None) -> Observed:
+                children: Children | None, cache: ProcCache | None = None, *,
+                scope: frozenset[str] | None = None,
+                held: dict[int, Exit] | None = None) -> Observed:
     """Observe what this pass needs, cheapest first.
 
     Liveness of our jobs comes first; pidfiles, declared sockets and ports are inspected
     only for actions that are not running, because only a start needs to know what they
     name and who holds them.
+
+    With a `scope` (a keyed pass) only the jobs of those services (and stops in progress)
+    are looked at, unless one of their actions is about to start and declares a socket or
+    port: then its holder may be any job's process, and everything is observed as for a full
+    pass. A pidfile's process is judged against the records and the stops in progress only.
+    `held` keeps the exit codes of children reaped here whose jobs this pass does not plan,
+    for the pass that does (an exit code can be collected only once).
     """
-    pids = {r.pid for r in records if r.pid} | {e.identity.pid for e in enrollments.values()}
-    first = observe(pids=pids, children=children, cache=cache)
+    exits = held if held is not None else {}
+    if scope is not None:
+        keyed = _observe_keyed(desired, records, enrollments, children, cache, scope, exits)
+        if keyed is not None:
+            return keyed
+    first = observe(pids=_pids_of(records, enrollments), children=children, cache=cache)
+    first = replace(first, exits={**exits, **first.exits})
+    exits.clear()  # every job is planned: every exit is seen
     first = replace(first, members=members_to_sweep(records, first))
+    return _with_resources(first, desired.actions, records, enrollments)
+
+
+def _pids_of(records: Iterable[JobRecord], enrollments: Mapping[str, Enrollment]) -> set[int]:
+    return {r.pid for r in records if r.pid} | {e.identity.pid for e in enrollments.values()}
+
+
+def _observe_keyed(desired: Desired, records: list[JobRecord],
+                   enrollments: dict[str, Enrollment], children: Children | None,
+                   cache: ProcCache | None, scope: frozenset[str],
+                   held: dict[int, Exit]) -> Observed | None:
+    """The keyed half of `observe_for`: None when the full observation is needed."""
+    mine = [r for r in records if r.service in scope]
+    # stops in progress elsewhere: their processes are not conflicts (plan's `being_stopped`)
+    looked = [*mine, *(r for r in records if r.service not in scope and r.phase == "stopping")]
+    enrolled = {k: e for k, e in enrollments.items() if e.service in scope}
+    first = observe(pids=_pids_of(looked, enrolled), children=children, cache=cache,
+                    forget_others=False)
+    ours = {r.pid for r in looked if r.pid}
+    exits = {**held, **first.exits}
+    held.clear()
+    held.update({pid: e for pid, e in exits.items() if pid not in ours})
+    first = replace(first, exits={pid: e for pid, e in exits.items() if pid in ours})
+    alive = {r.key for r in mine if first.alive(r.identity)}
+    starting = [a for a in desired.actions if a.service in scope and a.key not in alive]
+    if any(a.sockets or a.spec.tcp_ports for a in starting):
+        held.update(first.exits)  # observed again, in full
+        return None
+    # other jobs' sessions hold none of these jobs' processes (a session cannot be joined):
+    # those known alive are skipped by the sweep without reading their environments
+    others = {info.session for info in cache.known().values()} if cache is not None else set()
+    first = replace(first, members=members_to_sweep(looked, first, others))
+    pidfiles = [a.pidfile for a in starting if a.pidfile]
+    if not pidfiles:
+        return first
+    named = observe(pidfiles=pidfiles, known=first.procs)
+    return replace(first, procs={**first.procs, **named.procs}, pidfiles=named.pidfiles)
+
+
+def _with_resources(first: Observed, actions: Iterable[DesiredAction],
+                    records: list[JobRecord], enrollments: Mapping[str, Enrollment]) -> Observed:
+    """Pidfiles, sockets and ports of the actions that are about to start."""
     alive = {r.key for r in records if first.alive(r.identity)}
-    starting = [a for a in desired.actions if a.key not in alive]
+    starting = [a for a in actions if a.key not in alive]
     pidfiles = [a.pidfile for a in starting if a.pidfile]
     sockets = {s for a in starting for s in a.sockets}
     ports = {p for a in starting for p in a.spec.tcp_ports}
     if not pidfiles and not sockets and not ports:
         return first
-    resources = observe(pidfiles=pidfiles, sockets=sockets, ports=ports, candidates=pids,
-                        known=first.procs)
+    resources = observe(pidfiles=pidfiles, sockets=sockets, ports=ports,
+                        candidates=_pids_of(records, enrollments), known=first.procs)
     return replace(first, procs={**first.procs, **resources.procs},
                    pidfiles=resources.pidfiles, sockets=resources.sockets,
                    ports=resources.ports)
 
 
-def members_to_sweep(records: list[JobRecord],
-                     observed: Observed) -> dict[str, tuple[ProcInfo, ...]]:
+def members_to_sweep(records: list[JobRecord], observed: Observed,
+                     other_sessions: Iterable[int] = ()) -> dict[str, tuple[ProcInfo, ...]]:
     """What is left of jobs whose main process exited, and of jobs being stopped: plan
     follows a daemonized survivor, stops the leftovers of a crash, and finishes a stop only
     once nothing of the job runs. Processes carrying the job id outside its session are
     looked for only where they can matter (a stop, or an exit: a daemon forking into the
     background, or a crash that left a setsid() child), because that reads every process's
-    environment."""
+    environment. `other_sessions`: sessions of running jobs not in `records` (a keyed pass)."""
     leaders: dict[str, Identity] = {}
-    running_sessions: set[int] = set()
+    running_sessions: set[int] = set(other_sessions)
     for job in records:
         if job.identity is None or job.phase in ("removed", "stopped", "succeeded"):
             continue
@@ -517,7 +717,8 @@ def members_to_sweep(records: list[JobRecord],
         return {}
     # every exit (a daemon forking away exits 0, a crash may leave a setsid() child, a
     # one-shot a helper) and every stop: look for the job id outside the session too
-    return job_processes(leaders, by_environ=leaders, other_sessions=running_sessions)
+    return job_processes(leaders, by_environ=leaders,
+                         other_sessions=running_sessions - {i.pid for i in leaders.values()})
 
 
 def with_health(observed: Observed, health: HealthResults | None) -> Observed:

@@ -35,10 +35,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from reconciler import resources
 from reconciler.anomalies import DEFAULT_RULES, Rules
-from reconciler.controller import HealthResults, OverLimit, PassResult, Reconciler
+from reconciler.controller import HealthResults, Keys, OverLimit, PassResult, Reconciler
 from reconciler.desired import Desired
 from reconciler.health import HealthMonitor, ProbeTarget
 from reconciler.host.exits import ExitWatcher
+from reconciler.identity import Identity
 from reconciler.logcap import LogCapper, LogTarget
 from reconciler.plan import Spawn, Step, UpdateJob
 from reconciler.sdnotify import Notifier
@@ -74,7 +75,8 @@ class Passes(Protocol):
     """
 
     def reconcile(self, health: HealthResults | None = None,
-                  over_limit: OverLimit | None = None) -> PassResult: ...
+                  over_limit: OverLimit | None = None, keys: Keys | None = None
+                  ) -> PassResult: ...
 
     def forget_caches(self) -> None: ...
 
@@ -126,6 +128,13 @@ class Daemon:
         self.serve = serve
         self.wake = threading.Event()  # the loop has something to look at
         self.pass_wanted = threading.Event()  # ... and it is a pass
+        # what that pass is for: keys merged from every trigger since the last pass, or a
+        # full pass (None), which wins over keys (docs/architecture.md, "Keyed passes")
+        self._wanted_lock = threading.Lock()
+        self._wanted: Keys | None = Keys()
+        self._health_seen: dict[str, tuple[bool, int]] = {}  # job id -> (ready, failures)
+        self._service_of_pid: dict[int, str] = {}
+        self._service_of_job: dict[str, str] = {}
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
         self.stop_reason = "stop() called"
@@ -137,9 +146,10 @@ class Daemon:
         self._last_problems: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         self.scheduler = BackgroundScheduler(timezone=UTC)
         # step 50 ms: a shorter step costs idle CPU (docs/benchmarks.md, Findings)
-        self.watcher = SpecWatcher(settings.specs_dir, self.kick, step_ms=SPEC_WATCH_STEP_MS)
-        self.exits = ExitWatcher(lambda _identity: self.kick())
-        self.health = HealthMonitor(self.kick)
+        self.watcher = SpecWatcher(settings.specs_dir, lambda: self.kick(Keys(specs=True)),
+                                   step_ms=SPEC_WATCH_STEP_MS)
+        self.exits = ExitWatcher(self._exited)
+        self.health = HealthMonitor(lambda: self.kick(Keys()))  # keyed by what changed
         self.logcap = LogCapper()
         self.over_limit: OverLimit = {}  # from the last sampling round, for the next pass
         self.resources = resources.ResourceMonitor(
@@ -159,10 +169,50 @@ class Daemon:
     def _open_reconciler(self) -> Reconciler:
         return Reconciler(self.settings, allow_empty=self.allow_empty)
 
-    def kick(self) -> None:
-        """A pass is wanted (a trigger fired)."""
+    def kick(self, keys: Keys | None = None) -> None:
+        """A pass is wanted (a trigger fired): for `keys`, or a full one (None)."""
+        with self._wanted_lock:
+            if keys is None or self._wanted is None:
+                self._wanted = None
+            else:
+                self._wanted = self._wanted | keys
         self.pass_wanted.set()
         self.wake.set()
+
+    def _take_wanted(self) -> Keys | None:
+        with self._wanted_lock:
+            wanted, self._wanted = self._wanted, Keys()
+        return wanted
+
+    def _exited(self, identity: Identity) -> None:
+        """A managed process exited: a pass for its service (a full one if unknown)."""
+        service = self._service_of_pid.get(identity.pid)
+        self.kick(Keys(frozenset({service})) if service is not None else None)
+
+    def _due(self) -> None:
+        """The time a pass asked to look again came: the services with something due (a
+        backoff or blocked start, a stop in progress, a foreign holder being stopped).
+        A spec file waiting to settle, or nothing to name, asks for a full pass."""
+        result = self.last_result
+        if result is None or result.loaded.unsettled_until is not None:
+            self.kick()
+            return
+        now = time.time()
+        services = frozenset(
+            j.service for j in result.jobs
+            if j.phase == "stopping" or j.stop_deadline is not None
+            or (j.next_start_at is not None and j.next_start_at <= now + 0.05))
+        self.kick(Keys(services) if services else None)
+
+    def _keys_of_health(self, states: HealthResults) -> frozenset[str] | None:
+        """Services of the jobs whose readiness or failure count changed since the last pass
+        looked; None when a job is not known (a full pass)."""
+        seen = {job_id: (st.ready, st.consecutive_failures) for job_id, st in states.items()}
+        changed = {job_id for job_id, now in seen.items()
+                   if self._health_seen.get(job_id) != now}
+        self._health_seen = seen
+        services = {self._service_of_job.get(job_id) for job_id in changed}
+        return None if None in services else frozenset(s for s in services if s is not None)
 
     def _resources_ready(self) -> None:
         """A sampling round is in: the loop stores it, and passes only if it asks to (a
@@ -199,7 +249,7 @@ class Daemon:
                         self._reload(passes)
                     elif self.pass_wanted.is_set():
                         self.pass_wanted.clear()
-                        self._pass(passes)
+                        self._pass(passes, self._take_wanted())
             finally:
                 self._stopping()
                 self._stop_triggers()
@@ -254,6 +304,7 @@ class Daemon:
         says nothing to it, since its closing READY=1 would call the daemon started."""
         self.reload_requested.clear()
         self.pass_wanted.clear()  # the reload's pass is the one wanted
+        self._take_wanted()  # ... and it is a full one
         started = self.passes > 0
         if started:
             self.notifier.reloading()
@@ -272,13 +323,23 @@ class Daemon:
 
     # --- one pass ---------------------------------------------------------------------------
 
-    def _pass(self, passes: Passes) -> PassResult | None:
+    def _pass(self, passes: Passes, wanted: Keys | None = None) -> PassResult | None:
+        """One pass: keyed when `wanted` names keys, full when it is None."""
         started = time.monotonic()
+        states = self.health.states()
+        health_keys = self._keys_of_health(states)
+        if wanted is not None:
+            wanted = None if health_keys is None else wanted | Keys(health_keys)
+            if self.over_limit and wanted is not None:
+                wanted = wanted | Keys(frozenset(
+                    s for j in self.over_limit if (s := self._service_of_job.get(j))))
+            if wanted is not None and not wanted.services and not wanted.specs:
+                return self.last_result  # nothing keyed after all (a probe result as before)
         try:
-            result = passes.reconcile(health=self.health.states(), over_limit=self.over_limit)
+            result = passes.reconcile(health=states, over_limit=self.over_limit, keys=wanted)
         except LockTimeout as err:
             log.warning("%s; trying again", err)
-            self.kick()
+            self.kick(wanted)
             return None
         except Exception as err:  # a pass must never take the controller down with it
             if self.metrics is not None:
@@ -297,7 +358,7 @@ class Daemon:
         if self.passes == 1:
             self._first_pass_done(result, time.monotonic() - started)
         if result.plan.changes:
-            self.kick()  # e.g. dependents wait for what this pass just started
+            self.kick(_keys_of_steps(result.plan.changes))  # e.g. dependents of what started
         return result
 
     def _publish(self, result: PassResult, seconds: float) -> None:
@@ -332,13 +393,16 @@ class Daemon:
             self._last_failure = what
         self._kick_at(time.time() + delay, "retry")
 
-    def _kick_at(self, at: float, job_id: str) -> None:
+    def _kick_at(self, at: float, job_id: str, kick: Callable[[], None] | None = None) -> None:
         self.scheduler.add_job(
-            self.kick, DateTrigger(run_date=dt.datetime.fromtimestamp(at, UTC), timezone=UTC),
+            kick or self.kick,
+            DateTrigger(run_date=dt.datetime.fromtimestamp(at, UTC), timezone=UTC),
             id=job_id, replace_existing=True)
 
     def _watch(self, result: PassResult) -> None:
         running = [j for j in result.jobs if j.identity is not None]
+        self._service_of_pid = {j.pid: j.service for j in running if j.pid is not None}
+        self._service_of_job = {j.id: j.service for j in result.jobs}
         self.exits.sync(j.identity for j in running if j.identity is not None)
         self.health.sync(_probe_targets(result.desired, running))
         self.logcap.sync(_log_targets(result.desired, running))
@@ -346,7 +410,7 @@ class Daemon:
                                 for action in service.actions for path in action.env_file)
         due = result.next_due()
         if due is not None:
-            self._kick_at(due, "due")
+            self._kick_at(due, "due", self._due)
 
     def _report(self, result: PassResult) -> None:
         """Steps every pass; spec errors and notes only when they change, or a broken file
@@ -414,6 +478,13 @@ class Daemon:
         if self.serve is not None:
             self.serve.stop()
         self.notifier.close()
+
+
+def _keys_of_steps(steps: Sequence[Step]) -> Keys | None:
+    """The services a pass changed, for the pass that follows it; a full pass if none of its
+    steps names a job (a foreign process's stop, a cleanup: they come with a job's step)."""
+    services = frozenset(job.service for s in steps if (job := getattr(s, "job", None)))
+    return Keys(services) if services else None
 
 
 def step_level(step: Step) -> int:

@@ -219,7 +219,8 @@ class _Pass:
 
 def plan(desired: Desired, observed: Observed, records: list[JobRecord], now: float, *,
          enrollments: dict[str, Enrollment] | None = None, allow_empty: bool = False,
-         hold_prune: bool = False, suspended: frozenset[str] = frozenset()) -> Plan:
+         hold_prune: bool = False, suspended: frozenset[str] = frozenset(),
+         only: frozenset[str] | None = None) -> Plan:
     """Compute the steps that make the host match `desired`. Pure: same input, same plan.
 
     `hold_prune`: a spec file is still being written (not settled), so what looks removed
@@ -228,7 +229,16 @@ def plan(desired: Desired, observed: Observed, records: list[JobRecord], now: fl
     `suspended`: services an operator suspended (`reconcile suspend`). Their jobs get no
     step at all: not started, not stopped (a stop in progress is not driven on), not
     restarted, not pruned (a suspended service removed from the specs is kept until it is
-    resumed, then pruned), like a suspended Flux Kustomization or a paused Deployment."""
+    resumed, then pruned), like a suspended Flux Kustomization or a paused Deployment.
+
+    `only`: a keyed pass (docs/architecture.md). Steps are planned for these services alone
+    (their actions, their retiring and pruned jobs); every other record and desired action
+    is still read (readiness of a dependency, who owns a process holding a port), so the
+    steps are those of the full plan for these services, given the same snapshot. The caller
+    closes `only` over `after:` (a dependent is planned after what it waits for)."""
+    def mine(service: str) -> bool:
+        return only is None or service in only
+
     live = sorted((r for r in records if r.phase != "removed"),
                   key=lambda r: r.created_at or 0.0)
     # a suspended service's jobs stay in `jobs` (dependencies on them, and the processes
@@ -237,14 +247,15 @@ def plan(desired: Desired, observed: Observed, records: list[JobRecord], now: fl
                 {r.key: r for r in live if r.stop_then != "removed"},
                 {r.id: r for r in live if r.stop_then == "removed" and r.service not in
                  suspended}, suspended=suspended)
+    retiring = [j for j in ctx.retiring.values() if mine(j.service)]
     for job in live:
         if job.phase == "stopping":
             ctx.mark_stopping(job)
-    for job in list(ctx.retiring.values()):
+    for job in retiring:
         _continue_stop(ctx, job, None)
-    prune_held = False if hold_prune else _prune(ctx, allow_empty)
+    prune_held = False if hold_prune else _prune(ctx, allow_empty, only)
     for action in desired.actions:
-        if action.service not in suspended:
+        if action.service not in suspended and mine(action.service):
             _plan_action(ctx, action)
     return Plan(tuple(ctx.steps), tuple(ctx.notes), prune_held, ctx.requeue_at,
                 tuple(ctx.waiting))
@@ -256,12 +267,14 @@ def job_id_for(action: DesiredAction, now: float) -> str:
     return "j" + hashlib.sha256(seed.encode()).hexdigest()[:11]
 
 
-def _prune(ctx: _Pass, allow_empty: bool) -> bool:
-    """Stop and retire jobs whose action is no longer desired. Acts only on our inventory,
-    and never on a suspended service (kept until it is resumed)."""
+def _prune(ctx: _Pass, allow_empty: bool, only: frozenset[str] | None = None) -> bool:
+    """Stop and retire jobs whose action is no longer desired. Acts only on our inventory
+    (of the services in `only`, when given), and never on a suspended service (kept until
+    it is resumed)."""
     wanted = {a.key for a in ctx.desired.actions}
     orphans = [job for key, job in list(ctx.jobs.items())
-               if key not in wanted and job.service not in ctx.suspended]
+               if key not in wanted and job.service not in ctx.suspended
+               and (only is None or job.service in only)]
     if not orphans:
         return False
     if not ctx.desired.actions and not allow_empty:

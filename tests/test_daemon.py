@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from reconciler import cli
-from reconciler.controller import HealthResults, OverLimit, PassResult, Reconciler
+from reconciler.controller import HealthResults, Keys, OverLimit, PassResult, Reconciler
 from reconciler.daemon import (
     RETRY_INITIAL_SECONDS,
     RETRY_MAX_SECONDS,
@@ -300,10 +300,10 @@ class ScriptedPasses:
         self.calls = 0
 
     def reconcile(self, health: HealthResults | None = None,
-                  over_limit: OverLimit | None = None) -> PassResult:
+                  over_limit: OverLimit | None = None, keys: Keys | None = None) -> PassResult:
         self.calls += 1
         self.before(self.calls)
-        return self.real.reconcile(health, over_limit)
+        return self.real.reconcile(health, over_limit, keys)
 
     def forget_caches(self) -> None:
         self.real.forget_caches()

@@ -24,19 +24,20 @@ def observe(*, pids: Iterable[int] = (), pidfiles: Iterable[str] = (),
             sockets: Iterable[str] = (), ports: Iterable[int] = (),
             candidates: Iterable[int] = (), children: Children | None = None,
             known: Mapping[int, ProcInfo] | None = None,
-            cache: ProcCache | None = None) -> Observed:
+            cache: ProcCache | None = None, forget_others: bool = True) -> Observed:
     """Snapshot the processes, pidfiles, sockets and ports a pass asks about.
 
     `procs` holds every live process named by `pids`, by a pidfile, or holding a declared
     socket/port. Holders are looked for first among `candidates`, `pids` and pidfile pids
     (cheap), and only then in a full /proc scan. `known` holds processes this pass has
     already read, so they are not read again. With a `cache`, `pids` are looked up through
-    it (see `ProcCache`); it then forgets every pid not in `pids`.
+    it (see `ProcCache`); it then forgets every pid not in `pids` (unless not
+    `forget_others`: a keyed pass asks about some of them).
     """
     exits = children.reap() if children is not None else {}
     procs: dict[int, ProcInfo] = dict(known or {})
     if cache is not None:
-        procs.update(cache.lookup(pids))
+        procs.update(cache.lookup(pids, forget_others=forget_others))
     else:
         for pid in dict.fromkeys(pids):
             _remember(procs, pid)

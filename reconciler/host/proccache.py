@@ -48,21 +48,26 @@ class ProcCache:
         self._by_fd: dict[int, int] = {}  # fd -> pid
         self._poller = select.poll()
 
-    def lookup(self, pids: Iterable[int]) -> dict[int, ProcInfo]:
+    def lookup(self, pids: Iterable[int], *, forget_others: bool = True) -> dict[int, ProcInfo]:
         """The live processes among `pids`, like `proc_info` for each. Entries for pids not
-        asked about are dropped: the caller asks about everything it still cares about."""
+        asked about are dropped (the caller asks about everything it still cares about),
+        unless `forget_others` is false: a keyed pass asks about a few jobs only."""
         wanted = set(pids)
         self._drop_exited()
         now = self.clock()
         for pid in [p for p, e in self._entries.items()
-                    if p not in wanted or now - e.taken_at >= self.max_age]:
+                    if (forget_others and p not in wanted) or now - e.taken_at >= self.max_age]:
             self._drop(pid)
-        found = {pid: e.info for pid, e in self._entries.items()}
+        found = {pid: e.info for pid, e in self._entries.items() if pid in wanted}
         for pid in wanted - found.keys():
             info = self._take(pid, now)
             if info is not None:
                 found[pid] = info
         return found
+
+    def known(self) -> dict[int, ProcInfo]:
+        """The cached processes that had not exited at the last lookup (no new poll)."""
+        return {pid: e.info for pid, e in self._entries.items()}
 
     def close(self) -> None:
         for pid in list(self._entries):
