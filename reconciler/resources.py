@@ -92,6 +92,8 @@ class ResourceMonitor:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(THREAD_JOIN_SECONDS)
+        if not self._thread.is_alive():  # never close fds a round still reads
+            self._sampler.close()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -8,6 +8,7 @@ condition or a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -105,6 +106,33 @@ def test_a_main_process_in_a_session_seen_before_is_sampled_with_its_members(
         by_job = {s.job_id: s for s in sampler.sample([other, daemon])}
         assert by_job["d-1"].members == 2, "the leader and the daemon"
     assert leader.poll() is None
+
+
+def _stat_fds_on(pid: int) -> int:
+    """Our fds open on /proc/<pid>/stat."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") == f"/proc/{pid}/stat"
+    return count
+
+
+def test_a_members_stat_fd_is_kept_between_rounds_and_closed_when_it_ends(
+        foreign: Foreign) -> None:
+    proc = foreign.start(["sleep", "60"])
+    job, sampler = job_of(proc), Sampler()
+    first = sampler.sample([job])
+    assert _stat_fds_on(proc.pid) == 1  # kept for the next round's pread
+    second = sampler.sample([job])
+    assert _stat_fds_on(proc.pid) == 1 and second[0].cpu_seconds >= first[0].cpu_seconds
+    proc.kill()
+    proc.wait()
+    assert sampler.sample([job]) == []
+    assert _stat_fds_on(proc.pid) == 0
+    other = foreign.start(["sleep", "60"])
+    sampler.sample([job_of(other)])
+    sampler.close()
+    assert _stat_fds_on(other.pid) == 0
 
 
 def test_a_recycled_pid_or_a_gone_process_is_not_sampled(foreign: Foreign) -> None:

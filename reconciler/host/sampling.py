@@ -14,6 +14,8 @@ a series never goes backwards when the wall clock is stepped (NTP at boot, a res
 
 from __future__ import annotations
 
+import os
+import resource
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -48,7 +50,17 @@ SLOW_ROUNDS = 12
 # /proc/<pid>/limits every round would be a third of a round's cost.
 FD_LIMIT_ROUNDS = 60
 
+# At most this many stat fds are kept open between rounds, and never more than a quarter
+# of our own fd soft limit: a kept fd spares two syscalls of the three of each look (a
+# pread instead of open, read, close), but the controller's descriptors are for its pidfds
+# and children first.
+MAX_OPEN_STATS = 4096
+
 Key = tuple[int, int]  # (pid, start time): a recycled pid is another process
+
+
+def open_stats_allowed() -> int:
+    return min(MAX_OPEN_STATS, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
 
 
 class Sampler:
@@ -62,7 +74,7 @@ class Sampler:
         self._fd_limits_now: dict[Key, int | None] = {}
         self._oom_scores_now: dict[Key, int | None] = {}
         self._rounds = 0
-        self._walk = SessionWalk()
+        self._walk = SessionWalk(open_stats_allowed)
         self._sessions: set[int] = set()  # the jobs' sessions other than their main pids
 
     def sample(self, jobs: Iterable[JobRecord]) -> list[Sample]:
@@ -92,6 +104,10 @@ class Sampler:
         self._fd_limits, self._fd_limits_now = self._fd_limits_now, {}
         self._oom_scores, self._oom_scores_now = self._oom_scores_now, {}
         return samples
+
+    def close(self) -> None:
+        """Close the stat fds kept between rounds (the monitor's thread has ended)."""
+        self._walk.close()
 
     def _due(self, pid: int, every: int) -> bool:
         return (self._rounds + pid) % every == 0
@@ -153,26 +169,52 @@ class SessionWalk:
     new processes and of the jobs' members only, and a host's other processes, however
     many, cost a directory entry each."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_open: Callable[[], int] = lambda: 0) -> None:
         self._outside: dict[int, tuple[int, int]] = {}  # pid -> (inode, session)
+        self._open: dict[int, tuple[int, int]] = {}  # pid -> (inode, fd on its stat)
+        self._max_open = max_open
 
     def sessions(self, wanted: set[int]) -> dict[int, Members]:
         found: dict[int, Members] = defaultdict(list)
         outside: dict[int, tuple[int, int]] = {}
+        kept: dict[int, tuple[int, int]] = {}
+        room = self._max_open()
         for pid, inode in procfs.iter_pid_inodes():
             known = self._outside.get(pid)
             if known is not None and known[0] == inode and known[1] not in wanted:
                 outside[pid] = known
                 continue
-            usage = procfs.read_stat_usage(pid)
-            if usage is None:
+            fd, usage = self._read(pid, inode)
+            if usage is None or usage.session not in wanted:
+                if fd is not None:
+                    os.close(fd)
+                if usage is not None:
+                    outside[pid] = (inode, usage.session)
                 continue
-            if usage.session in wanted:
-                found[usage.session].append((pid, usage))
-            else:
-                outside[pid] = (inode, usage.session)
-        self._outside = outside
+            found[usage.session].append((pid, usage))
+            if fd is not None and len(kept) < room:
+                kept[pid] = (inode, fd)
+            elif fd is not None:
+                os.close(fd)
+        self.close()  # what was not kept: ended, or no member any more
+        self._outside, self._open = outside, kept
         return found
+
+    def _read(self, pid: int, inode: int) -> tuple[int | None, StatUsage | None]:
+        """A member's stat through the fd kept from the last round (one pread), else
+        through a new one."""
+        held = self._open.pop(pid, None)
+        if held is not None and held[0] == inode:
+            return held[1], procfs.reread_stat_usage(held[1])
+        if held is not None:
+            os.close(held[1])
+        fd = procfs.open_stat(pid)
+        return fd, None if fd is None else procfs.reread_stat_usage(fd)
+
+    def close(self) -> None:
+        for _, fd in self._open.values():
+            os.close(fd)
+        self._open = {}
 
     def members_of(self, session: int) -> Members:
         """The processes of a session the last walk did not look into (a job's main
