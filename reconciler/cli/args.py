@@ -9,6 +9,7 @@ same holds for `--allow-empty`). Readers use the accessors below for their defau
 from __future__ import annotations
 
 import argparse
+import os
 
 from reconciler import __version__
 from reconciler.cli.errors import UsageError
@@ -75,10 +76,29 @@ class LazySubcommands(_SubParsers):
         super().__call__(parser, namespace, values, option_string)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's own formatter at the width it would choose itself, found without importing
+    shutil (and with it zlib, bz2 and lzma: ~3 ms): argparse makes a formatter for every
+    `add_argument` to check the metavar, so every command paid that import."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        if width is None:
+            from reconciler.cli.helptext import stdout_fd, terminal_columns
+
+            width = terminal_columns(os.environ, stdout_fd()) - 2  # as argparse does
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def parent_parser() -> argparse.ArgumentParser:
+    """A parser holding options other parsers take over (`parents=`)."""
+    return argparse.ArgumentParser(add_help=False, formatter_class=HelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """`args.command` names the subcommand (None: the daemon, or `--once`). Only the given
     command's parser is built (`LazySubcommands`)."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = parent_parser()
     common.add_argument("--specs", metavar="DIR", default=argparse.SUPPRESS,
                         help="specs directory (default: $RECONCILER_SPECS or ./specs)")
     common.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS,
@@ -93,12 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--labels", metavar="FILE", default=argparse.SUPPRESS,
                         help="this host's labels for placement (YAML mapping; default: "
                              "$RECONCILER_LABELS or /etc/reconciler/labels.yaml if it exists)")
-    allow_empty = argparse.ArgumentParser(add_help=False)
+    allow_empty = parent_parser()
     allow_empty.add_argument("--allow-empty", action="store_true", default=argparse.SUPPRESS,
                              help="let an empty specs dir prune every running service")
 
     parser = argparse.ArgumentParser(
-        prog="reconcile", parents=[common, allow_empty],
+        prog="reconcile", parents=[common, allow_empty], formatter_class=HelpFormatter,
         description="Make this host run what the specs dir says, and keep it that way.")
     # its own action, not the parent's: set_defaults on a shared action would change the
     # subcommands' default too
@@ -133,7 +153,7 @@ def add_commands(sub: LazySubcommands, common: argparse.ArgumentParser,
 
     def output() -> argparse.ArgumentParser:  # built once, and only for a command that has -o
         if not output_parents:
-            parent = argparse.ArgumentParser(add_help=False)
+            parent = parent_parser()
             parent.add_argument("-o", "--output", choices=OUTPUTS, default=argparse.SUPPRESS)
             output_parents.append(parent)
         return output_parents[0]
@@ -142,7 +162,8 @@ def add_commands(sub: LazySubcommands, common: argparse.ArgumentParser,
                 = list, configure: Callable[[argparse.ArgumentParser], object] | None = None
                 ) -> None:
         def build() -> argparse.ArgumentParser:
-            built = sub.add_parser(name, parents=[common, *parents()], description=help_text)
+            built = sub.add_parser(name, parents=[common, *parents()], description=help_text,
+                                   formatter_class=HelpFormatter)
             if configure is not None:
                 configure(built)
             return built
