@@ -35,7 +35,8 @@ HEAVY = ("pydantic", "pydantic_core", "apscheduler", "watchfiles", "prometheus_c
 
 def loaded(*argv: str) -> tuple[int, set[str]]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for name in ("RECONCILER_SPECS", "RECONCILER_STATE_DIR", "RECONCILER_LABELS"):
+    # COLUMNS: the help's width is the default one (stdout is a pipe)
+    for name in ("RECONCILER_SPECS", "RECONCILER_STATE_DIR", "RECONCILER_LABELS", "COLUMNS"):
         env.pop(name, None)
     done = subprocess.run([sys.executable, "-c", PROBE, *argv], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=60, check=True)
@@ -47,14 +48,27 @@ def heavy_in(modules: set[str]) -> list[str]:
     return sorted(m for m in modules if m.split(".")[0] in HEAVY)
 
 
-def test_help_loads_argparse_and_nothing_of_ours_beyond_the_parser() -> None:
+def test_help_loads_nothing_but_its_text() -> None:
+    """The bare `--help` at the default width is served from cli/helptext.py: not even
+    argparse (with re and enum, more than issue 13's 1.5× of `python -c pass`)."""
     code, modules = loaded("--help")
     assert code == 0
     assert heavy_in(modules) == []
     ours = {m for m in modules if m.startswith("reconciler")}
+    assert ours == {"reconciler", "reconciler.cli", "reconciler.cli.errors",
+                    "reconciler.cli.helptext"}
+    assert not {"argparse", "shutil", "typing"} & modules  # (the probe itself loads re)
+
+
+def test_a_command_help_loads_argparse_and_nothing_of_ours_beyond_the_parser() -> None:
+    code, modules = loaded("status", "--help")
+    assert code == 0
+    assert heavy_in(modules) == []
+    ours = {m for m in modules if m.startswith("reconciler")}
     assert ours == {"reconciler", "reconciler.cli", "reconciler.cli.args",
-                    "reconciler.cli.errors"}
-    assert "typing" not in modules and "sqlite3" not in modules  # each costs ms of --help
+                    "reconciler.cli.errors", "reconciler.cli.helptext"}  # its width
+    # each costs ms of --help (shutil: argparse's formatter would import it for the width)
+    assert not {"typing", "sqlite3", "shutil"} & modules
 
 
 def test_status_of_running_jobs_loads_no_heavy_library(settings: Settings,

@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from reconciler.cli.args import build_parser
-from reconciler.cli.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPE, UsageError
+from reconciler.cli.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPE, UsageError
 
 TYPE_CHECKING = False  # not `typing`: importing it costs more than all of `--help`
 if TYPE_CHECKING:
@@ -37,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    if _top_help_asked(sys.argv[1:] if argv is None else argv):
+        return EXIT_OK
+    from reconciler.cli.args import build_parser
+
     args = build_parser().parse_args(argv)
     # after parsing: `--help` and a usage error load only argparse (tests/test_cli_imports.py)
     import sqlite3
@@ -72,6 +75,19 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"reconcile: internal error: {type(err).__name__}: {printable(str(err))} "
               "(set RECONCILER_DEBUG=1 for a traceback)", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _top_help_asked(argv: Sequence[str]) -> bool:
+    """`reconcile --help` at the default width: the text argparse prints there, generated
+    from the parser (`cli/helptext.py`), written without importing argparse (issue 13)."""
+    if list(argv) not in (["--help"], ["-h"]) or sys.stdout is None:
+        return False
+    from reconciler.cli import helptext
+
+    if helptext.terminal_columns(os.environ, helptext.stdout_fd()) != helptext.COLUMNS:
+        return False  # another width: argparse wraps the help for it
+    sys.stdout.write(helptext.TOP_HELP)
+    return True
 
 
 def _error(message: str) -> int:
