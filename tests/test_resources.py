@@ -23,6 +23,7 @@ import pytest
 
 from reconciler import cli
 from reconciler.anomalies import Rules, evaluate
+from reconciler.host import procfs
 from reconciler.host.identity import identity_of
 from reconciler.host.sampling import SampleClock, Sampler
 from reconciler.resources import RECOVER_ROUNDS, ROUNDS_KEPT, ResourceMonitor
@@ -106,6 +107,51 @@ def test_a_main_process_in_a_session_seen_before_is_sampled_with_its_members(
         by_job = {s.job_id: s for s in sampler.sample([other, daemon])}
         assert by_job["d-1"].members == 2, "the leader and the daemon"
     assert leader.poll() is None
+
+
+def test_a_process_that_made_its_own_session_after_the_walk_saw_it_is_a_member(
+        foreign: Foreign, tmp_path: Path) -> None:
+    """The walk skips a process it found outside the jobs' sessions, but setsid() moves a
+    process into a new session named by its own pid: a daemon's middle process seen before
+    its setsid(), then leading the session of the job's main process, is still counted."""
+    go, leader_file, daemon_file = tmp_path / "go", tmp_path / "leader", tmp_path / "daemon"
+    start(foreign, f"""
+        import os, time
+        def publish(path, pid):
+            open(path + ".tmp", "w").write(str(pid))
+            os.rename(path + ".tmp", path)
+        leader = os.fork()
+        if leader == 0:
+            while not os.path.exists({str(go)!r}):
+                time.sleep(0.01)
+            os.setsid()
+            daemon = os.fork()
+            if daemon == 0:
+                time.sleep(60)
+                os._exit(0)
+            publish({str(daemon_file)!r}, daemon)
+            time.sleep(60)
+            os._exit(0)
+        publish({str(leader_file)!r}, leader)
+        time.sleep(60)
+    """)
+    leader = int(wait_for(lambda: leader_file.exists() and leader_file.read_text(),
+                          message="the middle process started"))
+    other = job_of(foreign.start(["sleep", "60"]), "other")
+    sampler = Sampler()
+    assert [s.job_id for s in sampler.sample([other])] == [other.id]  # the walk saw it
+    go.touch()
+    daemon_pid = int(wait_for(lambda: daemon_file.exists() and daemon_file.read_text(),
+                              message="the daemon started in the new session"))
+    ident = identity_of(daemon_pid)
+    usage = procfs.read_stat_usage(daemon_pid)
+    assert ident is not None and usage is not None and usage.session == leader
+    daemon = JobRecord(id="d-1", service="d", action="main", generation="g", phase="running",
+                       pid=daemon_pid, boot_id=ident.boot_id,
+                       starttime_ticks=ident.starttime_ticks)
+    for _ in range(2):  # first sight, then a round that walks the session itself
+        by_job = {s.job_id: s for s in sampler.sample([other, daemon])}
+        assert by_job["d-1"].members == 2, "the session's leader and the daemon"
 
 
 def _stat_fds_on(pid: int) -> int:

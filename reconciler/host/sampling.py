@@ -164,10 +164,12 @@ class SessionWalk:
 
     A process cannot join a session that exists (setsid() only makes a new one, named by
     the caller's pid, and a pid is not reused while a session or group is named by it), so
-    a process once found outside the jobs' sessions stays outside while it lives. Its
-    /proc inode says whether it still is the same process: the walk reads the stat of
-    new processes and of the jobs' members only, and a host's other processes, however
-    many, cost a directory entry each."""
+    a process once found outside the jobs' sessions stays outside while it lives, unless
+    its own pid becomes a wanted session (it called setsid() since: a job's process seen
+    between fork and setsid, a daemon's middle process). Its /proc inode says whether it
+    still is the same process: the walk reads the stat of new processes, of the jobs'
+    members and of the processes whose pid names a wanted session only, and a host's other
+    processes, however many, cost a directory entry each."""
 
     def __init__(self, max_open: Callable[[], int] = lambda: 0) -> None:
         self._outside: dict[int, tuple[int, int]] = {}  # pid -> (inode, session)
@@ -181,7 +183,8 @@ class SessionWalk:
         room = self._max_open()
         for pid, inode in procfs.iter_pid_inodes():
             known = self._outside.get(pid)
-            if known is not None and known[0] == inode and known[1] not in wanted:
+            if known is not None and known[0] == inode and known[1] not in wanted and (
+                    pid not in wanted):  # else it may have called setsid() since
                 outside[pid] = known
                 continue
             fd, usage = self._read(pid, inode)
@@ -221,7 +224,9 @@ class SessionWalk:
         process that sits in a session not named by its pid, seen for the first time)."""
         members = []
         for pid, (_, known) in self._outside.items():
-            if known == session and (usage := procfs.read_stat_usage(pid)) is not None:
+            if (known == session or pid == session) and (
+                    usage := procfs.read_stat_usage(pid)) is not None and (
+                    usage.session == session):  # not if it called setsid() since
                 members.append((pid, usage))
         return members
 
