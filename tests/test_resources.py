@@ -9,6 +9,7 @@ condition or a deadline.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -179,6 +180,17 @@ def test_a_members_stat_fd_is_kept_between_rounds_and_closed_when_it_ends(
     sampler.sample([job_of(other)])
     sampler.close()
     assert _stat_fds_on(other.pid) == 0
+
+
+def test_the_kept_stat_fds_are_closed_when_no_job_runs_any_more(foreign: Foreign) -> None:
+    """A round without a running job still lets go of the fds kept for the last one's
+    members: they must not stay open until some job runs again."""
+    proc = foreign.start(["sleep", "60"])
+    job, sampler = job_of(proc), Sampler()
+    assert len(sampler.sample([job])) == 1
+    assert _stat_fds_on(proc.pid) == 1
+    assert sampler.sample([dataclasses.replace(job, phase="stopped", pid=None)]) == []
+    assert _stat_fds_on(proc.pid) == 0
 
 
 def test_a_recycled_pid_or_a_gone_process_is_not_sampled(foreign: Foreign) -> None:

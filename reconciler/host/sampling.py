@@ -81,6 +81,7 @@ class Sampler:
         running = [j for j in jobs if j.pid is not None and j.identity is not None
                    and j.phase in ("running", "starting", "stopping")]
         if not running:
+            self._walk.close()  # the last members' stat fds: no round reads them now
             return []
         by_session = self._walk.sessions({j.pid for j in running if j.pid} | self._sessions)
         at = self.clock.now()
