@@ -2,11 +2,13 @@
 
 A job's members are the processes of its main process's session (every job starts in a
 session of its own, and its children stay in it unless they call setsid()). One walk of
-/proc reads each process's stat once and groups them by session, so a round costs one
-`stat` read per process on the host plus, per member, its fd count; a member's oom_score and
-the main process's fd limit are read again every 12th round, its wchan then and whenever it
-is in D state (where it says what it waits for). CPU, RSS, threads and fds
-are summed over the members; zombies are counted, not summed (they use nothing).
+/proc (`SessionWalk`) reads the stat of the jobs' members and of processes it has not seen
+before, so a round costs a directory entry per process on the host plus, per member, a
+stat read and its fd count; a member's oom_score and the main process's wchan are read
+again every 12th round (spread by pid), the wchan also whenever it is in D state (where it
+says what it waits for), the fd limit every 60th round and whenever a member holds half of
+it. CPU, RSS, threads and fds are summed over the members; zombies are counted, not summed
+(they use nothing).
 
 Sample times come from `SampleClock`: the monotonic clock anchored at a wall-clock time, so
 a series never goes backwards when the wall clock is stepped (NTP at boot, a resumed VM).
