@@ -9,6 +9,7 @@ condition or a deadline.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import pytest
 
 from reconciler import cli
 from reconciler.anomalies import Rules, evaluate
+from reconciler.host import procfs
 from reconciler.host.identity import identity_of
 from reconciler.host.sampling import SampleClock, Sampler
 from reconciler.resources import RECOVER_ROUNDS, ROUNDS_KEPT, ResourceMonitor
@@ -108,6 +110,51 @@ def test_a_main_process_in_a_session_seen_before_is_sampled_with_its_members(
     assert leader.poll() is None
 
 
+def test_a_process_that_made_its_own_session_after_the_walk_saw_it_is_a_member(
+        foreign: Foreign, tmp_path: Path) -> None:
+    """The walk skips a process it found outside the jobs' sessions, but setsid() moves a
+    process into a new session named by its own pid: a daemon's middle process seen before
+    its setsid(), then leading the session of the job's main process, is still counted."""
+    go, leader_file, daemon_file = tmp_path / "go", tmp_path / "leader", tmp_path / "daemon"
+    start(foreign, f"""
+        import os, time
+        def publish(path, pid):
+            open(path + ".tmp", "w").write(str(pid))
+            os.rename(path + ".tmp", path)
+        leader = os.fork()
+        if leader == 0:
+            while not os.path.exists({str(go)!r}):
+                time.sleep(0.01)
+            os.setsid()
+            daemon = os.fork()
+            if daemon == 0:
+                time.sleep(60)
+                os._exit(0)
+            publish({str(daemon_file)!r}, daemon)
+            time.sleep(60)
+            os._exit(0)
+        publish({str(leader_file)!r}, leader)
+        time.sleep(60)
+    """)
+    leader = int(wait_for(lambda: leader_file.exists() and leader_file.read_text(),
+                          message="the middle process started"))
+    other = job_of(foreign.start(["sleep", "60"]), "other")
+    sampler = Sampler()
+    assert [s.job_id for s in sampler.sample([other])] == [other.id]  # the walk saw it
+    go.touch()
+    daemon_pid = int(wait_for(lambda: daemon_file.exists() and daemon_file.read_text(),
+                              message="the daemon started in the new session"))
+    ident = identity_of(daemon_pid)
+    usage = procfs.read_stat_usage(daemon_pid)
+    assert ident is not None and usage is not None and usage.session == leader
+    daemon = JobRecord(id="d-1", service="d", action="main", generation="g", phase="running",
+                       pid=daemon_pid, boot_id=ident.boot_id,
+                       starttime_ticks=ident.starttime_ticks)
+    for _ in range(2):  # first sight, then a round that walks the session itself
+        by_job = {s.job_id: s for s in sampler.sample([other, daemon])}
+        assert by_job["d-1"].members == 2, "the session's leader and the daemon"
+
+
 def _stat_fds_on(pid: int) -> int:
     """Our fds open on /proc/<pid>/stat."""
     count = 0
@@ -133,6 +180,17 @@ def test_a_members_stat_fd_is_kept_between_rounds_and_closed_when_it_ends(
     sampler.sample([job_of(other)])
     sampler.close()
     assert _stat_fds_on(other.pid) == 0
+
+
+def test_the_kept_stat_fds_are_closed_when_no_job_runs_any_more(foreign: Foreign) -> None:
+    """A round without a running job still lets go of the fds kept for the last one's
+    members: they must not stay open until some job runs again."""
+    proc = foreign.start(["sleep", "60"])
+    job, sampler = job_of(proc), Sampler()
+    assert len(sampler.sample([job])) == 1
+    assert _stat_fds_on(proc.pid) == 1
+    assert sampler.sample([dataclasses.replace(job, phase="stopped", pid=None)]) == []
+    assert _stat_fds_on(proc.pid) == 0
 
 
 def test_a_recycled_pid_or_a_gone_process_is_not_sampled(foreign: Foreign) -> None:

@@ -2,11 +2,13 @@
 
 A job's members are the processes of its main process's session (every job starts in a
 session of its own, and its children stay in it unless they call setsid()). One walk of
-/proc reads each process's stat once and groups them by session, so a round costs one
-`stat` read per process on the host plus, per member, its fd count; a member's oom_score and
-the main process's fd limit are read again every 12th round, its wchan then and whenever it
-is in D state (where it says what it waits for). CPU, RSS, threads and fds
-are summed over the members; zombies are counted, not summed (they use nothing).
+/proc (`SessionWalk`) reads the stat of the jobs' members and of processes it has not seen
+before, so a round costs a directory entry per process on the host plus, per member, a
+stat read and its fd count; a member's oom_score and the main process's wchan are read
+again every 12th round (spread by pid), the wchan also whenever it is in D state (where it
+says what it waits for), the fd limit every 60th round and whenever a member holds half of
+it. CPU, RSS, threads and fds are summed over the members; zombies are counted, not summed
+(they use nothing).
 
 Sample times come from `SampleClock`: the monotonic clock anchored at a wall-clock time, so
 a series never goes backwards when the wall clock is stepped (NTP at boot, a resumed VM).
@@ -81,6 +83,7 @@ class Sampler:
         running = [j for j in jobs if j.pid is not None and j.identity is not None
                    and j.phase in ("running", "starting", "stopping")]
         if not running:
+            self._walk.close()  # the last members' stat fds: no round reads them now
             return []
         by_session = self._walk.sessions({j.pid for j in running if j.pid} | self._sessions)
         at = self.clock.now()
@@ -164,10 +167,12 @@ class SessionWalk:
 
     A process cannot join a session that exists (setsid() only makes a new one, named by
     the caller's pid, and a pid is not reused while a session or group is named by it), so
-    a process once found outside the jobs' sessions stays outside while it lives. Its
-    /proc inode says whether it still is the same process: the walk reads the stat of
-    new processes and of the jobs' members only, and a host's other processes, however
-    many, cost a directory entry each."""
+    a process once found outside the jobs' sessions stays outside while it lives, unless
+    its own pid becomes a wanted session (it called setsid() since: a job's process seen
+    between fork and setsid, a daemon's middle process). Its /proc inode says whether it
+    still is the same process: the walk reads the stat of new processes, of the jobs'
+    members and of the processes whose pid names a wanted session only, and a host's other
+    processes, however many, cost a directory entry each."""
 
     def __init__(self, max_open: Callable[[], int] = lambda: 0) -> None:
         self._outside: dict[int, tuple[int, int]] = {}  # pid -> (inode, session)
@@ -181,7 +186,8 @@ class SessionWalk:
         room = self._max_open()
         for pid, inode in procfs.iter_pid_inodes():
             known = self._outside.get(pid)
-            if known is not None and known[0] == inode and known[1] not in wanted:
+            if known is not None and known[0] == inode and known[1] not in wanted and (
+                    pid not in wanted):  # else it may have called setsid() since
                 outside[pid] = known
                 continue
             fd, usage = self._read(pid, inode)
@@ -221,7 +227,9 @@ class SessionWalk:
         process that sits in a session not named by its pid, seen for the first time)."""
         members = []
         for pid, (_, known) in self._outside.items():
-            if known == session and (usage := procfs.read_stat_usage(pid)) is not None:
+            if (known == session or pid == session) and (
+                    usage := procfs.read_stat_usage(pid)) is not None and (
+                    usage.session == session):  # not if it called setsid() since
                 members.append((pid, usage))
         return members
 
