@@ -334,8 +334,10 @@ class LogCapper:
         100 MB/s writer would otherwise wake us once per write(2). Events pile up and merge
         meanwhile; the pause is at most half the time the fastest writer needs to reach it."""
         pause = min([_QUIET_MAX, *(_time_to_trigger(w) for w in self._watched.values())])
-        if pause > 0.001:
-            select.select([self._wake_r], [], [], pause)
+        if pause > 0.001:  # poll, not select: our fds go far beyond select's 1024
+            waker = select.poll()
+            waker.register(self._wake_r, select.POLLIN)
+            waker.poll(pause * 1000)
 
 
 def _time_to_trigger(watched: _Watched) -> float:

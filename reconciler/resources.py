@@ -96,12 +96,15 @@ class ResourceMonitor:
             self._sampler.close()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.rounds.append(self.take_round())
-                self._kick()
-            except Exception:  # one bad round must not end sampling for good
-                log.exception("resource sampling failed; trying again next interval")
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    self.rounds.append(self.take_round())
+                    self._kick()
+                except Exception:  # one bad round must not end sampling for good
+                    log.exception("resource sampling failed; trying again next interval")
+        finally:
+            self._sampler.close()  # this thread's fds: closed by it, never under a round
 
     def take_round(self) -> Round:
         jobs = list(self._jobs())
@@ -141,7 +144,10 @@ class ResourceMonitor:
             return (sample,)
         recent = self._recent.setdefault(sample.job_id, deque())
         recent.append(sample)
-        while recent[0].at < sample.at - self.rules.dstate_seconds * 1.5:
+        # spans the rule and at least two intervals: at a 60 s interval, the 45 s the rule
+        # needs to see would otherwise hold one sample only and never fire
+        span = max(self.rules.dstate_seconds * 1.5, self.interval * 2.5)
+        while recent[0].at < sample.at - span:
             recent.popleft()
         return recent
 

@@ -535,3 +535,28 @@ def test_the_monitor_finds_a_leak_through_its_thinned_series() -> None:
     found = [monitor.take_round().anomalies.get("g-1", {}) for _ in range(40)]
     assert "rss-growth" in found[-1]
     assert len(monitor._trend["g-1"]) <= 25  # thinned: not one point per round
+
+
+class StuckSampler(Sampler):
+    """One job with a member in D state in every round, a round every `spacing` seconds."""
+
+    def __init__(self, spacing: float) -> None:
+        super().__init__()
+        self.spacing = spacing
+        self.round = 0
+
+    def sample(self, jobs: Iterable[JobRecord]) -> list[Sample]:
+        self.round += 1
+        return [Sample(at=self.round * self.spacing, job_id="d-1", service="d", action="main",
+                       members=1, rss_bytes=1, cpu_seconds=1.0, threads=1, open_fds=3,
+                       fd_limit=1024, oom_score=0, state="D", wchan="io_schedule", dstate=1)]
+
+
+def test_the_d_state_rule_fires_at_a_sampling_interval_longer_than_the_rule() -> None:
+    """At a 60 s interval the rule's 30 s are two samples apart: both must be kept."""
+    job = JobRecord(id="d-1", service="d", action="main", generation="g", phase="running",
+                    pid=1234, boot_id="b", starttime_ticks=1)
+    monitor = ResourceMonitor(lambda: [job], dict, lambda: None, interval=60.0,
+                              sampler=StuckSampler(60.0))
+    found = [monitor.take_round().anomalies.get("d-1", {}) for _ in range(3)]
+    assert "d-state" not in found[0] and "d-state" in found[1]

@@ -162,6 +162,11 @@ class Sampler:
 Members = list[tuple[int, StatUsage]]
 
 
+# The inode readdir reports when the kernel could not set up a /proc entry: it names no
+# process, so nothing learnt under it is kept.
+_NO_INODE = 1
+
+
 class SessionWalk:
     """The processes of some sessions, found in one walk of /proc.
 
@@ -184,26 +189,29 @@ class SessionWalk:
         outside: dict[int, tuple[int, int]] = {}
         kept: dict[int, tuple[int, int]] = {}
         room = self._max_open()
-        for pid, inode in procfs.iter_pid_inodes():
-            known = self._outside.get(pid)
-            if known is not None and known[0] == inode and known[1] not in wanted and (
-                    pid not in wanted):  # else it may have called setsid() since
-                outside[pid] = known
-                continue
-            fd, usage = self._read(pid, inode)
-            if usage is None or usage.session not in wanted:
-                if fd is not None:
+        try:
+            for pid, inode in procfs.iter_pid_inodes():
+                known = self._outside.get(pid)
+                if known is not None and known[0] == inode and known[1] not in wanted and (
+                        pid not in wanted):  # else it may have called setsid() since
+                    outside[pid] = known
+                    continue
+                fd, usage = self._read(pid, inode)
+                if usage is None or usage.session not in wanted:
+                    if fd is not None:
+                        os.close(fd)
+                    if usage is not None and inode != _NO_INODE:
+                        outside[pid] = (inode, usage.session)
+                    continue
+                found[usage.session].append((pid, usage))
+                if fd is not None and len(kept) < room:
+                    kept[pid] = (inode, fd)
+                elif fd is not None:
                     os.close(fd)
-                if usage is not None:
-                    outside[pid] = (inode, usage.session)
-                continue
-            found[usage.session].append((pid, usage))
-            if fd is not None and len(kept) < room:
-                kept[pid] = (inode, fd)
-            elif fd is not None:
-                os.close(fd)
-        self.close()  # what was not kept: ended, or no member any more
-        self._outside, self._open = outside, kept
+        finally:
+            self.close()  # what was not kept: ended, or no member any more
+            self._open = kept  # (a walk that failed halfway keeps what it had taken)
+        self._outside = outside
         return found
 
     def _read(self, pid: int, inode: int) -> tuple[int | None, StatUsage | None]:
