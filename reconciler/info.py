@@ -17,7 +17,7 @@ A file's state (from its spec record):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from reconciler import __version__
 from reconciler.settings import Settings
@@ -30,8 +30,7 @@ from reconciler.state.store import Store
 FileStateName = Literal["ok", "last-good", "refused", "empty"]
 
 
-@dataclass(frozen=True, slots=True)
-class FileState:
+class FileState(NamedTuple):
     """One spec file as the last pass left it."""
 
     file: str

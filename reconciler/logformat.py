@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from typing import IO
 
-from reconciler.text import PrintableFormatter
+from reconciler.text import printable
 
 FORMATS = ("text", "json", "journal")
 # syslog priorities (sd-daemon(3) SD_ERR …), by logging level
@@ -29,6 +29,16 @@ _DEBUG_PRIORITY = 7
 # Libraries that log at INFO about their own workings: watchfiles says "3 changes detected"
 # on every save, APScheduler says "Added job" on every backoff timer.
 QUIET_LIBRARIES = ("watchfiles", "apscheduler")
+
+
+class PrintableFormatter(logging.Formatter):
+    """Escapes control characters in every log message (not in a traceback, whose line
+    breaks are ours): one log record is always one line, whatever a spec or a process put
+    into the values it carries."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 def default_format(environ: Mapping[str, str], stderr: IO[str]) -> str:

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.environment import inheritable
-from reconciler.host.labels import automatic_labels
 
 DEFAULT_SPECS_DIR = "specs"  # relative to the working directory, like `./Makefile`
 REFUSE_DEFAULT_STATE_DIR = "RECONCILER_REFUSE_DEFAULT_STATE_DIR"
@@ -47,8 +46,7 @@ class Settings:
     revision: str | None = None
     # This host's labels for `placement` (host/labels.py: the labels file plus automatic
     # `hostname`, `os`, `arch`), read once so desired.py filters purely.
-    labels: tuple[tuple[str, str], ...] = field(
-        default_factory=lambda: tuple(sorted(automatic_labels().items())))
+    labels: tuple[tuple[str, str], ...] = field(default_factory=lambda: _automatic_labels())
     # Where the labels came from (read again by a running controller when it changes); None:
     # the automatic labels only, with no file to watch.
     labels_file: Path | None = None
@@ -122,6 +120,13 @@ def resolve(specs: str | Path | None = None, state_dir: str | Path | None = None
     return Settings(specs_dir=specs_dir_of(specs, env).absolute(),
                     state_dir=state_dir_of(state_dir, env).absolute(),
                     revision=revision_label_of(revision, env))
+
+
+def _automatic_labels() -> tuple[tuple[str, str], ...]:
+    # imported here: host/ is no part of what settings are, only of their defaults
+    from reconciler.host.labels import automatic_labels
+
+    return tuple(sorted(automatic_labels().items()))
 
 
 def _same_path(a: Path, b: Path) -> bool:

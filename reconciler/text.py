@@ -2,12 +2,13 @@
 
 Spec names, values, file names and command lines come from untrusted files. A newline in a
 name can forge a log line, an escape sequence can rewrite the operator's terminal. Every
-message built from such input goes through `printable` first.
+message built from such input goes through `printable` first (the daemon's log lines through
+`logformat.PrintableFormatter`, which lives there so that commands that log nothing, like
+`status`, never import `logging`).
 """
 
 from __future__ import annotations
 
-import logging
 import re
 
 # C0 controls (tab included: it misaligns tables), DEL, C1 controls, and the Unicode line and
@@ -27,13 +28,3 @@ def _escape(match: re.Match[str]) -> str:
 def printable(text: str) -> str:
     """`text` with every control character shown as a Python-style escape (`\\n`, `\\x1b`)."""
     return _CONTROL.sub(_escape, text)
-
-
-class PrintableFormatter(logging.Formatter):
-    """Escapes control characters in every log message (not in a traceback, whose line
-    breaks are ours): one log record is always one line, whatever a spec or a process put
-    into the values it carries."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = printable(record.message)
-        return super().formatMessage(record)

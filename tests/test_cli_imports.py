@@ -71,6 +71,13 @@ def test_a_command_help_loads_argparse_and_nothing_of_ours_beyond_the_parser() -
     assert not {"typing", "sqlite3", "shutil"} & modules
 
 
+# what `status` used to load and does not use: `stats`' and `top`'s code, `logging` (only the
+# daemon and a store that has a warning to give log), `platform` (os.uname gives the `os`
+# label), the duration parser (for `--settle`'s default), each a few ms of its start
+NOT_FOR_STATUS = ("reconciler.cli.resources", "reconciler.cli.top", "logging", "platform",
+                  "reconciler.spec.units", "reconciler.logformat")
+
+
 def test_status_of_running_jobs_loads_no_heavy_library(settings: Settings,
                                                       reconciler: Reconciler) -> None:
     write_sleeper(settings.specs_dir, "web")
@@ -82,6 +89,31 @@ def test_status_of_running_jobs_loads_no_heavy_library(settings: Settings,
         assert code == 0, argv
         assert heavy_in(modules) == [], argv
         assert "reconciler.plan" not in modules and "reconciler.daemon" not in modules
+        assert sorted(set(NOT_FOR_STATUS) & modules) == [], argv
+
+
+def test_stats_still_loads_what_status_leaves_out(settings: Settings,
+                                                  reconciler: Reconciler) -> None:
+    """The other side of the check above: the modules it forbids are the ones `stats`
+    imports where it runs, so their absence from `status` is not a probe that sees nothing."""
+    write_sleeper(settings.specs_dir, "web")
+    reconciler.converge(10.0)
+    code, modules = loaded("stats", "web", "--specs", str(settings.specs_dir),
+                           "--state-dir", str(settings.state_dir))
+    assert code == 0
+    assert "reconciler.cli.resources" in modules and "reconciler.cli.commands" in modules
+
+
+def test_settle_default_is_the_settings_default() -> None:
+    """`settings_from` skips parsing `--settle`'s default (so no command imports the
+    units parser for it): that is right only while both say the same."""
+    from dataclasses import fields
+
+    from reconciler.cli.args import DEFAULT_SETTLE
+    from reconciler.spec.units import parse_duration
+
+    default = next(f.default for f in fields(Settings) if f.name == "settle")
+    assert parse_duration(DEFAULT_SETTLE) == default
 
 
 @pytest.mark.parametrize("argv", [("validate",), ("schema",)])

@@ -464,3 +464,25 @@ def test_recent_samples_are_the_newest_per_job_of_the_newest_rounds(store: Store
     recent = store.recent_samples(per_job=2)
     assert {job: [s.at for s in kept] for job, kept in recent.items()} == {
         "a": [5.0, 4.0], "b": [5.0]}
+
+
+def test_records_that_became_named_tuples_keep_their_api() -> None:
+    """BlockedBy, JobSpec, SpecRecord, Enrollment and ControllerFacts are named tuples (a
+    tenth of a frozen dataclass's cost to build at import, issue 13): still immutable,
+    hashable, built by keyword with the same defaults, with the dataclass's repr, and
+    JobSpec's JSON keeps its keys in field order."""
+    import pytest
+
+    from reconciler.state.records import BlockedBy, ControllerFacts, JobSpec, SpecRecord
+
+    blocked = BlockedBy(resource=":8080", pid=None, cmd="nginx")
+    assert repr(blocked) == "BlockedBy(resource=':8080', pid=None, cmd='nginx')"
+    with pytest.raises(AttributeError):
+        blocked.pid = 1  # type: ignore[misc]  # the point: it is read-only
+    spec = JobSpec(argv=("sleep", "1"), tcp_ports=(80,))
+    assert list(spec.to_dict()) == ["argv", "pidfile", "sockets", "tcp_ports", "stop_signal",
+                                    "stop_timeout", "log_path", "health", "keep_logs",
+                                    "max_rss"]
+    assert JobSpec.from_dict(spec.to_dict()) == spec and hash(spec) == hash(JobSpec.from_dict(
+        spec.to_dict()))
+    assert ControllerFacts().labels == () and SpecRecord("a.yaml", None, None, "x").env_files == ()

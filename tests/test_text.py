@@ -1,6 +1,7 @@
 import logging
 
-from reconciler.text import PrintableFormatter, printable
+from reconciler.logformat import PrintableFormatter
+from reconciler.text import printable
 
 
 def test_control_characters_are_escaped() -> None:

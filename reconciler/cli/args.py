@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # what the flags mean is imported by the readers below: `--he
 # The commands whose passes place services by the labels (None: the daemon and --once): a
 # broken labels file stops them before any pass, and only them.
 PLACING_COMMANDS = (None, "diff", "resume")
+DEFAULT_SETTLE = "200ms"  # `--settle`'s default, the same as Settings.settle's (tested)
 MAX_SETTLE_SECONDS = 60.0  # longer would mean an edit is not applied for minutes
 DEFAULT_SAMPLE_SECONDS = 5.0  # = resources.DEFAULT_INTERVAL_SECONDS (kept out of --help)
 MIN_RESYNC_SECONDS = 1.0  # a safety net, not a poll: `--resync 1ms` busy-looped the daemon
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="converge once, print a table and exit (0 ok, 1 not converged, "
                              "2 invalid specs)")
     parser.add_argument("--wait", default="60s", help="with --once: how long to wait")
-    parser.add_argument("--settle", default="200ms",
+    parser.add_argument("--settle", default=DEFAULT_SETTLE,
                         help="read a changed spec file once it has been quiet this long "
                              "(a half-written file is never read; 0s to read at once)")
     parser.add_argument("--resync", default="30s",
@@ -279,7 +280,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     settings = replace(settings, labels=tuple(sorted(labels.items())),
                        labels_file=labels_file or DEFAULT_LABELS_FILE)
     settle = getattr(args, "settle", None)
-    if settle is None:
+    if settle is None or settle == DEFAULT_SETTLE:  # Settings' default: no units to import
         return settings
     seconds = duration(settle, "--settle")
     if seconds > MAX_SETTLE_SECONDS:

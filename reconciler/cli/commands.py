@@ -9,18 +9,12 @@ a read-only state dir and leave a fresh one absent. Commands that act (`--once`,
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import replace
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from reconciler import logpaths
-from reconciler.cli import render, resources
+from reconciler.cli import render
 from reconciler.cli.args import (
     METRICS_ADDR_ENV,
     MIN_TOP_INTERVAL,
@@ -41,15 +35,20 @@ from reconciler.text import printable
 
 # Each command imports what only it needs where it runs (issue 13): `status` must not pay for
 # the spec model (pydantic), the daemon (watchfiles, the scheduler), sqlite-utils or
-# prometheus_client; tests/test_cli_imports.py checks which modules each command loads.
+# prometheus_client, nor for what only other commands use (`stats`' `cli/resources`, the
+# daemon's `logging`); tests/test_cli_imports.py checks which modules each command loads.
+TYPE_CHECKING = False  # not `typing`'s: status need not import it for this
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Sequence
+
     from reconciler.controller import PassResult
     from reconciler.metrics import Metrics
     from reconciler.metrics_server import MetricsAddress, MetricsServer
     from reconciler.state.records import JobRecord
 
-log = logging.getLogger("reconciler")
-Command = Callable[[argparse.Namespace], int]
+if TYPE_CHECKING:
+    Command = Callable[[argparse.Namespace], int]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,6 +110,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_daemon(args: argparse.Namespace, settings: Settings, resync: float) -> int:
     """The controller as a service: its log format, systemd's notify socket and the metrics
     endpoint are settled (and a busy metrics port refused) before the first pass."""
+    import logging
+
     from reconciler import __version__, logformat
     from reconciler.controller import prepare_state_dir
     from reconciler.daemon import Daemon
@@ -125,6 +126,7 @@ def run_daemon(args: argparse.Namespace, settings: Settings, resync: float) -> i
         bind(settings, rebind_of(args), daemon=True)
         record_daemon(settings)
         logformat.configure(log_format, sys.stderr)
+        log = logging.getLogger("reconciler")
         metrics, serve = serve_metrics(address, healthy_within=2 * resync)
         notifier = Notifier.from_environ(os.environ, os.getpid())
         log.info("reconciler %s starting (pid %d): specs dir %s, state dir %s, resync %gs%s%s",
@@ -180,6 +182,8 @@ def write_metrics_textfile(path: str, result: PassResult, seconds: float) -> Non
     short-lived process's own `process_*`), replaced atomically (temp file and rename in
     the same directory), so node_exporter never reads half a file. The convergence counts
     as one pass."""
+    from pathlib import Path
+
     from reconciler.metrics import Metrics, seen_of
 
     metrics = Metrics(process=False)
@@ -279,6 +283,8 @@ def set_suspended(args: argparse.Namespace, *, suspend: bool) -> int:
     """Suspend or resume a service the specs name or the state dir has jobs of (or, to
     resume, one still suspended after its spec and jobs are gone). A resume runs one pass at
     once, so the service heals (or, removed from the specs meanwhile, is pruned) now."""
+    from dataclasses import replace
+
     from reconciler.controller import Reconciler
     from reconciler.spec.load import load_specs
 
@@ -452,6 +458,8 @@ MAX_ANOMALY_EVENTS = 50  # anomaly events `stats` shows: the newest
 def cmd_stats(args: argparse.Namespace) -> int:
     """A job's history in the sample window. A name the state dir never knew is an error,
     like `logs`; a known one without samples (no daemon samples it yet) is not."""
+    from reconciler.cli import resources  # what stats and top show: only they load it
+
     settings = settings_from(args)
     service, action = parse_target(args.target)
     since = time.time() - duration(args.since, "--since")

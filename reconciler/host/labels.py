@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import errno
 import os
-import platform
 import re
 import stat
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from reconciler.files import FileVersion, file_version
 from reconciler.text import printable
 
-if TYPE_CHECKING:  # yaml and the spec model are imported by read_labels: every command
-    from yaml.nodes import Node  # settles its labels, and most have no labels file to read
+# Every command settles its labels and most have no labels file to read, so what only
+# reading one needs (yaml, the spec model) is imported by read_labels, and `typing` (a few
+# ms of `reconcile status`) not at all.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from yaml.nodes import Node
 
 DEFAULT_LABELS_FILE = Path("/etc/reconciler/labels.yaml")
 LABELS_ENV = "RECONCILER_LABELS"
@@ -40,10 +43,10 @@ class LabelsError(Exception):
 
 
 def automatic_labels() -> dict[str, str]:
-    """`hostname` (the node name), `os` (`linux`) and `arch` (`x86_64`, `aarch64`)."""
+    """`hostname` (the node name), `os` (`linux`) and `arch` (`x86_64`, `aarch64`). From
+    os.uname(), as platform.system() reads it (without importing platform)."""
     uname = os.uname()
-    return {"hostname": uname.nodename, "os": platform.system().lower(),
-            "arch": uname.machine}
+    return {"hostname": uname.nodename, "os": uname.sysname.lower(), "arch": uname.machine}
 
 
 def labels_file_of(flag: str | None, env: Mapping[str, str] = os.environ) -> Path | None:

@@ -16,7 +16,6 @@ would stop every pass.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,7 +25,14 @@ from reconciler.files import PRIVATE_FILE, make_private_dirs, write_atomic
 from reconciler.identity import Identity
 from reconciler.state.records import Enrollment
 
-log = logging.getLogger(__name__)
+
+def _warn(message: str, *args: object) -> None:
+    """A warning in this module's log. `logging` is imported only when there is one: the
+    read-only commands (`status`) log nothing and need not load it (issue 13)."""
+    import logging
+
+    logging.getLogger(__name__).warning(message, *args)
+
 
 SUFFIX = ".enroll.json"
 FORMAT = 1
@@ -61,7 +67,7 @@ def read_enrollments(run_dir: Path) -> dict[str, Enrollment]:
     except FileNotFoundError:
         return {}
     except OSError as err:
-        log.warning("cannot list enrollments in %s: %s", run_dir, err)
+        _warn("cannot list enrollments in %s: %s", run_dir, err)
         return {}
     found: dict[str, Enrollment] = {}
     for name in names:
@@ -172,11 +178,11 @@ def _read_one(path: Path) -> Enrollment | None:
         with os.fdopen(fd, "rb") as handle:
             enrollment = _from_json(json.loads(handle.read()))
     except (OSError, ValueError, KeyError, TypeError) as err:
-        log.warning("skipping unreadable enrollment %s: %s", path, err)
+        _warn("skipping unreadable enrollment %s: %s", path, err)
         return None
     if path.name != enrollment_file_name(enrollment.job_id):
         # unenroll() could never remove it, and it may describe another job: distrust it
-        log.warning("skipping enrollment %s: it names job %s", path, enrollment.job_id)
+        _warn("skipping enrollment %s: it names job %s", path, enrollment.job_id)
         return None
     return enrollment
 

@@ -2,13 +2,20 @@
 
 These are what `plan` reads (together with the spec and the host snapshot) and what
 `execute` writes back. They live in SQLite (see `store.py`), but nothing here knows that.
+
+Immutable either way: frozen dataclasses where code relies on what only a dataclass has
+(`dataclasses.replace` of a `JobRecord` or an `Event`, `fields(JobRecord)` for the store's
+columns, `asdict` of an `Anomaly`), named tuples for the rest. Every process that reads the
+state builds these classes at import, and a frozen dataclass costs 0.5–2 ms to build (its
+methods are generated and compiled), a named tuple a tenth of that (`reconcile status`,
+issue 13; figures in docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 
 from reconciler.identity import Identity
@@ -30,8 +37,7 @@ FailureClass = Literal[
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class BlockedBy:
+class BlockedBy(NamedTuple):
     """A foreign process holding one of our declared resources."""
 
     resource: str  # "/run/web/api.sock" or ":8080"
@@ -42,8 +48,7 @@ class BlockedBy:
         return {"pid": self.pid, "cmd": self.cmd, "resource": self.resource}
 
 
-@dataclass(frozen=True, slots=True)
-class JobSpec:
+class JobSpec(NamedTuple):
     """What a job must remember of its action to be stopped and cleaned up correctly after
     its service vanished from the specs dir (and by a controller that never saw the spec).
 
@@ -74,7 +79,7 @@ class JobSpec:
             return int(signal.SIGTERM)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+        return {name: _jsonable(getattr(self, name)) for name in self._fields}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> JobSpec:
@@ -248,8 +253,7 @@ class Anomaly:
 EnvFiles = tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # (path, ((key, value), ...))
 
 
-@dataclass(frozen=True, slots=True)
-class SpecRecord:
+class SpecRecord(NamedTuple):
     """The last version of a spec file that parsed and validated, and the current error."""
 
     file: str
@@ -263,8 +267,7 @@ class SpecRecord:
     env_files: EnvFiles = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Enrollment:
+class Enrollment(NamedTuple):
     """Proof, written atomically at spawn, that a process is ours.
 
     It survives the controller's own crash between spawning and recording in SQLite, so a
@@ -280,8 +283,7 @@ class Enrollment:
     enrolled_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class ControllerFacts:
+class ControllerFacts(NamedTuple):
     """What `reconcile info` and the `status` header say about the controller itself: its
     last pass, the revision it saw and the one it applied, and the daemon that runs it."""
 

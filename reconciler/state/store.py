@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import sqlite3
 import time
@@ -48,7 +47,14 @@ if TYPE_CHECKING:  # sqlite-utils is imported where a writer needs it (see _Lazy
     from sqlite_utils import Database, Migrations
     from sqlite_utils.db import Table
 
-log = logging.getLogger(__name__)
+
+def _warn(message: str, *args: object) -> None:
+    """A warning in this module's log. `logging` is imported only when there is one: the
+    read-only commands (`status`) log nothing and need not load it (issue 13)."""
+    import logging
+
+    logging.getLogger(__name__).warning(message, *args)
+
 
 BUSY_TIMEOUT_MS = 5000
 _DAMAGE_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB (primary codes)
@@ -360,7 +366,7 @@ def _blocked_by_from_json(raw: Any, job_id: Any) -> tuple[BlockedBy, ...]:
         return tuple(BlockedBy(resource=str(item["resource"]), pid=item.get("pid"),
                                cmd=str(item.get("cmd", ""))) for item in items)
     except (TypeError, ValueError, KeyError, AttributeError):
-        log.warning("job %s: unreadable blocked_by %r, treated as empty", job_id, raw)
+        _warn("job %s: unreadable blocked_by %r, treated as empty", job_id, raw)
         return ()
 
 
@@ -378,7 +384,7 @@ def _dict_from_json(raw: Any, what: str, owner: Any) -> dict[str, Any]:
     except (TypeError, ValueError):
         value = None
     if not isinstance(value, dict):
-        log.warning("%s of %s: unreadable JSON %r, treated as empty", what, owner, raw)
+        _warn("%s of %s: unreadable JSON %r, treated as empty", what, owner, raw)
         return {}
     return value
 
@@ -418,7 +424,7 @@ def _env_files_from_json(raw: Any, file: str) -> EnvFiles:
         return tuple((str(path), tuple((str(k), str(v)) for k, v in values))
                      for path, values in json.loads(raw))
     except (TypeError, ValueError):
-        log.warning("spec record %s: unreadable env_files %r, treated as none", file, raw)
+        _warn("spec record %s: unreadable env_files %r, treated as none", file, raw)
         return ()
 
 
@@ -464,7 +470,7 @@ def _restrict_modes(path: Path) -> None:
         try:
             os.chmod(candidate, PRIVATE_FILE)
         except PermissionError:
-            log.warning("cannot chmod %s to 0600 (owned by another user?)", candidate)
+            _warn("cannot chmod %s to 0600 (owned by another user?)", candidate)
 
 
 def _connect(path: Path) -> Database:
