@@ -45,7 +45,10 @@ from reconciler.text import printable
 
 log = logging.getLogger(__name__)
 
-_SPAWN_WORKERS = 4  # starts in flight at once (see Executor._spawn_all)
+# Starts in flight at once (see Executor._spawn_all). A start mostly waits (vfork until the
+# child has exec'ed, the disk for four new inodes), so on 2 cores 8 overlap better than 4
+# (docs/benchmarks.md, Findings); the threads exist only while a batch runs.
+_SPAWN_WORKERS = 8
 
 
 @dataclass
