@@ -446,7 +446,7 @@ class Reconciler:
 
     def _execute(self, planned: Plan) -> Outcome:
         outcome = self.executor.run(planned.steps)
-        self.enrollments.refresh(outcome.jobs)  # their enrollments were written or removed
+        self.enrollments.refresh(outcome.enrollments)  # written or removed by the steps
         return outcome
 
     def converge(self, wait: float) -> PassResult:

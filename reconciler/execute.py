@@ -45,7 +45,10 @@ from reconciler.text import printable
 
 log = logging.getLogger(__name__)
 
-_SPAWN_WORKERS = 4  # starts in flight at once (see Executor._spawn_all)
+# Starts in flight at once (see Executor._spawn_all). A start mostly waits (vfork until the
+# child has exec'ed, the disk for four new inodes), so on 2 cores 8 overlap better than 4
+# (docs/benchmarks.md, Findings); the threads exist only while a batch runs.
+_SPAWN_WORKERS = 8
 
 
 @dataclass
@@ -54,6 +57,9 @@ class Outcome:
 
     jobs: dict[str, JobRecord] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    # the jobs whose enrollment file these steps wrote or removed (or tried to): only those
+    # need reading again (most steps of a pass, e.g. marking a job ready, touch none)
+    enrollments: set[str] = field(default_factory=set)
 
     def job(self, job: JobRecord, kind: str, reason: str, **detail: object) -> None:
         """A job's new record, and the event that says why."""
@@ -79,10 +85,12 @@ class Executor:
         self.children = children
         self.clock = clock
         self._members: dict[str, tuple[ProcInfo, ...]] = {}  # of the jobs this batch stops
+        self._enrollments: set[str] = set()  # see Outcome.enrollments
 
     def run(self, steps: Sequence[Step]) -> Outcome:
         outcome = Outcome()
         self._members = self._members_of_killed_jobs(steps)
+        self._enrollments = outcome.enrollments  # filled by _enroll/_unenroll, also on threads
         for batch in _batches(steps):
             if isinstance(batch, tuple):
                 self._spawn_all(batch, outcome)
@@ -147,7 +155,7 @@ class Executor:
 
     def _update_job(self, step: UpdateJob, out: Outcome) -> None:
         if step.job.identity is None:
-            enrollment.unenroll(self.run_dir, step.job.id)  # its process is gone for good
+            self._unenroll(step.job.id)  # its process is gone for good
         if step.pidfile is not None:
             pidfile.remove_pidfile(*step.pidfile)
         out.job(replace(step.job, updated_at=self.clock()), step.kind, step.reason)
@@ -180,7 +188,7 @@ class Executor:
             # proof of ownership for the process the job now runs as, so that a restarted
             # controller adopts it instead of starting a second instance
             old = enrollment.read_enrollment(self.run_dir, job.id)
-            enrollment.enroll(self.run_dir, Enrollment(
+            self._enroll(Enrollment(
                 job_id=job.id, service=job.service, action=job.action,
                 generation=job.generation, identity=job.identity,
                 cmdline=old.cmdline if old else job.spec.argv,
@@ -201,7 +209,7 @@ class Executor:
 
         def enroll(identity: Identity) -> None:
             """Proof of ownership, on disk before the command runs (see host/spawn.py)."""
-            enrollment.enroll(self.run_dir, Enrollment(
+            self._enroll(Enrollment(
                 job_id=step.job.id, service=action.service, action=action.name,
                 generation=action.generation, identity=identity, cmdline=action.argv,
                 enrolled_at=now))
@@ -215,15 +223,23 @@ class Executor:
                                             rlimits=action.rlimits)
         except (SpawnError, pidfile.PidfileRefused) as err:
             if isinstance(err, pidfile.PidfileRefused):
-                enrollment.unenroll(self.run_dir, step.job.id)
+                self._unenroll(step.job.id)
             return now, err
         except OSError as err:  # e.g. the pidfile cannot be written: the command never ran
-            enrollment.unenroll(self.run_dir, step.job.id)
+            self._unenroll(step.job.id)
             return now, SpawnError(f"{action.pidfile or log_path}: {err.strerror or err}")
         except Exception as err:  # a bug must cost this job a retry, not every job a pass
             log.exception("starting %s.%s failed", action.service, action.name)
-            enrollment.unenroll(self.run_dir, step.job.id)
+            self._unenroll(step.job.id)
             return now, SpawnError(f"internal error: {type(err).__name__}: {err}")
+
+    def _enroll(self, record: Enrollment) -> None:
+        self._enrollments.add(record.job_id)  # first: a failed write is read back too
+        enrollment.enroll(self.run_dir, record)
+
+    def _unenroll(self, job_id: str) -> None:
+        self._enrollments.add(job_id)
+        enrollment.unenroll(self.run_dir, job_id)
 
     def _record_start(self, step: Spawn, now: float,
                       result: Identity | SpawnError | PidfileRefused, out: Outcome) -> None:

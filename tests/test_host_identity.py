@@ -9,6 +9,7 @@ import sys
 from reconciler.host import procfs
 from reconciler.host.identity import identity_of, proc_info
 from reconciler.identity import Identity
+from reconciler.observed import ProcInfo
 from tests.conftest import Foreign
 from tests.helpers import wait_for
 
@@ -31,7 +32,13 @@ def test_own_proc_info() -> None:
 
 def test_child_identity_differs_and_has_its_own_session(foreign: Foreign) -> None:
     proc = foreign.start([sys.executable, "-c", "import time; time.sleep(600)"])
-    info = wait_for(lambda: proc_info(proc.pid), message="child visible")
+    # Popen returns (vfork) while the child's exec still places its arguments: its command
+    # line reads empty until then
+    def with_cmdline() -> ProcInfo | None:
+        info = proc_info(proc.pid)
+        return info if info is not None and info.cmdline else None
+
+    info = wait_for(with_cmdline, message="child visible with its command line")
     assert info.identity != identity_of(os.getpid())
     assert info.identity.starttime_ticks >= identity_of(os.getpid()).starttime_ticks  # type: ignore[union-attr]
     assert info.session == proc.pid and info.pgrp == proc.pid

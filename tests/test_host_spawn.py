@@ -240,7 +240,8 @@ def test_a_string_command_whose_program_is_missing_fails_like_the_list_form(
     """`cmd: "prog args"` runs as /bin/sh -c; a missing `prog` is a spawn error, as for
     `cmd: [prog, args]`, not a shell that exits 127 again and again."""
     for script in ("no-such-command-xyz --port=8080", "  no-such-command-xyz",
-                   "'no-such-command-xyz' 'an arg'", "./missing arg"):
+                   "'no-such-command-xyz' 'an arg'", "./missing arg",
+                   "\texecutable-xyz\targ"):
         with pytest.raises(SpawnError, match="command not found"):
             spawn(children, tmp_path, ["/bin/sh", "-c", script])
     assert children.pids() == frozenset()

@@ -158,7 +158,10 @@ def test_the_spec_nofile_wins_over_the_open_file_limit_the_gate_gives_back(
     gate_args: list[list[str]] = []
 
     def look(identity: Identity) -> None:
-        raw = Path(f"/proc/{identity.pid}/cmdline").read_bytes()
+        # the spawner resumes (vfork) while the child's exec is still placing its arguments:
+        # the command line reads empty until then
+        raw = wait_for(Path(f"/proc/{identity.pid}/cmdline").read_bytes,
+                       message="the gate's command line")
         gate_args.append(raw.decode().split("\0")[3:5])
 
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from reconciler import cli
 from reconciler.controller import Reconciler
 from reconciler.host.identity import identity_of
 from reconciler.host.spawn import Children
+from reconciler.plan import UpdateJob
 from reconciler.settings import Settings
 from reconciler.state.enrollment import enroll
 from reconciler.state.lock import StateLock
@@ -587,6 +589,21 @@ def test_many_starts_in_one_pass_are_each_recorded_in_plan_order(
         assert (settings.run_dir / f"{name}.main.pid").read_text() == f"{row['pid']}\n"
         assert (settings.logs_dir / name / "main.log").is_file()
     assert len(reconciler.enrollments.current()) == len(names) - 1
+
+
+def test_only_the_enrollments_a_step_wrote_or_removed_are_read_again(
+        settings: Settings, reconciler: Reconciler) -> None:
+    """After its steps a pass reads back the enrollment files they touched; marking a job
+    ready touches none (at a thousand jobs that was a thousand reads per pass), while
+    forgetting a stopped job's process removes its file, which is then read again."""
+    write_sleeper(settings.specs_dir, "a")
+    [started] = reconciler.reconcile().jobs
+    assert started.identity is not None
+    ready = reconciler.executor.run([UpdateJob(replace(started, ready=True), "ready", "ready")])
+    assert ready.enrollments == set()
+    gone = reconciler.executor.run([UpdateJob(started.with_identity(None), "stopped", "x")])
+    assert gone.enrollments == {started.id}
+    assert not (settings.run_dir / f"{started.id}.enroll.json").exists()
 
 
 def _printer(settings: Settings, word: str) -> None:

@@ -112,6 +112,7 @@ _SHELL_WORDS = frozenset((
 # the first word: then the string is left to the shell, as it always was.
 _SHELL_SYNTAX = frozenset("|&;<>()$`\\\n")
 _NOT_PLAIN = frozenset("=*?[~#{!")  # in the first word: an assignment, a glob, a comment...
+_SHLEX_BLANKS = " \t\r\n"  # what shlex splits on
 
 
 def _shell_program(argv: Sequence[str]) -> str | None:
@@ -122,6 +123,8 @@ def _shell_program(argv: Sequence[str]) -> str | None:
     script = argv[2]
     if any(char in _SHELL_SYNTAX for char in script):
         return None
+    if _first_word(script) in _SHELL_WORDS:  # `exec prog ...`: no need to tokenize it all
+        return None
     try:
         words = shlex.split(script)
     except ValueError:  # unbalanced quotes: the shell reports that itself
@@ -129,6 +132,13 @@ def _shell_program(argv: Sequence[str]) -> str | None:
     if not words or words[0] in _SHELL_WORDS or any(c in _NOT_PLAIN for c in words[0]):
         return None
     return words[0]
+
+
+def _first_word(script: str) -> str:
+    """The first word as shlex splits it when it is unquoted (shlex's whitespace only)."""
+    words = script.lstrip(_SHLEX_BLANKS)
+    end = next((i for i, char in enumerate(words) if char in _SHLEX_BLANKS), len(words))
+    return words[:end]
 
 
 def _spawn_error(err: OSError, argv: Sequence[str], cwd: str | None) -> SpawnError:
@@ -238,18 +248,21 @@ class Children:
         return identity
 
     def _register(self, popen: subprocess.Popen[bytes]) -> Identity:
-        """Read the identity now: the child cannot be reaped before we poll it, so its
-        /proc entry exists even if it already exited (a zombie's stat still has its start
-        time)."""
+        """Open the child's pidfd, then read its identity: one /proc read per spawn, and the
+        identity is read after the pidfd exists, which is what makes a pidfd trustworthy.
+        Our unreaped child's pid cannot be recycled meanwhile, and its /proc entry exists
+        even if it already exited (a zombie's stat still has its start time)."""
+        try:
+            pidfd = self._pidfds.open(popen.pid)
+        except NoPidfd:
+            pidfd = None
         stat = procfs.read_stat(popen.pid)
         if stat is None:  # someone else reaped it (SIGCHLD ignored?): we cannot track it
+            if pidfd is not None:
+                os.close(pidfd)
             popen.poll()
             raise SpawnError(f"{popen.args!r} exited and was reaped before it could be tracked")
         identity = Identity(procfs.read_boot_id(), popen.pid, stat.starttime)
-        try:  # our unreaped child: its pid cannot be recycled, and a zombie is still it
-            pidfd = self._pidfds.open_verified(identity, zombie_ok=True)
-        except NoPidfd:
-            pidfd = None
         with self._lock:
             self._children[popen.pid] = _Child(popen, identity, pidfd)
             if pidfd is None:
