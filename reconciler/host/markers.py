@@ -43,13 +43,15 @@ Candidate = tuple[int, int, str | None]  # pid, session, the wanted job id (None
 
 class HostMarkers:
     """Sessions and job ids of the processes on the host, by pid, for one controller.
-    `reads`: environments read by the last sweep (a host that did not change reads none
-    but those of the candidates)."""
+    `reads`: environments read by the last sweep; `new`: processes it saw first. A process
+    seen before costs a read only as a candidate (or when a running job it was skipped
+    for is no longer running)."""
 
     def __init__(self) -> None:
         self._listing: dict[str, int] = {}  # /proc's entries as last listed: name -> inode
         self._facts: dict[int, tuple[int, str | None]] = {}  # pid -> session, job id
         self.reads = 0
+        self.new = 0
 
     def forget(self) -> None:
         self._listing, self._facts = {}, {}
@@ -94,9 +96,11 @@ class HostMarkers:
         for name in self._listing.keys() - listing.keys():  # gone
             if name.isascii() and name.isdigit():
                 facts.pop(int(name), None)
+        self.new = 0
         for name, _ in listing.items() - self._listing.items():  # new, or a recycled pid
             if name.isascii() and name.isdigit():
                 facts[int(name)] = (_getsid(int(name)), UNREAD)
+                self.new += 1
         self._listing = listing
 
     def snapshot(self, pid: int, job_id: str) -> tuple[procfs.Stat, tuple[str, ...]] | None:
