@@ -48,7 +48,7 @@ class HostMarkers:
     for is no longer running)."""
 
     def __init__(self) -> None:
-        self._listing: dict[str, int] = {}  # /proc's entries as last listed: name -> inode
+        self._listing: dict[int, str] = {}  # /proc's entries as last listed: inode -> name
         self._facts: dict[int, tuple[int, str | None]] = {}  # pid -> session, job id
         self.reads = 0
         self.new = 0
@@ -88,16 +88,19 @@ class HostMarkers:
 
     def _relist(self) -> None:
         """List /proc, and learn the session of every process not seen before. The
-        listing is compared with the last one as whole dicts (set operations on their
-        items run in C): the kernel's readdir is then most of a sweep's cost."""
+        listing is keyed by inode (each new process has its own) and compared with the
+        last one as key sets, which runs in C: the kernel's readdir is then most of a
+        sweep's cost."""
         with os.scandir(procfs.PROC) as entries:
-            listing = {entry.name: entry.inode() for entry in entries}
-        facts = self._facts
-        for name in self._listing.keys() - listing.keys():  # gone
+            listing = {entry.inode(): entry.name for entry in entries}
+        facts, last = self._facts, self._listing
+        for inode in last.keys() - listing.keys():  # gone (a recycled pid: its old inode)
+            name = last[inode]
             if name.isascii() and name.isdigit():
                 facts.pop(int(name), None)
         self.new = 0
-        for name, _ in listing.items() - self._listing.items():  # new, or a recycled pid
+        for inode in listing.keys() - last.keys():  # new, also on a recycled pid
+            name = listing[inode]
             if name.isascii() and name.isdigit():
                 facts[int(name)] = (_getsid(int(name)), UNREAD)
                 self.new += 1
