@@ -16,7 +16,9 @@ Why a remembered answer stays true while the process lives:
 * Its session: a process cannot join a session that exists; setsid() only makes a new one
   named by the caller's pid, and the kernel does not reuse a pid while it names a session.
   So a process seen in session S is now in S or in the session named by its own pid. Its
-  session is asked again (getsid) only where either may be a session the sweep looks into.
+  session is asked again (getsid) only where S is one the sweep looks into: a session named
+  by its own pid is looked into only if it is a job's live main process (a recycled pid's
+  old session is refused by `procs.session_still_ours`), never listed as a member.
 * Its job id: the marker sits in the initial environment, which changes only by exec. A
   process that execs with another environment escapes by design (members.py); one that was
   seen without a wanted job id and later execs WITH one is not found either, as a forgery
