@@ -21,6 +21,7 @@ from reconciler.execute import Executor, Outcome
 from reconciler.host.gitrev import NO_REVISION, UNKNOWN, Revision, RevisionReader
 from reconciler.host.labels import LabelsReader
 from reconciler.host.limits import raise_fd_limit
+from reconciler.host.markers import HostMarkers
 from reconciler.host.members import job_processes
 from reconciler.host.observe import observe
 from reconciler.host.proccache import ProcCache
@@ -159,10 +160,11 @@ class Reconciler:
         self._pruned_samples_at = -math.inf  # ... and of the last pruning of old samples
         self.clock = clock
         self.children = Children()
+        self.markers = HostMarkers()  # what the crash sweeps found the host's processes to be
         raise_fd_limit()
         prepare_state_dir(settings, rebind=rebind)
         self.store = Store.open(settings.db_path)
-        self.executor = Executor(settings.run_dir, self.children, clock)
+        self.executor = Executor(settings.run_dir, self.children, clock, markers=self.markers)
         self.lock = StateLock(settings.lock_path)
         self.enrollments = Enrollments(settings.run_dir)
         self.resolved_cache: ResolvedCache = {}
@@ -234,6 +236,7 @@ class Reconciler:
         self._last = None
         self.procs.close()
         self.procs = ProcCache()
+        self.markers.forget()
         self.revisions = RevisionReader()
         if self.labels is not None:
             self.labels.forget()
@@ -391,7 +394,7 @@ class Reconciler:
             children=children, procs=self.procs if children is not None else None,
             health=health, over_limit=over_limit, allow_empty=self.allow_empty,
             cache=self.resolved_cache, suspended=suspended, desired=desired, scope=scope,
-            held=self._held_exits)
+            held=self._held_exits, markers=self.markers)
         planned = self._carry_requeue(planned, scope, now)
         return _Draft(loaded, spec_records, desired, records, planned, suspended, scope,
                       reuse is None)
@@ -421,7 +424,7 @@ class Reconciler:
         with self._locked():
             records, enrollments = self._records()
             observed = observe_for(Desired(actions=()), records, enrollments, self.children,
-                                   self.procs, held=self._held_exits)
+                                   self.procs, held=self._held_exits, markers=self.markers)
             planned = planner(observed, records, self.clock())
             # an operator's command loads no specs: its events carry the last pass's revision
             self._save(self._execute(planned), [], None, self.store.controller_facts().revision)
@@ -520,7 +523,8 @@ def plan_for(settings: Settings, loaded: LoadResult, jobs: list[JobRecord],
              cache: ResolvedCache | None = None,
              suspended: frozenset[str] = frozenset(), desired: Desired | None = None,
              scope: frozenset[str] | None = None,
-             held: dict[int, Exit] | None = None) -> tuple[Desired, list[JobRecord], Plan]:
+             held: dict[int, Exit] | None = None,
+             markers: HostMarkers | None = None) -> tuple[Desired, list[JobRecord], Plan]:
     """Resolve, observe, plan: the one sequence a pass and `diff` (`preview.py`, on a
     read-only store) share, so `diff` shows exactly what a pass would do. Returns the desired
     state, the job records planned against (with any rebuilt from enrollments) and the plan.
@@ -530,7 +534,7 @@ def plan_for(settings: Settings, loaded: LoadResult, jobs: list[JobRecord],
         desired = build_desired(loaded, settings, cache)
     records = with_unrecorded_enrollments(jobs, enrollments, now)
     observed = observe_for(desired, records, enrollments, children, procs, scope=scope,
-                           held=held)
+                           held=held, markers=markers)
     observed = with_health(observed, health)
     if over_limit:
         observed = replace(observed, over_limit=dict(over_limit))
@@ -617,7 +621,8 @@ def _reach(start: Iterable[str], edges: Mapping[str, set[str]]) -> frozenset[str
 def observe_for(desired: Desired, records: list[JobRecord], enrollments: dict[str, Enrollment],
                 children: Children | None, cache: ProcCache | None = None, *,
                 scope: frozenset[str] | None = None,
-                held: dict[int, Exit] | None = None) -> Observed:
+                held: dict[int, Exit] | None = None,
+                markers: HostMarkers | None = None) -> Observed:
     """Observe what this pass needs, cheapest first.
 
     Liveness of our jobs comes first; pidfiles, declared sockets and ports are inspected
@@ -629,17 +634,19 @@ def observe_for(desired: Desired, records: list[JobRecord], enrollments: dict[st
     port: then its holder may be any job's process, and everything is observed as for a full
     pass. A pidfile's process is judged against the records and the stops in progress only.
     `held` keeps the exit codes of children reaped here whose jobs this pass does not plan,
-    for the pass that does (an exit code can be collected only once).
+    for the pass that does (an exit code can be collected only once). `markers`: what the
+    crash sweeps of earlier passes learnt about the host's processes (host/markers.py).
     """
     exits = held if held is not None else {}
     if scope is not None:
-        keyed = _observe_keyed(desired, records, enrollments, children, cache, scope, exits)
+        keyed = _observe_keyed(desired, records, enrollments, children, cache, scope, exits,
+                               markers)
         if keyed is not None:
             return keyed
     first = observe(pids=_pids_of(records, enrollments), children=children, cache=cache)
     first = replace(first, exits={**exits, **first.exits})
     exits.clear()  # every job is planned: every exit is seen
-    first = replace(first, members=members_to_sweep(records, first))
+    first = replace(first, members=members_to_sweep(records, first, markers=markers))
     return _with_resources(first, desired.actions, records, enrollments)
 
 
@@ -650,7 +657,7 @@ def _pids_of(records: Iterable[JobRecord], enrollments: Mapping[str, Enrollment]
 def _observe_keyed(desired: Desired, records: list[JobRecord],
                    enrollments: dict[str, Enrollment], children: Children | None,
                    cache: ProcCache | None, scope: frozenset[str],
-                   held: dict[int, Exit]) -> Observed | None:
+                   held: dict[int, Exit], markers: HostMarkers | None) -> Observed | None:
     """The keyed half of `observe_for`: None when the full observation is needed."""
     mine = [r for r in records if r.service in scope]
     # stops in progress elsewhere: their processes are not conflicts (plan's `being_stopped`)
@@ -671,7 +678,7 @@ def _observe_keyed(desired: Desired, records: list[JobRecord],
     # other jobs' sessions hold none of these jobs' processes (a session cannot be joined):
     # those known alive are skipped by the sweep without reading their environments
     others = {info.session for info in cache.known().values()} if cache is not None else set()
-    first = replace(first, members=members_to_sweep(looked, first, others))
+    first = replace(first, members=members_to_sweep(looked, first, others, markers=markers))
     pidfiles = [a.pidfile for a in starting if a.pidfile]
     if not pidfiles:
         return first
@@ -697,13 +704,15 @@ def _with_resources(first: Observed, actions: Iterable[DesiredAction],
 
 
 def members_to_sweep(records: list[JobRecord], observed: Observed,
-                     other_sessions: Iterable[int] = ()) -> dict[str, tuple[ProcInfo, ...]]:
+                     other_sessions: Iterable[int] = (), *,
+                     markers: HostMarkers | None = None) -> dict[str, tuple[ProcInfo, ...]]:
     """What is left of jobs whose main process exited, and of jobs being stopped: plan
     follows a daemonized survivor, stops the leftovers of a crash, and finishes a stop only
     once nothing of the job runs. Processes carrying the job id outside its session are
     looked for only where they can matter (a stop, or an exit: a daemon forking into the
     background, or a crash that left a setsid() child), because that reads every process's
-    environment. `other_sessions`: sessions of running jobs not in `records` (a keyed pass)."""
+    environment (of the processes `markers` has not seen before, when given).
+    `other_sessions`: sessions of running jobs not in `records` (a keyed pass)."""
     leaders: dict[str, Identity] = {}
     running_sessions: set[int] = set(other_sessions)
     for job in records:
@@ -718,7 +727,8 @@ def members_to_sweep(records: list[JobRecord], observed: Observed,
     # every exit (a daemon forking away exits 0, a crash may leave a setsid() child, a
     # one-shot a helper) and every stop: look for the job id outside the session too
     return job_processes(leaders, by_environ=leaders,
-                         other_sessions=running_sessions - {i.pid for i in leaders.values()})
+                         other_sessions=running_sessions - {i.pid for i in leaders.values()},
+                         markers=markers)
 
 
 def with_health(observed: Observed, health: HealthResults | None) -> Observed:

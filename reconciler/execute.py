@@ -23,6 +23,7 @@ from typing import assert_never
 from reconciler import logs
 from reconciler.backoff import retry_delay
 from reconciler.host import pidfile, procs, sockets
+from reconciler.host.markers import HostMarkers
 from reconciler.host.members import job_processes
 from reconciler.host.pidfile import PidfileRefused
 from reconciler.host.spawn import Children, SpawnError
@@ -80,8 +81,10 @@ class Executor:
     """Carries out steps. Owns nothing but the handle on our children and the run dir."""
 
     def __init__(self, run_dir: Path, children: Children,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 markers: HostMarkers | None = None) -> None:
         self.run_dir = run_dir
+        self.markers = markers if markers is not None else HostMarkers()
         self.children = children
         self.clock = clock
         self._members: dict[str, tuple[ProcInfo, ...]] = {}  # of the jobs this batch stops
@@ -128,15 +131,14 @@ class Executor:
         else:
             out.event("error", detail["error"], self.clock(), **detail)
 
-    @staticmethod
-    def _members_of_killed_jobs(steps: Sequence[Step]) -> dict[str, tuple[ProcInfo, ...]]:
+    def _members_of_killed_jobs(self, steps: Sequence[Step]) -> dict[str, tuple[ProcInfo, ...]]:
         """Every process carrying the id of a job this batch signals, found in one walk over
         /proc for all of them (a daemonized child left the job's session, not its job)."""
         leaders = {s.job.id: s.target for s in steps
                    if isinstance(s, Kill) and s.scope == "session" and s.job is not None}
         if not leaders:
             return {}
-        return job_processes(leaders, by_environ=leaders)
+        return job_processes(leaders, by_environ=leaders, markers=self.markers)
 
     def _spawn_all(self, steps: Sequence[Spawn], out: Outcome) -> None:
         """Start several jobs at once, recording them in plan order.

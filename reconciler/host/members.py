@@ -12,41 +12,28 @@ must still verify the identity (pidfd) before it signals anything, and should on
 signal members of a job it owns. Only the initial environment is visible (what the process
 was exec'd with), which is exactly what children inherit at fork.
 
-Cost: one open + one read per process for the scan, and a full snapshot (stat, cmdline,
-environ through one /proc dir fd) only for the few that match. Processes of other users are
-unreadable as non-root (EACCES at open): they are skipped, and cannot be our members unless
-a job changed its uid, which we never do.
+Cost: one directory entry per process for the walk, one open + one read per process not
+seen before (host/markers.py remembers the rest while they live), and a full snapshot
+(stat, cmdline, environ through one /proc dir fd) only for the few that match. Processes of
+other users are unreadable as non-root (EACCES at open): they are skipped, and cannot be our
+members unless a job changed its uid, which we never do.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection, Iterable, Mapping
 
 from reconciler.host import procfs
 from reconciler.host.identity import proc_info
+from reconciler.host.markers import HostMarkers
 from reconciler.host.procs import self_and_ancestors, session_still_ours
-from reconciler.host.spawn import JOB_ID_VAR
 from reconciler.identity import Identity
 from reconciler.observed import ProcInfo
 
 
-def _member(pid: int, job_id: str) -> ProcInfo | None:
-    """The process again, read as one snapshot through one dir fd: the pid may have been
-    recycled since the filter read its environ, and then the new process must carry the job
-    id too to count."""
-    snapshot = procfs.read_process_environ(pid, JOB_ID_VAR)
-    if snapshot is None:
-        return None
-    stat, cmdline, value = snapshot
-    if stat.zombie or value != job_id:
-        return None
-    return ProcInfo(identity=Identity(procfs.read_boot_id(), pid, stat.starttime),
-                    cmdline=cmdline, session=stat.session, pgrp=stat.pgrp)
-
-
 def job_processes(leaders: Mapping[str, Identity], *, by_environ: Iterable[str] = (),
-                  other_sessions: Collection[int] = ()) -> dict[str, tuple[ProcInfo, ...]]:
+                  other_sessions: Collection[int] = (),
+                  markers: HostMarkers | None = None) -> dict[str, tuple[ProcInfo, ...]]:
     """What runs of each job (job id → its main process's identity), except a live main
     process itself, in one walk over /proc: the main process's session (while that session
     is provably still the job's, see `procs.session_still_ours`) and, for the jobs named in
@@ -54,29 +41,22 @@ def job_processes(leaders: Mapping[str, Identity], *, by_environ: Iterable[str] 
 
     Reading environments costs a read per process. A process in `other_sessions` (the
     sessions of other jobs that still run) is skipped without one: a session cannot be
-    joined, only created, so nothing of these jobs can be in it. On a host whose processes
-    are mostly our jobs', that leaves a handful of reads."""
+    joined, only created, so nothing of these jobs can be in it. `markers` remembers what
+    each process was found to be (host/markers.py), so a walk reads the environments of
+    new processes and of candidates only; without it, every process is new."""
     sessions = {leader.pid: job_id for job_id, leader in leaders.items()
                 if session_still_ours(leader)}
     wanted = frozenset(by_environ)
     if not sessions and not wanted:
         return {}
+    host = markers if markers is not None else HostMarkers()
     skipped = frozenset(other_sessions) - sessions.keys()
-    excluded = self_and_ancestors()
     found: dict[str, list[ProcInfo]] = {}
-    for pid in procfs.iter_pids():
-        if pid <= 1 or pid in excluded:
-            continue
-        try:
-            sid = os.getsid(pid)
-        except OSError:  # gone, or a security module said no
-            continue
-        if sid in sessions:
+    for pid, sid, marked in host.candidates(sessions, wanted, skipped, self_and_ancestors()):
+        if marked is None:
             info = _session_member(pid, sid, sessions[sid])
-        elif wanted and sid not in skipped:
-            info = _marked_member(pid, wanted)
         else:
-            continue
+            info = _marked_member(host, pid, marked)
         if info is not None and info[1].identity != leaders[info[0]]:
             found.setdefault(info[0], []).append(info[1])
     return {job_id: tuple(procs) for job_id, procs in found.items()}
@@ -89,9 +69,13 @@ def _session_member(pid: int, sid: int, job_id: str) -> tuple[str, ProcInfo] | N
     return job_id, info
 
 
-def _marked_member(pid: int, wanted: frozenset[str]) -> tuple[str, ProcInfo] | None:
-    job_id = procfs.read_environ_var(pid, JOB_ID_VAR)
-    if job_id is None or job_id not in wanted:
+def _marked_member(host: HostMarkers, pid: int, job_id: str) -> tuple[str, ProcInfo] | None:
+    """The process again, read as one snapshot through one dir fd: the pid may have been
+    recycled since its environ was read (or it exec'd since), and then the process there
+    now must carry the job id too to count."""
+    snapshot = host.snapshot(pid, job_id)
+    if snapshot is None:
         return None
-    info = _member(pid, job_id)
-    return (job_id, info) if info is not None else None
+    stat, cmdline = snapshot
+    return job_id, ProcInfo(identity=Identity(procfs.read_boot_id(), pid, stat.starttime),
+                            cmdline=cmdline, session=stat.session, pgrp=stat.pgrp)

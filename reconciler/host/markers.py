@@ -1,0 +1,134 @@
+"""What each process on the host was found to be, so a crash sweep reads what changed only.
+
+A crash sweep (host/members.py) looks for a dead job's processes: the rest of its session,
+and anything outside the running jobs' sessions that carries its `RECONCILER_JOB_ID` (a
+daemon that double-forked, a setsid() child a crash left behind). Reading every process's
+environment costs a read each, so a sweep cost what the HOST runs (40 ms with 1270 foreign
+processes) instead of what changed. `HostMarkers` remembers, per process, its session and
+the job id its environment carries, and the next sweep reads only new processes and the
+few that may matter.
+
+Why a remembered answer stays true while the process lives:
+
+* Which process: the inode number of /proc/<pid> (readdir's d_ino, `procfs.iter_pid_inodes`)
+  is new for every new process, also on a recycled pid, and a process keeps its own. (A
+  dentry dropped under memory pressure comes back with a new number: read again, no harm.)
+* Its session: a process cannot join a session that exists; setsid() only makes a new one
+  named by the caller's pid, and the kernel does not reuse a pid while it names a session.
+  So a process seen in session S is now in S or in the session named by its own pid. Its
+  session is asked again (getsid) only where S is one the sweep looks into: a session named
+  by its own pid is looked into only if it is a job's live main process (a recycled pid's
+  old session is refused by `procs.session_still_ours`), never listed as a member.
+* Its job id: the marker sits in the initial environment, which changes only by exec. A
+  process that execs with another environment escapes by design (members.py); one that was
+  seen without a wanted job id and later execs WITH one is not found either, as a forgery
+  would not be. (The one process given a job id at exec is a job's main process, spawned by
+  us and followed by its identity, never by its marker.)
+
+Errors can only hide a process, never add one: every candidate is read again (stat,
+cmdline and environment through one dir fd) before it counts, and the caller verifies its
+identity through a pidfd before it signals. Owned by the loop thread of one controller;
+`forget` (SIGHUP) starts afresh.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+
+from reconciler.host import procfs
+from reconciler.host.spawn import JOB_ID_VAR
+
+UNREAD = "\0"  # a marker not read yet: no environment value can hold a NUL
+Candidate = tuple[int, int, str | None]  # pid, session, the wanted job id (None: by session)
+
+
+class HostMarkers:
+    """Sessions and job ids of the processes on the host, by pid, for one controller.
+    `reads`: environments read by the last sweep; `new`: processes it saw first. A process
+    seen before costs a read only as a candidate (or when a running job it was skipped
+    for is no longer running)."""
+
+    def __init__(self) -> None:
+        self._listing: dict[int, str] = {}  # /proc's entries as last listed: inode -> name
+        self._facts: dict[int, tuple[int, str | None]] = {}  # pid -> session, job id
+        self.reads = 0
+        self.new = 0
+
+    def forget(self) -> None:
+        self._listing, self._facts = {}, {}
+
+    def __len__(self) -> int:
+        return len(self._facts)
+
+    def candidates(self, sessions: Collection[int], wanted: Collection[str],
+                   skipped: Collection[int], excluded: Collection[int]) -> list[Candidate]:
+        """One walk of /proc: every process in one of `sessions` (job id None), and every
+        process outside them and outside `skipped` (running jobs' sessions) whose
+        environment carries one of the `wanted` job ids, as last read; by pid. Pids ≤ 1 and
+        `excluded` are never candidates."""
+        self.reads = 0
+        self._relist()
+        facts = self._facts
+        found: list[Candidate] = []
+        for pid, (sid, marker) in facts.items():  # values change, keys do not
+            if sid in sessions:
+                sid = _getsid(pid)  # it may have left by setsid() since
+                facts[pid] = (sid, marker)
+                if sid in sessions:
+                    found.append((pid, sid, None))
+                    continue
+            if marker is None or not wanted or sid in skipped or sid < 0:
+                continue
+            if marker == UNREAD:
+                marker = procfs.read_environ_var(pid, JOB_ID_VAR)
+                self.reads += 1
+                facts[pid] = (sid, marker)
+            if marker in wanted:
+                found.append((pid, sid, marker))
+        return sorted(c for c in found if c[0] > 1 and c[0] not in excluded)
+
+    def _relist(self) -> None:
+        """List /proc, and learn the session of every process not seen before. The
+        listing is keyed by inode (each new process has its own) and compared with the
+        last one as key sets, which runs in C: the kernel's readdir is then most of a
+        sweep's cost."""
+        with os.scandir(procfs.PROC) as entries:
+            listing = {entry.inode(): entry.name for entry in entries}
+        facts, last = self._facts, self._listing
+        for inode in last.keys() - listing.keys():  # gone (a recycled pid: its old inode)
+            name = last[inode]
+            if name.isascii() and name.isdigit():
+                facts.pop(int(name), None)
+        self.new = 0
+        for inode in listing.keys() - last.keys():  # new, also on a recycled pid
+            name = listing[inode]
+            if name.isascii() and name.isdigit():
+                facts[int(name)] = (_getsid(int(name)), UNREAD)
+                self.new += 1
+        self._listing = listing
+
+    def snapshot(self, pid: int, job_id: str) -> tuple[procfs.Stat, tuple[str, ...]] | None:
+        """stat and cmdline of `pid` if it is live and its environment carries `job_id`,
+        read through one dir fd (the pid may have been recycled since the walk). What it
+        reads is remembered: a candidate that exec'd with a clean environment is no
+        candidate at the next sweep."""
+        snapshot = procfs.read_process_environ(pid, JOB_ID_VAR)
+        self.reads += 1
+        if snapshot is None:
+            return None
+        stat, cmdline, value = snapshot
+        known = self._facts.get(pid)
+        if known is not None:
+            self._facts[pid] = (known[0], value)
+        if stat.zombie or value != job_id:
+            return None
+        return stat, cmdline
+
+
+def _getsid(pid: int) -> int:
+    """The session of `pid`; -1 when it is gone or a security module says no."""
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return -1

@@ -1,0 +1,176 @@
+"""Crash sweeps with a memory (host/markers.py): a sweep reads only the environments of
+processes it has not seen before and of candidates, and still finds what changed since."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.controller import Reconciler
+from reconciler.host.identity import identity_of
+from reconciler.host.markers import HostMarkers
+from reconciler.host.members import job_processes
+from reconciler.host.spawn import JOB_ID_VAR
+from reconciler.identity import Identity
+from tests.helpers import cmdline, service_env, wait_for
+
+# A job's main process: it forks C at once; C, told to on stdin, calls setsid() and forks
+# D, and both stay. So C is seen in the job's session first and leaves it later, and D is
+# a process the cache has never seen.
+LEAVER = """
+import os, sys, time
+if os.fork() == 0:
+    sys.stdin.read(1)
+    os.setsid()
+    if os.fork() == 0:
+        open(sys.argv[1] + ".d", "w").write(str(os.getpid()))
+    else:
+        open(sys.argv[1] + ".c", "w").write(str(os.getpid()))
+time.sleep(600)
+"""
+# Carries the job id; told to on stdin, it execs with an empty environment.
+EXEC_CLEAN = """
+import os, sys
+sys.stdin.read(1)
+os.execve("/bin/sleep", ["/bin/sleep", "600"], {})
+"""
+
+
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test started itself (their children carry the test's state dir and
+    are swept by its fixture)."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            proc.kill()
+        proc.wait()
+
+
+def start(started: list[subprocess.Popen[bytes]], state_dir: Path, argv: list[str],
+          job_id: str | None) -> subprocess.Popen[bytes]:
+    extra = {"RECONCILER_STATE_DIR": str(state_dir)}
+    if job_id is not None:
+        extra[JOB_ID_VAR] = job_id
+    proc = subprocess.Popen(argv, env=service_env(extra), stdin=subprocess.PIPE,
+                            start_new_session=True)
+    started.append(proc)
+    return proc
+
+
+def ended_leader(started: list[subprocess.Popen[bytes]], state_dir: Path,
+                 job_id: str) -> Identity:
+    """The identity of a job's main process that has exited (and been reaped)."""
+    proc = start(started, state_dir, ["/bin/sleep", "600"], job_id)
+    leader = wait_for(lambda: identity_of(proc.pid), message="the main process to run")
+    proc.kill()
+    proc.wait()
+    return leader
+
+
+def test_a_process_that_leaves_the_session_after_a_sweep_saw_it_is_still_found(
+        started: list[subprocess.Popen[bytes]], state_dir: Path, tmp_path: Path) -> None:
+    job_id = f"markers-test-{os.getpid()}-leaver"
+    markers = HostMarkers()
+    out = str(tmp_path / "pid")
+    main = start(started, state_dir, [sys.executable, "-c", LEAVER, out], job_id)
+    leader = wait_for(lambda: identity_of(main.pid), message="the main process to run")
+
+    def sweep() -> list[int]:
+        found = job_processes({job_id: leader}, by_environ=[job_id], markers=markers)
+        return [m.pid for m in found.get(job_id, ())]
+    [child] = wait_for(sweep, message="the child in the job's session")  # cached: in it
+    assert main.stdin is not None
+    main.stdin.write(b"x")
+    main.stdin.flush()
+    wait_for(lambda: Path(out + ".c").exists() and Path(out + ".d").exists(),
+             message="the child to leave the session and fork")
+    daemon = int(Path(out + ".d").read_text())
+    main.kill()
+    main.wait()
+    found = job_processes({job_id: leader}, by_environ=[job_id], markers=markers)
+    assert sorted((m.pid, m.session) for m in found[job_id]) == sorted(
+        [(child, child), (daemon, child)])
+
+
+def test_a_process_started_with_the_job_id_after_a_sweep_is_found(
+        started: list[subprocess.Popen[bytes]], state_dir: Path) -> None:
+    job_id = f"markers-test-{os.getpid()}-late"
+    markers = HostMarkers()
+    leader = ended_leader(started, state_dir, job_id)
+    unmarked = start(started, state_dir, ["/bin/sleep", "600"], None)
+    wait_for(lambda: identity_of(unmarked.pid), message="the unmarked process to run")
+    assert job_processes({job_id: leader}, by_environ=[job_id], markers=markers) == {}
+    assert markers.reads > 0  # it read the host
+    late = start(started, state_dir, ["/bin/sleep", "600"], job_id)
+    wait_for(lambda: cmdline(late.pid)[:1] == ("/bin/sleep",), message="the late one to exec")
+    found = job_processes({job_id: leader}, by_environ=[job_id], markers=markers)
+    assert [m.pid for m in found[job_id]] == [late.pid]
+
+
+def test_a_member_that_execs_with_a_clean_environment_is_no_longer_one(
+        started: list[subprocess.Popen[bytes]], state_dir: Path) -> None:
+    job_id = f"markers-test-{os.getpid()}-exec"
+    markers = HostMarkers()
+    leader = ended_leader(started, state_dir, job_id)
+    member = start(started, state_dir, [sys.executable, "-c", EXEC_CLEAN], job_id)
+
+    def sweep() -> list[int]:
+        found = job_processes({job_id: leader}, by_environ=[job_id], markers=markers)
+        return [m.pid for m in found.get(job_id, ())]
+    assert wait_for(sweep, message="the member found") == [member.pid]
+    assert member.stdin is not None
+    member.stdin.write(b"x")
+    member.stdin.flush()
+    wait_for(lambda: cmdline(member.pid)[:1] == ("/bin/sleep",), message="the exec")
+    assert sweep() == []  # the cache said member; the read says no longer
+    assert sweep() == []
+
+
+def test_a_second_sweep_over_an_unchanged_host_reads_no_environment(
+        started: list[subprocess.Popen[bytes]], state_dir: Path) -> None:
+    """The cost claim. Other processes start on a shared host at any time, and each new one
+    is read once: a sweep never reads more than it sees new, and one that saw nothing new
+    (retried until the host is quiet for a sweep's few milliseconds) reads nothing."""
+    job_id = f"markers-test-{os.getpid()}-cost"
+    markers = HostMarkers()
+    leader = ended_leader(started, state_dir, job_id)
+    job_processes({job_id: leader}, by_environ=[job_id], markers=markers)
+    assert markers.reads > 0 and markers.reads <= markers.new
+
+    def quiet_sweep() -> bool:
+        assert job_processes({job_id: leader}, by_environ=[job_id], markers=markers) == {}
+        assert markers.reads <= markers.new
+        return markers.new == 0
+    wait_for(quiet_sweep, message="a sweep over an unchanged host")
+    assert markers.reads == 0
+
+
+def test_the_reconciler_shares_its_markers_with_the_executor_and_forgets_them(
+        reconciler: Reconciler, started: list[subprocess.Popen[bytes]],
+        state_dir: Path) -> None:
+    assert reconciler.executor.markers is reconciler.markers
+    leader = ended_leader(started, state_dir, "markers-test-forget")
+    job_processes({"x": leader}, by_environ=["x"], markers=reconciler.markers)
+    assert len(reconciler.markers) > 0
+    reconciler.forget_caches()
+    assert len(reconciler.markers) == 0
+
+
+def test_protected_pids_are_never_candidates(
+        started: list[subprocess.Popen[bytes]]) -> None:
+    """Whatever session is swept, our own process (and pid 1, and our ancestors) is never
+    listed; a child of ours in that session is."""
+    child = subprocess.Popen(["/bin/sleep", "600"])
+    started.append(child)
+    me = os.getpid()
+    pids = {pid for pid, _, _ in HostMarkers().candidates({os.getsid(0)}, (), (), {me})}
+    assert child.pid in pids
+    assert me not in pids and 1 not in pids
