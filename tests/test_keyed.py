@@ -253,3 +253,18 @@ def test_a_pass_after_another_writer_held_the_lock_is_a_full_one(
     assert reconciler._last_scope is None
     assert "b" in services_of(result.plan.steps)
     assert rows(reconciler)["b"].pid != victim.pid
+
+
+def test_a_due_job_left_waiting_for_its_dependency_keeps_no_past_start_time() -> None:
+    """`web` (after `db`) was in backoff and is due, but db is not ready: web waits, pending.
+    Its past `next_start_at` must go, or every pass's `next_due` is in the past: the daemon's
+    due timer fires at once after each pass (keyed passes back to back until the scheduler
+    calls the time missed) and `--once` naps 0 s between passes until db is ready."""
+    want = desired(service("db"), service("web", after=["db"]))
+    web = replace(job_of(want, "web", 902).with_identity(None), phase="backoff", ready=False,
+                  next_start_at=NOW - 1, reason="crash-loop")
+    steps = plan(want, observed(), [web], NOW).steps
+    (waiting,) = [s for s in steps if getattr(s, "job", None) is not None
+                  and s.job.service == "web"]  # type: ignore[union-attr]
+    assert waiting.job.phase == "pending"  # type: ignore[union-attr]
+    assert waiting.job.next_start_at is None  # type: ignore[union-attr]
