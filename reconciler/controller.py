@@ -168,9 +168,11 @@ class Reconciler:
         self.lock = StateLock(settings.lock_path)
         self.enrollments = Enrollments(settings.run_dir)
         self.resolved_cache: ResolvedCache = {}
-        # what the last pass loaded and resolved (with the labels it resolved them under):
-        # a keyed pass that is not about the specs plans against it without reading them
-        self._last: tuple[LoadResult, Desired, tuple[tuple[str, str], ...]] | None = None
+        # what the last pass loaded and resolved (with the labels it resolved them under and
+        # the revision it saw): a keyed pass that is not about the specs plans against it
+        # without reading them
+        self._last: tuple[LoadResult, Desired, tuple[tuple[str, str], ...], str | None] \
+            | None = None
         self._last_scope: frozenset[str] | None = None  # of the last pass; None: it was full
         self._requeue_at: float | None = None  # the plan's requeue, kept across keyed passes
         self._held_exits: dict[int, Exit] = {}  # reaped in a keyed pass, for a later pass
@@ -209,7 +211,8 @@ class Reconciler:
             source = self.revisions.read(self.settings.specs_dir, self.settings.revision)
             self._refresh_labels()
             try:
-                draft = self._draft(self.children, health, over_limit=over_limit, keys=keys)
+                draft = self._draft(self.children, health, over_limit=over_limit, keys=keys,
+                                    revision=source.revision)
                 outcome = self._execute(draft.plan)
                 outcome = stamp_new_jobs(outcome, draft.records, source.revision)
                 applied = self._applied_revision(source, draft.loaded)
@@ -223,7 +226,7 @@ class Reconciler:
                 raise
             jobs = jobs_after(draft.records, outcome)
             self._housekeeping_when_due(draft.desired, jobs)
-            self._last = (draft.loaded, draft.desired, self.settings.labels)
+            self._last = (draft.loaded, draft.desired, self.settings.labels, source.revision)
             self._last_scope = draft.scope
             return PassResult(draft.loaded, draft.desired, draft.plan, jobs, source, applied,
                               draft.suspended, tuple(outcome.events))
@@ -374,8 +377,18 @@ class Reconciler:
 
     def _draft(self, children: Children | None, health: HealthResults | None, *,
                over_limit: OverLimit | None = None,
-               settle: float | None = None, keys: Keys | None = None) -> _Draft:
-        reuse = self._reusable() if keys is not None and not keys.specs else None
+               settle: float | None = None, keys: Keys | None = None,
+               revision: str | None = None) -> _Draft:
+        if keys is not None and self.lock.changed_hands:
+            # another writer held the lock since our last pass (`--once`, down, restart,
+            # resume): it changed records that no trigger names, so everything is planned
+            keys = None
+        reuse = self._reusable(revision) if keys is not None and not keys.specs else None
+        if keys is not None and reuse is None:
+            # read afresh (new labels or revision, a file that was settling): whatever that
+            # changed since the last pass is keyed too, or it would pass for the "previous"
+            # of the next spec pass and only the resync would ever plan it
+            keys = keys | Keys(specs=True)
         if reuse is not None:
             loaded, spec_records = reuse[0], list[SpecRecord]()
         else:
@@ -399,13 +412,16 @@ class Reconciler:
         return _Draft(loaded, spec_records, desired, records, planned, suspended, scope,
                       reuse is None)
 
-    def _reusable(self) -> tuple[LoadResult, Desired] | None:
+    def _reusable(self, revision: str | None) -> tuple[LoadResult, Desired] | None:
         """The last pass's specs and desired state, if a keyed pass may plan against them:
-        no file was waiting to settle, and the labels (placement) did not change since."""
+        no file was waiting to settle, and neither the labels (placement) nor the specs dir's
+        revision changed since (a pass records the revision it sees as applied: that is only
+        true of specs it read)."""
         if self._last is None:
             return None
-        loaded, desired, labels = self._last
-        if loaded.unsettled_until is not None or labels != self.settings.labels:
+        loaded, desired, labels, seen = self._last
+        if (loaded.unsettled_until is not None or labels != self.settings.labels
+                or revision != seen):
             return None
         return loaded, desired
 

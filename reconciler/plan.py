@@ -738,8 +738,11 @@ def _wait(ctx: _Pass, job: JobRecord, reason: str, unmet: list[str]) -> None:
     changes, so waiting costs no writes. Listed in `Plan.waiting` for `diff`."""
     ctx.waiting.append(Waiting(job.service, job.action, job.id, reason,
                                _waits_for(ctx, job, unmet)))
-    if job.phase != "pending" or job.reason != reason:
-        ctx.emit(UpdateJob(replace(job, phase="pending", reason=reason), "pending", reason))
+    # a start time that has passed goes: a later pass sees what it waits for change, and a
+    # start time in the past would make every pass's `next_due` due at once
+    if job.phase != "pending" or job.reason != reason or job.next_start_at is not None:
+        ctx.emit(UpdateJob(replace(job, phase="pending", reason=reason, next_start_at=None),
+                           "pending", reason))
 
 
 def _waits_for(ctx: _Pass, job: JobRecord, unmet: list[str]) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,11 +14,13 @@ from reconciler.controller import Keys, Reconciler, after_closure, keyed_scope
 from reconciler.desired import Desired
 from reconciler.host.identity import identity_of
 from reconciler.observed import PortState
-from reconciler.plan import MIN_START_INTERVAL, Plan, plan
+from reconciler.plan import MIN_START_INTERVAL, Plan, Step, plan
 from reconciler.settings import Settings
 from reconciler.spec.load import LoadResult
 from reconciler.state.records import JobRecord
 from tests.helpers import wait_for
+from tests.test_gitrev import commit
+from tests.test_info import git_specs, needs_git, write
 from tests.test_plan import NOW, desired, observed, proc, running_job, service
 
 NO_LOAD = LoadResult(services={}, sources={}, files={}, errors=(), dir_error=None)
@@ -180,3 +183,88 @@ def test_a_keyed_pass_reads_no_specs_and_the_full_pass_catches_what_it_skipped(
     # now b is an orphan being retired: keyed passes for other services stay keyed
     reconciler.reconcile(keys=Keys(frozenset({"a"})))
     assert reconciler._last_scope == {"a"}
+
+
+# --- from the adversarial review: what a keyed pass must not skip --------------------------------
+
+
+def services_of(steps: Iterable[Step]) -> set[str]:
+    return {job.service for s in steps if isinstance(job := getattr(s, "job", None), JobRecord)}
+
+
+def test_a_label_change_seen_by_a_keyed_pass_places_its_services_in_that_pass(
+        settings: Settings, tmp_path: Path) -> None:
+    """Every pass reads the labels file: a keyed pass that sees it change resolves the specs
+    afresh, so what the new labels place is planned in that very pass. Otherwise its desired
+    state becomes the "previous" of the next spec pass, which then sees nothing changed, and
+    only the resync would ever start the newly placed service."""
+    labels_file = tmp_path / "labels.yaml"
+    labels_file.write_text("role: db\n")
+    sleepers(settings.specs_dir, "a.yaml", "a")
+    (settings.specs_dir / "web.yaml").write_text(
+        "name: web\nplacement: {labels: {role: web}}\nactions:\n  - name: main\n"
+        "    process: true\n    cmd: exec sleep 3600\n")
+    with Reconciler(replace(settings, labels_file=labels_file)) as rec:
+        assert rec.converge(wait=20).converged
+        assert "web" not in rows(rec)
+        labels_file.write_text("role: web\n")
+        result = rec.reconcile(keys=Keys(frozenset({"a"})))  # e.g. a's health check flipped
+        assert "web" in services_of(result.plan.changes)
+        assert rows(rec)["web"].pid is not None
+        rec.reconcile(keys=Keys(specs=True))  # the labels file is no spec: nothing else keys it
+        assert rows(rec)["web"].pid is not None
+
+
+@needs_git
+def test_a_keyed_pass_after_a_commit_does_not_call_specs_it_did_not_read_applied(
+        reconciler: Reconciler) -> None:
+    """A keyed pass that plans against the last pass's specs must not record the revision it
+    sees now as applied: that revision's files were never read (here one of them is broken,
+    so it must never be called applied, not even after the spec pass that follows)."""
+    settings = reconciler.settings
+    good = f"main@sha1:{git_specs(settings)}"
+    assert reconciler.converge(wait=10).applied_revision == good
+    write(settings.specs_dir, "web.yaml", "name: web\nactions: nope\n")
+    broken = f"main@sha1:{commit(settings.specs_dir, 'break web')}"
+    result = reconciler.reconcile(keys=Keys(frozenset({"web"})))  # before the watcher's kick
+    assert (result.source.revision, result.applied_revision) == (broken, good)
+    result = reconciler.reconcile(keys=Keys(specs=True))
+    assert (result.source.revision, result.applied_revision) == (broken, good)
+    assert reconciler.store.controller_facts().applied_revision == good
+
+
+def test_a_pass_after_another_writer_held_the_lock_is_a_full_one(
+        settings: Settings, reconciler: Reconciler) -> None:
+    """`reconcile resume` (like restart, down or --once) runs in another process and changes
+    records; no trigger names what it changed, so the daemon's next pass plans everything,
+    as every pass did before keyed passes."""
+    sleepers(settings.specs_dir, "one.yaml", "a", "b")
+    assert reconciler.converge(wait=20).converged
+    with Reconciler(settings) as cli:
+        assert cli.set_suspended("b", True)
+    victim = rows(reconciler)["b"]
+    os.kill(victim.pid or 0, signal.SIGKILL)
+    wait_for(lambda: identity_of(victim.pid or 0) is None, message="process gone")
+    reconciler.reconcile(keys=Keys(frozenset({"b"})))  # its exit: suspended, left alone
+    assert rows(reconciler)["b"] == victim
+    with Reconciler(settings) as cli:
+        assert cli.set_suspended("b", False)
+    result = reconciler.reconcile(keys=Keys(frozenset({"a"})))  # any later trigger
+    assert reconciler._last_scope is None
+    assert "b" in services_of(result.plan.steps)
+    assert rows(reconciler)["b"].pid != victim.pid
+
+
+def test_a_due_job_left_waiting_for_its_dependency_keeps_no_past_start_time() -> None:
+    """`web` (after `db`) was in backoff and is due, but db is not ready: web waits, pending.
+    Its past `next_start_at` must go, or every pass's `next_due` is in the past: the daemon's
+    due timer fires at once after each pass (keyed passes back to back until the scheduler
+    calls the time missed) and `--once` naps 0 s between passes until db is ready."""
+    want = desired(service("db"), service("web", after=["db"]))
+    web = replace(job_of(want, "web", 902).with_identity(None), phase="backoff", ready=False,
+                  next_start_at=NOW - 1, reason="crash-loop")
+    steps = plan(want, observed(), [web], NOW).steps
+    (waiting,) = [s for s in steps if getattr(s, "job", None) is not None
+                  and s.job.service == "web"]  # type: ignore[union-attr]
+    assert waiting.job.phase == "pending"  # type: ignore[union-attr]
+    assert waiting.job.next_start_at is None  # type: ignore[union-attr]
