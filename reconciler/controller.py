@@ -253,7 +253,7 @@ class Reconciler:
         anomalies in force, and an event for each anomaly that began or ended. One
         transaction; no state lock (samples are only appended, and no pass reads them)."""
         before = {(a.job_id, a.rule): a for a in self.store.anomalies()}
-        by_job = {s.job_id: s for s in samples}
+        by_job = {s.job_id: s for s in samples} if anomalies or before else {}
         now: dict[tuple[str, str], Anomaly] = {}
         for job_id, rules in anomalies.items():
             sample = by_job.get(job_id)

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from reconciler.anomalies import DEFAULT_RULES, GROWTH_RULES, Rules, evaluate
+from reconciler.anomalies import DEFAULT_RULES, GROWTH_RULES, Rules, evaluate, quiet_now
 from reconciler.host.sampling import SampleClock, Sampler
 from reconciler.identity import Identity
 from reconciler.state.records import JobRecord, Sample
@@ -119,20 +119,23 @@ class ResourceMonitor:
             if growth_due:
                 self._growth[sample.job_id] = {
                     k: v for k, v in evaluate(trend, self.rules).items() if k in GROWTH_RULES}
-            found = evaluate(self._recent_of(sample), self.rules, growth=False)
-            if sample.job_id in self._growth:
-                found.update(self._growth[sample.job_id])
+            if quiet_now(sample, self.rules):
+                self._recent.pop(sample.job_id, None)  # no member in D state: series ends
+                found: dict[str, str] = {}
+            else:
+                found = evaluate(self._recent_of(sample), self.rules, growth=False)
+            if self._growth.get(sample.job_id):
+                found = {**found, **self._growth[sample.job_id]}
             if found:
                 anomalies[sample.job_id] = found
-        if growth_due:
+        if growth_due:  # once a minute: forget the series of jobs no longer sampled
             self._growth_at = samples[0].at
-        sampled = {s.job_id for s in samples}
-        self._recent = {k: v for k, v in self._recent.items() if k in sampled}
-        self._trend = {k: v for k, v in self._trend.items() if k in sampled}
-        self._growth = {k: v for k, v in self._growth.items() if k in sampled}
-        running = {j.id for j in jobs if j.pid is not None}
-        return Round(tuple(samples), self._hold(anomalies, running),
-                     over_memory(jobs, samples, self._limits()))
+            sampled = {s.job_id for s in samples}
+            self._recent = {k: v for k, v in self._recent.items() if k in sampled}
+            self._trend = {k: v for k, v in self._trend.items() if k in sampled}
+            self._growth = {k: v for k, v in self._growth.items() if k in sampled}
+        in_force = self._hold(anomalies, jobs) if anomalies or self._held else {}
+        return Round(tuple(samples), in_force, over_memory(jobs, samples, self._limits()))
 
     def _recent_of(self, sample: Sample) -> Sequence[Sample]:
         """The samples the rules about now look at: this one alone, or, while the job has a
@@ -152,9 +155,10 @@ class ResourceMonitor:
         return recent
 
     def _hold(self, found: dict[str, dict[str, str]],
-              running: set[str]) -> dict[str, dict[str, str]]:
+              jobs: Sequence[JobRecord]) -> dict[str, dict[str, str]]:
         """The anomalies in force: those found now, and those found lately that have not
         been missing for RECOVER_ROUNDS rounds in a row (while their job still runs)."""
+        running = {j.id for j in jobs if j.pid is not None}
         held: dict[tuple[str, str], tuple[str, int]] = {
             (job_id, rule): (why, 0) for job_id, rules in found.items()
             for rule, why in rules.items()}

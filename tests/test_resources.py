@@ -21,9 +21,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from reconciler import cli
-from reconciler.anomalies import Rules, evaluate
+from reconciler.anomalies import Rules, evaluate, quiet_now
 from reconciler.host import procfs
 from reconciler.host.identity import identity_of
 from reconciler.host.sampling import SampleClock, Sampler
@@ -560,3 +562,23 @@ def test_the_d_state_rule_fires_at_a_sampling_interval_longer_than_the_rule() ->
                               sampler=StuckSampler(60.0))
     found = [monitor.take_round().anomalies.get("d-1", {}) for _ in range(3)]
     assert "d-state" not in found[0] and "d-state" in found[1]
+
+
+_counts = st.integers(min_value=0, max_value=5000)
+_maybe = st.none() | _counts
+_samples = st.builds(
+    Sample, at=st.floats(min_value=0, max_value=1e6), job_id=st.just("j-1"),
+    service=st.just("j"), action=st.just("main"), members=st.integers(1, 50),
+    rss_bytes=st.integers(0, 2**40), cpu_seconds=st.floats(min_value=0, max_value=1e6),
+    threads=_counts, open_fds=_maybe, fd_limit=_maybe, oom_score=st.none() | st.integers(0, 2000),
+    state=st.sampled_from("RSDZT"), wchan=st.just(""), dstate=st.integers(0, 3),
+    zombies=st.integers(0, 30), max_fds=_maybe)
+
+
+@given(history=st.lists(_samples, max_size=5), last=_samples)
+def test_a_quiet_sample_breaks_no_rule_about_now_whatever_came_before(
+        history: list[Sample], last: Sample) -> None:
+    """The monitor skips `evaluate` for samples `quiet_now` calls quiet."""
+    for rules in (Rules(), FAST):
+        if quiet_now(last, rules):
+            assert evaluate([*history, last], rules, growth=False) == {}
