@@ -452,9 +452,7 @@ class Daemon:
                 self.metrics.anomalies(taken.anomalies)
             if taken.over_limit:
                 self.over_limit = taken.over_limit
-                services = {self._service_of_job.get(job_id) for job_id in taken.over_limit}
-                self.kick(None if None in services  # a job the last pass did not know: full
-                          else Keys(frozenset(s for s in services if s is not None)))
+                self.kick(Keys())  # the pass keys itself by the jobs over their limit
 
     def _start_triggers(self) -> None:
         if self.serve is not None:
