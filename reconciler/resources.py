@@ -119,11 +119,9 @@ class ResourceMonitor:
             if growth_due:
                 self._growth[sample.job_id] = {
                     k: v for k, v in evaluate(trend, self.rules).items() if k in GROWTH_RULES}
-            if quiet_now(sample, self.rules):
-                self._recent.pop(sample.job_id, None)  # no member in D state: series ends
-                found: dict[str, str] = {}
-            else:
-                found = evaluate(self._recent_of(sample), self.rules, growth=False)
+            recent = self._recent_of(sample)
+            found = {} if quiet_now(sample, self.rules) else evaluate(
+                recent, self.rules, growth=False)
             if self._growth.get(sample.job_id):
                 found = {**found, **self._growth[sample.job_id]}
             if found:
