@@ -93,8 +93,7 @@ class HostMarkers:
         listing is keyed by inode (each new process has its own) and compared with the
         last one as key sets, which runs in C: the kernel's readdir is then most of a
         sweep's cost."""
-        with os.scandir(procfs.PROC) as entries:
-            listing = {entry.inode(): entry.name for entry in entries}
+        listing = procfs.listing_by_inode()
         facts, last = self._facts, self._listing
         for inode in last.keys() - listing.keys():  # gone (a recycled pid: its old inode)
             name = last[inode]

@@ -357,6 +357,13 @@ def parse_fd_soft_limit(text: str) -> int | None:
         return None
 
 
+def listing_by_inode() -> dict[int, str]:
+    """/proc's entries as inode -> name, every entry (a caller keeps the numeric ones):
+    one comprehension, so comparing two listings as key sets runs in C."""
+    with os.scandir(PROC) as entries:
+        return {entry.inode(): entry.name for entry in entries}
+
+
 def iter_pid_inodes() -> Iterator[tuple[int, int]]:
     """Every process's pid with the inode number of its /proc directory (readdir's d_ino,
     no extra syscall). A new process gets a new inode, also on a recycled pid, and a process
