@@ -285,7 +285,7 @@ def render(results: dict[str, dict[int, list[SessionResult]]],
            f"Wall time {elapsed / 60:.1f} min; {plan.runs} run(s); N = "
            f"{', '.join(map(str, plan.ns))}; {plan.samples} respawn samples per supervisor and N "
            f"(pooled over the runs); "
-           f"idle window {plan.idle_s:g} s; poll resolution (one /proc poll + 1 ms sleep) "
+           f"idle window {plan.idle_s:g} s; poll resolution (one look for new pids + 1 ms sleep) "
            f"median {fmt(med(polls))} ms.", "", "## Machine", "", *machine(),
            "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), "",
            "## Results", "",

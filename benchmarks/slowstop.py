@@ -169,7 +169,7 @@ def window(sup: SlowStopReconciler, tracker: procfs.ChildTracker, name: str,
         before = set(tracker.poll())
         start = time.perf_counter()
         os.kill(victim, signal.SIGKILL)
-        respawned = procfs.wait_for(lambda b=before: bool(tracker.poll() - b),
+        respawned = procfs.wait_for(lambda b=before: bool(tracker.poll_new() - b),
                                     plan.stop_timeout + 5.0)
         if respawned is None:
             out.timeouts += 1
