@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from reconciler.host.identity import identity_of
@@ -32,8 +33,17 @@ def test_read_now_averages_cpu_since_start_and_skips_strangers(foreign: Foreign)
 def test_read_now_of_an_idle_process_is_near_zero(foreign: Foreign) -> None:
     idle = foreign.start(["sleep", "60"])
     ident = wait_for(lambda: identity_of(idle.pid), message="sleep's identity")
+    # the figure is the average since start, and a start costs a clock tick or two of CPU:
+    # read it once the process has lived long enough for those to be under a tenth
+    wait_for(lambda: age_of(ident.starttime_ticks) > 0.5, message="half a second of age")
     usage = read_now({"job": ident})["job"]
     assert 0.0 <= usage.cpu_percent < 50.0 and usage.rss_bytes > 0
+
+
+def age_of(starttime_ticks: int) -> float:
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    return uptime - starttime_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def test_counters_add_up_cpu_and_skip_a_recycled_pid(foreign: Foreign) -> None:
