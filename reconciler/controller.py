@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,6 +41,7 @@ from reconciler.settings import Settings
 from reconciler.spec.load import LoadResult, forget_parsed_specs, last_good_of, load_specs
 from reconciler.state import statedir
 from reconciler.state.enrollment import Enrollments, sweep_stale_temps
+from reconciler.state.jobindex import JobIndex
 from reconciler.state.lock import StateLock
 from reconciler.state.records import (
     Anomaly,
@@ -224,7 +225,7 @@ class Reconciler:
             except Exception:
                 self._record_failed_pass(started, source)
                 raise
-            jobs = jobs_after(draft.records, outcome)
+            jobs = tuple(self.store.jobs())  # as saved: the index holds this pass's writes
             self._housekeeping_when_due(draft.desired, jobs)
             self._last = (draft.loaded, draft.desired, self.settings.labels, source.revision)
             self._last_scope = draft.scope
@@ -394,20 +395,28 @@ class Reconciler:
         else:
             loaded, spec_records = self._load(settle)
         suspended = self.store.suspended()
-        jobs, enrollments, now = self.store.jobs(), self.enrollments.current(), self.clock()
+        index, enrollments, now = self.store.job_index(), self.enrollments.current(), self.clock()
         desired = reuse[1] if reuse is not None else build_desired(
             loaded, self.settings, self.resolved_cache)
         scope = None
         if keys is not None:
             previous = self._last[1] if self._last is not None else None
-            scope = keyed_scope(keys, desired, previous, jobs, enrollments, suspended,
+            scope = keyed_scope(keys, desired, previous, index, enrollments, suspended,
                                 loaded)
+        narrow = scope is not None and narrowable(desired, scope)
+        if scope is not None and narrow:
+            # the records plan reads for these services (see `narrowable`): a respawn at
+            # two thousand jobs costs what it costs at ten
+            jobs = index.of(scope)
+            enrollments = {j.id: e for j in jobs if (e := enrollments.get(j.id)) is not None}
+        else:
+            jobs = index.in_order()
         desired, records, planned = plan_for(
             self.settings, loaded, jobs, enrollments, now,
             children=children, procs=self.procs if children is not None else None,
             health=health, over_limit=over_limit, allow_empty=self.allow_empty,
             cache=self.resolved_cache, suspended=suspended, desired=desired, scope=scope,
-            held=self._held_exits, markers=self.markers)
+            held=self._held_exits, markers=self.markers, owners=index if narrow else None)
         planned = self._carry_requeue(planned, scope, now)
         return _Draft(loaded, spec_records, desired, records, planned, suspended, scope,
                       reuse is None)
@@ -540,18 +549,25 @@ def plan_for(settings: Settings, loaded: LoadResult, jobs: list[JobRecord],
              suspended: frozenset[str] = frozenset(), desired: Desired | None = None,
              scope: frozenset[str] | None = None,
              held: dict[int, Exit] | None = None,
-             markers: HostMarkers | None = None) -> tuple[Desired, list[JobRecord], Plan]:
+             markers: HostMarkers | None = None,
+             owners: JobIndex | None = None) -> tuple[Desired, list[JobRecord], Plan]:
     """Resolve, observe, plan: the one sequence a pass and `diff` (`preview.py`, on a
     read-only store) share, so `diff` shows exactly what a pass would do. Returns the desired
     state, the job records planned against (with any rebuilt from enrollments) and the plan.
     `desired`: already resolved from `loaded`; `scope`: the services of a keyed pass (see
-    `keyed_scope`), None for all."""
+    `keyed_scope`), None for all. `owners`: given when `jobs` are narrowed to the scope
+    (see `narrowable`): the jobs owning a process a pidfile names join the records, since
+    plan must not take another job's process for a stale or foreign instance."""
     if desired is None:
         desired = build_desired(loaded, settings, cache)
     records = with_unrecorded_enrollments(jobs, enrollments, now)
     observed = observe_for(desired, records, enrollments, children, procs, scope=scope,
                            held=held, markers=markers)
     observed = with_health(observed, health)
+    if owners is not None:
+        known = {r.id for r in records}
+        named = {s.proc.pid for s in observed.pidfiles.values() if s.proc is not None}
+        records += [j for j in owners.with_pids(named) if j.id not in known]
     if over_limit:
         observed = replace(observed, over_limit=dict(over_limit))
     planned = plan(desired, observed, records, now, enrollments=enrollments,
@@ -560,9 +576,9 @@ def plan_for(settings: Settings, loaded: LoadResult, jobs: list[JobRecord],
     return desired, records, planned
 
 
-def keyed_scope(keys: Keys, desired: Desired, previous: Desired | None,
-                jobs: list[JobRecord], enrollments: Mapping[str, Enrollment],
-                suspended: frozenset[str], loaded: LoadResult) -> frozenset[str] | None:
+def keyed_scope(keys: Keys, desired: Desired, previous: Desired | None, jobs: JobIndex,
+                enrollments: Mapping[str, Enrollment], suspended: frozenset[str],
+                loaded: LoadResult) -> frozenset[str] | None:
     """The services a keyed pass plans, or None where only a full pass is safe.
 
     The keyed services (with `keys.specs`, also every service whose desired actions are new,
@@ -571,7 +587,8 @@ def keyed_scope(keys: Keys, desired: Desired, previous: Desired | None,
     dependencies' state of this very pass, as the full plan would. Full instead: a spec file
     still settling, an enrollment without its job (a crash between spawn and record), or a
     job whose action is no longer desired outside the scope and not yet being retired (a
-    rename, a removal this pass has not been told about)."""
+    rename, a removal this pass has not been told about). Costs what the keys name, plus
+    two set differences over ids and action keys, which run in C."""
     services = set(keys.services)
     if keys.specs:
         if previous is None:
@@ -579,16 +596,23 @@ def keyed_scope(keys: Keys, desired: Desired, previous: Desired | None,
         services |= changed_services(previous, desired)
     if loaded.unsettled_until is not None:
         return None
-    known = {j.id for j in jobs}
-    if any(job_id not in known for job_id in enrollments):
+    if not enrollments.keys() <= jobs.ids():
         return None
-    wanted = {a.key for a in desired.actions}
-    for job in jobs:
-        if job.key in wanted or job.service in services or job.service in suspended:
-            continue
-        if job.stop_then != "removed":
-            return None
+    for key in jobs.keys_outside(desired.positions):
+        for job in jobs.with_key(key):
+            if job.service in services or job.service in suspended:
+                continue
+            if job.stop_then != "removed":
+                return None
     return after_closure(desired, frozenset(services))
+
+
+def narrowable(desired: Desired, scope: frozenset[str]) -> bool:
+    """A keyed pass may plan from its services' records alone (with the jobs being
+    stopped, and the owners of what their pidfiles name: `plan_for`'s `owners`) when none
+    of its actions declares a socket or a port: a holder of one may be any job's process,
+    and plan asks which job owns it (`_owning_job`)."""
+    return not any(a.sockets or a.spec.tcp_ports for a in desired.of_services(scope))
 
 
 def changed_services(before: Desired, after: Desired) -> set[str]:
@@ -608,11 +632,7 @@ def changed_services(before: Desired, after: Desired) -> set[str]:
 def after_closure(desired: Desired, services: frozenset[str]) -> frozenset[str]:
     """`services`, every service that waits for one of them (`after:`), transitively, and
     then everything those wait for, transitively."""
-    waits_on: dict[str, set[str]] = {}  # service -> services it waits for
-    for action in desired.actions:
-        for dep in action.spec.after:
-            waits_on.setdefault(action.service, set()).update(
-                s for s, _ in desired.waits_for(action.service, dep) if s != action.service)
+    waits_on = desired.waits_on  # service -> services it waits for
     if not waits_on:
         return services
     waited_by: dict[str, set[str]] = {}
@@ -623,7 +643,7 @@ def after_closure(desired: Desired, services: frozenset[str]) -> frozenset[str]:
     return _reach(down, waits_on)
 
 
-def _reach(start: Iterable[str], edges: Mapping[str, set[str]]) -> frozenset[str]:
+def _reach(start: Iterable[str], edges: Mapping[str, Collection[str]]) -> frozenset[str]:
     seen = set(start)
     todo = list(seen)
     while todo:
@@ -687,13 +707,13 @@ def _observe_keyed(desired: Desired, records: list[JobRecord],
     held.update({pid: e for pid, e in exits.items() if pid not in ours})
     first = replace(first, exits={pid: e for pid, e in exits.items() if pid in ours})
     alive = {r.key for r in mine if first.alive(r.identity)}
-    starting = [a for a in desired.actions if a.service in scope and a.key not in alive]
+    starting = [a for a in desired.of_services(scope) if a.key not in alive]
     if any(a.sockets or a.spec.tcp_ports for a in starting):
         held.update(first.exits)  # observed again, in full
         return None
     # other jobs' sessions hold none of these jobs' processes (a session cannot be joined):
     # those known alive are skipped by the sweep without reading their environments
-    others = {info.session for info in cache.known().values()} if cache is not None else set()
+    others = cache.sessions() if cache is not None else frozenset[int]()
     first = replace(first, members=members_to_sweep(looked, first, others, markers=markers))
     pidfiles = [a.pidfile for a in starting if a.pidfile]
     if not pidfiles:
@@ -773,15 +793,6 @@ def probe_readiness(desired: Desired, jobs: Iterable[JobRecord],
     return {job_id: health.HealthState(ready=reason is None, consecutive_failures=0,
                                        last_error=reason)
             for job_id, reason in reasons.items()}
-
-
-def jobs_after(records: list[JobRecord], outcome: Outcome) -> tuple[JobRecord, ...]:
-    """The jobs as the store now holds them (non-removed, by service and action), without
-    reading them back: the pass knows what it read and what it wrote."""
-    merged = {r.id: r for r in records}
-    merged.update(outcome.jobs)
-    live = (j for j in merged.values() if j.phase != "removed")
-    return tuple(sorted(live, key=lambda j: (j.service, j.action, j.created_at or 0.0)))
 
 
 def cap_logs(desired: Desired, jobs: Iterable[JobRecord]) -> None:

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Hashable,
+    Iterable,
+    Iterator,
+    KeysView,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -85,10 +94,40 @@ class Desired:
     unplaced: Mapping[str, str] = field(default_factory=dict)
     # service -> its action names, for resolving `after:` entries
     actions_of: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # derived once (a keyed pass asks about a few services out of thousands, every pass):
+    # (service, action) -> its place in `actions`; a service's actions; the services each
+    # service waits for (`after:`, other services only)
+    positions: Mapping[tuple[str, str], int] = field(init=False, repr=False, compare=False)
+    by_service: Mapping[str, tuple[DesiredAction, ...]] = field(init=False, repr=False,
+                                                                compare=False)
+    waits_on: Mapping[str, frozenset[str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        grouped: dict[str, list[DesiredAction]] = {}
+        waits_on: dict[str, set[str]] = {}
+        for action in self.actions:
+            grouped.setdefault(action.service, []).append(action)
+            for dep in action.spec.after:
+                waits_on.setdefault(action.service, set()).update(
+                    s for s, _ in self.waits_for(action.service, dep) if s != action.service)
+        object.__setattr__(self, "positions", {a.key: i for i, a in enumerate(self.actions)})
+        object.__setattr__(self, "by_service", {s: tuple(a) for s, a in grouped.items()})
+        object.__setattr__(self, "waits_on", {s: frozenset(d) for s, d in waits_on.items()})
 
     @property
     def services(self) -> frozenset[str]:
-        return frozenset(a.service for a in self.actions)
+        return frozenset(self.by_service)
+
+    def keys(self) -> KeysView[tuple[str, str]]:
+        """The (service, action) keys of every desired action."""
+        return self.positions.keys()
+
+    def of_services(self, services: Collection[str]) -> list[DesiredAction]:
+        """The actions of `services`, in the order of `actions`."""
+        found = [a for service in services for a in self.by_service.get(service, ())]
+        positions = self.positions
+        found.sort(key=lambda a: positions[a.key])
+        return found
 
     def waits_for(self, service: str, dep: str) -> list[tuple[str, str]]:
         """The (service, action) keys one `after:` entry of `service` names; empty when it

@@ -235,7 +235,10 @@ def plan(desired: Desired, observed: Observed, records: list[JobRecord], now: fl
     (their actions, their retiring and pruned jobs); every other record and desired action
     is still read (readiness of a dependency, who owns a process holding a port), so the
     steps are those of the full plan for these services, given the same snapshot. The caller
-    closes `only` over `after:` (a dependent is planned after what it waits for)."""
+    closes `only` over `after:` (a dependent is planned after what it waits for). Where no
+    action of `only` declares a pidfile, socket or port, `records` may hold just the jobs of
+    `only` and every job being stopped: nothing else is read then (controller.narrowable),
+    so a keyed pass costs what its services cost."""
     def mine(service: str) -> bool:
         return only is None or service in only
 
@@ -254,8 +257,8 @@ def plan(desired: Desired, observed: Observed, records: list[JobRecord], now: fl
     for job in retiring:
         _continue_stop(ctx, job, None)
     prune_held = False if hold_prune else _prune(ctx, allow_empty, only)
-    for action in desired.actions:
-        if action.service not in suspended and mine(action.service):
+    for action in desired.actions if only is None else desired.of_services(only):
+        if action.service not in suspended:
             _plan_action(ctx, action)
     return Plan(tuple(ctx.steps), tuple(ctx.notes), prune_held, ctx.requeue_at,
                 tuple(ctx.waiting))
@@ -271,7 +274,7 @@ def _prune(ctx: _Pass, allow_empty: bool, only: frozenset[str] | None = None) ->
     """Stop and retire jobs whose action is no longer desired. Acts only on our inventory
     (of the services in `only`, when given), and never on a suspended service (kept until
     it is resumed)."""
-    wanted = {a.key for a in ctx.desired.actions}
+    wanted = ctx.desired.keys()
     orphans = [job for key, job in list(ctx.jobs.items())
                if key not in wanted and job.service not in ctx.suspended
                and (only is None or job.service in only)]

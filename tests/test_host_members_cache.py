@@ -103,16 +103,74 @@ def test_a_process_that_leaves_the_session_after_a_sweep_saw_it_is_still_found(
 def test_a_process_started_with_the_job_id_after_a_sweep_is_found(
         started: list[subprocess.Popen[bytes]], state_dir: Path) -> None:
     job_id = f"markers-test-{os.getpid()}-late"
-    markers = HostMarkers()
+    markers = HostMarkers(relist_span=10**6)  # however busy the host: no listing for that
     leader = ended_leader(started, state_dir, job_id)
     unmarked = start(started, state_dir, ["/bin/sleep", "600"], None)
     wait_for(lambda: identity_of(unmarked.pid), message="the unmarked process to run")
     assert job_processes({job_id: leader}, by_environ=[job_id], markers=markers) == {}
-    assert markers.reads > 0  # it read the host
+    assert markers.reads > 0 and markers.listed  # it listed and read the host
     late = start(started, state_dir, ["/bin/sleep", "600"], job_id)
     wait_for(lambda: cmdline(late.pid)[:1] == ("/bin/sleep",), message="the late one to exec")
     found = job_processes({job_id: leader}, by_environ=[job_id], markers=markers)
     assert [m.pid for m in found[job_id]] == [late.pid]
+    assert not markers.listed  # found among the pids handed out since, /proc not listed
+
+
+# Carries the job id; told to on stdin, it starts a thread (whose id /proc also resolves).
+THREADS = """
+import sys, threading, time
+def run():
+    print(threading.get_native_id(), flush=True)
+    time.sleep(600)
+sys.stdin.read(1)
+threading.Thread(target=run, daemon=True).start()
+time.sleep(600)
+"""
+
+
+def test_a_thread_started_after_a_sweep_is_not_taken_for_a_process(
+        started: list[subprocess.Popen[bytes]], state_dir: Path) -> None:
+    job_id = f"markers-test-{os.getpid()}-thread"
+    markers = HostMarkers(relist_span=10**6)
+    leader = ended_leader(started, state_dir, job_id)
+    member = subprocess.Popen([sys.executable, "-c", THREADS], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, start_new_session=True,
+                              env=service_env({JOB_ID_VAR: job_id,
+                                               "RECONCILER_STATE_DIR": str(state_dir)}))
+    started.append(member)
+    first = job_processes({job_id: leader}, by_environ=[job_id], markers=markers)
+    assert [m.pid for m in first[job_id]] == [member.pid]
+    assert member.stdin is not None and member.stdout is not None
+    member.stdin.write(b"x")
+    member.stdin.flush()
+    thread = int(member.stdout.readline())
+    assert thread != member.pid and os.path.exists(f"/proc/{thread}")
+    again = job_processes({job_id: leader}, by_environ=[job_id], markers=markers)
+    assert not markers.listed  # the thread's id was looked up alone: not a process
+    assert [m.pid for m in again[job_id]] == [member.pid]
+
+
+def test_a_wrapped_pid_counter_or_an_old_listing_makes_a_sweep_list_proc(
+        started: list[subprocess.Popen[bytes]], state_dir: Path) -> None:
+    """Pids above the last one handed out are new processes only until the counter wraps
+    around; and a listing is what forgets ended processes: both list /proc again."""
+    counter, now = [10**9], [0.0]
+    markers = HostMarkers(relist_every=10.0, clock=lambda: now[0], last_pid=lambda: counter[0])
+    leader = ended_leader(started, state_dir, f"markers-test-{os.getpid()}-wrap")
+    sweep = lambda: job_processes({"x": leader}, by_environ=["x"], markers=markers)  # noqa: E731
+    sweep()
+    assert markers.listed
+    sweep()
+    assert not markers.listed  # nothing handed out, nothing looked up
+    counter[0] = 5  # wrapped around
+    sweep()
+    assert markers.listed
+    now[0] = 9.9
+    sweep()
+    assert not markers.listed
+    now[0] = 10.0
+    sweep()
+    assert markers.listed
 
 
 def test_a_member_that_execs_with_a_clean_environment_is_no_longer_one(

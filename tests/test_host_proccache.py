@@ -81,6 +81,22 @@ def test_a_snapshot_is_read_again_after_max_age(cache: ProcCache, clock: Clock,
     assert fresh is not first and fresh == first
 
 
+def test_a_keyed_lookup_keeps_others_and_expires_the_oldest_first(
+        cache: ProcCache, clock: Clock, foreign: Foreign) -> None:
+    """forget_others=False (a keyed pass): the pids not asked about stay cached, and the
+    ones taken more than max_age ago are read again; the sessions follow the entries."""
+    a = started(foreign)
+    old = cache.lookup([a])[a]
+    clock.now += 20.0
+    b = started(foreign)
+    cache.lookup([b], forget_others=False)
+    assert len(cache) == 2 and set(cache.sessions()) == {old.session, proc_info(b).session}
+    clock.now += 15.0  # a is 35 s old, b 15 s
+    assert cache.lookup([b], forget_others=False)[b] is not None and len(cache) == 1
+    assert set(cache.sessions()) == {proc_info(b).session}
+    assert cache.lookup([a], forget_others=False)[a] is not old  # read again
+
+
 def test_missing_pids_are_simply_absent(cache: ProcCache) -> None:
     assert cache.lookup([2**22 + 12345]) == {} and len(cache) == 0
 

@@ -10,13 +10,15 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from reconciler.controller import Keys, Reconciler, after_closure, keyed_scope
+from reconciler.controller import Keys, Reconciler, after_closure, keyed_scope, narrowable
 from reconciler.desired import Desired
 from reconciler.host.identity import identity_of
+from reconciler.host.pidfile import write_pidfile
 from reconciler.observed import PortState
 from reconciler.plan import MIN_START_INTERVAL, Plan, Step, plan
 from reconciler.settings import Settings
 from reconciler.spec.load import LoadResult
+from reconciler.state.jobindex import JobIndex
 from reconciler.state.records import JobRecord
 from tests.helpers import wait_for
 from tests.test_gitrev import commit
@@ -38,6 +40,11 @@ def restricted(full: Plan, services: frozenset[str]) -> list[str]:
             and s.job.service in services]  # type: ignore[union-attr]
 
 
+def narrowed(jobs: list[JobRecord], scope: frozenset[str]) -> list[JobRecord]:
+    """The records a narrowable keyed pass plans from (controller._draft)."""
+    return JobIndex(jobs).of(scope)
+
+
 def test_subset_of_a_crash_equals_the_full_plan_restricted() -> None:
     """Two crashed services and one running: the plan of one crashed service alone is the
     full plan's steps for it, and nothing for the other."""
@@ -47,6 +54,8 @@ def test_subset_of_a_crash_equals_the_full_plan_restricted() -> None:
     full = plan(want, seen, jobs, NOW)
     sub = plan(want, seen, jobs, NOW, only=frozenset({"a"}))
     assert [s.describe() for s in sub.steps] == restricted(full, frozenset({"a"}))
+    assert narrowable(want, frozenset({"a"}))
+    assert plan(want, seen, narrowed(jobs, frozenset({"a"})), NOW, only=frozenset({"a"})) == sub
     assert {s.job.service for s in full.steps} == {"a", "b"}  # type: ignore[union-attr]
     assert sub.steps and all(s.job.service == "a" for s in sub.steps)  # type: ignore[union-attr]
 
@@ -64,6 +73,7 @@ def test_after_chain_subset_sees_its_dependency() -> None:
     sub = plan(want, seen, jobs, NOW, only=scope)
     assert [s.describe() for s in sub.steps] == restricted(full, scope)
     assert any("web" in w.service for w in sub.waiting)
+    assert plan(want, seen, narrowed(jobs, scope), NOW, only=scope) == sub
 
 
 def test_removed_service_subset_retires_only_its_jobs() -> None:
@@ -76,11 +86,14 @@ def test_removed_service_subset_retires_only_its_jobs() -> None:
     full = plan(want, seen, jobs, NOW)
     sub = plan(want, seen, jobs, NOW, only=frozenset({"gone"}))
     assert [s.describe() for s in sub.steps] == restricted(full, frozenset({"gone"}))
+    assert plan(want, seen, narrowed(jobs, frozenset({"gone"})), NOW,
+                only=frozenset({"gone"})) == sub
     assert sub.steps and "kill gone.api" in sub.steps[0].describe()
     # the other orphan is outside the keys and not being retired yet: a full pass it is
-    assert keyed_scope(Keys(frozenset({"gone"})), want, want, jobs, {}, frozenset(),
+    assert keyed_scope(Keys(frozenset({"gone"})), want, want, JobIndex(jobs), {}, frozenset(),
                        NO_LOAD) is None
-    assert keyed_scope(Keys(frozenset({"gone", "old"})), want, want, jobs, {}, frozenset(),
+    assert keyed_scope(Keys(frozenset({"gone", "old"})), want, want, JobIndex(jobs), {},
+                       frozenset(),
                        NO_LOAD) == {"gone", "old"}
 
 
@@ -95,15 +108,34 @@ def test_port_conflict_with_another_job_is_seen_by_the_subset() -> None:
     sub = plan(want, seen, jobs, NOW, only=frozenset({"b"}))
     assert [s.describe() for s in sub.steps] == restricted(full, frozenset({"b"}))
     assert "job a.api" in sub.steps[0].job.blocked_by[0].cmd  # type: ignore[union-attr]
+    # which job owns the holder needs every record: such a pass is never narrowed
+    assert not narrowable(want, frozenset({"b"}))
+    unnarrowed = plan(want, seen, narrowed(jobs, frozenset({"b"})), NOW, only=frozenset({"b"}))
+    assert "job a.api" not in unnarrowed.steps[0].job.blocked_by[0].cmd  # type: ignore
+
+
+def test_a_stop_elsewhere_is_seen_by_a_narrowed_subset() -> None:
+    """`b` is being stopped (outside the scope); a process of its session is no conflict
+    for `a`'s start: the narrowed records keep every job being stopped."""
+    want = desired(service("a"), service("b"))
+    stopping = job_of(want, "b", 902, phase="stopping", stop_deadline=NOW + 5,
+                      stop_then="stopped")
+    jobs = [job_of(want, "a", 901), stopping]
+    seen = observed(proc(902))
+    scope = frozenset({"a"})
+    assert stopping in narrowed(jobs, scope)
+    assert plan(want, seen, narrowed(jobs, scope), NOW, only=scope) == \
+        plan(want, seen, jobs, NOW, only=scope)
 
 
 def test_spec_keys_are_the_services_whose_actions_changed() -> None:
     before = desired(service("a"), service("b"), service("c"))
     after = desired(service("a"), service("b", cmd=["other"]), service("d"))
     jobs: list[JobRecord] = []
-    assert keyed_scope(Keys(specs=True), after, before, jobs, {}, frozenset(),
+    assert keyed_scope(Keys(specs=True), after, before, JobIndex(jobs), {}, frozenset(),
                        NO_LOAD) == {"b", "c", "d"}
-    assert keyed_scope(Keys(specs=True), after, None, jobs, {}, frozenset(), NO_LOAD) is None
+    assert keyed_scope(Keys(specs=True), after, None, JobIndex(jobs), {}, frozenset(),
+                       NO_LOAD) is None
 
 
 # --- with real processes ------------------------------------------------------------------------
@@ -144,6 +176,35 @@ def test_a_crash_among_many_is_respawned_by_a_keyed_pass_touching_no_other_row(
     # to do, c is running again and web never stopped)
     assert reconciler._last_scope == {"c", "web"}
     reconciler.close()
+
+
+def test_a_narrowed_pass_knows_the_owner_of_what_a_pidfile_names(
+        settings: Settings) -> None:
+    """A keyed pass plans from its services' records only, but a pidfile may name another
+    job's process (its pid recycled by that job's start): a singleton must not take it for
+    an old instance of itself and stop it. `a`'s pidfile is made to name `b`'s process
+    (same command) after `a` crashed: the keyed pass starts `a` and leaves `b` alone."""
+    (settings.specs_dir / "s.yaml").write_text("---\n".join(
+        f"name: {n}\nactions:\n  - name: main\n    process: true\n    singleton: true\n"
+        f"    cmd: [sleep, '3600']\n" for n in ("a", "b")))
+    later = [0.0]
+    reconciler = Reconciler(settings, clock=lambda: time.time() + later[0])
+    try:
+        assert reconciler.converge(wait=20).converged
+        later[0] = 10 * MIN_START_INTERVAL
+        before = rows(reconciler)
+        victim, other = before["a"].pid, before["b"].pid
+        assert victim is not None and other is not None
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: identity_of(victim) is None, message="process gone")
+        write_pidfile(settings.run_dir / "a.main.pid", other)
+        result = reconciler.reconcile(keys=Keys(frozenset({"a"})))
+        assert not [s for s in result.plan.steps if s.describe().startswith("kill")]
+        assert identity_of(other) is not None
+        assert rows(reconciler)["a"].pid not in (None, victim, other)
+    finally:
+        reconciler.down(wait=10)
+        reconciler.close()
 
 
 def test_spec_edit_and_removal_reconcile_that_files_services(

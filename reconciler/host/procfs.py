@@ -364,6 +364,43 @@ def listing_by_inode() -> dict[int, str]:
         return {entry.inode(): entry.name for entry in entries}
 
 
+def last_pid() -> int:
+    """The pid the kernel handed out last in our pid namespace (/proc/loadavg's fifth
+    field, `0.40 0.71 0.94 1/84 7667`). Pids are handed out in order, so every process
+    (and thread) started since an earlier reading has a pid above it, until the counter
+    wraps around at pid_max."""
+    with open(f"{PROC}/loadavg", "rb") as f:
+        return int(f.read().rsplit(maxsplit=1)[1])
+
+
+def pid_dir_inode(pid: int) -> int | None:
+    """The inode number of /proc/<pid> (what readdir gives as d_ino, see `iter_pid_inodes`)
+    if `pid` is a process's (thread-group leader's) pid; None for a thread's id (/proc
+    finds threads by id too, without listing them), a pid not (or no longer) in use, and
+    inode 1 (what /proc gives when it could not make the entry)."""
+    try:
+        dir_fd = os.open(f"{PROC}/{pid}", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:  # both read through the one directory: the same process, whatever the pid does
+        ino = os.fstat(dir_fd).st_ino
+        with open("status", "rb", opener=lambda name, flags: os.open(name, flags,
+                                                                      dir_fd=dir_fd)) as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return ino if int(line.split()[1]) == pid and ino != 1 else None
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(dir_fd)
+    return None
+
+
+def pid_exists(pid: int) -> bool:
+    """/proc has an entry for this id (a process's or a thread's)."""
+    return os.path.exists(f"{PROC}/{pid}")
+
+
 def iter_pid_inodes() -> Iterator[tuple[int, int]]:
     """Every process's pid with the inode number of its /proc directory (readdir's d_ino,
     no extra syscall). A new process gets a new inode, also on a recycled pid, and a process

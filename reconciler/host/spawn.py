@@ -180,9 +180,10 @@ class Children:
         self._pidfds = pidfds
         self._children: dict[int, _Child] = {}
         self._lock = threading.Lock()
-        # For `reap`: the pidfds of all children in one poll object, and the children that
-        # have none (kernel without pidfds) and must each be asked with waitpid.
-        self._poller = select.poll()
+        # For `reap`: the pidfds of all children in one epoll object (it answers with the
+        # ready ones only, where poll() looks at every fd), and the children that have none
+        # (kernel without pidfds) and must each be asked with waitpid.
+        self._poller = select.epoll()
         self._by_fd: dict[int, int] = {}
         self._without_pidfd: set[int] = set()
 
@@ -268,7 +269,7 @@ class Children:
             if pidfd is None:
                 self._without_pidfd.add(popen.pid)
             else:
-                self._poller.register(pidfd, select.POLLIN)
+                self._poller.register(pidfd, select.EPOLLIN)
                 self._by_fd[pidfd] = popen.pid
         return identity
 
@@ -289,7 +290,7 @@ class Children:
     def _maybe_exited(self) -> list[int]:
         """Children whose pidfd is readable, and those without one: one poll() instead of a
         waitpid per child (a thousand syscalls a pass at a thousand jobs)."""
-        ready = [self._by_fd[fd] for fd, _events in self._poller.poll(0)]
+        ready = [self._by_fd[fd] for fd, _events in self._poller.poll(0, max(1, len(self._by_fd)))]
         return [*ready, *self._without_pidfd]
 
     def _drop(self, pid: int) -> None:

@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 from reconciler.files import PRIVATE_FILE, make_private_dirs
 from reconciler.state.errors import DatabaseDamaged
+from reconciler.state.jobindex import JobIndex
 from reconciler.state.records import (
     Anomaly,
     BlockedBy,
@@ -577,7 +578,7 @@ class Store:
         self._closed = False
         # Non-removed jobs as last read or written by this connection, valid while no other
         # connection has committed (PRAGMA data_version): a daemon's passes then read no rows.
-        self._jobs: dict[str, JobRecord] | None = None
+        self._jobs: JobIndex | None = None
         self._jobs_version: int | None = None
         self.read_only = False
         self.tables: frozenset[str] | None = None  # known only to a reader (None: all exist)
@@ -684,14 +685,21 @@ class Store:
         if include_removed:
             rows = self.db.query("SELECT * FROM jobs ORDER BY service, action, rowid")
             return [job_from_row(row) for row in rows]
+        return self.job_index().in_order()
+
+    def job_index(self) -> JobIndex:
+        """The non-removed jobs, indexed (state/jobindex.py): a keyed pass takes what it
+        plans from it. Current as of now; not to be kept across a write by another
+        connection (read it again each pass)."""
+        if self._missing("jobs"):
+            return JobIndex()
         version = self._data_version()
         if self._jobs is None or version != self._jobs_version:
             rows = self.db.query("SELECT * FROM jobs WHERE phase != 'removed'"
                                  " ORDER BY service, action, rowid")
-            self._jobs = {row["id"]: job_from_row(row) for row in rows}
+            self._jobs = JobIndex(job_from_row(row) for row in rows)
             self._jobs_version = version
-        # sorted() is stable: jobs of one action keep their insertion (rowid) order
-        return sorted(self._jobs.values(), key=lambda j: (j.service, j.action))
+        return self._jobs
 
     def _data_version(self) -> int:
         """Changes whenever another connection commits to the database (not on our own)."""
@@ -711,9 +719,7 @@ class Store:
                 _table(self.db, "jobs").upsert_all([job_to_row(job) for job in jobs], pk="id")
                 if self._jobs is not None:
                     for job in jobs:
-                        self._jobs.pop(job.id, None)
-                        if job.phase != "removed":
-                            self._jobs[job.id] = job
+                        self._jobs.put(job)
 
     # events
 
