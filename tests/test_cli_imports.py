@@ -94,7 +94,8 @@ def test_status_of_running_jobs_loads_no_heavy_library(settings: Settings,
         assert "reconciler.plan" not in modules and "reconciler.daemon" not in modules
         assert sorted(set(NOT_FOR_STATUS) & modules) == [], argv
         if argv[0] == "status":  # parsed by cli/quick.py: argparse, gettext, locale not loaded
-            assert not {"argparse", "gettext", "reconciler.cli.args"} & modules, argv
+            assert not {"argparse", "gettext", "locale", "reconciler.cli.args"} & modules, argv
+            assert "string" not in modules, argv  # procfs's hex digits: it compiles a regex
 
 
 def test_stats_still_loads_what_status_leaves_out(settings: Settings,
