@@ -30,6 +30,10 @@ if __name__ == '__main__':
     sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
     sys.exit(main())
 """
+# the same script with nothing of ours: what `re` and running a script cost by themselves, so
+# the part of `reconcile --help` that is ours is the difference between the two rows
+SCRIPT_FLOOR = CONSOLE_SCRIPT.replace("from reconciler.cli import main",
+                                      "def main() -> int:\n    return 0")
 HELP_GOAL, STATUS_GOAL, VALIDATE_GOAL_MS = 1.5, 2.5, 250.0
 
 
@@ -50,9 +54,10 @@ class CliResult:
         return statistics.median(values) if values else None
 
 
-def commands(sup: Reconciler, script: Path) -> dict[str, list[str]]:
+def commands(sup: Reconciler, script: Path, floor: Path) -> dict[str, list[str]]:
     py, flags = sys.executable, ["--specs", str(sup.specs), "--state-dir", str(sup.state)]
     return {"python -c pass": [py, "-c", "pass"],
+            "pip script, nothing of ours": [py, str(floor), "--help"],
             "-m reconciler.cli --help": [py, "-m", "reconciler.cli", "--help"],
             "reconcile --help": [py, str(script), "--help"],
             "reconcile status": [py, str(script), "status", *flags],
@@ -65,6 +70,8 @@ def run(plan: CliPlan, root: Path, marker: str) -> CliResult:
     sup = Reconciler(root / f"cli-{plan.n}", plan.n, marker)
     script = root / "reconcile"
     script.write_text(CONSOLE_SCRIPT)
+    floor = root / "reconcile-floor"
+    floor.write_text(SCRIPT_FLOOR)
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONDONTWRITEBYTECODE", "RECONCILER_SPECS", "RECONCILER_STATE_DIR")}
     env |= {"PYTHONPATH": str(REPO), "BENCH_RUN": marker}
@@ -72,7 +79,7 @@ def run(plan: CliPlan, root: Path, marker: str) -> CliResult:
         sup.write_config()
         subprocess.run(sup.once_argv(), env=env, cwd=sup.workdir, check=True,
                        stdout=subprocess.DEVNULL, start_new_session=True)
-        argvs = commands(sup, script)
+        argvs = commands(sup, script, floor)
         for argv in argvs.values():  # warm the page cache and the bytecode
             subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, check=True)
         for _ in range(plan.runs):

@@ -58,6 +58,7 @@ def test_help_loads_nothing_but_its_text() -> None:
     assert ours == {"reconciler", "reconciler.cli", "reconciler.cli.errors",
                     "reconciler.cli.helptext"}
     assert not {"argparse", "shutil", "typing"} & modules  # (the probe itself loads re)
+    assert "__future__" not in modules  # its import alone is a visible part of `--help`
 
 
 def test_a_command_help_loads_argparse_and_nothing_of_ours_beyond_the_parser() -> None:
@@ -66,7 +67,9 @@ def test_a_command_help_loads_argparse_and_nothing_of_ours_beyond_the_parser() -
     assert heavy_in(modules) == []
     ours = {m for m in modules if m.startswith("reconciler")}
     assert ours == {"reconciler", "reconciler.cli", "reconciler.cli.args",
-                    "reconciler.cli.errors", "reconciler.cli.helptext"}  # its width
+                    "reconciler.cli.errors", "reconciler.cli.helptext",  # its width
+                    "reconciler.cli.quick",  # which found it is not a plain `status`
+                    "reconciler.cli.flags"}  # the parser's defaults
     # each costs ms of --help (shutil: argparse's formatter would import it for the width)
     assert not {"typing", "sqlite3", "shutil"} & modules
 
@@ -90,6 +93,9 @@ def test_status_of_running_jobs_loads_no_heavy_library(settings: Settings,
         assert heavy_in(modules) == [], argv
         assert "reconciler.plan" not in modules and "reconciler.daemon" not in modules
         assert sorted(set(NOT_FOR_STATUS) & modules) == [], argv
+        if argv[0] == "status":  # parsed by cli/quick.py: argparse, gettext, locale not loaded
+            assert not {"argparse", "gettext", "locale", "reconciler.cli.args"} & modules, argv
+            assert "string" not in modules, argv  # procfs's hex digits: it compiles a regex
 
 
 def test_stats_still_loads_what_status_leaves_out(settings: Settings,
@@ -109,7 +115,7 @@ def test_settle_default_is_the_settings_default() -> None:
     units parser for it): that is right only while both say the same."""
     from dataclasses import fields
 
-    from reconciler.cli.args import DEFAULT_SETTLE
+    from reconciler.cli.flags import DEFAULT_SETTLE
     from reconciler.spec.units import parse_duration
 
     default = next(f.default for f in fields(Settings) if f.name == "settle")

@@ -6,21 +6,22 @@ exit 2; anything unexpected prints one line and how to get the details. Exit cod
 `reconciler.cli.errors`.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
 from reconciler.cli.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPE, UsageError
 
-TYPE_CHECKING = False  # not `typing`: importing it costs more than all of `--help`
+# No `from __future__ import annotations` (its import is a measurable part of `--help`):
+# the annotations below are strings. TYPE_CHECKING is not `typing`'s: importing it costs more
+# than all of `--help`.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = ["main"]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: "Sequence[str] | None" = None) -> int:
     try:
         code = _main(argv)
         if sys.stdout is not None:  # None when started with stdout closed (`>&-`)
@@ -35,12 +36,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_PIPE
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    if _top_help_asked(sys.argv[1:] if argv is None else argv):
+def _main(argv: "Sequence[str] | None") -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if _top_help_asked(given):
         return EXIT_OK
-    from reconciler.cli.args import build_parser
+    from reconciler.cli.quick import quick_args
 
-    args = build_parser().parse_args(argv)
+    args = quick_args(given)  # a plain `status` needs no argparse (cli/quick.py)
+    if args is None:
+        from reconciler.cli.args import build_parser
+
+        args = build_parser().parse_args(argv)
     # after parsing: `--help` and a usage error load only argparse (tests/test_cli_imports.py)
     import sqlite3
 
@@ -77,7 +83,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_ERROR
 
 
-def _top_help_asked(argv: Sequence[str]) -> bool:
+def _top_help_asked(argv: "Sequence[str]") -> bool:
     """`reconcile --help` at the default width: the text argparse prints there, generated
     from the parser (`cli/helptext.py`), written without importing argparse (issue 13)."""
     if list(argv) not in (["--help"], ["-h"]) or sys.stdout is None:

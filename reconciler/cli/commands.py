@@ -15,7 +15,8 @@ import time
 
 from reconciler import logpaths
 from reconciler.cli import render
-from reconciler.cli.args import (
+from reconciler.cli.errors import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UsageError
+from reconciler.cli.flags import (
     METRICS_ADDR_ENV,
     MIN_TOP_INTERVAL,
     allow_empty_of,
@@ -28,7 +29,6 @@ from reconciler.cli.args import (
     specs_flag,
     state_dir_flag,
 )
-from reconciler.cli.errors import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, UsageError
 from reconciler.settings import Settings, specs_dir_of, state_dir_of
 from reconciler.state.reader import open_reader, read_jobs
 from reconciler.text import printable

@@ -5,8 +5,6 @@ Exit codes follow `kubectl diff` / `flux diff`: 0 clean, 1 differences or not co
 early (`reconcile status | head -1`: quiet, like a tool killed by SIGPIPE).
 """
 
-from __future__ import annotations
-
 EXIT_OK, EXIT_CHANGES, EXIT_ERROR = 0, 1, 2
 EXIT_PIPE = 128 + 13  # SIGPIPE: what `yes | head -1` reports for `yes`
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C

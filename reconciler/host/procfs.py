@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -25,7 +24,7 @@ PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")  # the unit of rss
 TCP_LISTEN = "0A"  # TCP_LISTEN in include/net/tcp_states.h, as printed by /proc/net/tcp
 UNIX_LISTENING_FLAG = 0x00010000  # __SO_ACCEPTCON: the socket called listen()
 
-_HEX = frozenset(string.hexdigits)
+_HEX = frozenset("0123456789abcdefABCDEF")  # string.hexdigits: `string` compiles a regex
 _FS_ENCODING = "utf-8"
 _STAT_MAX = 4096  # a stat line is well under 1 KiB whatever the command name
 
