@@ -37,6 +37,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Collection
+from typing import TypeVar
 
 from reconciler.host import procfs
 from reconciler.host.spawn import JOB_ID_VAR
@@ -45,7 +46,8 @@ UNREAD = "\0"  # a marker not read yet: no environment value can hold a NUL
 RELIST_SECONDS = 10.0  # /proc is listed at least this often (see `HostMarkers._refresh`)
 RELIST_SPAN = 64  # at least this many new pids since the last sweep are looked up alone
 UNSEEN_SECONDS = 1.0  # how long a pid handed out but not in /proc yet is looked for
-Candidate = tuple[int, int, str | None]  # pid, session, the wanted job id (None: by session)
+Candidate = tuple[int, int, str | None]
+_K = TypeVar("_K")  # pid, session, the wanted job id (None: by session)
 
 
 class HostMarkers:
@@ -64,6 +66,10 @@ class HostMarkers:
         self._listing: dict[int, str] = {}  # /proc's entries as last listed: inode -> name
         self._inodes: dict[int, int] = {}  # pid -> inode, of those learnt since that listing
         self._facts: dict[int, tuple[int, str | None]] = {}  # pid -> session, job id
+        # the same facts indexed, so a sweep costs what it looks at, not what the host runs
+        self._by_session: dict[int, set[int]] = {}  # session -> pids
+        self._by_marker: dict[str, set[int]] = {}  # job id read -> pids
+        self._unread: dict[int, set[int]] = {}  # session -> pids whose job id is UNREAD
         self._top = 0  # procfs.last_pid() before the last look
         self._listed_at = -math.inf  # clock() of the last listing
         self._unseen: dict[int, float] = {}  # pid handed out, not in /proc yet -> since
@@ -73,6 +79,7 @@ class HostMarkers:
 
     def forget(self) -> None:
         self._listing, self._inodes, self._facts, self._unseen = {}, {}, {}, {}
+        self._by_session, self._by_marker, self._unread = {}, {}, {}
         self._listed_at = -math.inf
 
     def __len__(self) -> int:
@@ -80,30 +87,69 @@ class HostMarkers:
 
     def candidates(self, sessions: Collection[int], wanted: Collection[str],
                    skipped: Collection[int], excluded: Collection[int]) -> list[Candidate]:
-        """One walk of /proc: every process in one of `sessions` (job id None), and every
-        process outside them and outside `skipped` (running jobs' sessions) whose
-        environment carries one of the `wanted` job ids, as last read; by pid. Pids ≤ 1 and
-        `excluded` are never candidates."""
+        """Every process in one of `sessions` (job id None), and every process outside
+        them and outside `skipped` (running jobs' sessions) whose environment carries one
+        of the `wanted` job ids, as last read; by pid. Pids ≤ 1 and `excluded` are never
+        candidates. Costs the new processes (see `_refresh`), the members of `sessions`,
+        the processes carrying a wanted job id, and an environment read for each process
+        not read before outside `skipped`: the facts are indexed by session and job id."""
         self.reads = 0
         self._refresh()
-        facts = self._facts
-        found: list[Candidate] = []
-        for pid, (sid, marker) in facts.items():  # values change, keys do not
-            if sid in sessions:
+        found: dict[int, Candidate] = {}
+        for session in sessions:
+            for pid in list(self._by_session.get(session, ())):
                 sid = _getsid(pid)  # it may have left by setsid() since
-                facts[pid] = (sid, marker)
+                if sid != session:
+                    self._set(pid, sid, self._facts[pid][1])
                 if sid in sessions:
-                    found.append((pid, sid, None))
-                    continue
-            if marker is None or not wanted or sid in skipped or sid < 0:
-                continue
-            if marker == UNREAD:
-                marker = procfs.read_environ_var(pid, JOB_ID_VAR)
-                self.reads += 1
-                facts[pid] = (sid, marker)
+                    found[pid] = (pid, sid, None)
+        if wanted:
+            for job_id in wanted:
+                for pid in self._by_marker.get(job_id, ()):
+                    sid = self._facts[pid][0]
+                    if sid not in sessions and sid not in skipped and sid >= 0:
+                        found[pid] = (pid, sid, job_id)
+            unread = set(self._unread)
+            unread.difference_update(sessions)
+            unread.difference_update(skipped)
+            for sid in unread:
+                if sid >= 0:
+                    self._read_markers(sid, wanted, found)
+        return sorted(c for c in found.values() if c[0] > 1 and c[0] not in excluded)
+
+    def _read_markers(self, sid: int, wanted: Collection[str],
+                      found: dict[int, Candidate]) -> None:
+        """Read the job id of every process of session `sid` whose job id is UNREAD."""
+        for pid in list(self._unread[sid]):
+            marker = procfs.read_environ_var(pid, JOB_ID_VAR)
+            self.reads += 1
+            self._set(pid, sid, marker)
             if marker in wanted:
-                found.append((pid, sid, marker))
-        return sorted(c for c in found if c[0] > 1 and c[0] not in excluded)
+                found[pid] = (pid, sid, marker)
+
+    def _set(self, pid: int, sid: int, marker: str | None) -> None:
+        old = self._facts.get(pid)
+        if old is not None:
+            self._unindex(pid, old)
+        self._facts[pid] = (sid, marker)
+        self._by_session.setdefault(sid, set()).add(pid)
+        if marker == UNREAD:
+            self._unread.setdefault(sid, set()).add(pid)
+        elif marker is not None:
+            self._by_marker.setdefault(marker, set()).add(pid)
+
+    def _drop(self, pid: int) -> None:
+        old = self._facts.pop(pid, None)
+        if old is not None:
+            self._unindex(pid, old)
+
+    def _unindex(self, pid: int, fact: tuple[int, str | None]) -> None:
+        sid, marker = fact
+        _discard(self._by_session, sid, pid)
+        if marker == UNREAD:
+            _discard(self._unread, sid, pid)
+        elif marker is not None:
+            _discard(self._by_marker, marker, pid)
 
     def _refresh(self) -> None:
         """Learn the processes started since the last sweep. Pids are handed out in order,
@@ -146,7 +192,7 @@ class HostMarkers:
             self._listing.pop(old, None)
         self._listing[inode] = str(pid)
         self._inodes[pid] = inode
-        self._facts[pid] = (_getsid(pid), UNREAD)
+        self._set(pid, _getsid(pid), UNREAD)
         self.new += 1
 
     def _relist(self) -> None:
@@ -154,16 +200,16 @@ class HostMarkers:
         listing is keyed by inode (each new process has its own) and compared with the
         last one as key sets, which runs in C: the kernel's readdir is then most of it."""
         listing = procfs.listing_by_inode()
-        facts, last = self._facts, self._listing
+        last = self._listing
         for inode in last.keys() - listing.keys():  # gone (a recycled pid: its old inode)
             name = last[inode]
             if name.isascii() and name.isdigit():
-                facts.pop(int(name), None)
+                self._drop(int(name))
         self.new = 0
         for inode in listing.keys() - last.keys():  # new, also on a recycled pid
             name = listing[inode]
             if name.isascii() and name.isdigit():
-                facts[int(name)] = (_getsid(int(name)), UNREAD)
+                self._set(int(name), _getsid(int(name)), UNREAD)
                 self.new += 1
         self._listing, self._inodes, self.listed = listing, {}, True
 
@@ -179,7 +225,7 @@ class HostMarkers:
         stat, cmdline, value = snapshot
         known = self._facts.get(pid)
         if known is not None:
-            self._facts[pid] = (known[0], value)
+            self._set(pid, known[0], value)
         if stat.zombie or value != job_id:
             return None
         return stat, cmdline
@@ -191,3 +237,11 @@ def _getsid(pid: int) -> int:
         return os.getsid(pid)
     except OSError:
         return -1
+
+
+def _discard(index: dict[_K, set[int]], key: _K, pid: int) -> None:
+    pids = index.get(key)
+    if pids is not None:
+        pids.discard(pid)
+        if not pids:
+            del index[key]

@@ -12,8 +12,9 @@ must still verify the identity (pidfd) before it signals anything, and should on
 signal members of a job it owns. Only the initial environment is visible (what the process
 was exec'd with), which is exactly what children inherit at fork.
 
-Cost: one directory entry per process for the walk, one open + one read per process not
-seen before (host/markers.py remembers the rest while they live), and a full snapshot
+Cost: a lookup per process started since the last sweep (host/markers.py remembers the
+rest while they live), one open + one read of the environment per process not seen
+before outside the running jobs' sessions, and a full snapshot
 (stat, cmdline, environ through one /proc dir fd) only for the few that match. Processes of
 other users are unreadable as non-root (EACCES at open): they are skipped, and cannot be our
 members unless a job changed its uid, which we never do.
@@ -35,7 +36,7 @@ def job_processes(leaders: Mapping[str, Identity], *, by_environ: Iterable[str] 
                   other_sessions: Collection[int] = (),
                   markers: HostMarkers | None = None) -> dict[str, tuple[ProcInfo, ...]]:
     """What runs of each job (job id → its main process's identity), except a live main
-    process itself, in one walk over /proc: the main process's session (while that session
+    process itself, from one look at /proc (host/markers.py): the main process's session (while that session
     is provably still the job's, see `procs.session_still_ours`) and, for the jobs named in
     `by_environ`, every process carrying the job's id.
 
@@ -50,9 +51,10 @@ def job_processes(leaders: Mapping[str, Identity], *, by_environ: Iterable[str] 
     if not sessions and not wanted:
         return {}
     host = markers if markers is not None else HostMarkers()
-    skipped = frozenset(other_sessions) - sessions.keys()
+    # `other_sessions` may hold swept sessions too: their processes are members first
     found: dict[str, list[ProcInfo]] = {}
-    for pid, sid, marked in host.candidates(sessions, wanted, skipped, self_and_ancestors()):
+    for pid, sid, marked in host.candidates(sessions, wanted, other_sessions,
+                                            self_and_ancestors()):
         if marked is None:
             info = _session_member(pid, sid, sessions[sid])
         else:
