@@ -36,9 +36,9 @@ def job_processes(leaders: Mapping[str, Identity], *, by_environ: Iterable[str] 
                   other_sessions: Collection[int] = (),
                   markers: HostMarkers | None = None) -> dict[str, tuple[ProcInfo, ...]]:
     """What runs of each job (job id → its main process's identity), except a live main
-    process itself, from one look at /proc (host/markers.py): the main process's session (while that session
-    is provably still the job's, see `procs.session_still_ours`) and, for the jobs named in
-    `by_environ`, every process carrying the job's id.
+    process itself, from one look at /proc (host/markers.py): the main process's session
+    (while that session is provably still the job's, see `procs.session_still_ours`) and,
+    for the jobs named in `by_environ`, every process carrying the job's id.
 
     Reading environments costs a read per process. A process in `other_sessions` (the
     sessions of other jobs that still run) is skipped without one: a session cannot be
