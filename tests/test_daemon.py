@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from reconciler.daemon import (
     retry_delay,
 )
 from reconciler.host.identity import identity_of
+from reconciler.identity import Identity
 from reconciler.plan import MIN_START_INTERVAL
 from reconciler.settings import Settings
 from reconciler.state.records import Event, Sample
@@ -366,6 +368,44 @@ def test_a_kick_during_a_pass_is_never_lost(settings: Settings) -> None:
     daemon = Daemon(settings, resync=3600, open_passes=open_passes)
     run_until_stopped(daemon, lambda: opened and opened[0].calls >= 2, "the kicked pass")
     assert daemon.passes >= 2
+
+
+def test_a_respawned_process_is_watched_for_its_next_exit(settings: Settings) -> None:
+    """After a keyed pass respawns one job among several, the watchers are pointed at the
+    few jobs it changed (daemon._watch_changed): the new process's exit must wake the
+    daemon again (the resync is an hour away), and the others stay watched."""
+    (settings.specs_dir / "s.yaml").write_text("---\n".join(
+        f"name: {n}\nactions:\n  - name: main\n    process: true\n    cmd: exec sleep 3600\n"
+        for n in ("a", "b", "c")))
+    later = [0.0]  # crashes come after MIN_START_INTERVAL: restarted at once, no backoff
+
+    @contextlib.contextmanager
+    def open_passes() -> Iterator[Reconciler]:
+        with Reconciler(settings, clock=lambda: time.time() + later[0]) as rec:
+            yield rec
+
+    daemon = Daemon(settings, resync=3600, open_passes=open_passes)
+
+    def pid_of(service: str) -> int | None:
+        result = daemon.last_result
+        jobs = {j.service: j for j in result.jobs} if result is not None else {}
+        return jobs[service].pid if service in jobs else None
+
+    def identities() -> set[Identity | None]:
+        return {j.identity for j in daemon.last_result.jobs}  # type: ignore[union-attr]
+
+    with daemon_running(daemon):
+        wait_for(lambda: all(pid_of(s) for s in "abc"), timeout=20, message="all running")
+        later[0] += 10 * MIN_START_INTERVAL
+        victim = pid_of("b")
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: pid_of("b") not in (None, victim), timeout=20, message="b respawned")
+        wait_for(lambda: daemon.exits.watching() == identities(), message="the new b watched")
+        respawned = pid_of("b")
+        assert respawned is not None
+        os.kill(respawned, signal.SIGKILL)  # a crash loop now: backoff, but seen at once
+        wait_for(lambda: pid_of("b") != respawned, timeout=20, message="the exit seen")
 
 
 def test_a_failed_pass_is_retried_with_backoff_and_logged_once(

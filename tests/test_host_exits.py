@@ -187,6 +187,27 @@ def test_sync_dropping_an_identity_stops_watching_it(foreign: Foreign, calls: Ca
     assert calls.seen == [kept]
 
 
+def test_update_swaps_a_few_identities_as_a_sync_of_the_whole_set_would(
+        foreign: Foreign, calls: Calls, watcher: ExitWatcher) -> None:
+    """A keyed pass respawned one job: the dead identity leaves (also from what was already
+    reported), the new one is watched, the others stay watched untouched."""
+    old_proc, old = _sleeper(foreign)
+    kept_proc, kept = _sleeper(foreign)
+    watcher.sync([old, kept])
+    old_proc.kill()
+    _reported(calls, old)
+    new_proc, new = _sleeper(foreign)
+    watcher.update([new], [old])
+    assert watcher.watching() == {kept, new}
+    watcher.update([old], [])  # synced again: a sync would report it once more, as update does
+    wait_for(lambda: calls.seen == [old, old], message="the second report")
+    new_proc.kill()
+    _reported(calls, new)
+    kept_proc.kill()
+    _reported(calls, kept)
+    assert calls.seen == [old, old, new, kept]
+
+
 def test_recycled_identity_is_reported_and_never_watched(foreign: Foreign, calls: Calls,
                                                          watcher: ExitWatcher) -> None:
     _proc, real = _sleeper(foreign)

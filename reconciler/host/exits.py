@@ -99,6 +99,27 @@ class ExitWatcher:
             if changed:
                 self._wake()
 
+    def update(self, added: Iterable[Identity], removed: Iterable[Identity]) -> None:
+        """`sync` for a few changes (what a keyed pass changed): from now on watch the
+        last synced identities without `removed`, with `added`; no walk over the rest."""
+        with self._lock:
+            if self._stopping:
+                return
+            changed = False
+            for identity in removed:
+                self._reported.discard(identity)
+                fd = self._watched.pop(identity, -1)
+                if fd != -1:
+                    if fd is not None:
+                        self._closing.append(fd)
+                    changed = True
+            for identity in added:
+                if identity not in self._watched and identity not in self._reported:
+                    self._add(identity)
+                    changed = True
+            if changed:
+                self._wake()
+
     def watching(self) -> frozenset[Identity]:
         with self._lock:
             return frozenset(self._watched)
