@@ -115,9 +115,11 @@ def run_daemon(args: argparse.Namespace, settings: Settings, resync: float) -> i
     from reconciler import __version__, logformat
     from reconciler.controller import prepare_state_dir
     from reconciler.daemon import Daemon
+    from reconciler.host.memory import limit_malloc_arenas
     from reconciler.sdnotify import Notifier
     from reconciler.state.lock import DaemonLock
 
+    limit_malloc_arenas()  # before any thread starts: host/memory.py says why
     address = metrics_address_of(args)
     sample_interval = sample_interval_of(args, os.environ)
     log_format = args.log_format or logformat.default_format(os.environ, sys.stderr)
