@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from reconciler import cli
+from reconciler.cli.errors import EXIT_ERROR
 from tests.test_cli_imports import REPO, loaded
 from tests.test_reconcile import write_sleeper
 
@@ -43,3 +47,36 @@ def test_models_are_built_with_no_plugins_and_plain_validators() -> None:
     result = json.loads(done.stdout)
     assert result["plain"] is True
     assert "reconciler.spec.noplugins" in result["loader"]
+
+
+def test_validate_runs_without_the_state_machinery(specs_dir: Path) -> None:
+    """cli/__init__.py runs `validate` from cli/validate.py: not cli/commands.py with the
+    state's reader, lock and records, sqlite3 or the /proc parsers, none of which it uses."""
+    write_sleeper(specs_dir, "web")
+    code, modules = loaded("validate", "--specs", str(specs_dir))
+    assert code == 0
+    assert "reconciler.cli.validate" in modules  # what ran: the check below is not vacuous
+    assert not {"reconciler.cli.commands", "reconciler.state.reader", "reconciler.state.lock",
+                "reconciler.state.records", "reconciler.host.procfs", "sqlite3"} & modules
+
+
+def test_validate_usage_error_is_still_one_line(specs_dir: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Its errors go through the same policy as every command's, now sorted after the fact."""
+    write_sleeper(specs_dir, "web")
+    code = cli.main(["validate", "--specs", str(specs_dir), "--format", "github", "-o", "json"])
+    err = capsys.readouterr().err
+    assert code == EXIT_ERROR
+    assert err == "reconcile: error: --format github and -o json: choose one\n"
+
+
+def test_state_errors_of_other_commands_are_still_one_line(
+        tmp_path: Path, specs_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The error types are imported only once an error is raised: a StateError of `status`
+    (a state dir under a file) is still one line, exit 2, no traceback."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    code = cli.main(["status", "--specs", str(specs_dir), "--state-dir", str(blocker / "s")])
+    err = capsys.readouterr().err
+    assert code == EXIT_ERROR
+    assert err.startswith("reconcile: error: ") and err.count("\n") == 1, err

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple, get_args
+from typing import TYPE_CHECKING, Any, NamedTuple, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -46,8 +46,10 @@ from reconciler.spec.model import (
     after_targets,
     did_you_mean,
 )
-from reconciler.state.records import EnvFiles, SpecRecord
 from reconciler.text import printable
+
+if TYPE_CHECKING:  # types only: validate need not build the records' classes (issue 13)
+    from reconciler.state.records import EnvFiles, SpecRecord
 
 _WITH_LIBYAML = bool(getattr(yaml, "__with_libyaml__", False))
 _LOADER: Any = yaml.CSafeLoader if _WITH_LIBYAML else yaml.SafeLoader
