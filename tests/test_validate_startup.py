@@ -72,8 +72,8 @@ def test_validate_usage_error_is_still_one_line(specs_dir: Path,
 
 def test_state_errors_of_other_commands_are_still_one_line(
         tmp_path: Path, specs_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The error types are imported only once an error is raised: a StateError of `status`
-    (a state dir under a file) is still one line, exit 2, no traceback."""
+    """The error types are imported only once an error is raised: what the host says to
+    `status` (a state dir under a file) is still one line, exit 2, no traceback."""
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
     code = cli.main(["status", "--specs", str(specs_dir), "--state-dir", str(blocker / "s")])
