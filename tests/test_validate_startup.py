@@ -4,6 +4,7 @@ the cuts made for it leave its verdicts alone. Timings are measured by `python -
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -80,3 +81,21 @@ def test_state_errors_of_other_commands_are_still_one_line(
     err = capsys.readouterr().err
     assert code == EXIT_ERROR
     assert err.startswith("reconcile: error: ") and err.count("\n") == 1, err
+
+
+def test_validate_leaves_the_cycle_collector_as_it_found_it(
+        specs_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The collector is off while the spec machinery is imported and the specs loaded; the
+    process (here: pytest's) gets it back as it was, on or off, valid specs or not."""
+    write_sleeper(specs_dir, "web")
+    (specs_dir / "bad.yaml").write_text("name: bad\nactions: []\n")
+    assert gc.isenabled()
+    try:
+        assert cli.main(["validate", "--specs", str(specs_dir)]) == EXIT_ERROR
+        assert gc.isenabled()
+        gc.disable()
+        assert cli.main(["validate", "--specs", str(specs_dir)]) == EXIT_ERROR
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    assert "bad.yaml:2:10: actions: must not be empty" in capsys.readouterr().err
