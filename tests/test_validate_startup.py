@@ -99,3 +99,25 @@ def test_validate_leaves_the_cycle_collector_as_it_found_it(
     finally:
         gc.enable()
     assert "bad.yaml:2:10: actions: must not be empty" in capsys.readouterr().err
+
+
+_EXIT_PROBE = """
+import atexit, gc, sys
+# registered first, so it runs last: after validate's own exit handler
+atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count() > 0))
+from reconciler.cli import main
+code = main(sys.argv[1:])
+print("frozen before exit:", gc.get_freeze_count() > 0, gc.isenabled())
+"""
+
+
+def test_validate_freezes_what_is_alive_only_at_exit(specs_dir: Path) -> None:
+    """The interpreter's last cycle collections skip frozen objects: validate freezes them
+    in an exit handler, not before, so its caller's collector is untouched while it runs."""
+    write_sleeper(specs_dir, "web")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", _EXIT_PROBE, "validate", "--specs",
+                           str(specs_dir)], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.splitlines()[-2:] == ["frozen before exit: False True",
+                                             "frozen at exit: True"], done.stdout
