@@ -8,14 +8,19 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from yaml.nodes import MappingNode, ScalarNode
 
 from reconciler.spec.load import (
+    _LOADER,
     SpecError,
     SpecErrors,
+    _compose_all,
     _could_nest_deeply,
     load_specs,
     parse_text,
@@ -288,6 +293,40 @@ def test_many_small_documents_skip_the_depth_scan() -> None:
     assert not _could_nest_deeply(small)
     assert _could_nest_deeply(small + "---\n" + "- " * 1001 + "x\n")
     assert not _could_nest_deeply(small + "---\n" + "- " * 999 + "x\n")
+
+
+_SCALAR_ZOO = """\
+a: [yes, no, 'yes', "no", on, off, ~, null, '', 0755, '0755', 1.10, 1e3, .inf, -.nan, 0x1f]
+b: {t: 2001-12-14t21:59:43.10-05:00, d: 2002-12-14, s: "2002-12-14", n: 12_000, x: 0b101}
+c: [true, True, TRUE, tRUE, 'true', plain text, "quoted text", !!str 5, !!int "7", 190:20:30]
+d: |
+  block
+e: >
+  folded
+---
+- yes
+- name
+"""
+
+
+def _nodes(node: Any) -> list[tuple[str, str, int, int]]:
+    if isinstance(node, ScalarNode):
+        return [(node.tag, node.value, node.start_mark.line, node.start_mark.column)]
+    children = [n for pair in node.value for n in pair] if isinstance(node, MappingNode) \
+        else node.value
+    return [(node.tag, "", node.start_mark.line, node.start_mark.column),
+            *(item for child in children for item in _nodes(child))]
+
+
+def test_remembered_tags_are_the_loaders_own() -> None:
+    """The composing loader remembers each scalar's resolved tag (issue 13): cold and warm,
+    every node has the tag, value and mark the plain safe loader gives it."""
+    expected = [_nodes(root) for root in yaml.compose_all(_SCALAR_ZOO, Loader=_LOADER)]
+    for _ in range(2):  # the second time from what the first remembered
+        assert [_nodes(root) for root in _compose_all(_SCALAR_ZOO)] == expected
+    assert {tag for tag, *_ in expected[0]} >= {
+        "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null", "tag:yaml.org,2002:int",
+        "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:str"}
 
 
 # --- never a traceback ----------------------------------------------------------------------

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -53,6 +53,31 @@ if TYPE_CHECKING:  # types only: validate need not build the records' classes (i
 
 _WITH_LIBYAML = bool(getattr(yaml, "__with_libyaml__", False))
 _LOADER: Any = yaml.CSafeLoader if _WITH_LIBYAML else yaml.SafeLoader
+
+
+class _ComposingLoader(_LOADER):  # type: ignore[misc]  # _LOADER is Any: the C class or not
+    """`_LOADER` with its tag resolution remembered. The composer asks for the tag of every
+    plain scalar, which runs the implicit resolvers' regexes in Python each time (half the
+    time libyaml takes to compose 200 services, issue 13), while specs repeat the same
+    few values (`name`, `true`, `process`...). The safe loaders have no path resolvers, so
+    a scalar's tag is a function of its text and style only: remembering it is exact."""
+
+    _tags: ClassVar[dict[tuple[str, tuple[bool, bool]], str]] = {}
+
+    def resolve(self, kind: type[Node], value: Any, implicit: Any) -> str:
+        if kind is not ScalarNode or len(value) > _REMEMBERED_LENGTH:
+            return str(super().resolve(kind, value, implicit))
+        key = (value, (bool(implicit[0]), bool(implicit[1])))
+        tag = self._tags.get(key)
+        if tag is None:
+            tag = str(super().resolve(kind, value, implicit))
+            if len(self._tags) >= _REMEMBERED_TAGS:
+                self._tags.clear()
+            self._tags[key] = tag
+        return tag
+
+
+_REMEMBERED_LENGTH, _REMEMBERED_TAGS = 64, 4096  # short values, a bounded number of them
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 MAX_SPEC_BYTES = 1024 * 1024  # a spec is a page of YAML; anything near this is a mistake
@@ -602,7 +627,7 @@ def _parse_text(text: str, filename: str, state_dir: str | None, hard: HardLimit
 
 
 def _compose_all(text: str) -> list[Node]:
-    loader = _LOADER(text)
+    loader = _ComposingLoader(text)
     try:
         roots = []
         while loader.check_node():
