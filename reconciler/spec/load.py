@@ -57,9 +57,9 @@ _LOADER: Any = yaml.CSafeLoader if _WITH_LIBYAML else yaml.SafeLoader
 
 class _ComposingLoader(_LOADER):  # type: ignore[misc]  # _LOADER is Any: the C class or not
     """`_LOADER` with its tag resolution remembered. The composer asks for the tag of every
-    plain scalar, which runs the implicit resolvers' regexes in Python each time (half the
-    time libyaml takes to compose 200 services, issue 13), while specs repeat the same
-    few values (`name`, `true`, `process`...). The safe loaders have no path resolvers, so
+    plain scalar, which runs the implicit resolvers' regexes in Python each time (a large
+    share of the time libyaml takes to compose 200 services, issue 13), while specs repeat
+    the same few values (`name`, `true`, `process`...). The safe loaders have no path resolvers, so
     a scalar's tag is a function of its text and style only: remembering it is exact."""
 
     _tags: ClassVar[dict[tuple[str, tuple[bool, bool]], str]] = {}
@@ -669,8 +669,8 @@ def _could_nest_deeply(text: str) -> bool:
     of many small documents. A document never spans a marker line (`---` or `...` at the
     start of a line, then a blank or the end): the parsers end every block collection
     there and refuse one inside a flow collection. Splitting at fewer places than the
-    parsers do only makes the counts larger, so the split takes line starts after `\n`
-    only and blanks among space, tab, CR and LF only."""
+    parsers do only makes the counts larger, so the split takes line starts after a line
+    feed only and blanks among space, tab, CR and LF only."""
     if sum(text.count(c) for c in _INDICATORS) < _DEPTH_SCAN_THRESHOLD:
         return False
     return any(sum(doc.count(c) for c in _INDICATORS) > MAX_DEPTH
