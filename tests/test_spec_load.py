@@ -8,14 +8,20 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from yaml.nodes import MappingNode, ScalarNode
 
 from reconciler.spec.load import (
+    _LOADER,
     SpecError,
     SpecErrors,
+    _compose_all,
+    _could_nest_deeply,
     load_specs,
     parse_text,
 )
@@ -256,6 +262,71 @@ def test_very_deep_nesting_is_an_error_not_a_crash() -> None:
     for text in ("[" * 100_000 + "]" * 100_000, "- " * 50_000 + "x", "a: " + "[" * 900 + "]" * 900):
         errors = errors_of(text)
         assert errors[0].startswith("f.yaml:1:")
+
+
+def test_deep_document_among_many_small_ones_is_still_scanned() -> None:
+    """The depth scan runs per document (issue 13: 200 small documents skip it), yet a deep
+    one after them is still refused at its place (libyaml's own limit, met by the scan
+    first, or the scan's: either names the nesting)."""
+    small = "---\n".join(service_doc(f"s{i:03d}") for i in range(300))
+    for deep in ("a: " + "[" * 1500 + "]" * 1500 + "\n", "- " * 1500 + "x\n"):
+        errors = errors_of(small + "---\n" + deep)
+        line = small.count("\n") + 2
+        assert errors[0].startswith(f"f.yaml:{line}:"), errors[0]
+        assert "nesting depth" in errors[0] or "nested more than" in errors[0], errors[0]
+
+
+def test_a_marker_line_inside_a_deep_collection_does_not_hide_its_depth() -> None:
+    """A `---` line cannot split a collection: in a flow one it is a syntax error, before
+    the composer nests past it; no crash, one error either way."""
+    for text in ("[" * 1500 + "\n---\n" + "[" * 1500 + "]" * 3000,
+                 "[" * 20_000 + "\n---\n" + "]" * 20_000,
+                 "[" * 999 + "\n...\n" + "[" * 999 + "\n---\n" + "[" * 999 + "]" * 2997):
+        errors = errors_of(text)
+        assert len(errors) == 1 and errors[0].startswith("f.yaml:"), errors
+
+
+def test_many_small_documents_skip_the_depth_scan() -> None:
+    """What the cut is: 300 services hold ~3600 indicators, none of their documents 1000."""
+    small = "---\n".join(service_doc(f"s{i:03d}") for i in range(300))
+    assert sum(small.count(c) for c in "[{-:?") >= 2000
+    assert not _could_nest_deeply(small)
+    assert _could_nest_deeply(small + "---\n" + "- " * 1001 + "x\n")
+    assert not _could_nest_deeply(small + "---\n" + "- " * 999 + "x\n")
+
+
+_SCALAR_ZOO = """\
+a: [yes, no, 'yes', "no", on, off, ~, null, '', 0755, '0755', 1.10, 1e3, .inf, -.nan, 0x1f]
+b: {t: 2001-12-14t21:59:43.10-05:00, d: 2002-12-14, s: "2002-12-14", n: 12_000, x: 0b101}
+c: [true, True, TRUE, tRUE, 'true', plain text, "quoted text", !!str 5, !!int "7", 190:20:30]
+d: |
+  block
+e: >
+  folded
+---
+- yes
+- name
+"""
+
+
+def _nodes(node: Any) -> list[tuple[str, str, int, int]]:
+    if isinstance(node, ScalarNode):
+        return [(node.tag, node.value, node.start_mark.line, node.start_mark.column)]
+    children = [n for pair in node.value for n in pair] if isinstance(node, MappingNode) \
+        else node.value
+    return [(node.tag, "", node.start_mark.line, node.start_mark.column),
+            *(item for child in children for item in _nodes(child))]
+
+
+def test_remembered_tags_are_the_loaders_own() -> None:
+    """The composing loader remembers each scalar's resolved tag (issue 13): cold and warm,
+    every node has the tag, value and mark the plain safe loader gives it."""
+    expected = [_nodes(root) for root in yaml.compose_all(_SCALAR_ZOO, Loader=_LOADER)]
+    for _ in range(2):  # the second time from what the first remembered
+        assert [_nodes(root) for root in _compose_all(_SCALAR_ZOO)] == expected
+    assert {tag for tag, *_ in expected[0]} >= {
+        "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null", "tag:yaml.org,2002:int",
+        "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:str"}
 
 
 # --- never a traceback ----------------------------------------------------------------------

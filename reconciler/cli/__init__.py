@@ -16,7 +16,8 @@ from reconciler.cli.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PI
 # than all of `--help`.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    import argparse
+    from collections.abc import Callable, Sequence
 
 __all__ = ["main"]
 
@@ -48,39 +49,55 @@ def _main(argv: "Sequence[str] | None") -> int:
 
         args = build_parser().parse_args(argv)
     # after parsing: `--help` and a usage error load only argparse (tests/test_cli_imports.py)
+    try:
+        return int(_command_of(args)(args))
+    except BrokenPipeError:
+        raise  # main() ends quietly
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        return _failed(err)
+
+
+def _command_of(args: "argparse.Namespace") -> "Callable[[argparse.Namespace], int]":
+    """`validate` runs without `cli/commands.py` and what it imports (the state's reader and
+    lock, sqlite3): it uses none of it, and issue 13 wants it fast (cli/validate.py)."""
+    if args.command == "validate":
+        from reconciler.cli.validate import cmd_validate
+
+        return cmd_validate
+    from reconciler.cli.commands import run
+
+    return run
+
+
+def _failed(err: Exception) -> int:
+    """The error policy, importing the error types only once there is an error to sort."""
     import sqlite3
 
     from reconciler.settings import SettingsError
     from reconciler.state.errors import StateError
     from reconciler.state.lock import LockTimeout
 
-    try:
-        from reconciler.cli.commands import run
-
-        return int(run(args))
-    except (SettingsError, StateError, LockTimeout, UsageError) as err:
+    if isinstance(err, (SettingsError, StateError, LockTimeout, UsageError)):
         return _error(str(err))
-    except sqlite3.DatabaseError as err:
+    if isinstance(err, sqlite3.DatabaseError):
         from reconciler.state.store import is_damage
 
         if is_damage(err):
             return _error(f"the state database is damaged ({err}). Managed processes keep "
                           "running. Run `reconcile repair` with the same --state-dir")
         return _error(f"state database: {err}")
-    except BrokenPipeError:
-        raise  # main() ends quietly
-    except OSError as err:  # the host said no (permissions, full disk): not our bug
+    if isinstance(err, OSError):  # the host said no (permissions, full disk): not our bug
         return _error(str(err))
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except Exception as err:  # the last line of defence: one line, never a traceback
-        if os.environ.get("RECONCILER_DEBUG"):
-            raise
-        from reconciler.text import printable
+    # the last line of defence: one line, never a traceback
+    if os.environ.get("RECONCILER_DEBUG"):
+        raise err
+    from reconciler.text import printable
 
-        print(f"reconcile: internal error: {type(err).__name__}: {printable(str(err))} "
-              "(set RECONCILER_DEBUG=1 for a traceback)", file=sys.stderr)
-        return EXIT_ERROR
+    print(f"reconcile: internal error: {type(err).__name__}: {printable(str(err))} "
+          "(set RECONCILER_DEBUG=1 for a traceback)", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def _top_help_asked(argv: "Sequence[str]") -> bool:

@@ -26,10 +26,9 @@ from reconciler.cli.flags import (
     resync_of,
     sample_interval_of,
     settings_from,
-    specs_flag,
-    state_dir_flag,
 )
-from reconciler.settings import Settings, specs_dir_of, state_dir_of
+from reconciler.cli.validate import cmd_validate
+from reconciler.settings import Settings
 from reconciler.state.reader import open_reader, read_jobs
 from reconciler.text import printable
 
@@ -338,29 +337,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
     # only steps that run now count, as before: an action that waits comes with the step it
     # waits for, or waits on something no pass can change now (a backoff, a `down`)
     return EXIT_CHANGES if planned.changes else EXIT_OK
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    """Needs no Settings: it never writes, so the default state dir is fine even in tests."""
-    from reconciler.spec.load import load_specs
-
-    specs_dir = specs_dir_of(args.dir or specs_flag(args))
-    loaded = load_specs(specs_dir, state_dir=state_dir_of(state_dir_flag(args)).absolute())
-    if args.format == "github":
-        if args.output == "json":
-            raise UsageError("--format github and -o json: choose one")
-        emit(render.github_annotations(loaded))
-        print(render.validation_summary(loaded) if loaded.ok else
-              render.invalid_summary(loaded), file=sys.stderr)
-    elif args.output == "json":
-        emit(render.validation_json(loaded))
-    else:
-        render.print_problems(loaded, None)
-        if loaded.ok:
-            emit(render.validation_summary(loaded))
-        else:
-            print(render.invalid_summary(loaded), file=sys.stderr)
-    return EXIT_OK if loaded.ok else EXIT_ERROR
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -46,11 +46,38 @@ from reconciler.spec.model import (
     after_targets,
     did_you_mean,
 )
-from reconciler.state.records import EnvFiles, SpecRecord
 from reconciler.text import printable
+
+if TYPE_CHECKING:  # types only: validate need not build the records' classes (issue 13)
+    from reconciler.state.records import EnvFiles, SpecRecord
 
 _WITH_LIBYAML = bool(getattr(yaml, "__with_libyaml__", False))
 _LOADER: Any = yaml.CSafeLoader if _WITH_LIBYAML else yaml.SafeLoader
+
+
+class _ComposingLoader(_LOADER):  # type: ignore[misc]  # _LOADER is Any: the C class or not
+    """`_LOADER` with its tag resolution remembered. The composer asks for the tag of every
+    plain scalar, which runs the implicit resolvers' regexes in Python each time (a large
+    share of the time libyaml takes to compose 200 services, issue 13), while specs repeat
+    the same few values (`name`, `true`, `process`...). The safe loaders have no path resolvers, so
+    a scalar's tag is a function of its text and style only: remembering it is exact."""
+
+    _tags: ClassVar[dict[tuple[str, tuple[bool, bool]], str]] = {}
+
+    def resolve(self, kind: type[Node], value: Any, implicit: Any) -> str:
+        if kind is not ScalarNode or len(value) > _REMEMBERED_LENGTH:
+            return str(super().resolve(kind, value, implicit))
+        key = (value, (bool(implicit[0]), bool(implicit[1])))
+        tag = self._tags.get(key)
+        if tag is None:
+            tag = str(super().resolve(kind, value, implicit))
+            if len(self._tags) >= _REMEMBERED_TAGS:
+                self._tags.clear()
+            self._tags[key] = tag
+        return tag
+
+
+_REMEMBERED_LENGTH, _REMEMBERED_TAGS = 64, 4096  # short values, a bounded number of them
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 MAX_SPEC_BYTES = 1024 * 1024  # a spec is a page of YAML; anything near this is a mistake
@@ -58,6 +85,8 @@ MAX_SPEC_BYTES = 1024 * 1024  # a spec is a page of YAML; anything near this is 
 # parser does not, so suspicious files are measured with it before they are composed.
 MAX_DEPTH = 1000
 _DEPTH_SCAN_THRESHOLD = 2000  # fewer "[{-:?" characters than this cannot nest that deep
+_INDICATORS = "[{-:?"
+_DOCUMENT_MARKER = re.compile(r"^(?:---|\.\.\.)(?=[ \t\r\n]|\Z)", re.MULTILINE)
 
 _Y = "tag:yaml.org,2002:"
 _MAP, _SEQ, _MERGE, _NULL = f"{_Y}map", f"{_Y}seq", f"{_Y}merge", f"{_Y}null"
@@ -598,7 +627,7 @@ def _parse_text(text: str, filename: str, state_dir: str | None, hard: HardLimit
 
 
 def _compose_all(text: str) -> list[Node]:
-    loader = _LOADER(text)
+    loader = _ComposingLoader(text)
     try:
         roots = []
         while loader.check_node():
@@ -609,7 +638,7 @@ def _compose_all(text: str) -> list[Node]:
 
 
 def _nesting_error(text: str, filename: str) -> SpecError | None:
-    if sum(text.count(c) for c in "[{-:?") < _DEPTH_SCAN_THRESHOLD:
+    if not _could_nest_deeply(text):
         return None
     loader = _LOADER(text)
     depth = 0
@@ -628,6 +657,24 @@ def _nesting_error(text: str, filename: str) -> SpecError | None:
     finally:
         loader.dispose()
     return None
+
+
+def _could_nest_deeply(text: str) -> bool:
+    """Whether the event scan must run: the file has `_DEPTH_SCAN_THRESHOLD` indicators and
+    one of its documents enough of them to nest deeper than `MAX_DEPTH`.
+
+    Every collection starts with one of `[{-:?` of its own, so a document nesting d deep
+    holds at least d of them: where no document holds more than `MAX_DEPTH`, the scan
+    would find nothing, and skipping it spares ~4 ms per 200 services (issue 13) to a file
+    of many small documents. A document never spans a marker line (`---` or `...` at the
+    start of a line, then a blank or the end): the parsers end every block collection
+    there and refuse one inside a flow collection. Splitting at fewer places than the
+    parsers do only makes the counts larger, so the split takes line starts after a line
+    feed only and blanks among space, tab, CR and LF only."""
+    if sum(text.count(c) for c in _INDICATORS) < _DEPTH_SCAN_THRESHOLD:
+        return False
+    return any(sum(doc.count(c) for c in _INDICATORS) > MAX_DEPTH
+               for doc in _DOCUMENT_MARKER.split(text))
 
 
 def _syntax_error(exc: yaml.YAMLError, text: str, filename: str) -> SpecError:

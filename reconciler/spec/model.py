@@ -43,6 +43,7 @@ from pydantic.config import JsonDict, JsonValue
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
 
+from reconciler.spec import noplugins
 from reconciler.spec.defaults import DEFAULT_LOGS_KEEP, DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT
 from reconciler.spec.units import (
     DURATION_PATTERN,
@@ -53,6 +54,8 @@ from reconciler.spec.units import (
     parse_size,
 )
 from reconciler.text import printable
+
+noplugins.disable()  # before the first model is built: why in spec/noplugins.py
 
 # No `.`: `SERVICE.ACTION` must name exactly one action, and the default pidfile
 # `<service>.<action>.pid` must be distinct for every pair (`a`/`b.c` vs `a.b`/`c`).
