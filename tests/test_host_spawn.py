@@ -356,13 +356,16 @@ def test_the_gate_execs_an_exec_string_command_itself(children: Children,
     assert marker.exists()
 
 
+@pytest.mark.parametrize("script", [
+    "exec ./show 'a  b' \"c d\" e=f -x '' --port=80 a'b'\"c\"",
+    " exec\t./show  a\tb\x0bc \xa0 --x=1 ",  # unquoted: only spaces and tabs separate words
+])
 def test_an_exec_string_command_gets_the_words_the_shell_would_give(
-        children: Children, tmp_path: Path) -> None:
+        children: Children, tmp_path: Path, script: str) -> None:
     show = tmp_path / "show"
     show.write_text(f"#!{sys.executable}\nimport json, sys\n"
                     "open('argv.json', 'w').write(json.dumps(sys.argv[1:]))\n")
     show.chmod(0o755)
-    script = "exec ./show 'a  b' \"c d\" e=f -x '' --port=80 a'b'\"c\""
     subprocess.run(["/bin/sh", "-c", script], cwd=tmp_path, check=True, timeout=60)
     by_the_shell = (tmp_path / "argv.json").read_text()
     (tmp_path / "argv.json").unlink()

@@ -155,10 +155,13 @@ def _exec_words(argv: Sequence[str]) -> list[str] | None:
     script = argv[2]
     if _first_word(script) != "exec" or any(char in _NOT_LITERAL for char in script):
         return None
-    try:
-        words = shlex.split(script)
-    except ValueError:  # unbalanced quotes: the shell reports that itself
-        return None
+    if "'" in script or '"' in script:
+        try:
+            words = shlex.split(script)
+        except ValueError:  # unbalanced quotes: the shell reports that itself
+            return None
+    else:  # no quotes, escapes or newlines: words are what blanks separate (shlex's 40 µs)
+        words = [word for word in script.replace("\t", " ").split(" ") if word]
     if len(words) < 2 or words[0] != "exec" or words[1].startswith("-") or "=" in words[1]:
         return None  # `exec` alone, bash's `exec -a name`, an assignment-looking program
     return words[1:]
