@@ -19,7 +19,13 @@ from reconciler.environment import DEFAULT_PATH, minimal_env
 from reconciler.host import procfs
 from reconciler.host.identity import identity_of
 from reconciler.host.pidfd import Pidfds
-from reconciler.host.spawn import GATE_ARGV0, JOB_ID_VAR, Children, SpawnError
+from reconciler.host.spawn import (
+    GATE_ARGV0,
+    JOB_ID_VAR,
+    Children,
+    SpawnError,
+    _exec_words,
+)
 from reconciler.identity import Identity
 from reconciler.observed import Exit
 from reconciler.settings import Settings
@@ -328,6 +334,70 @@ def test_enroll_runs_before_the_command(children: Children, tmp_path: Path) -> N
     assert seen[0][:2] == ("/bin/sh", "-c") and seen[0][3] == GATE_ARGV0  # still the gate
     wait_for(marker.exists, message="the command to run once the gate opened")
     wait_for(lambda: cmdline(identity.pid) == ("sleep", "600"), message="exec")
+
+
+def test_the_gate_execs_an_exec_string_command_itself(children: Children,
+                                                     tmp_path: Path) -> None:
+    """`cmd: "exec prog args"`: the gate's shell execs `prog args` itself instead of a second
+    /bin/sh that would only exec them (one exec per start fewer), and still only once the
+    parent has enrolled it."""
+    marker = tmp_path / "ran"
+    seen: list[tuple[str, ...]] = []
+
+    def enroll(identity: Identity) -> None:
+        seen.append(wait_for(lambda: cmdline(identity.pid), message="cmdline"))
+        assert not marker.exists()
+
+    identity = children.spawn(["/bin/sh", "-c", f"exec touch {marker}"], cwd=tmp_path,
+                              env=service_env({}), log_path=tmp_path / "main.log",
+                              enroll=enroll)
+    assert seen[0][3] == GATE_ARGV0 and seen[0][5:] == ("touch", str(marker))
+    assert reaped(children, identity.pid).returncode == 0
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("script", [
+    "exec ./show 'a  b' \"c d\" e=f -x '' --port=80 a'b'\"c\"",
+    " exec\t./show  a\tb\x0bc \xa0 --x=1 ",  # unquoted: only spaces and tabs separate words
+])
+def test_an_exec_string_command_gets_the_words_the_shell_would_give(
+        children: Children, tmp_path: Path, script: str) -> None:
+    show = tmp_path / "show"
+    show.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                    "open('argv.json', 'w').write(json.dumps(sys.argv[1:]))\n")
+    show.chmod(0o755)
+    subprocess.run(["/bin/sh", "-c", script], cwd=tmp_path, check=True, timeout=60)
+    by_the_shell = (tmp_path / "argv.json").read_text()
+    (tmp_path / "argv.json").unlink()
+    identity = children.spawn(["/bin/sh", "-c", script], cwd=tmp_path, env=service_env({}),
+                              log_path=tmp_path / "main.log")
+    assert reaped(children, identity.pid).returncode == 0
+    assert (tmp_path / "argv.json").read_text() == by_the_shell
+
+
+def test_an_exec_string_command_whose_program_is_missing_is_a_spawn_error(
+        children: Children, tmp_path: Path) -> None:
+    with pytest.raises(SpawnError, match="command not found: no-such-command-xyz"):
+        spawn(children, tmp_path, ["/bin/sh", "-c", "exec no-such-command-xyz --flag"])
+    assert children.pids() == frozenset()
+
+
+@pytest.mark.parametrize("script", [
+    "exec", "exec -a name sleep 1", "exec sleep *", "exec ls ~", "exec sleep 1 # note",
+    "exec sleep $X", "exec sleep 1; true", "exec A=1 sleep 1", "exec sleep 'unbalanced",
+    "exec echo {a,b}", "exec sleep\r1", "exec echo a\\ b", "exec echo [ab]", "exec sleep 1 &",
+    "sleep 1", "true && exec sleep 1",
+])
+def test_an_exec_string_command_the_shell_must_interpret_is_left_to_it(script: str) -> None:
+    assert _exec_words(["/bin/sh", "-c", script]) is None
+
+
+def test_a_glob_in_an_exec_string_command_is_still_expanded(children: Children,
+                                                           tmp_path: Path) -> None:
+    (tmp_path / "only-file").write_text("")
+    identity = spawn(children, tmp_path, ["/bin/sh", "-c", "exec echo only-*"])
+    assert reaped(children, identity).returncode == 0
+    assert (tmp_path / "logs" / "svc" / "main.log").read_text() == "only-file\n"
 
 
 def test_a_failed_enrollment_never_runs_the_command(children: Children, tmp_path: Path) -> None:

@@ -11,6 +11,10 @@ and opened the gate. If the controller dies before that, the kernel closes the p
 shell reads end-of-file and exits without ever running the command, so a controller killed
 mid-spawn can never leave behind a live process that nothing proves is ours (for a singleton
 that would be a second instance).
+
+A string command that only execs a program (`cmd: "exec prog args"`, literal words) is
+exec'ed by the gate's shell itself rather than by a second /bin/sh: two execs per start
+instead of three, most of a start's CPU (docs/benchmarks.md, "cold start, second round").
 """
 
 from __future__ import annotations
@@ -134,6 +138,35 @@ def _shell_program(argv: Sequence[str]) -> str | None:
     return words[0]
 
 
+# Characters after which `exec prog arg...` may mean something other than those words: any
+# operator or expansion, quoting by backslash, a glob, a tilde, a comment, brace expansion
+# (bash), and a carriage return (a word character to the shell, a blank to shlex).
+_NOT_LITERAL = _SHELL_SYNTAX | frozenset("*?[]~#{}!\r")
+
+
+def _exec_words(argv: Sequence[str]) -> list[str] | None:
+    """For a string command `/bin/sh -c "exec prog arg..."` made only of literal words, those
+    words (`prog arg...`), which the gate's shell execs itself: the same shell doing the same
+    `exec` with the same words, environment, directory and limits, one exec of /bin/sh per
+    start fewer (docs/benchmarks.md, "cold start, second round"). None for anything else,
+    which the gate runs as given."""
+    if len(argv) != 3 or list(argv[:2]) != ["/bin/sh", "-c"]:
+        return None
+    script = argv[2]
+    if _first_word(script) != "exec" or any(char in _NOT_LITERAL for char in script):
+        return None
+    if "'" in script or '"' in script:
+        try:
+            words = shlex.split(script)
+        except ValueError:  # unbalanced quotes: the shell reports that itself
+            return None
+    else:  # no quotes, escapes or newlines: words are what blanks separate (shlex's 40 µs)
+        words = [word for word in script.replace("\t", " ").split(" ") if word]
+    if len(words) < 2 or words[0] != "exec" or words[1].startswith("-") or "=" in words[1]:
+        return None  # `exec` alone, bash's `exec -a name`, an assignment-looking program
+    return words[1:]
+
+
 def _first_word(script: str) -> str:
     """The first word as shlex splits it when it is unquoted (shlex's whitespace only)."""
     words = script.lstrip(_SHLEX_BLANKS)
@@ -214,7 +247,8 @@ class Children:
         if cwd_str is not None and not os.path.isdir(cwd_str):
             raise SpawnError(f"working directory missing: {cwd_str}")
         _check_executable(argv[0], cwd_str, env)
-        program = _shell_program(argv)
+        run_argv = _exec_words(argv) or argv
+        program = run_argv[0] if run_argv is not argv else _shell_program(argv)
         if program is not None:  # as exec would fail for the list form, not as exit 127
             _check_executable(program, cwd_str, env)
         log_fd = _open_log(os.fspath(log_path))
@@ -227,7 +261,7 @@ class Children:
             own_nofile = any(key == "nofile" for key, _ in rlimits)
             fd_soft = "" if own_nofile else str(child_fd_limit())
             gate_argv = ["/bin/sh", "-c", _GATE, GATE_ARGV0, fd_soft]
-            popen = subprocess.Popen([*gate_argv, *argv], cwd=cwd_str,
+            popen = subprocess.Popen([*gate_argv, *run_argv], cwd=cwd_str,
                                      env=env, stdin=gate_read, stdout=log_fd,
                                      stderr=subprocess.STDOUT, start_new_session=True,
                                      close_fds=True)

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from reconciler.files import PRIVATE_FILE, make_private_dirs, write_atomic
+from reconciler.files import PRIVATE_FILE, write_atomic
 from reconciler.identity import Identity
 from reconciler.state.records import Enrollment
 
@@ -53,7 +53,7 @@ def enroll(run_dir: Path, enrollment: Enrollment) -> Path:
     Not fsynced (see the module docstring): the fsyncs were most of a spawn's cost.
     """
     target = enrollment_path(run_dir, enrollment.job_id)
-    make_private_dirs(run_dir)
+    # write_atomic creates the run dir if it is missing
     write_atomic(target, json.dumps(_to_json(enrollment), indent=1).encode(), PRIVATE_FILE,
                  durable=False)
     return target
