@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -740,7 +740,7 @@ def _with_resources(first: Observed, actions: Iterable[DesiredAction],
 
 
 def members_to_sweep(records: list[JobRecord], observed: Observed,
-                     other_sessions: Iterable[int] = (), *,
+                     other_sessions: Container[int] = frozenset(), *,
                      markers: HostMarkers | None = None) -> dict[str, tuple[ProcInfo, ...]]:
     """What is left of jobs whose main process exited, and of jobs being stopped: plan
     follows a daemonized survivor, stops the leftovers of a crash, and finishes a stop only
@@ -750,7 +750,7 @@ def members_to_sweep(records: list[JobRecord], observed: Observed,
     environment (of the processes `markers` has not seen before, when given).
     `other_sessions`: sessions of running jobs not in `records` (a keyed pass)."""
     leaders: dict[str, Identity] = {}
-    running_sessions: set[int] = set(other_sessions)
+    running_sessions: set[int] = set()
     for job in records:
         if job.identity is None or job.phase in ("removed", "stopped", "succeeded"):
             continue
@@ -762,9 +762,23 @@ def members_to_sweep(records: list[JobRecord], observed: Observed,
         return {}
     # every exit (a daemon forking away exits 0, a crash may leave a setsid() child, a
     # one-shot a helper) and every stop: look for the job id outside the session too
+    ended = {i.pid for i in leaders.values()}
     return job_processes(leaders, by_environ=leaders,
-                         other_sessions=running_sessions - {i.pid for i in leaders.values()},
+                         other_sessions=AnyOf((running_sessions, other_sessions), ended),
                          markers=markers)
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf(Container[int]):
+    """Membership in any of `parts` but not in `without`, without merging them into a new
+    set: the other jobs' sessions are as many as the jobs, and a keyed pass asks about a
+    few processes."""
+
+    parts: tuple[Container[int], ...]
+    without: Container[int] = frozenset()
+
+    def __contains__(self, item: object) -> bool:
+        return item not in self.without and any(item in part for part in self.parts)
 
 
 def with_health(observed: Observed, health: HealthResults | None) -> Observed:

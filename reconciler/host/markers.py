@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Container
 from typing import TypeVar
 
 from reconciler.host import procfs
@@ -86,13 +86,13 @@ class HostMarkers:
         return len(self._facts)
 
     def candidates(self, sessions: Collection[int], wanted: Collection[str],
-                   skipped: Collection[int], excluded: Collection[int]) -> list[Candidate]:
+                   skipped: Container[int], excluded: Container[int]) -> list[Candidate]:
         """Every process in one of `sessions` (job id None), and every process outside
         them and outside `skipped` (running jobs' sessions) whose environment carries one
         of the `wanted` job ids, as last read; by pid. Pids ≤ 1 and `excluded` are never
-        candidates. Costs the new processes (see `_refresh`), the members of `sessions`,
-        the processes carrying a wanted job id, and an environment read for each process
-        not read before outside `skipped`: the facts are indexed by session and job id."""
+        candidates. Costs the new processes (see `_refresh`) and an environment read for
+        each, the members of `sessions` and the processes carrying a wanted job id: the
+        facts are indexed by session and job id."""
         self.reads = 0
         self._refresh()
         found: dict[int, Candidate] = {}
@@ -109,22 +109,21 @@ class HostMarkers:
                     sid = self._facts[pid][0]
                     if sid not in sessions and sid not in skipped and sid >= 0:
                         found[pid] = (pid, sid, job_id)
-            unread = set(self._unread)
-            unread.difference_update(sessions)
-            unread.difference_update(skipped)
-            for sid in unread:
-                if sid >= 0:
-                    self._read_markers(sid, wanted, found)
+            # every process not read yet, the running jobs' own too: read once, each is
+            # then found by its job id alone, so what a sweep reads is what is new (the
+            # first sweep reads the host once)
+            for sid in [sid for sid in self._unread if sid not in sessions and sid >= 0]:
+                self._read_markers(sid, skipped, wanted, found)
         return sorted(c for c in found.values() if c[0] > 1 and c[0] not in excluded)
 
-    def _read_markers(self, sid: int, wanted: Collection[str],
+    def _read_markers(self, sid: int, skipped: Container[int], wanted: Collection[str],
                       found: dict[int, Candidate]) -> None:
         """Read the job id of every process of session `sid` whose job id is UNREAD."""
         for pid in list(self._unread[sid]):
             marker = procfs.read_environ_var(pid, JOB_ID_VAR)
             self.reads += 1
             self._set(pid, sid, marker)
-            if marker in wanted:
+            if marker in wanted and sid not in skipped:
                 found[pid] = (pid, sid, marker)
 
     def _set(self, pid: int, sid: int, marker: str | None) -> None:

@@ -22,7 +22,7 @@ members unless a job changed its uid, which we never do.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 
 from reconciler.host import procfs
 from reconciler.host.identity import proc_info
@@ -33,18 +33,18 @@ from reconciler.observed import ProcInfo
 
 
 def job_processes(leaders: Mapping[str, Identity], *, by_environ: Iterable[str] = (),
-                  other_sessions: Collection[int] = (),
+                  other_sessions: Container[int] = (),
                   markers: HostMarkers | None = None) -> dict[str, tuple[ProcInfo, ...]]:
     """What runs of each job (job id → its main process's identity), except a live main
     process itself, from one look at /proc (host/markers.py): the main process's session
     (while that session is provably still the job's, see `procs.session_still_ours`) and,
     for the jobs named in `by_environ`, every process carrying the job's id.
 
-    Reading environments costs a read per process. A process in `other_sessions` (the
-    sessions of other jobs that still run) is skipped without one: a session cannot be
-    joined, only created, so nothing of these jobs can be in it. `markers` remembers what
-    each process was found to be (host/markers.py), so a walk reads the environments of
-    new processes and of candidates only; without it, every process is new."""
+    A process in `other_sessions` (the sessions of other jobs that still run) is never a
+    candidate by its job id: a session cannot be joined, only created, so nothing of these
+    jobs can be in it. Reading environments costs a read per process; `markers` remembers
+    what each process was found to be (host/markers.py), so a sweep reads the environments
+    of new processes and of candidates only; without it, every process is new."""
     sessions = {leader.pid: job_id for job_id, leader in leaders.items()
                 if session_still_ours(leader)}
     wanted = frozenset(by_environ)

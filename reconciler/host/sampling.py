@@ -54,9 +54,12 @@ FD_LIMIT_ROUNDS = 60
 
 # At most this many stat fds are kept open between rounds, and never more than a quarter
 # of our own fd soft limit: a kept fd spares two syscalls of the three of each look (a
-# pread instead of open, read, close), but the controller's descriptors are for its pidfds
-# and children first.
-MAX_OPEN_STATS = 4096
+# pread instead of open, read, close, ~4 µs), but the controller's descriptors are for its
+# pidfds and children first, and every open fd makes every start slower: the vfork child
+# copies the fd table and closes it before its exec (~0.4 ms per 1000 fds here, measured
+# in the daemon; docs/benchmarks.md, "Respawn at N=2000, second round"). 1024 kept fds
+# cost a start 0.4 ms and spare a round 4 ms.
+MAX_OPEN_STATS = 1024
 
 Key = tuple[int, int]  # (pid, start time): a recycled pid is another process
 
