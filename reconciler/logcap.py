@@ -162,6 +162,15 @@ class LogCapper:
         self._watched: dict[str, _Watched] = {}
         self._wd_of: dict[str, int] = {}  # directory -> watch descriptor
         self._dir_of: dict[int, str] = {}
+        # the targets whose directory has no watch, as of the last change to `_watched` or
+        # `_wd_of` (None: to be worked out again): asked twice per wake-up, and walking
+        # every target for it held the GIL ~2 ms per wake-up at 2000 jobs, in the middle
+        # of every respawn (a rotation is an inotify event)
+        self._missing: list[_Watched] | None = None
+        # the targets less than _QUIET_MAX from their trigger at their last check (by path):
+        # only they can shorten a pause (`_pause_while_far`), and a target's distance
+        # changes only when it is checked or its limits change
+        self._near: dict[str, _Watched] = {}
         self._poll = POLL_MIN  # new targets are polled fast until they prove quiet
 
     # --- the caller's side -------------------------------------------------------------
@@ -246,6 +255,7 @@ class LogCapper:
             if not self._changed:
                 return
             wanted, self._changed = dict(self._wanted), False
+        self._missing = None
         for path in list(self._watched):
             if path not in wanted:
                 del self._watched[path]
@@ -257,6 +267,7 @@ class LogCapper:
                 fresh.append(watched)
             watched.target = target
         self._update_watches()
+        self._near = {path: w for path, w in self._watched.items() if _near(w)}
         self._check(fresh, time.monotonic())  # a log may already be over its limit
         if fresh:
             self._poll = POLL_MIN
@@ -265,6 +276,7 @@ class LogCapper:
         if self._inotify is None:
             return
         dirs = {os.path.dirname(path) for path in self._watched}
+        self._missing = None
         for directory in [d for d in self._wd_of if d not in dirs]:
             wd = self._wd_of.pop(directory)
             self._dir_of.pop(wd, None)
@@ -279,11 +291,15 @@ class LogCapper:
     def _unwatched(self) -> list[_Watched]:
         if self._inotify is None:
             return list(self._watched.values())
-        missing = [w for w in self._watched.values()
-                   if os.path.dirname(w.target.path) not in self._wd_of]
+        if self._missing is None:
+            self._missing = [w for w in self._watched.values()
+                             if os.path.dirname(w.target.path) not in self._wd_of]
+        missing = self._missing
         if missing:
             self._update_watches()  # the directory may exist by now
-        return [w for w in missing if os.path.dirname(w.target.path) not in self._wd_of]
+            self._missing = missing = [w for w in missing
+                                       if os.path.dirname(w.target.path) not in self._wd_of]
+        return missing
 
     def _from_events(self, events: list[tuple[int, int, str]]) -> list[_Watched]:
         """The targets the events name; all of them after a queue overflow."""
@@ -299,6 +315,7 @@ class LogCapper:
                 self._dir_of.pop(wd, None)
                 if self._wd_of.get(directory) == wd:
                     del self._wd_of[directory]
+                    self._missing = None
                 continue
             watched = self._watched.get(os.path.join(directory, name))
             if watched is not None:
@@ -315,6 +332,10 @@ class LogCapper:
             watched.observe(size, now)
             if size > watched.trigger():
                 self._cap(watched)
+            if _near(watched):
+                self._near[watched.target.path] = watched
+            else:
+                self._near.pop(watched.target.path, None)
 
     def _cap(self, watched: _Watched) -> None:
         path, max_size, keep = watched.target
@@ -333,11 +354,15 @@ class LogCapper:
         """Wait (interruptibly) while every fast-growing log is far from its trigger: a
         100 MB/s writer would otherwise wake us once per write(2). Events pile up and merge
         meanwhile; the pause is at most half the time the fastest writer needs to reach it."""
-        pause = min([_QUIET_MAX, *(_time_to_trigger(w) for w in self._watched.values())])
+        pause = min([_QUIET_MAX, *(_time_to_trigger(w) for w in self._near.values())])
         if pause > 0.001:  # poll, not select: our fds go far beyond select's 1024
             waker = select.poll()
             waker.register(self._wake_r, select.POLLIN)
             waker.poll(pause * 1000)
+
+
+def _near(watched: _Watched) -> bool:
+    return _time_to_trigger(watched) < _QUIET_MAX
 
 
 def _time_to_trigger(watched: _Watched) -> float:
