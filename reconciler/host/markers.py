@@ -58,11 +58,13 @@ class HostMarkers:
 
     def __init__(self, relist_every: float = RELIST_SECONDS, relist_span: int = RELIST_SPAN,
                  clock: Callable[[], float] = time.monotonic,
-                 last_pid: Callable[[], int] = procfs.last_pid) -> None:
+                 last_pid: Callable[[], int] = procfs.last_pid,
+                 lister: Callable[[], dict[int, str]] = procfs.listing_by_inode) -> None:
         self.relist_every = relist_every
         self.relist_span = relist_span
         self.clock = clock
         self.last_pid = last_pid
+        self.lister = lister  # /proc's entries by inode (a seam: tests replay a recycled pid)
         self._listing: dict[int, str] = {}  # /proc's entries as last listed: inode -> name
         self._inodes: dict[int, int] = {}  # pid -> inode, of those learnt since that listing
         self._facts: dict[int, tuple[int, str | None]] = {}  # pid -> session, job id
@@ -199,11 +201,14 @@ class HostMarkers:
         """List /proc, and learn the session of every process not seen before. The
         listing is keyed by inode (each new process has its own) and compared with the
         last one as key sets, which runs in C: the kernel's readdir is then most of it."""
-        listing = procfs.listing_by_inode()
+        listing = self.lister()
         last = self._listing
+        learnt = self._inodes
         for inode in last.keys() - listing.keys():  # gone (a recycled pid: its old inode)
             name = last[inode]
-            if name.isascii() and name.isdigit():
+            # unless the pid was learnt since under an inode still listed: the facts are that
+            # process's, and its inode, already in `last`, is no new entry below
+            if name.isascii() and name.isdigit() and learnt.get(int(name)) not in listing:
                 self._drop(int(name))
         self.new = 0
         for inode in listing.keys() - last.keys():  # new, also on a recycled pid
