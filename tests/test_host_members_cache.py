@@ -264,3 +264,30 @@ def test_a_recycled_pid_learnt_between_two_listings_is_still_known_after_the_sec
     assert members() == [member.pid] and not markers.listed
     now[0] = 60.0
     assert members() == [member.pid] and markers.listed and listings[0] == 2
+
+
+def test_a_process_not_in_proc_yet_when_it_was_listed_is_learnt_at_the_next_sweep(
+        started: list[subprocess.Popen[bytes]], state_dir: Path) -> None:
+    """/proc shows a process a moment after its pid is handed out (its fork is still under
+    way). A listing taken in that moment misses it, and the sweeps after it look up only the
+    pids handed out since: it must be looked for again, as a lookup that misses it is,
+    not forgotten until the next listing (a stop would finish with it still running)."""
+    member = start(started, state_dir, ["/bin/sleep", "600"], None)
+    wait_for(lambda: identity_of(member.pid), message="the process to run")
+    listings = [0]
+
+    def lister() -> dict[int, str]:
+        listing = procfs.listing_by_inode()
+        listings[0] += 1
+        if listings[0] == 1:  # its fork not done yet when /proc was read
+            listing = {i: n for i, n in listing.items() if n != str(member.pid)}
+        return listing
+    counter, now = [member.pid + 3], [0.0]
+    markers = HostMarkers(relist_span=10**6, clock=lambda: now[0], last_pid=lambda: counter[0],
+                          lister=lister)
+
+    def members() -> list[int]:
+        return [pid for pid, _, _ in markers.candidates({member.pid}, (), (), ())]
+    assert members() == [] and markers.listed
+    now[0] = 0.5
+    assert members() == [member.pid] and not markers.listed

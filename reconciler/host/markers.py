@@ -46,6 +46,7 @@ UNREAD = "\0"  # a marker not read yet: no environment value can hold a NUL
 RELIST_SECONDS = 10.0  # /proc is listed at least this often (see `HostMarkers._refresh`)
 RELIST_SPAN = 64  # at least this many new pids since the last sweep are looked up alone
 UNSEEN_SECONDS = 1.0  # how long a pid handed out but not in /proc yet is looked for
+LISTING_LAG = 64  # the last pids before a listing that it misses are looked up once more
 Candidate = tuple[int, int, str | None]
 _K = TypeVar("_K")  # pid, session, the wanted job id (None: by session)
 
@@ -169,8 +170,14 @@ class HostMarkers:
         if top < self._top or top - self._top > span \
                 or now - self._listed_at >= self.relist_every:
             self._top, self._listed_at = top, now
-            self._unseen.clear()
             self._relist()
+            # the last pids handed out before it that it does not show (a thread's id, or a
+            # process whose fork was not done: /proc shows it a moment after) are looked up
+            # at the next sweep, as a lookup that misses one is: pids up to `top` are not
+            # looked at again until the next listing
+            shown = set(self._listing.values())
+            self._unseen = {pid: now for pid in range(max(top - LISTING_LAG, 1) + 1, top + 1)
+                            if str(pid) not in shown}
             return
         self.listed, self.new = False, 0
         fresh = [*range(self._top + 1, top + 1), *self._unseen]
