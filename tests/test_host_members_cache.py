@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.controller import Reconciler
+from reconciler.host import procfs
 from reconciler.host.identity import identity_of
 from reconciler.host.markers import HostMarkers
 from reconciler.host.members import job_processes
@@ -232,3 +233,61 @@ def test_protected_pids_are_never_candidates(
     pids = {pid for pid, _, _ in HostMarkers().candidates({os.getsid(0)}, (), (), {me})}
     assert child.pid in pids
     assert me not in pids and 1 not in pids
+
+
+def test_a_recycled_pid_learnt_between_two_listings_is_still_known_after_the_second(
+        started: list[subprocess.Popen[bytes]], state_dir: Path) -> None:
+    """A listing saw another process at the pid (its inode); that one ended and the pid
+    was handed out again (a wrapped counter, so it is above the last pid seen): the sweep
+    after learns the new process by its lookup. The next listing no longer has the old
+    inode, and must not forget the new process with it: it would never be a member again."""
+    member = start(started, state_dir, ["/bin/sleep", "600"], None)
+    wait_for(lambda: identity_of(member.pid), message="the process to run")
+    earlier = 1 << 62  # the inode of the process that held the pid when /proc was listed
+    listings = [0]
+
+    def lister() -> dict[int, str]:
+        listing = procfs.listing_by_inode()
+        listings[0] += 1
+        if listings[0] == 1:  # the first listing: before the pid was recycled
+            listing = {i: n for i, n in listing.items() if n != str(member.pid)}
+            listing[earlier] = str(member.pid)
+        return listing
+    counter, now = [member.pid - 1], [0.0]
+    markers = HostMarkers(relist_span=10**6, clock=lambda: now[0], last_pid=lambda: counter[0],
+                          lister=lister)
+
+    def members() -> list[int]:
+        return [pid for pid, _, _ in markers.candidates({member.pid}, (), (), ())]
+    assert members() == [member.pid] and markers.listed
+    counter[0] = member.pid  # handed out again since: looked up alone
+    assert members() == [member.pid] and not markers.listed
+    now[0] = 60.0
+    assert members() == [member.pid] and markers.listed and listings[0] == 2
+
+
+def test_a_process_not_in_proc_yet_when_it_was_listed_is_learnt_at_the_next_sweep(
+        started: list[subprocess.Popen[bytes]], state_dir: Path) -> None:
+    """/proc shows a process a moment after its pid is handed out (its fork is still under
+    way). A listing taken in that moment misses it, and the sweeps after it look up only the
+    pids handed out since: it must be looked for again, as a lookup that misses it is,
+    not forgotten until the next listing (a stop would finish with it still running)."""
+    member = start(started, state_dir, ["/bin/sleep", "600"], None)
+    wait_for(lambda: identity_of(member.pid), message="the process to run")
+    listings = [0]
+
+    def lister() -> dict[int, str]:
+        listing = procfs.listing_by_inode()
+        listings[0] += 1
+        if listings[0] == 1:  # its fork not done yet when /proc was read
+            listing = {i: n for i, n in listing.items() if n != str(member.pid)}
+        return listing
+    counter, now = [member.pid + 3], [0.0]
+    markers = HostMarkers(relist_span=10**6, clock=lambda: now[0], last_pid=lambda: counter[0],
+                          lister=lister)
+
+    def members() -> list[int]:
+        return [pid for pid, _, _ in markers.candidates({member.pid}, (), (), ())]
+    assert members() == [] and markers.listed
+    now[0] = 0.5
+    assert members() == [member.pid] and not markers.listed

@@ -46,6 +46,7 @@ UNREAD = "\0"  # a marker not read yet: no environment value can hold a NUL
 RELIST_SECONDS = 10.0  # /proc is listed at least this often (see `HostMarkers._refresh`)
 RELIST_SPAN = 64  # at least this many new pids since the last sweep are looked up alone
 UNSEEN_SECONDS = 1.0  # how long a pid handed out but not in /proc yet is looked for
+LISTING_LAG = 64  # the last pids before a listing that it misses are looked up once more
 Candidate = tuple[int, int, str | None]
 _K = TypeVar("_K")  # pid, session, the wanted job id (None: by session)
 
@@ -58,11 +59,13 @@ class HostMarkers:
 
     def __init__(self, relist_every: float = RELIST_SECONDS, relist_span: int = RELIST_SPAN,
                  clock: Callable[[], float] = time.monotonic,
-                 last_pid: Callable[[], int] = procfs.last_pid) -> None:
+                 last_pid: Callable[[], int] = procfs.last_pid,
+                 lister: Callable[[], dict[int, str]] = procfs.listing_by_inode) -> None:
         self.relist_every = relist_every
         self.relist_span = relist_span
         self.clock = clock
         self.last_pid = last_pid
+        self.lister = lister  # /proc's entries by inode (a seam: tests replay a recycled pid)
         self._listing: dict[int, str] = {}  # /proc's entries as last listed: inode -> name
         self._inodes: dict[int, int] = {}  # pid -> inode, of those learnt since that listing
         self._facts: dict[int, tuple[int, str | None]] = {}  # pid -> session, job id
@@ -166,8 +169,14 @@ class HostMarkers:
         if top < self._top or top - self._top > span \
                 or now - self._listed_at >= self.relist_every:
             self._top, self._listed_at = top, now
-            self._unseen.clear()
             self._relist()
+            # the last pids handed out before it that it does not show (a thread's id, or a
+            # process whose fork was not done: /proc shows it a moment after) are looked up
+            # at the next sweep, as a lookup that misses one is: pids up to `top` are not
+            # looked at again until the next listing
+            shown = set(self._listing.values())
+            self._unseen = {pid: now for pid in range(max(top - LISTING_LAG, 1) + 1, top + 1)
+                            if str(pid) not in shown}
             return
         self.listed, self.new = False, 0
         fresh = [*range(self._top + 1, top + 1), *self._unseen]
@@ -198,11 +207,14 @@ class HostMarkers:
         """List /proc, and learn the session of every process not seen before. The
         listing is keyed by inode (each new process has its own) and compared with the
         last one as key sets, which runs in C: the kernel's readdir is then most of it."""
-        listing = procfs.listing_by_inode()
+        listing = self.lister()
         last = self._listing
+        learnt = self._inodes
         for inode in last.keys() - listing.keys():  # gone (a recycled pid: its old inode)
             name = last[inode]
-            if name.isascii() and name.isdigit():
+            # unless the pid was learnt since under an inode still listed: the facts are that
+            # process's, and its inode, already in `last`, is no new entry below
+            if name.isascii() and name.isdigit() and learnt.get(int(name)) not in listing:
                 self._drop(int(name))
         self.new = 0
         for inode in listing.keys() - last.keys():  # new, also on a recycled pid
