@@ -31,7 +31,9 @@ def test_cleanup_kills_the_group_and_escapees_after_the_leader_was_reaped(
     try:
         assert procfs.read_environ_var(in_group, FOREIGN_MARKER) == registry.marker
         assert procfs.read_stat(in_group).pgrp == leader.pid  # type: ignore[union-attr]
-        assert procfs.read_stat(escaped).session == escaped  # type: ignore[union-attr]
+        # `$!` is the `setsid` program, which may not have called setsid() yet
+        wait_for(lambda: procfs.read_stat(escaped).session == escaped,  # type: ignore
+                 timeout=5, message="the escapee in a session of its own")
         assert not any(_exited(fd) for fd in pidfds)
         registry.cleanup()
         wait_for(lambda: all(_exited(fd) for fd in pidfds), timeout=5,
