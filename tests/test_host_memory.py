@@ -101,3 +101,10 @@ def test_daemon_runs_its_threads_on_one_arena(settings: Settings, tmp_path: Path
         assert thread_arenas(proc.pid) == 0
     finally:
         runner.cleanup()
+
+
+def test_an_arena_limit_the_operator_set_is_left_alone() -> None:
+    from reconciler.host.memory import limit_malloc_arenas
+
+    assert not limit_malloc_arenas(env={"MALLOC_ARENA_MAX": "4"})
+    assert not limit_malloc_arenas(env={"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})

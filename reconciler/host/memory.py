@@ -18,13 +18,19 @@ ctypes, which `logcap.py` loads anyway for inotify, so this costs no import.
 from __future__ import annotations
 
 import ctypes
+import os
+from collections.abc import Mapping
 
 M_ARENA_MAX = -8  # <malloc.h>: the most arenas malloc may create
 ONE_ARENA = 1
 
 
-def limit_malloc_arenas(limit: int = ONE_ARENA) -> bool:
-    """Let malloc create at most `limit` arenas from now on. True when glibc took it."""
+def limit_malloc_arenas(limit: int = ONE_ARENA, env: Mapping[str, str] = os.environ) -> bool:
+    """Let malloc create at most `limit` arenas from now on. True when glibc took it; False
+    too when the operator set the arena limit (`MALLOC_ARENA_MAX`, or `arena_max` in
+    `GLIBC_TUNABLES`): their word wins, as it does for every other glibc program."""
+    if "MALLOC_ARENA_MAX" in env or "arena_max" in env.get("GLIBC_TUNABLES", ""):
+        return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (AttributeError, OSError):  # not glibc: no per-thread arenas to limit
