@@ -263,7 +263,7 @@ class Executor:
         again like any blocked job (at most every BLOCKED_RECHECK_SECONDS)."""
         attempts, delay = blocked_retry(step.job, step.action)
         blocked = (BlockedBy(err.path, None, err.reason),)
-        job = replace(step.job.with_identity(None), phase="blocked", failure_class="spawn-error",
+        job = replace(_not_started(step), phase="blocked", failure_class="spawn-error",
                       consecutive_failures=attempts, next_start_at=now + delay,
                       blocked_by=blocked, updated_at=now, reason=f"blocked: {err}")
         out.job(job, "blocked", f"{job.reason}, retry in {delay:.1f}s")
@@ -272,10 +272,16 @@ class Executor:
         failures = step.job.consecutive_failures + 1
         delay = max(retry_delay(failures, step.action.spec.backoff, step.job.id),
                     MIN_START_INTERVAL)
-        job = replace(step.job.with_identity(None), phase="backoff", failure_class="spawn-error",
+        job = replace(_not_started(step), phase="backoff", failure_class="spawn-error",
                       consecutive_failures=failures, next_start_at=now + delay,
                       updated_at=now, reason=f"spawn-error: {error}")
         out.job(job, "backoff", f"{job.reason}, retry in {delay:.1f}s")
+
+
+def _not_started(step: Spawn) -> JobRecord:
+    """The record of a start that did not happen: no process, and no restart counted (the
+    next start that succeeds counts it once)."""
+    return replace(step.job.with_identity(None), restart_count=step.restarts_before)
 
 
 @contextlib.contextmanager

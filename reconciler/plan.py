@@ -62,6 +62,9 @@ class Spawn:
     action: DesiredAction
     reason: str
     verb: str = "spawn"
+    # the job's restart count before this start: what it keeps if the start fails (no
+    # process ran, so nothing restarted: like a container that could not be created)
+    restarts_before: int = 0
 
     def describe(self) -> str:
         return f"spawn {self.job.service}.{self.job.action}: {self.reason}"
@@ -733,7 +736,8 @@ def _start(ctx: _Pass, action: DesiredAction, job: JobRecord) -> None:
         next_start_at=None, ready=False, updated_at=ctx.now, stop_deadline=None,
         reason="waiting for its health check" if action.health else "running")
     ctx.emit(Spawn(spawned, action,
-                   reason=f"{'restart' if restart else 'start'} ({job.reason or 'new job'})"))
+                   reason=f"{'restart' if restart else 'start'} ({job.reason or 'new job'})",
+                   restarts_before=job.restart_count))
 
 
 def _wait(ctx: _Pass, job: JobRecord, reason: str, unmet: list[str]) -> None:

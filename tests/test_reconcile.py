@@ -682,3 +682,36 @@ def test_a_started_job_says_what_state_it_is_in(
     reconciler.reconcile()
     row = job(settings, capsys, "o.slow")
     assert (row["phase"], row["reason"]) == ("running", "running")
+
+
+def test_a_start_that_fails_is_not_counted_as_a_restart(settings: Settings) -> None:
+    """A job crashes and its restart cannot start (its working directory is gone: a specs
+    dir being replaced); once it can, it is restarted. One crash, one restart: the failed
+    attempt ran nothing (as a container that could not be created is no restart)."""
+    work = settings.specs_dir / "work"
+    work.mkdir()
+    (settings.specs_dir / "a.yaml").write_text(
+        "name: a\nactions:\n  - name: main\n    process: true\n    cwd: work\n"
+        "    cmd: exec sleep 3600\n")
+    later = [0.0]
+    reconciler = Reconciler(settings, clock=lambda: time.time() + later[0])
+    try:
+        assert reconciler.converge(wait=20).converged
+        [job] = reconciler.store.jobs()
+        assert job.pid is not None and job.restart_count == 0
+        later[0] += 60  # long after its start: restarted at once, no crash loop
+        work.rmdir()
+        os.kill(job.pid, signal.SIGKILL)
+        wait_for(lambda: identity_of(job.pid or 0) is None, message="the crash")
+        reconciler.reconcile()
+        [failed] = reconciler.store.jobs()
+        assert failed.phase == "backoff" and "working directory missing" in (failed.reason or "")
+        assert failed.restart_count == 0
+        work.mkdir()
+        later[0] += 60  # past its backoff
+        reconciler.reconcile()
+        [again] = reconciler.store.jobs()
+        assert again.pid not in (None, job.pid) and again.restart_count == 1
+    finally:
+        reconciler.down(wait=10)
+        reconciler.close()
