@@ -794,13 +794,12 @@ def probe_readiness(desired: Desired, jobs: Iterable[JobRecord],
     """Probe, concurrently and without the state lock, the live jobs of the current
     generation whose health check has not passed yet. Each probe ends by its own timeout or
     `deadline` (time.monotonic()), whichever is first, so `--wait` is never overrun."""
-    by_key = {a.key: a for a in desired.actions}
     targets = [
         health.ProbeTarget(job_id=job.id, health=action.health, cwd=action.cwd,
                            env=dict(action.env), started_at=job.started_at or 0.0)
         for job in jobs
         if job.pid is not None and job.phase in ("starting", "running") and not job.ready
-        and (action := by_key.get(job.key)) is not None and action.health is not None
+        and (action := desired.action(job.key)) is not None and action.health is not None
         and job.generation == action.generation
     ]
     reasons = health.probe_all(targets, deadline)

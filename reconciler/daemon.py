@@ -36,7 +36,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from reconciler import resources
 from reconciler.anomalies import DEFAULT_RULES, Rules
 from reconciler.controller import HealthResults, Keys, OverLimit, PassResult, Reconciler
-from reconciler.desired import Desired, DesiredAction
+from reconciler.desired import Desired
 from reconciler.health import HealthMonitor, ProbeTarget
 from reconciler.host.exits import ExitWatcher
 from reconciler.identity import Identity
@@ -450,7 +450,7 @@ class Daemon:
                     added.append((job.identity, job.service))
             # health targets are the running jobs with a health check; log targets the
             # running jobs: another process of a running job without a check changes neither
-            action = _action_of(result.desired, job)
+            action = result.desired.action(job.key)
             targets_changed |= (action is not None and action.health is not None) \
                 or (old.identity is None) != (job.identity is None) or old.phase != job.phase
             self._watched[job.id] = job
@@ -572,16 +572,10 @@ def _freeze_start_up_heap() -> None:
     gc.freeze()
 
 
-def _action_of(desired: Desired, job: JobRecord) -> DesiredAction | None:
-    at = desired.positions.get(job.key)
-    return desired.actions[at] if at is not None else None
-
-
 def _probe_targets(desired: Desired, running: list[JobRecord]) -> list[ProbeTarget]:
-    by_key = {a.key: a for a in desired.actions}
     targets: list[ProbeTarget] = []
     for job in running:
-        action = by_key.get(job.key)
+        action = desired.action(job.key)
         if action is None or action.health is None or action.generation != job.generation:
             continue
         if job.phase == "stopping":  # going away: its readiness no longer matters
@@ -595,6 +589,5 @@ def _probe_targets(desired: Desired, running: list[JobRecord]) -> list[ProbeTarg
 def _log_targets(desired: Desired, running: list[JobRecord]) -> list[LogTarget]:
     """The live logs of running jobs, each held to its spec's `logs` limits between passes
     (a process writing 100 MB/s fills its cap in a tenth of a second)."""
-    by_key = {a.key: a for a in desired.actions}
     return [LogTarget(action.log_path, action.spec.logs.max_size, action.spec.logs.keep)
-            for job in running if (action := by_key.get(job.key)) is not None]
+            for job in running if (action := desired.action(job.key)) is not None]

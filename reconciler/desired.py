@@ -122,6 +122,11 @@ class Desired:
         """The (service, action) keys of every desired action."""
         return self.positions.keys()
 
+    def action(self, key: tuple[str, str]) -> DesiredAction | None:
+        """The desired action of a (service, action) key, if any (a job's: `job.key`)."""
+        at = self.positions.get(key)
+        return self.actions[at] if at is not None else None
+
     def of_services(self, services: Collection[str]) -> list[DesiredAction]:
         """The actions of `services`, in the order of `actions`."""
         found = [a for service in services for a in self.by_service.get(service, ())]
