@@ -377,21 +377,21 @@ def pid_dir_inode(pid: int) -> int | None:
     if `pid` is a process's (thread-group leader's) pid; None for a thread's id (/proc
     finds threads by id too, without listing them), a pid not (or no longer) in use, and
     inode 1 (what /proc gives when it could not make the entry)."""
-    try:
-        dir_fd = os.open(f"{PROC}/{pid}", os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return None
-    try:  # both read through the one directory: the same process, whatever the pid does
-        ino = os.fstat(dir_fd).st_ino
-        with open("status", "rb", opener=lambda name, flags: os.open(name, flags,
-                                                                      dir_fd=dir_fd)) as f:
-            for line in f:
-                if line.startswith(b"Tgid:"):
-                    return ino if int(line.split()[1]) == pid and ino != 1 else None
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(dir_fd)
+    # the inode and the status read through one dir fd: the same process, whatever the
+    # pid does meanwhile
+    with _proc_dir(pid) as dir_fd:
+        if dir_fd is None:
+            return None
+        try:
+            ino = os.fstat(dir_fd).st_ino
+        except OSError:
+            return None
+        status = _read_at(dir_fd, "status")
+    for line in (status or b"").splitlines():
+        if line.startswith(b"Tgid:"):
+            fields = line.split()
+            tgid = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+            return ino if tgid == pid and ino != 1 else None
     return None
 
 

@@ -322,8 +322,8 @@ class Children:
         return exits
 
     def _maybe_exited(self) -> list[int]:
-        """Children whose pidfd is readable, and those without one: one poll() instead of a
-        waitpid per child (a thousand syscalls a pass at a thousand jobs)."""
+        """Children whose pidfd is readable, and those without one: one epoll_wait instead
+        of a waitpid per child (a thousand syscalls a pass at a thousand jobs)."""
         ready = [self._by_fd[fd] for fd, _events in self._poller.poll(0, max(1, len(self._by_fd)))]
         return [*ready, *self._without_pidfd]
 
