@@ -403,11 +403,11 @@ class Reconciler:
             previous = self._last[1] if self._last is not None else None
             scope = keyed_scope(keys, desired, previous, index, enrollments, suspended,
                                 loaded)
-        narrow = scope is not None and narrowable(desired, scope)
-        if scope is not None and narrow:
+        narrowed = scope if scope is not None and narrowable(desired, scope) else None
+        if narrowed is not None:
             # the records plan reads for these services (see `narrowable`): a respawn at
             # two thousand jobs costs what it costs at ten
-            jobs = index.of(scope)
+            jobs = index.of(narrowed)
             enrollments = {j.id: e for j in jobs if (e := enrollments.get(j.id)) is not None}
         else:
             jobs = index.in_order()
@@ -416,7 +416,8 @@ class Reconciler:
             children=children, procs=self.procs if children is not None else None,
             health=health, over_limit=over_limit, allow_empty=self.allow_empty,
             cache=self.resolved_cache, suspended=suspended, desired=desired, scope=scope,
-            held=self._held_exits, markers=self.markers, owners=index if narrow else None)
+            held=self._held_exits, markers=self.markers,
+            owners=index if narrowed is not None else None)
         planned = self._carry_requeue(planned, scope, now)
         return _Draft(loaded, spec_records, desired, records, planned, suspended, scope,
                       reuse is None)
@@ -612,7 +613,12 @@ def narrowable(desired: Desired, scope: frozenset[str]) -> bool:
     stopped, and the owners of what their pidfiles name: `plan_for`'s `owners`) when none
     of its actions declares a socket or a port: a holder of one may be any job's process,
     and plan asks which job owns it (`_owning_job`)."""
-    return not any(a.sockets or a.spec.tcp_ports for a in desired.of_services(scope))
+    return not any(_claims_resources(a) for a in desired.of_services(scope))
+
+
+def _claims_resources(action: DesiredAction) -> bool:
+    """It declares a socket or a port, whose holder may be any job's process."""
+    return bool(action.sockets or action.spec.tcp_ports)
 
 
 def changed_services(before: Desired, after: Desired) -> set[str]:
@@ -708,11 +714,11 @@ def _observe_keyed(desired: Desired, records: list[JobRecord],
     first = replace(first, exits={pid: e for pid, e in exits.items() if pid in ours})
     alive = {r.key for r in mine if first.alive(r.identity)}
     starting = [a for a in desired.of_services(scope) if a.key not in alive]
-    if any(a.sockets or a.spec.tcp_ports for a in starting):
+    if any(_claims_resources(a) for a in starting):
         held.update(first.exits)  # observed again, in full
         return None
     # other jobs' sessions hold none of these jobs' processes (a session cannot be joined):
-    # those known alive are skipped by the sweep without reading their environments
+    # no process in one of those known alive is a candidate by its job id
     others = cache.sessions() if cache is not None else frozenset[int]()
     first = replace(first, members=members_to_sweep(looked, first, others, markers=markers))
     pidfiles = [a.pidfile for a in starting if a.pidfile]

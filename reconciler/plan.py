@@ -239,9 +239,10 @@ def plan(desired: Desired, observed: Observed, records: list[JobRecord], now: fl
     is still read (readiness of a dependency, who owns a process holding a port), so the
     steps are those of the full plan for these services, given the same snapshot. The caller
     closes `only` over `after:` (a dependent is planned after what it waits for). Where no
-    action of `only` declares a pidfile, socket or port, `records` may hold just the jobs of
-    `only` and every job being stopped: nothing else is read then (controller.narrowable),
-    so a keyed pass costs what its services cost."""
+    action of `only` declares a socket or port, `records` may hold just the jobs of `only`,
+    every job being stopped and the jobs owning a process a pidfile of theirs names: nothing
+    else is read then (controller.narrowable), so a keyed pass costs what its services
+    cost."""
     def mine(service: str) -> bool:
         return only is None or service in only
 

@@ -53,9 +53,9 @@ _K = TypeVar("_K")  # pid, session, the wanted job id (None: by session)
 
 class HostMarkers:
     """Sessions and job ids of the processes on the host, by pid, for one controller.
-    `reads`: environments read by the last sweep; `new`: processes it saw first. A process
-    seen before costs a read only as a candidate (or when a running job it was skipped
-    for is no longer running)."""
+    `reads`: environments read by the last sweep; `new`: processes it saw first. A process's
+    environment is read once, at the first sweep that sees it, and again only as a
+    candidate."""
 
     def __init__(self, relist_every: float = RELIST_SECONDS, relist_span: int = RELIST_SPAN,
                  clock: Callable[[], float] = time.monotonic,
