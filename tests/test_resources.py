@@ -43,11 +43,25 @@ STEP = 0.1  # seconds between two samples in these tests
 
 
 def job_of(proc: subprocess.Popen[bytes], name: str = "svc") -> JobRecord:
-    ident = identity_of(proc.pid)
+    return job_at(proc.pid, name)
+
+
+def job_at(pid: int, name: str) -> JobRecord:
+    """A running job whose main process is `pid` (one the test did not start itself)."""
+    ident = identity_of(pid)
     assert ident is not None
     return JobRecord(id=f"{name}-1", service=name, action="main", generation="g",
-                     phase="running", pid=proc.pid, boot_id=ident.boot_id,
+                     phase="running", pid=pid, boot_id=ident.boot_id,
                      starttime_ticks=ident.starttime_ticks, started_at=time.time())
+
+
+def assert_counted_with_its_leader(sampler: Sampler, other: JobRecord,
+                                   daemon: JobRecord) -> None:
+    """The daemon's job counts its session's leader and itself: at first sight, and in the
+    next round, which walks the session itself."""
+    for _ in range(2):
+        by_job = {s.job_id: s for s in sampler.sample([other, daemon])}
+        assert by_job[daemon.id].members == 2, "the session's leader and the daemon"
 
 
 def start(foreign: Foreign, code: str) -> subprocess.Popen[bytes]:
@@ -101,14 +115,7 @@ def test_a_main_process_in_a_session_seen_before_is_sampled_with_its_members(
     other = job_of(foreign.start(["sleep", "60"]), "other")
     sampler = Sampler()
     assert [s.job_id for s in sampler.sample([other])] == [other.id]  # the walk saw both
-    ident = identity_of(child_pid)
-    assert ident is not None
-    daemon = JobRecord(id="d-1", service="d", action="main", generation="g", phase="running",
-                       pid=child_pid, boot_id=ident.boot_id,
-                       starttime_ticks=ident.starttime_ticks)
-    for _ in range(2):  # first sight, then a round that walks the session itself
-        by_job = {s.job_id: s for s in sampler.sample([other, daemon])}
-        assert by_job["d-1"].members == 2, "the leader and the daemon"
+    assert_counted_with_its_leader(sampler, other, job_at(child_pid, "d"))
     assert leader.poll() is None
 
 
@@ -146,15 +153,9 @@ def test_a_process_that_made_its_own_session_after_the_walk_saw_it_is_a_member(
     go.touch()
     daemon_pid = int(wait_for(lambda: daemon_file.exists() and daemon_file.read_text(),
                               message="the daemon started in the new session"))
-    ident = identity_of(daemon_pid)
     usage = procfs.read_stat_usage(daemon_pid)
-    assert ident is not None and usage is not None and usage.session == leader
-    daemon = JobRecord(id="d-1", service="d", action="main", generation="g", phase="running",
-                       pid=daemon_pid, boot_id=ident.boot_id,
-                       starttime_ticks=ident.starttime_ticks)
-    for _ in range(2):  # first sight, then a round that walks the session itself
-        by_job = {s.job_id: s for s in sampler.sample([other, daemon])}
-        assert by_job["d-1"].members == 2, "the session's leader and the daemon"
+    assert usage is not None and usage.session == leader
+    assert_counted_with_its_leader(sampler, other, job_at(daemon_pid, "d"))
 
 
 def _stat_fds_on(pid: int) -> int:
