@@ -23,24 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import supervisors
+from benchmarks import measure, supervisors
 
 _MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$")
 FIELDS = ("VmRSS", "RssAnon", "RssFile", "Threads")
-
-
-def marked_sleepers(marker: bytes) -> int:
-    count = 0
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            if (Path(f"/proc/{name}/comm").read_text().strip() == "sleep"
-                    and marker in Path(f"/proc/{name}/environ").read_bytes()):
-                count += 1
-        except OSError:
-            continue
-    return count
 
 
 def status(pid: int) -> dict[str, int]:
@@ -70,15 +56,9 @@ def probe(kind: type[supervisors.Supervisor], n: int, settle: float, timeout: fl
         workdir = Path(tmp) / "w"
         os.chmod(tmp, 0o700)
         sup = kind(workdir, n, f"rssprobe-{os.getpid()}-{time.monotonic_ns()}")
-        sup.write_config()
         try:
-            sup.start()
-            deadline = time.monotonic() + timeout
-            marker = f"BENCH_RUN={sup.marker}".encode()
-            while marked_sleepers(marker) < n:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{kind.name}: {n} sleepers not running in {timeout}s")
-                time.sleep(0.2)
+            if measure.converge(sup, timeout)[1] is None:
+                raise SystemExit(f"{kind.name}: {n} sleepers not running in {timeout}s")
             time.sleep(settle)
             return status(sup.pid), by_mapping(sup.pid)
         finally:
