@@ -43,10 +43,11 @@ class ExitWatcher:
         self._pidfds = pidfds
         self._poll_interval = poll_interval
         self._lock = threading.Lock()
-        # Shared under _lock. fds are closed only by the thread (or once it is gone), so an
+        # Shared under _lock. The pidfds are shared with the other holders (host/pidfd.py) and
+        # released only by the thread (or once it is gone), after it unregistered them, so an
         # fd number can never be reused while the selector may still hold it.
         self._watched: dict[Identity, int | None] = {}  # None: no pidfd, polled
-        self._closing: list[int] = []  # fds of dropped identities
+        self._closing: list[tuple[Identity, int]] = []  # dropped identities, fds to release
         self._exited: list[Identity] = []  # found gone by sync(), to report from the thread
         self._reported: set[Identity] = set()
         self._stopping = False
@@ -91,7 +92,7 @@ class ExitWatcher:
             for identity in self._watched.keys() - wanted:
                 fd = self._watched.pop(identity)
                 if fd is not None:
-                    self._closing.append(fd)
+                    self._closing.append((identity, fd))
                 changed = True
             for identity in wanted - self._watched.keys() - self._reported:
                 self._add(identity)
@@ -111,7 +112,7 @@ class ExitWatcher:
                 fd = self._watched.pop(identity, -1)
                 if fd != -1:
                     if fd is not None:
-                        self._closing.append(fd)
+                        self._closing.append((identity, fd))
                     changed = True
             for identity in added:
                 if identity not in self._watched and identity not in self._reported:
@@ -128,7 +129,7 @@ class ExitWatcher:
 
     def _add(self, identity: Identity) -> None:
         try:
-            fd = self._pidfds.open_verified(identity)
+            fd = self._pidfds.acquire(identity)
             alive = fd is not None
         except NoPidfd as err:  # no pidfds, or none now: poll this one instead
             log.debug("no pidfd for %s (%s); polling it instead", identity, err)
@@ -180,11 +181,14 @@ class ExitWatcher:
         return True
 
     def _apply(self) -> None:
-        for fd in self._closing:
+        """Release the dropped fds, then register the new ones. A dropped identity that was
+        added again meanwhile holds the same shared fd twice (once in each list): the release
+        comes first, so its registration is renewed, not lost."""
+        for identity, fd in self._closing:
             if fd in self._registered:
                 self._selector.unregister(fd)
                 self._registered.discard(fd)
-            os.close(fd)
+            self._pidfds.release(identity)
         self._closing.clear()
         for identity, watched_fd in self._watched.items():
             if watched_fd is not None and watched_fd not in self._registered:
@@ -199,7 +203,7 @@ class ExitWatcher:
             self._reported.add(identity)
             self._selector.unregister(fd)
             self._registered.discard(fd)
-            os.close(fd)
+            self._pidfds.release(identity)
         self._report(identity)
 
     def _poll(self) -> None:
@@ -228,11 +232,12 @@ class ExitWatcher:
             if self._closed:
                 return
             self._closed = True
-            fds = {fd for fd in self._watched.values() if fd is not None}
-            fds.update(self._closing, self._registered)
+            held = [(i, fd) for i, fd in self._watched.items() if fd is not None]
+            held += self._closing
             self._watched.clear()
             self._closing.clear()
             self._registered.clear()
             self._selector.close()
-            for fd in (*fds, self._wake_fd):
-                os.close(fd)
+            for identity, _fd in held:
+                self._pidfds.release(identity)
+            os.close(self._wake_fd)

@@ -22,6 +22,16 @@ not sent (the step fails and the next pass tries again), because a kernel that h
 gives no reason to accept the fallback's window. ESRCH (and EINVAL: not a thread-group
 leader) means the process is gone.
 
+**One pidfd per process, shared.** The spawn registry, the exit watcher and the process
+cache each need a pidfd for every job. Three per job made every spawn slower as hosts grew:
+the vfork child of each spawn copies the whole fd table and then closes it again (at 2000
+jobs ~7000 fds, ~1 ms a spawn). So a pidfd that provably names an identity is shared through
+`share`/`acquire`/`release`: one fd per process, closed when its last holder releases it. Only
+*verified* fds are shared (opened before the identity was read, or by `open_verified`), so a
+holder gets exactly what it would have opened itself. Each holder registers the fd in its own
+epoll object and unregisters it before it releases; the fd number cannot be reused while
+anyone holds it.
+
 `Pidfds` is also the seam: everything that opens a pidfd or delivers a signal takes one
 (the real `SYSTEM` by default), so tests pass a recorder instead of patching modules.
 """
@@ -31,6 +41,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import threading
 from collections.abc import Callable
 
 from reconciler.host import procfs
@@ -56,6 +67,16 @@ def _system_open(pid: int) -> int:
     return os.pidfd_open(pid)
 
 
+class _Shared:
+    """One shared pidfd and how many holders it has."""
+
+    __slots__ = ("fd", "refs")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.refs = 1
+
+
 class Pidfds:
     """Opens pidfds (through `open_fd`, with `os.pidfd_open`'s contract: an fd, or OSError)
     and delivers signals. The defaults are the kernel's; a test passes its own."""
@@ -63,6 +84,9 @@ class Pidfds:
     def __init__(self, open_fd: Callable[[int], int] = _system_open) -> None:
         self._open_fd = open_fd
         self._supported: bool | None = None  # decided by the first probe
+        self._lock = threading.Lock()  # innermost: nothing is called out while it is held
+        self._shared: dict[Identity, _Shared] = {}
+        self._shared_pid: dict[int, Identity] = {}  # pid -> the newest shared identity
 
     def supported(self) -> bool:
         """Whether this kernel (and sandbox) has pidfds at all, decided once by opening one
@@ -113,6 +137,66 @@ class Pidfds:
             return self.open(pid)
         except NoPidfd:
             return None
+
+    # --- shared pidfds (see "One pidfd per process" in the module docstring) ---------------
+
+    def share(self, identity: Identity, fd: int) -> int:
+        """Hand over `fd`, which provably names `identity` (opened before the identity was
+        read). Returns the fd to hold from now on: an already shared one for the same
+        identity (and `fd` is closed), or `fd` itself. Release it with `release`."""
+        with self._lock:
+            shared = self._shared.get(identity)
+            if shared is None:
+                self._add_shared(identity, fd)
+                return fd
+            shared.refs += 1
+        os.close(fd)
+        return shared.fd
+
+    def acquire(self, identity: Identity) -> int | None:
+        """`open_verified(identity)`, sharing the fd another holder already has. None if the
+        process is gone; raises NoPidfd as `open_verified` does. Release it with `release`."""
+        with self._lock:
+            shared = self._shared.get(identity)
+            if shared is not None:
+                shared.refs += 1
+                return shared.fd
+        fd = self.open_verified(identity)
+        return None if fd is None else self.share(identity, fd)
+
+    def acquire_pid(self, pid: int) -> tuple[Identity, int] | None:
+        """The newest shared pidfd opened for `pid` and the identity it names, if any (it
+        may have exited since: compare what /proc says now). Release it with `release`."""
+        with self._lock:
+            identity = self._shared_pid.get(pid)
+            if identity is None:
+                return None
+            shared = self._shared[identity]
+            shared.refs += 1
+            return identity, shared.fd
+
+    def release(self, identity: Identity) -> None:
+        """Give back one hold on `identity`'s shared fd; the last one closes it."""
+        with self._lock:
+            shared = self._shared[identity]
+            shared.refs -= 1
+            if shared.refs:
+                return
+            del self._shared[identity]
+            if self._shared_pid.get(identity.pid) == identity:
+                del self._shared_pid[identity.pid]
+        os.close(shared.fd)
+
+    def shared_count(self) -> int:
+        """How many shared pidfds are open (for tests and diagnostics)."""
+        with self._lock:
+            return len(self._shared)
+
+    def _add_shared(self, identity: Identity, fd: int) -> None:
+        self._shared[identity] = _Shared(fd)
+        newest = self._shared_pid.get(identity.pid)
+        if newest is None or newest.starttime_ticks <= identity.starttime_ticks:
+            self._shared_pid[identity.pid] = identity
 
     def send_signal(self, fd: int, sig: int) -> None:
         """Deliver `sig` through a verified pidfd. ProcessLookupError if it has exited."""

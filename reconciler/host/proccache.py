@@ -11,6 +11,10 @@ The pidfd is opened *before* `/proc` is read. If the pid was recycled in between
 names the old, dead process and is readable at the next poll, which drops the entry: a
 snapshot is never trusted on the word of a pidfd for another process.
 
+A process some other holder already has a verified pidfd for (our own children, the exit
+watcher's: host/pidfd.py) is not given a pidfd of its own: the shared one was opened before
+this read too, and the snapshot is kept only if /proc shows the identity that fd names.
+
 Snapshots are re-read after `max_age` seconds anyway: the command line changes on exec
 (every job execs once, right after its gate opens) and a process may change its session.
 Where the kernel has no pidfds, nothing is cached and every lookup reads `/proc`.
@@ -25,7 +29,7 @@ from collections.abc import Callable, Iterable, KeysView
 from dataclasses import dataclass
 
 from reconciler.host.identity import proc_info
-from reconciler.host.pidfd import SYSTEM
+from reconciler.host.pidfd import SYSTEM, Pidfds
 from reconciler.host.spawn import GATE_ARGV0
 from reconciler.observed import ProcInfo
 
@@ -35,15 +39,18 @@ class _Entry:
     fd: int
     info: ProcInfo
     taken_at: float
+    shared: bool  # held through `Pidfds.acquire_pid`: released there, not closed here
 
 
 class ProcCache:
     """Snapshots of the processes a pass asks about by pid. Owned by one thread."""
 
     def __init__(self, max_age: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *,
+                 pidfds: Pidfds = SYSTEM) -> None:
         self.max_age = max_age
         self.clock = clock
+        self._pidfds = pidfds
         self._entries: dict[int, _Entry] = {}
         self._by_fd: dict[int, int] = {}  # fd -> pid
         self._sessions: dict[int, int] = {}  # session -> how many cached processes in it
@@ -107,18 +114,33 @@ class ProcCache:
                 self._drop(pid)
 
     def _take(self, pid: int, now: float) -> ProcInfo | None:
-        fd = SYSTEM.try_open(pid)  # first: see the module docstring
+        held = self._pidfds.acquire_pid(pid)  # an fd opened before the read below
+        if held is not None:
+            identity, shared_fd = held
+            info = proc_info(pid)
+            if info is None or info.identity == identity:
+                if info is None or _changing(info):
+                    self._pidfds.release(identity)
+                else:
+                    self._keep(_Entry(shared_fd, info, now, shared=True))
+                return info
+            self._pidfds.release(identity)  # the pid was recycled: open our own below
+        fd = self._pidfds.try_open(pid)  # first: see the module docstring
         info = proc_info(pid)
         if fd is None:
             return info
         if info is None or _changing(info):
             os.close(fd)
             return info
-        self._entries[pid] = _Entry(fd, info, now)
-        self._sessions[info.session] = self._sessions.get(info.session, 0) + 1
-        self._by_fd[fd] = pid
-        self._poller.register(fd, select.EPOLLIN)
+        self._keep(_Entry(fd, info, now, shared=False))
         return info
+
+    def _keep(self, entry: _Entry) -> None:
+        fd, info = entry.fd, entry.info
+        self._entries[info.pid] = entry
+        self._sessions[info.session] = self._sessions.get(info.session, 0) + 1
+        self._by_fd[fd] = info.pid
+        self._poller.register(fd, select.EPOLLIN)
 
     def _drop(self, pid: int) -> None:
         entry = self._entries.pop(pid)
@@ -129,7 +151,10 @@ class ProcCache:
             del self._sessions[entry.info.session]
         del self._by_fd[entry.fd]
         self._poller.unregister(entry.fd)
-        os.close(entry.fd)
+        if entry.shared:
+            self._pidfds.release(entry.info.identity)
+        else:
+            os.close(entry.fd)
 
 
 def _changing(info: ProcInfo) -> bool:

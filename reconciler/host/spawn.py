@@ -298,6 +298,8 @@ class Children:
             popen.poll()
             raise SpawnError(f"{popen.args!r} exited and was reaped before it could be tracked")
         identity = Identity(procfs.read_boot_id(), popen.pid, stat.starttime)
+        if pidfd is not None:  # opened before the read: it names `identity`, so it is shared
+            pidfd = self._pidfds.share(identity, pidfd)
         with self._lock:
             self._children[popen.pid] = _Child(popen, identity, pidfd)
             if pidfd is None:
@@ -333,7 +335,7 @@ class Children:
         if child is not None and child.pidfd is not None:
             self._poller.unregister(child.pidfd)
             del self._by_fd[child.pidfd]
-            os.close(child.pidfd)
+            self._pidfds.release(child.identity)
 
     def pids(self) -> frozenset[int]:
         """The children not reaped yet (what a teardown must still kill)."""
