@@ -157,3 +157,23 @@ def test_a_watch_dropped_and_added_back_before_the_watcher_ran_still_reports_the
         watcher.stop()
         pidfds.release(identity)
     assert pidfds.shared_count() == 0
+
+
+def test_a_watch_added_and_dropped_before_the_watcher_ran_is_released_unwatched(
+        foreign: Foreign) -> None:
+    pidfds = Pidfds()
+    exits = Exits()
+    watcher = ExitWatcher(exits, pidfds=pidfds)
+    gone, kept = _sleeper(foreign), _sleeper(foreign)
+    watcher.sync([gone, kept])
+    watcher.update([], [gone])
+    watcher.start()
+    try:
+        wait_for(lambda: pidfds.shared_count() == 1, message="the dropped watch released")
+        os.kill(gone.pid, signal.SIGKILL)
+        os.kill(kept.pid, signal.SIGKILL)
+        wait_for(lambda: exits.has(kept), message="the kept one's exit reported")
+        assert not exits.has(gone) and watcher.watching() == frozenset()
+    finally:
+        watcher.stop()
+    assert pidfds.shared_count() == 0

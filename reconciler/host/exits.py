@@ -48,6 +48,8 @@ class ExitWatcher:
         # fd number can never be reused while the selector may still hold it.
         self._watched: dict[Identity, int | None] = {}  # None: no pidfd, polled
         self._closing: list[tuple[Identity, int]] = []  # dropped identities, fds to release
+        self._pending: list[tuple[Identity, int]] = []  # added, not registered yet
+        self._polled: set[Identity] = set()  # watched without a pidfd
         self._exited: list[Identity] = []  # found gone by sync(), to report from the thread
         self._reported: set[Identity] = set()
         self._stopping = False
@@ -91,6 +93,7 @@ class ExitWatcher:
             changed = False
             for identity in self._watched.keys() - wanted:
                 fd = self._watched.pop(identity)
+                self._polled.discard(identity)
                 if fd is not None:
                     self._closing.append((identity, fd))
                 changed = True
@@ -110,6 +113,7 @@ class ExitWatcher:
             for identity in removed:
                 self._reported.discard(identity)
                 fd = self._watched.pop(identity, -1)
+                self._polled.discard(identity)
                 if fd != -1:
                     if fd is not None:
                         self._closing.append((identity, fd))
@@ -136,6 +140,10 @@ class ExitWatcher:
             fd, alive = None, identity_of(identity.pid) == identity
         if alive:
             self._watched[identity] = fd
+            if fd is None:
+                self._polled.add(identity)
+            else:
+                self._pending.append((identity, fd))
             return
         self._reported.add(identity)
         self._exited.append(identity)
@@ -164,7 +172,7 @@ class ExitWatcher:
             self._apply()
             exited, self._exited = self._exited, []
             stopping = self._stopping
-            polling = None in self._watched.values()
+            polling = bool(self._polled)
         for identity in exited:
             self._report(identity)
         if stopping:
@@ -181,19 +189,22 @@ class ExitWatcher:
         return True
 
     def _apply(self) -> None:
-        """Release the dropped fds, then register the new ones. A dropped identity that was
-        added again meanwhile holds the same shared fd twice (once in each list): the release
-        comes first, so its registration is renewed, not lost."""
+        """Release the dropped fds, then register the added ones that are still watched
+        (what changed since the last round, not every watched fd: a round follows every
+        exit and every sync). A dropped identity that was added again meanwhile holds the
+        same shared fd twice (once in each list): the release comes first, so its
+        registration is renewed, not lost."""
         for identity, fd in self._closing:
             if fd in self._registered:
                 self._selector.unregister(fd)
                 self._registered.discard(fd)
             self._pidfds.release(identity)
         self._closing.clear()
-        for identity, watched_fd in self._watched.items():
-            if watched_fd is not None and watched_fd not in self._registered:
-                self._selector.register(watched_fd, selectors.EVENT_READ, identity)
-                self._registered.add(watched_fd)
+        for identity, fd in self._pending:
+            if self._watched.get(identity) == fd and fd not in self._registered:
+                self._selector.register(fd, selectors.EVENT_READ, identity)
+                self._registered.add(fd)
+        self._pending.clear()
 
     def _ready(self, fd: int, identity: Identity) -> None:
         with self._lock:
@@ -208,12 +219,13 @@ class ExitWatcher:
 
     def _poll(self) -> None:
         with self._lock:
-            polled = [i for i, fd in self._watched.items() if fd is None]
+            polled = list(self._polled)
         gone = [i for i in polled if identity_of(i.pid) != i]  # /proc reads outside the lock
         reported = []
         with self._lock:
             for identity in gone:
-                if identity in self._watched and self._watched[identity] is None:
+                if identity in self._polled:
+                    self._polled.discard(identity)
                     del self._watched[identity]
                     self._reported.add(identity)
                     reported.append(identity)
@@ -236,6 +248,8 @@ class ExitWatcher:
             held += self._closing
             self._watched.clear()
             self._closing.clear()
+            self._pending.clear()
+            self._polled.clear()
             self._registered.clear()
             self._selector.close()
             for identity, _fd in held:

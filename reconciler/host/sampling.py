@@ -57,9 +57,12 @@ FD_LIMIT_ROUNDS = 60
 # pread instead of open, read, close, ~4 µs), but the controller's descriptors are for its
 # pidfds and children first, and every open fd makes every start slower: the vfork child
 # copies the fd table and closes it before its exec (~0.4 ms per 1000 fds here, measured
-# in the daemon; docs/benchmarks.md, "Respawn at N=2000, second round"). 1024 kept fds
-# cost a start 0.4 ms and spare a round 4 ms.
-MAX_OPEN_STATS = 1024
+# in the daemon; docs/benchmarks.md, "Respawn at N=2000, second round"). 256 kept fds
+# cost a start ~0.1 ms; each fd not kept costs a round (every 5 s by default) ~4 µs, so
+# at 2000 jobs the rounds pay ~7 ms more than with all kept, 0.15% of one core, while a
+# respawn pays 0.4–0.8 ms less than with 1024 or 2000 kept (docs/benchmarks.md, "Respawn at
+# N=2000, third round").
+MAX_OPEN_STATS = 256
 
 Key = tuple[int, int]  # (pid, start time): a recycled pid is another process
 
