@@ -173,7 +173,7 @@ class Daemon:
         return {a.key: a.max_rss for a in result.desired.actions if a.max_rss is not None}
 
     def _open_reconciler(self) -> Reconciler:
-        return Reconciler(self.settings, allow_empty=self.allow_empty)
+        return Reconciler(self.settings, allow_empty=self.allow_empty, caps_logs=False)
 
     def kick(self, keys: Keys | None = None) -> None:
         """A pass is wanted (a trigger fired): for `keys`, or a full one (None)."""

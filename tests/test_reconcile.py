@@ -543,6 +543,10 @@ def test_status_shows_usage_and_a_running_log_is_capped(
     flag.write_text("")
     wait_for(lambda: log.stat().st_size >= 400_000, message="the process wrote its output")
     reconciler.housekeeping_interval = 0.0  # due now (passes check logs every few seconds)
+    reconciler.caps_logs = False  # as under the daemon, whose LogCapper does it
+    reconciler.reconcile()
+    assert log.stat().st_size >= 400_000
+    reconciler.caps_logs = True
     reconciler.reconcile()
     assert log.stat().st_size == 0
     # history holds only the last max_size bytes (DESIGN §8.1 "Logs are bounded")
