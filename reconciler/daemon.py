@@ -24,6 +24,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import FrameType
@@ -372,7 +373,7 @@ class Daemon:
             from reconciler.metrics import seen_of
 
             self.metrics.passed(seen_of(result), seconds)
-        if self.passes > 1:
+        if self.passes > 1 and self.notifier.enabled:  # a walk over every job: only for systemd
             self.notifier.status(status_line(result))
 
     def _first_pass_done(self, result: PassResult, seconds: float) -> None:
@@ -553,11 +554,11 @@ def status_line(result: PassResult | None) -> str:
     and the revision."""
     if result is None:
         return "no pass has succeeded yet"
-    jobs = [j for j in result.jobs if j.phase != "removed"]
-    running = sum(1 for j in jobs if j.phase == "running")
-    failing = sum(1 for j in jobs if j.phase in ("backoff", "blocked"))
-    done = sum(1 for j in jobs if j.phase in ("succeeded", "stopped"))
-    waiting = len(jobs) - running - failing - done
+    phases = Counter(j.phase for j in result.jobs)  # one walk: this runs after every pass
+    running = phases["running"]
+    failing = phases["backoff"] + phases["blocked"]
+    done = phases["succeeded"] + phases["stopped"]
+    waiting = len(result.jobs) - phases["removed"] - running - failing - done
     revision = result.source.revision or "no revision"
     return (f"{running} running, {waiting} waiting, {failing} failing, {done} done; "
             f"revision {revision}")

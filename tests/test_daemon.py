@@ -26,12 +26,16 @@ from reconciler.daemon import (
     Daemon,
     OpenPasses,
     retry_delay,
+    status_line,
 )
+from reconciler.desired import Desired
+from reconciler.host.gitrev import Revision
 from reconciler.host.identity import identity_of
 from reconciler.identity import Identity
-from reconciler.plan import MIN_START_INTERVAL
+from reconciler.plan import MIN_START_INTERVAL, Plan
 from reconciler.settings import Settings
-from reconciler.state.records import Event, Sample
+from reconciler.spec.load import LoadResult
+from reconciler.state.records import Event, JobRecord, Sample
 from tests.helpers import wait_for
 
 PY = sys.executable
@@ -428,3 +432,14 @@ def test_a_failed_pass_is_retried_with_backoff_and_logged_once(
 def test_retry_delay_doubles_up_to_its_maximum() -> None:
     delays = [retry_delay(n, RETRY_INITIAL_SECONDS, RETRY_MAX_SECONDS) for n in range(1, 11)]
     assert delays == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0]
+
+
+def test_status_line_counts_each_phase_once_and_leaves_removed_jobs_out() -> None:
+    phases = ["running", "running", "backoff", "blocked", "succeeded", "stopped", "starting",
+              "stopping", "removed"]
+    jobs = tuple(JobRecord(id=f"j{i}", service=f"s{i}", action="a", generation="g", phase=p)
+                 for i, p in enumerate(phases))
+    loaded = LoadResult(services={}, sources={}, files={}, errors=(), dir_error=None)
+    result = PassResult(loaded, Desired(actions=()), Plan(steps=()), jobs, Revision("abc123"))
+    assert status_line(result) == ("2 running, 2 waiting, 2 failing, 2 done; "
+                                   "revision abc123")
