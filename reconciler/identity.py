@@ -9,7 +9,7 @@ Plain data, no I/O: `plan` and the records use it; `host/identity.py` reads it f
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from reconciler.tuples import NamedTuple  # typing's, without importing typing (status)
 
 
 class Identity(NamedTuple):

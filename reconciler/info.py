@@ -16,18 +16,26 @@ A file's state (from its spec record):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+import os
 
-from reconciler import __version__
-from reconciler.settings import Settings
+from reconciler import __version__, dirs
 from reconciler.state import statedir
+from reconciler.state.basic import ControllerFacts
 from reconciler.state.lock import daemon_pid
-from reconciler.state.reader import open_reader
-from reconciler.state.records import ControllerFacts, SpecRecord
-from reconciler.state.store import Store
+from reconciler.tuples import NamedTuple  # typing's, without importing typing
 
-FileStateName = Literal["ok", "last-good", "refused", "empty"]
+# `reconcile status` builds its header through here (`status_info`): the store, the settings
+# and the records are imported only for annotations, or where `info` itself reads (issue 13)
+TYPE_CHECKING = False  # not typing's
+if TYPE_CHECKING:
+    import sqlite3
+    from typing import Literal
+
+    from reconciler.settings import Settings
+    from reconciler.state.records import SpecRecord
+    from reconciler.state.store import Store
+
+    FileStateName = Literal["ok", "last-good", "refused", "empty"]
 
 
 class FileState(NamedTuple):
@@ -38,8 +46,7 @@ class FileState(NamedTuple):
     error: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Info:
+class Info(NamedTuple):
     """The facts `info` prints (render.info_json gives the documented JSON shape)."""
 
     version: str
@@ -48,8 +55,8 @@ class Info:
     daemon_pid: int | None  # up now (holds daemon.lock), else None
     facts: ControllerFacts
     files: tuple[FileState, ...]
-    labels: dict[str, str] = field(default_factory=dict)
-    unplaced: dict[str, str] = field(default_factory=dict)  # service -> why not on this host
+    labels: dict[str, str] = {}  # never changed in place (nothing does: a named tuple's)
+    unplaced: dict[str, str] = {}  # service -> why not on this host
 
     @property
     def daemon_started_at(self) -> float | None:
@@ -64,6 +71,8 @@ class Info:
 
 
 def read_info(settings: Settings) -> Info:
+    from reconciler.state.reader import open_reader
+
     with open_reader(settings) as store:
         return info_from(store, settings)
 
@@ -84,19 +93,43 @@ def info_from(store: Store, settings: Settings) -> Info:
 def served_specs_dir(settings: Settings) -> str:
     """The specs dir this state dir serves (its binding), which is what the daemon reads;
     the one given (flag, environment, `./specs`) when it is not bound yet."""
+    return served_specs_dir_of(str(settings.state_dir), str(settings.specs_dir))
+
+
+def served_specs_dir_of(state_dir: str, specs_dir: str) -> str:
     try:
-        bound = statedir.read_binding(settings.state_dir)
+        bound = statedir.read_binding(state_dir)
     except OSError:
         bound = None
-    return bound or statedir.specs_key(settings.specs_dir)
+    return bound or statedir.specs_key(specs_dir)
 
 
 def file_state(record: SpecRecord) -> FileState:
-    if record.error is None:
-        return FileState(record.file, "ok", None)
+    return file_state_of(record.file, record.error, record.content is not None)
+
+
+def file_state_of(file: str, error: str | None, has_last_good: bool) -> FileState:
+    """A file's state from its current error and whether a last good version exists."""
+    if error is None:
+        return FileState(file, "ok", None)
     from reconciler.spec.load import NO_SERVICES  # only for a broken file: yaml, pydantic
 
-    if NO_SERVICES in record.error:
-        return FileState(record.file, "empty", record.error)
-    state: FileStateName = "last-good" if record.content is not None else "refused"
-    return FileState(record.file, state, record.error)
+    if NO_SERVICES in error:
+        return FileState(file, "empty", error)
+    state: FileStateName = "last-good" if has_last_good else "refused"
+    return FileState(file, state, error)
+
+
+def status_info(conn: sqlite3.Connection, tables: frozenset[str], state_dir: str,
+                specs_dir: str) -> Info:
+    """What the `status` header shows, read on `status`' own connection (state/reader.py)
+    with nothing else of the state loaded: no labels (the header does not show them, and
+    they are JSON), and no file contents (a file's state needs only whether one exists)."""
+    from reconciler.state import reader
+
+    facts = reader.controller_facts(conn, tables, placement=False)
+    files = tuple(file_state_of(*found) for found in reader.spec_file_errors(conn, tables))
+    return Info(version=__version__, specs_dir=served_specs_dir_of(state_dir, specs_dir),
+                state_dir=state_dir,
+                daemon_pid=daemon_pid(os.path.join(state_dir, dirs.DAEMON_LOCK_FILE)),
+                facts=facts, files=files)

@@ -18,14 +18,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reconciler import dirs
+from reconciler.dirs import (
+    DEFAULT_SPECS_DIR,
+    MAX_REVISION_LABEL,
+    REFUSE_DEFAULT_STATE_DIR,
+    SettingsError,
+    revision_label_of,
+)
 from reconciler.environment import inheritable
 
-DEFAULT_SPECS_DIR = "specs"  # relative to the working directory, like `./Makefile`
-REFUSE_DEFAULT_STATE_DIR = "RECONCILER_REFUSE_DEFAULT_STATE_DIR"
-
-
-class SettingsError(Exception):
-    """A configuration the reconciler refuses to run with."""
+__all__ = ["DEFAULT_SPECS_DIR", "MAX_REVISION_LABEL", "REFUSE_DEFAULT_STATE_DIR", "Settings",
+           "SettingsError", "default_state_dir", "resolve", "revision_label_of", "specs_dir_of",
+           "state_dir_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,24 +57,20 @@ class Settings:
     labels_file: Path | None = None
 
     def __post_init__(self) -> None:
-        if os.environ.get(REFUSE_DEFAULT_STATE_DIR) == "1" and _same_path(
-                Path(self.state_dir), default_state_dir()):
-            raise SettingsError(
-                f"refusing the real state dir {self.state_dir} ({REFUSE_DEFAULT_STATE_DIR}=1, "
-                "set by the test suite); give the test its own state dir")
+        dirs.check_not_default(str(self.state_dir), os.environ)
 
     @property
     def db_path(self) -> Path:
-        return self.state_dir / "state.db"
+        return self.state_dir / dirs.DB_FILE
 
     @property
     def run_dir(self) -> Path:
         """Default pidfiles, enrollments and relative socket paths live here."""
-        return self.state_dir / "run"
+        return self.state_dir / dirs.RUN_DIR
 
     @property
     def logs_dir(self) -> Path:
-        return self.state_dir / "logs"
+        return self.state_dir / dirs.LOGS_DIR
 
     @property
     def lock_path(self) -> Path:
@@ -79,40 +80,22 @@ class Settings:
     @property
     def daemon_lock_path(self) -> Path:
         """Held by a daemon for its lifetime: one daemon per state dir."""
-        return self.state_dir / "daemon.lock"
+        return self.state_dir / dirs.DAEMON_LOCK_FILE
 
 
 def default_state_dir(env: Mapping[str, str] = os.environ) -> Path:
-    if os.geteuid() == 0:
-        return Path("/var/lib/reconciler")
-    xdg = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "reconciler"
+    return Path(dirs.default_state_dir(env))
 
 
 def specs_dir_of(specs: str | Path | None = None, env: Mapping[str, str] = os.environ) -> Path:
     """The specs dir: the flag, else `RECONCILER_SPECS`, else `./specs`."""
-    return Path(specs or env.get("RECONCILER_SPECS") or DEFAULT_SPECS_DIR)
+    return Path(dirs.specs_dir_text(specs, env))
 
 
 def state_dir_of(state_dir: str | Path | None = None,
                  env: Mapping[str, str] = os.environ) -> Path:
     """The state dir: the flag, else `RECONCILER_STATE_DIR`, else the per-user default."""
-    return Path(state_dir or env.get("RECONCILER_STATE_DIR") or default_state_dir(env))
-
-
-MAX_REVISION_LABEL = 200  # it goes on every event and job row
-
-
-def revision_label_of(revision: str | None = None,
-                      env: Mapping[str, str] = os.environ) -> str | None:
-    """The revision label: the flag, else `RECONCILER_REVISION`, else None (ask git). A label
-    is shown to operators and stored on every event: short, and printable."""
-    label = revision or env.get("RECONCILER_REVISION") or None
-    if label is not None and (len(label) > MAX_REVISION_LABEL
-                              or any(not c.isprintable() for c in label)):
-        raise SettingsError(f"revision label: at most {MAX_REVISION_LABEL} printable "
-                            "characters (no control characters)")
-    return label
+    return Path(dirs.state_dir_text(state_dir, env))
 
 
 def resolve(specs: str | Path | None = None, state_dir: str | Path | None = None,
@@ -127,7 +110,3 @@ def _automatic_labels() -> tuple[tuple[str, str], ...]:
     from reconciler.host.labels import automatic_labels
 
     return tuple(sorted(automatic_labels().items()))
-
-
-def _same_path(a: Path, b: Path) -> bool:
-    return a.absolute().resolve() == b.absolute().resolve()

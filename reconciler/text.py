@@ -9,22 +9,24 @@ message built from such input goes through `printable` first (the daemon's log l
 
 from __future__ import annotations
 
-import re
-
 # C0 controls (tab included: it misaligns tables), DEL, C1 controls, and the Unicode line and
 # paragraph separators that some log viewers also break lines on, and the bidirectional
 # overrides/isolates that make a terminal show text in another order than it is written.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e"
-                      "\u2066-\u2069]")
+CONTROL_CHARS = (*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, 0x200E, 0x200F,
+                 *range(0x202A, 0x202F), *range(0x2066, 0x206A))
 
 
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
-    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char, f"\\x{ord(char):02x}"
-                                                       if ord(char) < 0x100
-                                                       else f"\\u{ord(char):04x}")
+def _escape(code: int) -> str:
+    char = chr(code)
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char, f"\\x{code:02x}"
+                                                       if code < 0x100 else f"\\u{code:04x}")
+
+
+# a `str.translate` table rather than a regex: `re` (with enum) is a visible part of
+# `reconcile status`, which prints its header through here (issue 13)
+_ESCAPES = {code: _escape(code) for code in CONTROL_CHARS}
 
 
 def printable(text: str) -> str:
     """`text` with every control character shown as a Python-style escape (`\\n`, `\\x1b`)."""
-    return _CONTROL.sub(_escape, text)
+    return text.translate(_ESCAPES)

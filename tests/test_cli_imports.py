@@ -98,6 +98,47 @@ def test_status_of_running_jobs_loads_no_heavy_library(settings: Settings,
             assert "string" not in modules, argv  # procfs's hex digits: it compiles a regex
 
 
+# `status` runs on its own lean path (cli/status.py, state/reader.py): none of these, each a
+# few ms of it (dataclasses brings inspect, ast and dis; pathlib brings urllib.parse)
+NOT_ON_STATUS_PATH = ("dataclasses", "inspect", "ast", "dis", "pathlib", "urllib", "typing",
+                      "re", "enum", "logging", "argparse", "pydantic", "yaml", "sqlite_utils",
+                      "reconciler.settings", "reconciler.state.store", "reconciler.state.records",
+                      "reconciler.cli.commands", "reconciler.cli.validate")
+# imports nothing itself (unlike PROBE, which loads json and re): what status loads, exactly
+BARE_PROBE = """
+import sys
+from reconciler.cli import main
+code = main(sys.argv[1:])
+sys.stderr.write("\\nMODULES " + str(code) + " " + " ".join(sorted(sys.modules)) + "\\n")
+"""
+
+
+def status_modules(*argv: str) -> set[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for name in ("RECONCILER_SPECS", "RECONCILER_STATE_DIR", "RECONCILER_LABELS"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-c", BARE_PROBE, "status", *argv], env=env,
+                          cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+    code, *modules = done.stderr.rsplit("MODULES ", 1)[1].split()
+    assert code == "0" and "s0" in done.stdout  # it did show the job
+    return set(modules)
+
+
+def test_status_loads_only_what_it_shows(settings: Settings, reconciler: Reconciler) -> None:
+    write_sleeper(settings.specs_dir, "s0")
+    reconciler.converge(10.0)
+    flags = ("--specs", str(settings.specs_dir), "--state-dir", str(settings.state_dir))
+    table = status_modules(*flags)
+    as_json = status_modules("-o", "json", *flags)
+    json_brings = {"re", "enum"}  # json's decoder compiles its patterns at import
+    for modules, allowed in ((table, set()), (as_json, json_brings)):
+        assert sorted(m for m in modules if m.split(".")[0] in set(NOT_ON_STATUS_PATH)
+                      - allowed) == []
+        assert "sqlite3" in modules and "reconciler.cli.status" in modules  # not vacuous
+    assert "json" not in table  # the table decodes no JSON column and writes no JSON
+    assert "json" in as_json
+
+
 def test_stats_still_loads_what_status_leaves_out(settings: Settings,
                                                   reconciler: Reconciler) -> None:
     """The other side of the check above: the modules it forbids are the ones `stats`

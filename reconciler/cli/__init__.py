@@ -61,11 +61,16 @@ def _main(argv: "Sequence[str] | None") -> int:
 
 def _command_of(args: "argparse.Namespace") -> "Callable[[argparse.Namespace], int]":
     """`validate` runs without `cli/commands.py` and what it imports (the state's reader and
-    lock, sqlite3): it uses none of it, and issue 13 wants it fast (cli/validate.py)."""
+    lock, sqlite3): it uses none of it, and issue 13 wants it fast (cli/validate.py).
+    `status` too: it reads the state through its own lean path (cli/status.py)."""
     if args.command == "validate":
         from reconciler.cli.validate import cmd_validate
 
         return cmd_validate
+    if args.command == "status":  # the same: reconciler/cli/status.py
+        from reconciler.cli.status import cmd_status
+
+        return cmd_status
     from reconciler.cli.commands import run
 
     return run
@@ -82,7 +87,7 @@ def _failed(err: Exception) -> int:
     if isinstance(err, (SettingsError, StateError, LockTimeout, UsageError)):
         return _error(str(err))
     if isinstance(err, sqlite3.DatabaseError):
-        from reconciler.state.store import is_damage
+        from reconciler.state.reader import is_damage
 
         if is_damage(err):
             return _error(f"the state database is damaged ({err}). Managed processes keep "

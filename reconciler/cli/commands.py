@@ -27,6 +27,7 @@ from reconciler.cli.flags import (
     sample_interval_of,
     settings_from,
 )
+from reconciler.cli.status import cmd_status
 from reconciler.cli.validate import cmd_validate
 from reconciler.settings import Settings
 from reconciler.state.reader import open_reader, read_jobs
@@ -343,23 +344,6 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from reconciler.spec.model import spec_json_schema
 
     emit(render.to_json(spec_json_schema()))
-    return EXIT_OK
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from reconciler.host.usage import read_now
-    from reconciler.info import info_from
-
-    settings = settings_from(args)
-    with open_reader(settings) as store:  # one read-only open for the jobs and the header
-        jobs, suspended, anomalies = store.jobs(), store.suspended(), store.anomalies()
-        info = info_from(store, settings) if args.output != "json" else None
-    usages = read_now({j.id: j.identity for j in jobs if j.pid and j.identity})
-    if info is None:
-        emit(render.jobs_json(jobs, usages, suspended, anomalies))  # a list of jobs (§8.2)
-    else:
-        emit(render.status_header(info))
-        emit(render.status_table(jobs, usages, suspended, anomalies) if jobs else "no jobs")
     return EXIT_OK
 
 

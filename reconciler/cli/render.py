@@ -6,27 +6,35 @@ contract (docs/operations.md); tables are for people and may change.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
 
 from reconciler.text import printable
 
+# `status` loads this module: json is imported where a JSON document is written, typing and
+# the types of other commands only for annotations (issue 13)
+TYPE_CHECKING = False  # not typing's
 if TYPE_CHECKING:  # `status` loads no planner (it pulls in the spec model: pydantic)
+    from collections.abc import Iterable, Sequence
+    from typing import Any
+
     from reconciler.host.usage import Usage
     from reconciler.info import Info
     from reconciler.plan import Plan, Step, Waiting
     from reconciler.spec.load import LoadResult, SpecError
+    from reconciler.state.reader import JobView
     from reconciler.state.records import Anomaly, Event, JobRecord
+
+    Job = JobRecord | JobView  # a job as status shows it: the same attribute names
 
 
 def to_json(value: object) -> str:
+    import json
+
     return json.dumps(value, indent=2)
 
 
-def job_json(job: JobRecord, now: float | None = None, usage: Usage | None = None, *,
+def job_json(job: Job, now: float | None = None, usage: Usage | None = None, *,
              suspended: bool = False, anomalies: Sequence[Anomaly] = ()) -> dict[str, Any]:
     now = time.time() if now is None else now
     return {
@@ -55,13 +63,13 @@ def job_json(job: JobRecord, now: float | None = None, usage: Usage | None = Non
     }
 
 
-def jobs_json(jobs: Iterable[JobRecord], usages: dict[str, Usage] | None = None,
+def jobs_json(jobs: Iterable[Job], usages: dict[str, Usage] | None = None,
               suspended: frozenset[str] = frozenset(),
               anomalies: Sequence[Anomaly] = ()) -> str:
     return to_json(jobs_list(jobs, usages, suspended, anomalies))
 
 
-def jobs_list(jobs: Iterable[JobRecord], usages: dict[str, Usage] | None = None,
+def jobs_list(jobs: Iterable[Job], usages: dict[str, Usage] | None = None,
               suspended: frozenset[str] = frozenset(),
               anomalies: Sequence[Anomaly] = ()) -> list[dict[str, Any]]:
     """The job objects of `status -o json` (also inside `--once -o json`)."""
@@ -78,7 +86,7 @@ def anomalies_by_job(anomalies: Iterable[Anomaly]) -> dict[str, list[Anomaly]]:
     return found
 
 
-def describe_reason(job: JobRecord, now: float | None = None) -> str:
+def describe_reason(job: Job, now: float | None = None) -> str:
     """The stored reason plus how long until the next attempt, computed at display time."""
     now = time.time() if now is None else now
     if job.phase in ("backoff", "blocked") and job.next_start_at is not None:
@@ -87,7 +95,7 @@ def describe_reason(job: JobRecord, now: float | None = None) -> str:
     return job.reason
 
 
-def status_table(jobs: Sequence[JobRecord], usages: dict[str, Usage] | None = None,
+def status_table(jobs: Sequence[Job], usages: dict[str, Usage] | None = None,
                  suspended: frozenset[str] = frozenset(),
                  anomalies: Sequence[Anomaly] = ()) -> str:
     now = time.time()

@@ -14,9 +14,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import NamedTuple
+
+from reconciler.tuples import NamedTuple  # typing's, without importing typing (status)
+
+TYPE_CHECKING = False  # not typing's: `status` reads /proc through here (issue 13)
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 PROC = "/proc"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of utime, stime and starttime
@@ -67,8 +70,7 @@ def read_boot_id() -> str:
 # --- /proc/<pid>/stat ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Stat:
+class Stat(NamedTuple):
     """The fields of /proc/<pid>/stat we use. `starttime` (clock ticks since boot) is what
     makes a pid an identity; `session` and `pgrp` find a job's processes."""
 
@@ -535,8 +537,7 @@ def read_socket_inodes(pid: int) -> set[int]:
 # --- /proc/net/unix --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class UnixEntry:
+class UnixEntry(NamedTuple):
     """One line of /proc/net/unix: which inode listens on which socket path."""
 
     inode: int
@@ -570,8 +571,7 @@ def read_net_unix() -> list[UnixEntry]:
 # --- /proc/net/tcp, /proc/net/tcp6 -----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class TcpEntry:
+class TcpEntry(NamedTuple):
     """One line of /proc/net/tcp{,6}: a local port, its state and the socket's inode."""
 
     local_port: int
@@ -621,8 +621,7 @@ def read_net_tcp() -> list[TcpEntry]:
 # --- file locks ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class LockEntry:
+class LockEntry(NamedTuple):
     """One lock held (not waited for) as `/proc/locks` shows it."""
 
     kind: str  # FLOCK, POSIX, OFDLCK, LEASE

@@ -8,23 +8,25 @@ started, like ps(1); the metrics endpoint exports cumulative CPU seconds for `ra
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 from reconciler.host import procfs
-from reconciler.identity import Identity
+from reconciler.tuples import NamedTuple  # typing's, without importing typing (status)
+
+TYPE_CHECKING = False  # not typing's: `status` needs none of it (issue 13)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from reconciler.identity import Identity
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):
     """CPU and memory of one process, for `status` (read on demand, never stored)."""
 
     cpu_percent: float  # of one CPU, averaged since the process started (can exceed 100)
     rss_bytes: int
 
 
-@dataclass(frozen=True, slots=True)
-class Counters:
+class Counters(NamedTuple):
     """What a process has used so far, read in one look (no rate, so no second sample and
     no wait): the metrics endpoint turns CPU seconds into rates itself (`rate()`)."""
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from pathlib import Path
-from types import TracebackType
 
 from reconciler.files import PRIVATE_FILE
 from reconciler.host import procfs
 from reconciler.state.errors import DaemonRunning
 from reconciler.timing import LOCK_RETRY_SECONDS
+
+TYPE_CHECKING = False  # not typing's: `status` reads daemon_pid (issue 13)
+if TYPE_CHECKING:
+    from pathlib import Path
+    from types import TracebackType
 
 
 class LockTimeout(Exception):
@@ -110,7 +113,7 @@ class DaemonLock:
             self._fd = None
 
 
-def daemon_pid(path: Path) -> int | None:
+def daemon_pid(path: str | Path) -> int | None:
     """The pid of the daemon holding `path` (a `DaemonLock`), or None when none does.
 
     Read-only on purpose: taking the lock, even for a moment, could make a daemon starting

@@ -5,7 +5,9 @@ These are what `plan` reads (together with the spec and the host snapshot) and w
 
 Immutable either way: frozen dataclasses where code relies on what only a dataclass has
 (`dataclasses.replace` of a `JobRecord` or an `Event`, `fields(JobRecord)` for the store's
-columns, `asdict` of an `Anomaly`), named tuples for the rest. Every process that reads the
+columns), named tuples for the rest; `BlockedBy`, `Anomaly` and `ControllerFacts` are
+defined in `state/basic.py` (what `reconcile status` imports instead of this module) and
+re-exported here. Every process that reads the
 state builds these classes at import, and a frozen dataclass costs 0.5–2 ms to build (its
 methods are generated and compiled), a named tuple a tenth of that (`reconcile status`,
 issue 13; figures in docs/benchmarks.md).
@@ -20,6 +22,10 @@ from typing import Any, Literal, NamedTuple
 
 from reconciler.identity import Identity
 from reconciler.spec.defaults import DEFAULT_LOGS_KEEP, DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT
+from reconciler.state.basic import Anomaly, BlockedBy, ControllerFacts
+
+__all__ = ["Anomaly", "BlockedBy", "ControllerFacts", "Enrollment", "EnvFiles", "Event",
+           "FailureClass", "JobRecord", "JobSpec", "Phase", "Sample", "SpecRecord", "StopThen"]
 
 Phase = Literal[
     "pending", "starting", "running", "succeeded", "backoff",
@@ -35,17 +41,6 @@ FailureClass = Literal[
     "spawn-error", "bind-conflict", "crash-before-ready", "crash-after-ready",
     "unhealthy", "exit-nonzero", "memory-limit",
 ]
-
-
-class BlockedBy(NamedTuple):
-    """A foreign process holding one of our declared resources."""
-
-    resource: str  # "/run/web/api.sock" or ":8080"
-    pid: int | None  # None: listening, but the owner is invisible to us
-    cmd: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"pid": self.pid, "cmd": self.cmd, "resource": self.resource}
 
 
 class JobSpec(NamedTuple):
@@ -238,18 +233,6 @@ class Sample(NamedTuple):
         return (self.service, self.action)
 
 
-@dataclass(frozen=True, slots=True)
-class Anomaly:
-    """A resource rule a job breaks now (docs/resources.md), since when, and the numbers."""
-
-    job_id: str
-    service: str
-    action: str
-    rule: str  # "fds", "rss-growth", "threads-growth", "d-state", "zombies", "oom-score"
-    since: float
-    detail: str
-
-
 EnvFiles = tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # (path, ((key, value), ...))
 
 
@@ -281,23 +264,3 @@ class Enrollment(NamedTuple):
     identity: Identity
     cmdline: tuple[str, ...]
     enrolled_at: float
-
-
-class ControllerFacts(NamedTuple):
-    """What `reconcile info` and the `status` header say about the controller itself: its
-    last pass, the revision it saw and the one it applied, and the daemon that runs it."""
-
-    last_pass_at: float | None = None
-    last_pass_ok: bool | None = None  # every spec file loaded cleanly and the pass completed
-    last_pass_duration_ms: int | None = None
-    revision: str | None = None
-    # The latest revision at which every file loaded cleanly (see DESIGN §8.2).
-    applied_revision: str | None = None
-    dirty: bool = False
-    revision_error: str | None = None  # why the revision is `unknown`
-    daemon_pid: int | None = None  # as last recorded: alive only while it holds daemon.lock
-    daemon_started_at: float | None = None
-    # The labels the last pass placed by, and the services they kept off this host (and
-    # why): what `info` shows, and what a pass started by a CLI command places by.
-    labels: tuple[tuple[str, str], ...] = ()
-    unplaced: tuple[tuple[str, str], ...] = ()

@@ -21,22 +21,28 @@ from __future__ import annotations
 import os
 import stat
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-from reconciler.files import make_private_dirs, write_atomic
-from reconciler.settings import Settings
-from reconciler.state.enrollment import SUFFIX
+from reconciler import dirs
 from reconciler.state.errors import DatabaseDamaged, SpecsDirMismatch, StateDirNotPrivate
-from reconciler.state.records import Event
-from reconciler.state.store import Store
 from reconciler.text import printable
+from reconciler.tuples import NamedTuple  # typing's, without importing typing (status)
+
+# `reconcile status` checks the database through here (`check_not_emptied_at`): what only
+# the acting commands use (the writer's store, files, enrollments) is imported where they
+# use it, so status loads no dataclasses, pathlib or sqlite-utils for it (issue 13)
+TYPE_CHECKING = False  # not typing's
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from reconciler.settings import Settings
 
 BINDING_FILE = "specs-dir"
 
 
 def prepare(settings: Settings) -> None:
     """Create what is missing (0700), refuse an existing state dir that is not private."""
+    from reconciler.files import make_private_dirs
+
     state_dir = settings.state_dir
     if os.path.lexists(state_dir):
         check_private(state_dir)
@@ -70,29 +76,38 @@ def check_private(state_dir: Path) -> None:
 
 def check_not_emptied(settings: Settings) -> None:
     """An absent or 0-byte database beside enrollments is damage (see the module doc)."""
-    db = settings.db_path
+    check_not_emptied_at(str(settings.state_dir))
+
+
+def check_not_emptied_at(state_dir: str) -> None:
+    """`check_not_emptied` of the state dir at this (absolute, normalized) path: the same
+    paths in the message as `Settings` gives (`dirs.absolute` is pathlib's form)."""
+    db = os.path.join(state_dir, dirs.DB_FILE)
+    run_dir = os.path.join(state_dir, dirs.RUN_DIR)
     try:
         size = os.stat(db).st_size
     except FileNotFoundError:
         size = 0
     if size:
         return
-    enrolled = count_enrollments(settings.run_dir)
+    enrolled = count_enrollments(run_dir)
     # With every service stopped by `down` there is no enrollment, but the binding file
     # (written only after the database got its first event) still proves earlier use.
-    if enrolled or read_binding(settings.state_dir) is not None:
+    if enrolled or read_binding(state_dir) is not None:
         state = "empty" if os.path.lexists(db) else "missing"
-        evidence = (f"{printable(str(settings.run_dir))} holds {enrolled} enrollment(s) of "
+        evidence = (f"{printable(run_dir)} holds {enrolled} enrollment(s) of "
                     "started jobs" if enrolled else "this state dir has served a specs dir")
         raise DatabaseDamaged(
             f"the state database {printable(str(db))} is {state} but {evidence}"
             ": the database was lost, this is not a fresh start (restart counts and "
             "services stopped with `down` would be forgotten). Managed processes keep "
-            f"running. Run `reconcile repair --state-dir {printable(str(settings.state_dir))}`"
+            f"running. Run `reconcile repair --state-dir {printable(state_dir)}`"
             " to rebuild the jobs from them")
 
 
-def count_enrollments(run_dir: Path) -> int:
+def count_enrollments(run_dir: str | Path) -> int:
+    from reconciler.state.enrollment import SUFFIX
+
     try:
         return sum(1 for e in os.scandir(run_dir)
                    if e.name.endswith(SUFFIX) and not e.name.startswith("."))
@@ -103,8 +118,7 @@ def count_enrollments(run_dir: Path) -> int:
 # --- binding to a specs dir ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Binding:
+class Binding(NamedTuple):
     """Which specs dir a state dir serves: a state dir pointed at another specs dir would
     prune every service it runs."""
 
@@ -120,14 +134,15 @@ def binding_path(state_dir: Path) -> Path:
     return state_dir / BINDING_FILE
 
 
-def specs_key(specs_dir: Path) -> str:
+def specs_key(specs_dir: str | Path) -> str:
     """Absolute and lexically normalized (`a/./b/../c`), symlinks deliberately not resolved."""
     return os.path.normpath(os.path.abspath(specs_dir))
 
 
-def read_binding(state_dir: Path) -> str | None:
+def read_binding(state_dir: str | Path) -> str | None:
     try:
-        fd = os.open(binding_path(state_dir), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(os.path.join(state_dir, BINDING_FILE),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     with os.fdopen(fd, "rb") as handle:
@@ -153,6 +168,8 @@ def check_binding(settings: Settings) -> Binding:
 
 
 def write_binding(settings: Settings) -> None:
+    from reconciler.files import write_atomic
+
     data = (specs_key(settings.specs_dir) + "\n").encode("utf-8", "surrogateescape")
     write_atomic(binding_path(settings.state_dir), data)
 
@@ -160,6 +177,9 @@ def write_binding(settings: Settings) -> None:
 def bind(settings: Settings) -> Binding:
     """Make the state dir serve `settings.specs_dir` (first use, or `--rebind`), recording
     it as an event. The caller has checked the state dir (controller.prepare_state_dir)."""
+    from reconciler.state.records import Event
+    from reconciler.state.store import Store
+
     found = binding(settings)
     if found.matches:
         return found

@@ -16,7 +16,6 @@ version still reads (unknown columns are ignored).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sqlite3
@@ -26,14 +25,20 @@ from contextlib import contextmanager
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
-from urllib.parse import quote
 
 from reconciler.files import PRIVATE_FILE, make_private_dirs
-from reconciler.state.errors import DatabaseDamaged
+from reconciler.state import reader
 from reconciler.state.jobindex import JobIndex
+from reconciler.state.reader import (
+    BUSY_TIMEOUT_MS,
+    blocked_by_from_json,
+    connect_readonly,
+    dict_from_json,
+)
+from reconciler.state.reader import damaged as damaged  # re-exported: preview.py, repair
+from reconciler.state.reader import is_damage as is_damage
 from reconciler.state.records import (
     Anomaly,
-    BlockedBy,
     ControllerFacts,
     EnvFiles,
     Event,
@@ -57,8 +62,6 @@ def _warn(message: str, *args: object) -> None:
     logging.getLogger(__name__).warning(message, *args)
 
 
-BUSY_TIMEOUT_MS = 5000
-_DAMAGE_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB (primary codes)
 
 _Migration = TypeVar("_Migration", bound="Callable[[Database], None]")
 
@@ -346,7 +349,7 @@ def job_from_row(row: dict[str, Any]) -> JobRecord:
         values[f.name] = value
     values["process"] = bool(values.get("process", True))
     values["ready"] = bool(values.get("ready", False))
-    values["blocked_by"] = _blocked_by_from_json(values.get("blocked_by"), row.get("id"))
+    values["blocked_by"] = blocked_by_from_json(values.get("blocked_by"), row.get("id"))
     values["spec"] = _job_spec_from_json(values.get("spec"), row.get("id"))
     return JobRecord(**values)
 
@@ -359,35 +362,10 @@ def _null_default(f: Any) -> Any:
     return ""  # required text fields (id, service, action, generation)
 
 
-def _blocked_by_from_json(raw: Any, job_id: Any) -> tuple[BlockedBy, ...]:
-    if raw is None or isinstance(raw, tuple):
-        return raw or ()  # column absent, or already the dataclass default
-    try:
-        items = json.loads(raw)
-        return tuple(BlockedBy(resource=str(item["resource"]), pid=item.get("pid"),
-                               cmd=str(item.get("cmd", ""))) for item in items)
-    except (TypeError, ValueError, KeyError, AttributeError):
-        _warn("job %s: unreadable blocked_by %r, treated as empty", job_id, raw)
-        return ()
-
-
 def _job_spec_from_json(raw: Any, job_id: Any) -> JobSpec:
     if isinstance(raw, JobSpec):
         return raw  # column absent: already the dataclass default
-    return JobSpec.from_dict(_dict_from_json(raw, "spec", job_id))
-
-
-def _dict_from_json(raw: Any, what: str, owner: Any) -> dict[str, Any]:
-    if raw is None or isinstance(raw, dict):
-        return raw or {}  # column absent, or already the dataclass default
-    try:
-        value = json.loads(raw)
-    except (TypeError, ValueError):
-        value = None
-    if not isinstance(value, dict):
-        _warn("%s of %s: unreadable JSON %r, treated as empty", what, owner, raw)
-        return {}
-    return value
+    return JobSpec.from_dict(dict_from_json(raw, "spec", job_id))
 
 
 def event_to_row(event: Event) -> dict[str, Any]:
@@ -400,7 +378,7 @@ def event_from_row(row: dict[str, Any]) -> Event:
     return Event(at=row["at"], kind=row["kind"], reason=row.get("reason") or "",
                  job_id=row.get("job_id"), service=row.get("service"),
                  action=row.get("action"),
-                 detail=_dict_from_json(row.get("detail") or "{}", "detail", row.get("id")),
+                 detail=dict_from_json(row.get("detail") or "{}", "detail", row.get("id")),
                  revision=row.get("revision"))
 
 
@@ -427,27 +405,6 @@ def _env_files_from_json(raw: Any, file: str) -> EnvFiles:
     except (TypeError, ValueError):
         _warn("spec record %s: unreadable env_files %r, treated as none", file, raw)
         return ()
-
-
-_CONTROLLER_ROW = 1  # the controller table holds one row
-
-
-def facts_from_row(row: dict[str, Any]) -> ControllerFacts:
-    ok = row.get("last_pass_ok")
-    return ControllerFacts(
-        last_pass_at=row.get("last_pass_at"), last_pass_ok=None if ok is None else bool(ok),
-        last_pass_duration_ms=row.get("last_pass_duration_ms"), revision=row.get("revision"),
-        applied_revision=row.get("applied_revision"), dirty=bool(row.get("dirty")),
-        revision_error=row.get("revision_error"), daemon_pid=row.get("daemon_pid"),
-        daemon_started_at=row.get("daemon_started_at"),
-        labels=_pairs_from_json(row.get("labels"), "labels"),
-        unplaced=_pairs_from_json(row.get("unplaced"), "unplaced"))
-
-
-def _pairs_from_json(raw: Any, what: str) -> tuple[tuple[str, str], ...]:
-    """A JSON object of strings as sorted pairs; absent or unreadable is none."""
-    value = _dict_from_json(raw or None, what, "the controller")
-    return tuple(sorted((str(k), str(v)) for k, v in value.items()))
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -507,27 +464,12 @@ def _enable_wal(db: Database) -> None:
 # --- damage -----------------------------------------------------------------------------------
 
 
-def is_damage(err: sqlite3.DatabaseError) -> bool:
-    """Corrupt or not a database at all, as opposed to busy, locked or read-only."""
-    code = getattr(err, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in _DAMAGE_CODES
-    return type(err) is sqlite3.DatabaseError  # no code: only the base class means damage
-
-
 def check_integrity(db: Database) -> None:
     """`PRAGMA quick_check`: reads every page once (milliseconds for our sizes), so truncation
     or garbage in the middle is found at open, not by a pass halfway through its writes."""
     rows = [row[0] for row in db.execute("PRAGMA quick_check(5)").fetchall()]
     if rows != ["ok"]:
         raise sqlite3.DatabaseError("; ".join(str(r) for r in rows))
-
-
-def damaged(path: Path, detail: str) -> DatabaseDamaged:
-    return DatabaseDamaged(
-        f"the state database {path} is damaged ({detail}). Managed processes keep running. "
-        f"Run `reconcile repair --state-dir {path.parent}` to move it aside and rebuild the "
-        f"jobs from {path.parent / 'run'}", detail)
 
 
 class _ReadOnlyDb:
@@ -616,26 +558,11 @@ class Store:
         (a plain `mode=ro` reader would create both, owned by us, in someone else's dir).
         """
         path = Path(path)
-        live_log = os.path.exists(f"{path}-wal") and os.path.exists(f"{path}-shm")
-        if not os.path.exists(path):
-            uri = "file::memory:?mode=ro"  # no file: an empty database, nothing created
-            params = "&cache=private"
-        else:
-            uri = f"file:{quote(str(path))}?mode=ro"
-            params = "" if live_log else "&immutable=1"
-        conn = sqlite3.connect(uri + params, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn, tables = connect_readonly(path)  # (state/reader.py, which `status` uses alone)
         db = cast("Database", _ReadOnlyDb(conn))  # it is one, loaded on demand (see there)
-        try:
-            tables = {row[0] for row in db.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
-        except sqlite3.DatabaseError as err:
-            db.close()
-            if is_damage(err):
-                raise damaged(path, str(err)) from None
-            raise
         store = cls(db, path)
         store.read_only = True
-        store.tables = frozenset(tables)
+        store.tables = tables
         return store
     def close(self) -> None:
         """Close (twice is fine); an unfinished `atomic()` block is rolled back, never
@@ -836,16 +763,11 @@ class Store:
         return cursor.rowcount
 
     def anomalies(self) -> list[Anomaly]:
-        if self._missing("anomalies"):
-            return []
-        rows = self.db.query("SELECT * FROM anomalies ORDER BY service, action, rule")
-        return [Anomaly(job_id=r["job_id"], service=r["service"], action=r["action"],
-                        rule=r["rule"], since=r["since"], detail=r["detail"] or "")
-                for r in rows]
+        return reader.anomalies(self.db.conn, self.tables)
 
     def set_anomalies(self, anomalies: Iterable[Anomaly]) -> None:
         """Replace the anomalies in force with these."""
-        rows = [{"id": f"{a.job_id}/{a.rule}", **dataclasses.asdict(a)} for a in anomalies]
+        rows = [{"id": f"{a.job_id}/{a.rule}", **a._asdict()} for a in anomalies]
         with self.atomic():
             self.db.execute("DELETE FROM anomalies")
             if rows:
@@ -855,9 +777,7 @@ class Store:
 
     def suspended(self) -> frozenset[str]:
         """The services `reconcile suspend` took out of the controller's hands."""
-        if self._missing("suspended"):
-            return frozenset()
-        return frozenset(row[0] for row in self.db.execute("SELECT service FROM suspended"))
+        return reader.suspended(self.db.conn, self.tables)
 
     def set_suspended(self, service: str, suspended: bool, at: float) -> bool:
         """Suspend or resume a service; False when it already was in that state."""
@@ -893,10 +813,7 @@ class Store:
 
     def controller_facts(self) -> ControllerFacts:
         """As last recorded; all None on a database no pass has written yet."""
-        if self._missing("controller"):
-            return ControllerFacts()
-        rows = list(self.db.query("SELECT * FROM controller WHERE id = ?", [_CONTROLLER_ROW]))
-        return facts_from_row(rows[0]) if rows else ControllerFacts()
+        return reader.controller_facts(self.db.conn, self.tables)
 
     def save_pass_facts(self, *, at: float, ok: bool, duration_ms: int,
                         revision: str | None, applied_revision: str | None, dirty: bool,
@@ -919,4 +836,4 @@ class Store:
 
     def _save_facts(self, values: dict[str, Any]) -> None:
         with self.atomic():
-            _table(self.db, "controller").upsert({"id": _CONTROLLER_ROW, **values}, pk="id")
+            _table(self.db, "controller").upsert({"id": reader.CONTROLLER_ROW, **values}, pk="id")
