@@ -17,7 +17,6 @@ import re
 import signal
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -127,6 +126,10 @@ def spec_error(message: str, at: Loc = (), kind: str = "spec") -> PydanticCustom
 
 
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    # difflib here, not at the top: only a bad spec needs it, and in the daemon it would be
+    # ~0.2 MiB of RSS for good (docs/benchmarks.md, "Issue 13, daemon RSS, third round")
+    from difflib import get_close_matches
+
     close = get_close_matches(word, choices, n=1)
     return f" (did you mean '{printable(close[0])}'?)" if close else ""
 
