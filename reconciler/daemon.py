@@ -30,10 +30,6 @@ from contextlib import AbstractContextManager
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.date import DateTrigger
-from apscheduler.triggers.interval import IntervalTrigger
-
 from reconciler import resources
 from reconciler.anomalies import DEFAULT_RULES, Rules
 from reconciler.controller import HealthResults, Keys, OverLimit, PassResult, Reconciler
@@ -51,7 +47,9 @@ from reconciler.text import printable
 from reconciler.timing import DAEMON_WAKE_SECONDS, SPEC_WATCH_STEP_MS
 from reconciler.watch import SpecWatcher
 
-if TYPE_CHECKING:  # only a daemon started with --metrics-addr loads prometheus_client
+if TYPE_CHECKING:  # loaded later (_timers), or only with --metrics-addr (prometheus_client)
+    from apscheduler.schedulers.background import BackgroundScheduler
+
     from reconciler.metrics import Metrics
     from reconciler.metrics_server import MetricsServer
 
@@ -151,7 +149,7 @@ class Daemon:
         self.failed_passes = 0  # in a row; drives the retry backoff
         self._last_failure: str | None = None
         self._last_problems: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
-        self.scheduler = BackgroundScheduler(timezone=UTC)
+        self._scheduler: BackgroundScheduler | None = None  # see _timers
         # step 50 ms: a shorter step costs idle CPU (docs/benchmarks.md, Findings)
         self.watcher = SpecWatcher(settings.specs_dir, lambda: self.kick(Keys(specs=True)),
                                    step_ms=SPEC_WATCH_STEP_MS)
@@ -257,6 +255,7 @@ class Daemon:
                     elif self.pass_wanted.is_set():
                         self.pass_wanted.clear()
                         self._pass(passes, self._take_wanted())
+                    self._timers()  # from the first pass on (it says why)
             finally:
                 self._stopping()
                 self._stop_triggers()
@@ -386,6 +385,7 @@ class Daemon:
         log.info("first pass done in %.0f ms: adopted %d running jobs, started %d; %s",
                  seconds * 1000, adopted, started, status_line(result))
         self.notifier.ready(status_line(result))
+        self._timers()  # before the freeze: the scheduler's modules live as long
         _freeze_start_up_heap()
 
     def _pass_failed(self, err: Exception) -> None:
@@ -401,10 +401,31 @@ class Daemon:
         self._kick_at(time.time() + delay, "retry")
 
     def _kick_at(self, at: float, job_id: str, kick: Callable[[], None] | None = None) -> None:
-        self.scheduler.add_job(
+        from apscheduler.triggers.date import DateTrigger
+
+        self._timers().add_job(
             kick or self.kick,
             DateTrigger(run_date=dt.datetime.fromtimestamp(at, UTC), timezone=UTC),
             id=job_id, replace_existing=True)
+
+    def _timers(self) -> BackgroundScheduler:
+        """The scheduler of the resync and the timed kicks (backoff due, retry), imported,
+        made and started at its first use: after the first pass has started what it starts
+        (or failed), since nothing is timed before it. APScheduler's import (~50 ms, with
+        asyncio) is then not on the way to the first start at a cold start (docs/
+        benchmarks.md, "cold start, third round"). Loop thread only."""
+        if self._scheduler is None:
+            from apscheduler.schedulers.background import BackgroundScheduler
+            from apscheduler.triggers.interval import IntervalTrigger
+
+            scheduler = BackgroundScheduler(timezone=UTC)
+            scheduler.add_job(
+                self.kick, IntervalTrigger(seconds=self.resync, jitter=self.resync * 0.2,
+                                           timezone=UTC),
+                id="resync", max_instances=1, coalesce=True)
+            scheduler.start()
+            self._scheduler = scheduler
+        return self._scheduler
 
     def _watch(self, result: PassResult) -> None:
         """Point the exit watcher, the health monitor, the log capper and the spec watcher
@@ -510,12 +531,7 @@ class Daemon:
     def _start_triggers(self) -> None:
         if self.serve is not None:
             self.serve.start()
-        self.scheduler.add_job(
-            self.kick, IntervalTrigger(seconds=self.resync, jitter=self.resync * 0.2,
-                                       timezone=UTC),
-            id="resync", max_instances=1, coalesce=True)
-        self.scheduler.start()
-        self.watcher.start()
+        self.watcher.start()  # before the first pass reads the specs; the timers after it
         self.exits.start()
         self.health.start()
         self.logcap.start()
@@ -527,7 +543,8 @@ class Daemon:
         self.health.stop()
         self.logcap.stop()
         self.resources.stop()
-        self.scheduler.shutdown(wait=False)
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
         if self.serve is not None:
             self.serve.stop()
         self.notifier.close()

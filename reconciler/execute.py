@@ -153,9 +153,10 @@ class Executor:
         """
         with _no_collection(), ThreadPoolExecutor(max_workers=_SPAWN_WORKERS,
                                                   thread_name_prefix="spawn") as pool:
-            started = list(pool.map(self._start, steps))
-        for step, (now, result) in zip(steps, started, strict=True):
-            self._record_start(step, now, result, out)
+            # each recorded as soon as it (and those before it) started, while the workers
+            # start the rest: ~40 ms of a thousand starts' records no longer after the last
+            for step, (now, result) in zip(steps, pool.map(self._start, steps), strict=True):
+                self._record_start(step, now, result, out)
 
     def _update_job(self, step: UpdateJob, out: Outcome) -> None:
         if step.job.identity is None:

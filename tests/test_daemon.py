@@ -429,6 +429,61 @@ def test_a_failed_pass_is_retried_with_backoff_and_logged_once(
     assert len(failed) == 1 and "Input/output error" in failed[0].getMessage()
 
 
+def test_the_resync_runs_passes_with_nothing_else_to_wake_the_daemon(settings: Settings) -> None:
+    """The scheduler starts only after the first pass (Daemon._timers): the resync must
+    still come. No specs and no kicks after the first pass: only the resync (50 ms here)
+    can cause the passes after it."""
+    opened, open_passes = scripted(settings, lambda call: None)
+    daemon = Daemon(settings, resync=0.05, open_passes=open_passes)
+    run_until_stopped(daemon, lambda: opened and opened[0].calls >= 3, "resync passes")
+
+
+# A fresh interpreter: a daemon on argv's dirs, stopped after two passes (the second from the
+# resync); prints whether APScheduler was loaded when each pass began.
+SCHEDULER_PROBE = """
+import contextlib, json, sys
+from pathlib import Path
+from reconciler.controller import Reconciler
+from reconciler.daemon import Daemon
+from reconciler.settings import Settings
+
+settings = Settings(specs_dir=Path(sys.argv[1]), state_dir=Path(sys.argv[2]), settle=0.0)
+loaded_at_pass = []
+
+class Recording:
+    def __init__(self, real):
+        self.real = real
+    def reconcile(self, health=None, over_limit=None, keys=None):
+        loaded_at_pass.append("apscheduler" in sys.modules)
+        if len(loaded_at_pass) >= 2:
+            daemon.stop()
+        return self.real.reconcile(health, over_limit, keys)
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+@contextlib.contextmanager
+def open_passes():
+    with Reconciler(settings, allow_empty=True) as real:
+        yield Recording(real)
+
+daemon = Daemon(settings, resync=0.05, open_passes=open_passes)
+print(json.dumps({"at_start": "apscheduler" in sys.modules, "run": daemon.run(),
+                  "at_pass": loaded_at_pass}))
+"""
+
+
+def test_the_scheduler_is_loaded_after_the_first_pass_not_before(settings: Settings) -> None:
+    """APScheduler's import (~50 ms) is not on the way to the first pass's starts at a cold
+    start (docs/benchmarks.md, "cold start, third round"); the second pass, which only the
+    resync can cause here, shows the scheduler then runs."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run(
+        [PY, "-c", SCHEDULER_PROBE, str(settings.specs_dir), str(settings.state_dir)],
+        env=env, capture_output=True, text=True, timeout=60, check=True)
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result == {"at_start": False, "run": 0, "at_pass": [False, True]}
+
+
 def test_retry_delay_doubles_up_to_its_maximum() -> None:
     delays = [retry_delay(n, RETRY_INITIAL_SECONDS, RETRY_MAX_SECONDS) for n in range(1, 11)]
     assert delays == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0]

@@ -282,6 +282,33 @@ def test_a_string_command_is_looked_up_on_the_services_path(
     assert reaped(children, pid).returncode == 0
 
 
+@pytest.mark.parametrize("argv", [["only-here", "x"], ["/bin/sh", "-c", "exec only-here x"]])
+def test_where_a_program_was_found_is_looked_at_again_at_each_start(
+        children: Children, tmp_path: Path, argv: list[str]) -> None:
+    """A start remembers where the PATH walk found its program (host/spawn.py `_FOUND`),
+    and the next start of the same program on the same PATH checks only that file. Removed
+    from there, the program is not found (no stale answer); made not executable, too; a
+    program installed after a miss is found at the next start (misses are not kept)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "only-here"
+    path = f"{bin_dir}:{DEFAULT_PATH}"
+    with pytest.raises(SpawnError, match="command not found: only-here"):
+        spawn(children, tmp_path, argv, PATH=path)
+    tool.write_text("#!/bin/sh\nexit 0\n")
+    tool.chmod(0o755)
+    for _ in range(2):  # found by the walk, then where it was found
+        assert reaped(children, spawn(children, tmp_path, argv, PATH=path)).returncode == 0
+    tool.chmod(0o644)
+    with pytest.raises(SpawnError, match="command not found: only-here"):
+        spawn(children, tmp_path, argv, PATH=path)
+    tool.chmod(0o755)
+    assert reaped(children, spawn(children, tmp_path, argv, PATH=path)).returncode == 0
+    tool.unlink()
+    with pytest.raises(SpawnError, match="command not found: only-here"):
+        spawn(children, tmp_path, argv, PATH=path)
+
+
 @pytest.mark.parametrize("argv", [["/bin/sh", "-c", "only-here --flag"], ["only-here", "x"]])
 @pytest.mark.parametrize("path", ["bin:/usr/bin:/bin", "/usr/bin:/bin:"])
 def test_relative_path_entries_are_searched_from_the_services_cwd(

@@ -86,8 +86,35 @@ def _check_executable(argv0: str, cwd: str | None, env: Mapping[str, str]) -> No
             raise SpawnError(f"command not found: {argv0}")
         if not os.path.isfile(path) or not os.access(path, os.X_OK):
             raise SpawnError(f"permission denied: {argv0}")
-    elif shutil.which(argv0, path=_search_path(env, cwd)) is None:
+    elif not _on_path(argv0, _search_path(env, cwd)):
         raise SpawnError(f"command not found: {argv0}")
+
+
+# Where `shutil.which` last found a program, by (name, search path). A start looks at that
+# one file again (two syscalls) instead of walking the PATH (two or three per entry: the
+# benchmark's `sleep` is in the 9th entry of the PATH its services inherit: ~20 syscalls).
+# The answer is the same: while the file found is still an executable file, exec finds it
+# or one earlier on the PATH; once it is not, the PATH is walked again. Misses are never
+# remembered, so a program installed since is found at its next start.
+_FOUND: dict[tuple[str, str], str] = {}
+_FOUND_MOST = 4096  # distinct (program, PATH, cwd): the specs' count, unless someone churns
+
+
+def _on_path(program: str, search_path: str) -> bool:
+    """Whether exec will find `program` on `search_path` (see `_FOUND`). Thread-safe: a
+    lost race only costs a walk of the PATH."""
+    key = (program, search_path)
+    found = _FOUND.get(key)
+    if found is not None and os.access(found, os.X_OK) and not os.path.isdir(found):
+        return True  # shutil.which's own test of a candidate
+    found = shutil.which(program, path=search_path)
+    if found is None:
+        _FOUND.pop(key, None)
+        return False
+    if len(_FOUND) >= _FOUND_MOST:
+        _FOUND.clear()
+    _FOUND[key] = found
+    return True
 
 
 def _search_path(env: Mapping[str, str], cwd: str | None) -> str:
