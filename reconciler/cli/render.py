@@ -115,10 +115,16 @@ def status_table(jobs: Sequence[Job], usages: dict[str, Usage] | None = None,
                      "yes" if job.service in suspended else "-",
                      ",".join(a.rule for a in by_job.get(job.id, ())) or "-",
                      describe_reason(job, now)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
-        for row in rows)
+    return aligned(rows)
+
+
+def aligned(rows: Sequence[tuple[str, ...]]) -> str:
+    """Rows as lines of columns two spaces apart, each column as wide as its widest cell
+    (the last one unpadded). One `%` format per line rather than an `ljust` per cell: `status`
+    lays out thousands of cells, and its start is a goal of issue 13."""
+    *padded, _ = (max(map(len, column)) for column in zip(*rows, strict=True))
+    line = "".join(f"%-{width}s  " for width in padded) + "%s"
+    return "\n".join([line % row for row in rows])
 
 
 def age(seconds: float) -> str:
