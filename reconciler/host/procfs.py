@@ -61,9 +61,14 @@ def _lines(text: str) -> list[str]:
 
 @functools.cache
 def read_boot_id() -> str:
-    """The boot id never changes while this process lives (a reboot ends it), so read once."""
-    with open(f"{PROC}/sys/kernel/random/boot_id", encoding="ascii") as f:
-        return f.read().strip()
+    """The boot id never changes while this process lives (a reboot ends it), so read once.
+    Read with `os.read` and decoded as bytes: a text file would look up (import) the ascii
+    codec, a visible part of `status`' start (issue 13)."""
+    fd = os.open(f"{PROC}/sys/kernel/random/boot_id", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096).decode("ascii").strip()
+    finally:
+        os.close(fd)
 
 
 # --- /proc/<pid>/stat ------------------------------------------------------------------------
