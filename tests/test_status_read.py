@@ -113,3 +113,14 @@ def test_a_path_with_uri_characters_opens(tmp_path: Path) -> None:
     with Store.open(state_dir / "state.db") as store:
         store.upsert_jobs([full_job()])
     assert [v.id for v in views_of(state_dir / "state.db")] == ["j-1"]
+
+
+def test_the_readers_sqlite_module_is_sqlite3s_own() -> None:
+    """`status` reads through `_sqlite3` (no `datetime` import): what it uses of it must be
+    what `sqlite3` exports, object for object, so the CLI's `except sqlite3.DatabaseError`
+    and the store's connections are the same either way."""
+    import sqlite3
+
+    for name in ("connect", "Connection", "Cursor", "Error", "DatabaseError",
+                 "OperationalError", "IntegrityError", "Row", "sqlite_version"):
+        assert getattr(reader.sqlite3, name) is getattr(sqlite3, name), name
