@@ -182,3 +182,27 @@ def test_validate_and_schema_load_the_spec_model_but_not_the_daemon(
     assert not {"apscheduler", "watchfiles", "prometheus_client", "sqlite_utils",
                 "psutil"} & {m.split(".")[0] for m in modules}
     assert "reconciler.daemon" not in modules and "reconciler.controller" not in modules
+
+
+def test_the_program_leaves_its_objects_to_the_exit_and_a_test_process_does_not(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`main()` run as the program freezes the collector's objects once its output is out
+    (the shutdown's collections walked them all: 2-3 ms of `status`); `main(argv)`, which
+    tests call in their own process, must leave it alone."""
+    import gc
+
+    from reconciler.cli import main
+
+    probe = ("import atexit, gc, sys\n"
+             "atexit.register(lambda: sys.stderr.write(f'FROZEN {gc.get_freeze_count()}'))\n"
+             "from reconciler.cli import main\n"
+             "sys.exit(main())\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", probe, "--help"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert "usage: reconcile" in done.stdout
+    assert int(done.stderr.rsplit("FROZEN ", 1)[1]) > 0
+    before = gc.get_freeze_count()
+    assert main(["--help"]) == 0
+    assert gc.get_freeze_count() == before
+    assert "usage: reconcile" in capsys.readouterr().out
