@@ -206,3 +206,20 @@ def test_the_program_leaves_its_objects_to_the_exit_and_a_test_process_does_not(
     assert main(["--help"]) == 0
     assert gc.get_freeze_count() == before
     assert "usage: reconcile" in capsys.readouterr().out
+
+
+def test_only_a_plain_status_run_as_the_program_skips_the_collector(
+        specs_dir: Path, state_dir: Path) -> None:
+    """A plain `status` (parsed by cli/quick.py) runs without cycle collection, as the
+    program only; any other command keeps the collector (the daemon runs for months)."""
+    probe = ("import atexit, gc, sys\n"
+             "atexit.register(lambda: sys.stderr.write(f'ENABLED {gc.isenabled()}'))\n"
+             "from reconciler.cli import main\n"
+             "sys.exit(main())\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    flags = ["--specs", str(specs_dir), "--state-dir", str(state_dir)]
+    for argv, enabled in ((["status", *flags], "False"), (["status", "--help"], "True"),
+                          (["validate", "--specs", str(specs_dir)], "True")):
+        done = subprocess.run([sys.executable, "-c", probe, *argv], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        assert done.stderr.rsplit("ENABLED ", 1)[1] == enabled, argv
