@@ -23,10 +23,17 @@ def _escape(code: int) -> str:
 
 
 # a `str.translate` table rather than a regex: `re` (with enum) is a visible part of
-# `reconcile status`, which prints its header through here (issue 13)
-_ESCAPES = {code: _escape(code) for code in CONTROL_CHARS}
+# `reconcile status`, which prints its header through here (issue 13); built on the first
+# text that needs it, since most text has nothing to escape
+_escapes: dict[int, str] | None = None
 
 
 def printable(text: str) -> str:
     """`text` with every control character shown as a Python-style escape (`\\n`, `\\x1b`)."""
-    return text.translate(_ESCAPES)
+    if text.isprintable():  # no Cc, Cf, Zl, Zp (nor other unprintables): nothing to escape
+        return text
+    global _escapes
+    table = _escapes
+    if table is None:  # complete before it is shared: the daemon's threads log through here
+        table = _escapes = {code: _escape(code) for code in CONTROL_CHARS}
+    return text.translate(table)

@@ -113,3 +113,36 @@ def test_a_path_with_uri_characters_opens(tmp_path: Path) -> None:
     with Store.open(state_dir / "state.db") as store:
         store.upsert_jobs([full_job()])
     assert [v.id for v in views_of(state_dir / "state.db")] == ["j-1"]
+
+
+def test_the_readers_sqlite_module_is_sqlite3s_own() -> None:
+    """`status` reads through `_sqlite3` (no `datetime` import): what it uses of it must be
+    what `sqlite3` exports, object for object, so the CLI's `except sqlite3.DatabaseError`
+    and the store's connections are the same either way."""
+    import sqlite3
+
+    for name in ("connect", "Connection", "Cursor", "Error", "DatabaseError",
+                 "OperationalError", "IntegrityError", "Row", "sqlite_version"):
+        assert getattr(reader.sqlite3, name) is getattr(sqlite3, name), name
+
+
+def test_the_status_table_layout() -> None:
+    """Columns as wide as their widest cell, two spaces apart, the reason unpadded (the
+    table is built with one `%` format per line: this pins the layout it must keep)."""
+    from reconciler.host.usage import Usage
+
+    jobs = [JobRecord(id="j-1", service="web", action="api", generation="g", phase="running",
+                      pid=4242, restart_count=12, last_exit_code=-9, ready=True,
+                      reason="ready"),
+            JobRecord(id="j-2", service="database", action="m", generation="g",
+                      phase="stopped", process=False, reason="stopped by `down`")]
+    table = render.status_table(jobs, {"j-1": Usage(2.25, 3 * 2**20)}, frozenset({"database"}),
+                                [Anomaly("j-1", "web", "api", "fds", 1.0, ""),
+                                 Anomaly("j-1", "web", "api", "zombies", 1.0, "")])
+    assert table.split("\n") == [
+        "SERVICE   ACTION  PHASE    READY  PID   RESTARTS  UPTIME  CPU%  RSS     LAST EXIT  "
+        "SUSPENDED  ANOMALIES    REASON",
+        "web       api     running  yes    4242  12        -       2.2   3.0MiB  -9         "
+        "-          fds,zombies  ready",
+        "database  m       stopped  -      -     0         -       -     -       -          "
+        "yes        -            stopped by `down`"]

@@ -19,3 +19,12 @@ def test_a_log_record_is_always_one_line() -> None:
                                ("web\nFAKE 00:00 INFO all good", "exit\x1b[2J"), None)
     line = PrintableFormatter("%(levelname)s %(message)s").format(record)
     assert line == "ERROR spawn web\\nFAKE 00:00 INFO all good: exit\\x1b[2J"
+
+
+def test_every_escaped_character_is_one_isprintable_refuses() -> None:
+    """`printable` returns text that `str.isprintable` accepts as it is: right only while
+    every character it escapes is one that `isprintable` refuses."""
+    from reconciler.text import CONTROL_CHARS
+
+    assert not any(chr(code).isprintable() for code in CONTROL_CHARS)
+    assert printable("\u00a0x\u200bé") == "\u00a0x\u200bé"  # unprintable, not escaped: as before

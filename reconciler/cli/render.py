@@ -103,22 +103,28 @@ def status_table(jobs: Sequence[Job], usages: dict[str, Usage] | None = None,
     by_job = anomalies_by_job(anomalies)
     rows = [("SERVICE", "ACTION", "PHASE", "READY", "PID", "RESTARTS", "UPTIME", "CPU%", "RSS",
              "LAST EXIT", "SUSPENDED", "ANOMALIES", "REASON")]
-    for job in jobs:
-        uptime = age(now - job.started_at) if job.pid and job.started_at else "-"
-        used = usages.get(job.id)
-        ready = ("yes" if job.ready else "no") if job.process else "-"
-        rows.append((job.service, job.action, job.phase, ready,
-                     str(job.pid or "-"), str(job.restart_count), uptime,
+    for job in jobs:  # 13 cells of every job: `status`' run, kept to plain expressions
+        pid, started, used, rules = job.pid, job.started_at, usages.get(job.id), by_job.get(job.id)
+        rows.append((job.service, job.action, job.phase,
+                     ("yes" if job.ready else "no") if job.process else "-",
+                     str(pid) if pid else "-", str(job.restart_count),
+                     age(now - started) if pid and started else "-",
                      f"{used.cpu_percent:.1f}" if used else "-",
                      f"{used.rss_bytes / 2**20:.1f}MiB" if used else "-",
                      "-" if job.last_exit_code is None else str(job.last_exit_code),
                      "yes" if job.service in suspended else "-",
-                     ",".join(a.rule for a in by_job.get(job.id, ())) or "-",
+                     (",".join([a.rule for a in rules]) or "-") if rules else "-",
                      describe_reason(job, now)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
-        for row in rows)
+    return aligned(rows)
+
+
+def aligned(rows: Sequence[tuple[str, ...]]) -> str:
+    """Rows as lines of columns two spaces apart, each column as wide as its widest cell
+    (the last one unpadded). One `%` format per line rather than an `ljust` per cell: `status`
+    lays out thousands of cells, and its start is a goal of issue 13."""
+    *padded, _ = (max(map(len, column)) for column in zip(*rows, strict=True))
+    line = "".join(f"%-{width}s  " for width in padded) + "%s"
+    return "\n".join([line % row for row in rows])
 
 
 def age(seconds: float) -> str:

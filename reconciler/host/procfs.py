@@ -11,7 +11,6 @@ invisible here.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 
@@ -62,9 +61,14 @@ def _lines(text: str) -> list[str]:
 
 @functools.cache
 def read_boot_id() -> str:
-    """The boot id never changes while this process lives (a reboot ends it), so read once."""
-    with open(f"{PROC}/sys/kernel/random/boot_id", encoding="ascii") as f:
-        return f.read().strip()
+    """The boot id never changes while this process lives (a reboot ends it), so read once.
+    Read with `os.read` and decoded as bytes: a text file would look up (import) the ascii
+    codec, a visible part of `status`' start (issue 13)."""
+    fd = os.open(f"{PROC}/sys/kernel/random/boot_id", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096).decode("ascii").strip()
+    finally:
+        os.close(fd)
 
 
 # --- /proc/<pid>/stat ------------------------------------------------------------------------
@@ -162,20 +166,30 @@ def parse_cmdline(raw: bytes) -> tuple[str, ...]:
     return tuple(p.decode(_FS_ENCODING, "replace") for p in parts)
 
 
-@contextlib.contextmanager
-def _proc_dir(pid: int) -> Iterator[int | None]:
-    """A directory fd on /proc/<pid>. Files opened through it belong to THAT process even if
-    the pid is recycled meanwhile (reads then fail with ESRCH instead of returning another
-    process's data), so several files read through one dir fd are a consistent snapshot."""
-    try:
-        fd = os.open(f"{PROC}/{int(pid)}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        yield None
-        return
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+class _ProcDir:
+    """A directory fd on /proc/<pid> for a `with` block (None when the process is gone).
+    Files opened through it belong to THAT process even if the pid is recycled meanwhile
+    (reads then fail with ESRCH instead of returning another process's data), so several
+    files read through one dir fd are a consistent snapshot. A class rather than a
+    `contextlib.contextmanager`: `status` reads /proc through this module, and contextlib
+    is a visible part of its start (issue 13)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, pid: int) -> None:
+        try:
+            self.fd: int | None = os.open(f"{PROC}/{int(pid)}",
+                                          os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            self.fd = None
+
+    def __enter__(self) -> int | None:
+        return self.fd
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _read_at(dir_fd: int, name: str) -> bytes | None:
@@ -232,7 +246,7 @@ def _read_stat_line(pid: int) -> bytes | None:
 
 def read_process(pid: int) -> tuple[Stat, tuple[str, ...]] | None:
     """stat and cmdline of the SAME process (one dir fd), or None if it is gone."""
-    with _proc_dir(pid) as dir_fd:
+    with _ProcDir(pid) as dir_fd:
         return None if dir_fd is None else _process_at(dir_fd)
 
 
@@ -381,7 +395,7 @@ def pid_dir_inode(pid: int) -> int | None:
     inode 1 (what /proc gives when it could not make the entry)."""
     # the inode and the status read through one dir fd: the same process, whatever the
     # pid does meanwhile
-    with _proc_dir(pid) as dir_fd:
+    with _ProcDir(pid) as dir_fd:
         if dir_fd is None:
             return None
         try:
@@ -480,7 +494,7 @@ def read_environ_var(pid: int, name: str) -> str | None:
 def read_process_environ(pid: int, name: str) -> tuple[Stat, tuple[str, ...], str | None] | None:
     """stat, cmdline and one environ variable of the SAME process (one dir fd), or None if
     it is gone: what a membership check needs to act on a consistent snapshot."""
-    with _proc_dir(pid) as dir_fd:
+    with _ProcDir(pid) as dir_fd:
         process = None if dir_fd is None else _process_at(dir_fd)
         if dir_fd is None or process is None:
             return None

@@ -3,16 +3,15 @@ one daemon per state dir."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 
-from reconciler.files import PRIVATE_FILE
 from reconciler.host import procfs
 from reconciler.state.errors import DaemonRunning
-from reconciler.timing import LOCK_RETRY_SECONDS
 
-TYPE_CHECKING = False  # not typing's: `status` reads daemon_pid (issue 13)
+# `status` reads `daemon_pid` (issue 13): fcntl (a shared library to load), the files'
+# modes and the retry interval are imported by the locks that take a lock, where they do
+TYPE_CHECKING = False  # not typing's
 if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
@@ -42,6 +41,11 @@ class StateLock:
         self.changed_hands = True
 
     def __enter__(self) -> StateLock:
+        import fcntl
+
+        from reconciler.files import PRIVATE_FILE
+        from reconciler.timing import LOCK_RETRY_SECONDS
+
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
         deadline = time.monotonic() + self.timeout
         while True:
@@ -63,6 +67,8 @@ class StateLock:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._fd is not None:
+            import fcntl
+
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -90,6 +96,10 @@ class DaemonLock:
         self._fd: int | None = None
 
     def __enter__(self) -> DaemonLock:
+        import fcntl
+
+        from reconciler.files import PRIVATE_FILE
+
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -107,6 +117,8 @@ class DaemonLock:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._fd is not None:
+            import fcntl
+
             os.ftruncate(self._fd, 0)  # before unlocking: never a pid without its lock
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)

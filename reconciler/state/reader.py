@@ -17,7 +17,7 @@ json cost more than the command's work): it reads only the columns it shows, as 
 from __future__ import annotations
 
 import os
-import sqlite3
+from operator import itemgetter
 
 from reconciler import dirs
 from reconciler.identity import Identity
@@ -26,12 +26,22 @@ from reconciler.state.errors import DatabaseDamaged
 
 TYPE_CHECKING = False  # not typing's (issue 13)
 if TYPE_CHECKING:
+    import sqlite3
     from pathlib import Path
     from typing import Any
 
     from reconciler.settings import Settings
     from reconciler.state.records import JobRecord
     from reconciler.state.store import Store
+else:
+    try:  # `sqlite3`'s own C module, whose names `sqlite3` re-exports as they are (the same
+        # objects: tests/test_status_read.py). `sqlite3` itself also imports `datetime` to
+        # register date adapters no reader uses: 2-3 ms, a fifth of `python -c pass` and
+        # most of what issue 13's `status` goal lacks. Nothing of the module is lost: a
+        # later `import sqlite3` (the writer's store) registers those adapters as usual.
+        import _sqlite3 as sqlite3
+    except ImportError:  # an interpreter without it: the public module, at its price
+        import sqlite3
 
 BUSY_TIMEOUT_MS = 5000
 _DAMAGE_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB (primary codes)
@@ -112,78 +122,63 @@ def _has(tables: frozenset[str] | None, table: str) -> bool:
 # --- what `status` shows, and the store reads the same way -----------------------------------
 
 
-class JobView:
+# the columns `status` reads, and the value of one a database of another age lacks (or NULL):
+# `JobRecord`'s defaults (tests/test_status_read.py holds them to its fields)
+_JOB_COLUMNS: dict[str, object] = {
+    "id": "", "service": "", "action": "", "generation": "", "phase": "pending",
+    "process": True, "pid": None, "boot_id": None, "starttime_ticks": None,
+    "restart_count": 0, "last_exit_code": None, "last_exit_at": None,
+    "started_at": None, "next_start_at": None, "failure_class": None, "ready": False,
+    "reason": "", "revision": None, "blocked_by": None}
+_AT = {name: index for index, name in enumerate(_JOB_COLUMNS)}
+
+
+def _column(name: str) -> Any:
+    """A read-only attribute of a `JobView`: the row's item at the column's index."""
+    return property(itemgetter(_AT[name]))
+
+
+class JobView(tuple[object, ...]):
     """A job as `status` shows it: the columns of its row that the table and `-o json`
     print, read without its spec (a JSON column per job that status never shows). Read
-    only; `render` takes it where it takes a `JobRecord` (the same attribute names)."""
+    only; `render` takes it where it takes a `JobRecord` (the same attribute names).
 
-    __slots__ = (
-        "_blocked_by",
-        "action",
-        "boot_id",
-        "failure_class",
-        "generation",
-        "id",
-        "last_exit_at",
-        "last_exit_code",
-        "next_start_at",
-        "phase",
-        "pid",
-        "process",
-        "ready",
-        "reason",
-        "restart_count",
-        "revision",
-        "service",
-        "started_at",
-        "starttime_ticks",
-    )
+    It is the row itself, as the cursor gives it (a tuple: no Python code runs per row,
+    issue 13): `job_views` has SQLite give each column in `COLUMNS`' order, its default in
+    place of a NULL or of a column the database lacks, and each attribute is an item."""
 
-    # the columns read, and the value of one a database of another age lacks (or NULL):
-    # `JobRecord`'s defaults (tests/test_status_read.py holds them to its fields)
-    COLUMNS: dict[str, object] = {
-        "id": "", "service": "", "action": "", "generation": "", "phase": "pending",
-        "process": True, "pid": None, "boot_id": None, "starttime_ticks": None,
-        "restart_count": 0, "last_exit_code": None, "last_exit_at": None,
-        "started_at": None, "next_start_at": None, "failure_class": None, "ready": False,
-        "reason": "", "revision": None, "blocked_by": None}
+    __slots__ = ()
+    COLUMNS = _JOB_COLUMNS
 
-    id: str
-    service: str
-    action: str
-    generation: str
-    phase: str
-    process: bool
-    pid: int | None
-    boot_id: str | None
-    starttime_ticks: int | None
-    restart_count: int
-    last_exit_code: int | None
-    last_exit_at: float | None
-    started_at: float | None
-    next_start_at: float | None
-    failure_class: str | None
-    ready: bool
-    reason: str
-    revision: str | None
-    _blocked_by: object
+    id: str = _column("id")
+    service: str = _column("service")
+    action: str = _column("action")
+    generation: str = _column("generation")
+    phase: str = _column("phase")
+    pid: int | None = _column("pid")
+    boot_id: str | None = _column("boot_id")
+    starttime_ticks: int | None = _column("starttime_ticks")
+    restart_count: int = _column("restart_count")
+    last_exit_code: int | None = _column("last_exit_code")
+    last_exit_at: float | None = _column("last_exit_at")
+    started_at: float | None = _column("started_at")
+    next_start_at: float | None = _column("next_start_at")
+    failure_class: str | None = _column("failure_class")
+    reason: str = _column("reason")
+    revision: str | None = _column("revision")
 
-    def __init__(self, row: dict[str, Any]) -> None:
-        for name, default in self.COLUMNS.items():
-            value = row.get(name)
-            if name == "blocked_by":
-                name = "_blocked_by"
-            object.__setattr__(self, name, default if value is None else value)
-        object.__setattr__(self, "process", bool(self.process))
-        object.__setattr__(self, "ready", bool(self.ready))
+    @property
+    def process(self) -> bool:
+        return bool(self[_AT["process"]])  # SQLite stores 0 or 1
 
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"{type(self).__name__} is read only")
+    @property
+    def ready(self) -> bool:
+        return bool(self[_AT["ready"]])
 
     @property
     def blocked_by(self) -> tuple[BlockedBy, ...]:
         """Decoded when asked for (`-o json`): the table does not show it."""
-        return blocked_by_from_json(self._blocked_by, self.id)
+        return blocked_by_from_json(self[_AT["blocked_by"]], self.id)
 
     @property
     def identity(self) -> Identity | None:
@@ -202,10 +197,19 @@ def job_views(conn: sqlite3.Connection, tables: frozenset[str] | None) -> list[J
     if not _has(tables, "jobs"):
         return []
     present = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-    names = [name for name in JobView.COLUMNS if name in present]
-    cursor = conn.execute(f"SELECT {', '.join(names)} FROM jobs WHERE phase != 'removed'"
-                          " ORDER BY service, action, rowid")
-    return [JobView(dict(zip(names, row, strict=True))) for row in cursor]
+    columns, defaults = [], []
+    for name, default in JobView.COLUMNS.items():
+        if name not in present:  # a database of another age
+            columns.append("?")
+            defaults.append(default)
+        elif default is None:
+            columns.append(name)
+        else:
+            columns.append(f"COALESCE({name}, ?)")
+            defaults.append(default)
+    cursor = conn.execute(f"SELECT {', '.join(columns)} FROM jobs WHERE phase != 'removed'"
+                          " ORDER BY service, action, rowid", defaults)
+    return list(map(JobView, cursor))
 
 
 def suspended(conn: sqlite3.Connection, tables: frozenset[str] | None) -> frozenset[str]:
