@@ -20,7 +20,7 @@ import pytest
 
 from reconciler import cli
 from reconciler.controller import Reconciler
-from reconciler.host.identity import identity_of
+from reconciler.host.identity import identity_of, proc_info
 from reconciler.host.spawn import Children
 from reconciler.plan import Spawn, UpdateJob
 from reconciler.settings import Settings
@@ -282,7 +282,10 @@ def test_singleton_replaces_a_foreign_instance_of_its_own_command(
         settings: Settings, reconciler: Reconciler, foreign: Foreign,
         capsys: pytest.CaptureFixture[str]) -> None:
     twin = foreign.start(SLEEPER)
-    wait_for(lambda: identity_of(twin.pid), message="twin running")
+    # its command line, not just its pid: Popen returns while the kernel may still be
+    # setting up the exec (an empty cmdline), and a pidfile naming that is "unrelated"
+    wait_for(lambda: (info := proc_info(twin.pid)) and info.cmdline == tuple(SLEEPER),
+             message="twin running its command")
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     (settings.run_dir / "one.main.pid").write_text(f"{twin.pid}\n")
     write_spec(settings.specs_dir, "one.yaml", f"""\
