@@ -20,7 +20,7 @@ import pytest
 
 from reconciler import cli
 from reconciler.controller import Reconciler
-from reconciler.host.identity import identity_of
+from reconciler.host.identity import identity_of, proc_info
 from reconciler.host.spawn import Children
 from reconciler.plan import Spawn, UpdateJob
 from reconciler.settings import Settings
@@ -282,7 +282,10 @@ def test_singleton_replaces_a_foreign_instance_of_its_own_command(
         settings: Settings, reconciler: Reconciler, foreign: Foreign,
         capsys: pytest.CaptureFixture[str]) -> None:
     twin = foreign.start(SLEEPER)
-    wait_for(lambda: identity_of(twin.pid), message="twin running")
+    # its command line, not just its pid: Popen returns while the kernel may still be
+    # setting up the exec (an empty cmdline), and a pidfile naming that is "unrelated"
+    wait_for(lambda: (info := proc_info(twin.pid)) and info.cmdline == tuple(SLEEPER),
+             message="twin running its command")
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     (settings.run_dir / "one.main.pid").write_text(f"{twin.pid}\n")
     write_spec(settings.specs_dir, "one.yaml", f"""\
@@ -336,10 +339,10 @@ def test_prune_stops_the_whole_tree_even_a_grandchild_and_a_term_ignorer(
     assert reconciler.converge(wait=20).converged
     leader = job(settings, capsys, "tree.main")["pid"]
     assert isinstance(leader, int)
-    members = wait_for(lambda: len(session_members(leader)) >= 4 and session_members(leader),
-                       message="the whole tree started")
-    pgrps = {m.pgrp for m in members}
-    assert len(pgrps) >= 2  # one of them left the process group
+    # ... and the python member has left the process group (it does so only once started)
+    members = wait_for(lambda: len(m := session_members(leader)) >= 4
+                       and len({p.pgrp for p in m}) >= 2 and m,
+                       message="the whole tree started, one member in a group of its own")
     tree.unlink()
     result = reconciler.reconcile()
     assert any(s.verb == "kill" for s in result.plan.steps)  # signalled, not waited for
