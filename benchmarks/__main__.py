@@ -36,6 +36,7 @@ class Plan:
     save_samples: int
     noop_n: int
     noop_passes: int
+    once_n: int  # `--once` from nothing is timed at this N too: issue 13's goal is at 1000
     slow: slowstop.SlowPlan
     flood: logflood.FloodPlan
     metrics: metricscost.MetricsPlan
@@ -82,7 +83,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
         slow = slowstop.SlowPlan(n=50, samples=min(10, args.slow_samples),
                                  trigger=args.slow_trigger, budget_s=50.0)
         plan = Plan(ns=(50,), runs=1, samples=10, idle_s=5.0, settle_s=1.0, gap_s=0.05,
-                    save_samples=10, noop_n=200, noop_passes=20, slow=slow,
+                    save_samples=10, noop_n=200, noop_passes=20, once_n=50, slow=slow,
                     flood=logflood.FloodPlan(variants=logflood.QUICK_VARIANTS),
                     metrics=metricscost.MetricsPlan(n=50, runs=1, idle_s=10.0, scrapes=10),
                     sampling=samplingcost.SamplingPlan(n=50, runs=1, idle_s=10.0))
@@ -92,7 +93,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
                                  trigger=args.slow_trigger)
         plan = Plan(ns=ns, runs=args.runs, samples=args.samples, idle_s=args.idle,
                     settle_s=2.0, gap_s=0.1, save_samples=10, noop_n=max(1000, *ns),
-                    noop_passes=20, slow=slow, flood=logflood.FloodPlan(),
+                    noop_passes=20, once_n=_goal_n(ns), slow=slow,
+                    flood=logflood.FloodPlan(),
                     # their goals are stated at N = 1000 (issues 11 and 12)
                     metrics=metricscost.MetricsPlan(n=_goal_n(ns), runs=args.runs),
                     sampling=samplingcost.SamplingPlan(n=_goal_n(ns), runs=args.runs))
@@ -127,14 +129,27 @@ def noop(plan: Plan, root: Path) -> tuple[float | None, list[float]]:
         sup.stop()
 
 
+def once(plan: Plan, root: Path) -> float | None:
+    """`reconcile --once` from nothing at `once_n` (None if it failed)."""
+    sup = Reconciler(root / f"once-{plan.once_n}", plan.once_n, uuid.uuid4().hex)
+    try:
+        return measure.once_from_nothing(sup)
+    finally:
+        sup.stop()
+
+
 Results = dict[str, dict[int, list[measure.SessionResult]]]
 Noops = list[tuple[float | None, list[float]]]
+Onces = list[float | None]
 
 
-def compare(plan: Plan, classes: list[type[Supervisor]], root: Path) -> tuple[Results, Noops]:
-    """The side-by-side runs: every supervisor at every N, then the no-op pass, per run."""
+def compare(plan: Plan, classes: list[type[Supervisor]],
+            root: Path) -> tuple[Results, Noops, Onces]:
+    """The side-by-side runs: every supervisor at every N, then the no-op pass and `--once`
+    at the goal's N, per run."""
     results: Results = {c.name: {n: [] for n in plan.ns} for c in classes}
     noops: Noops = []
+    onces: Onces = []
     for run in range(plan.runs):
         order = classes[run % len(classes):] + classes[:run % len(classes)]
         for n in plan.ns:
@@ -144,7 +159,10 @@ def compare(plan: Plan, classes: list[type[Supervisor]], root: Path) -> tuple[Re
         if any(c is Reconciler for c in classes):
             print(f"run {run + 1}/{plan.runs} no-op pass n={plan.noop_n} …", flush=True)
             noops.append(noop(plan, root))
-    return results, noops
+            if plan.once_n != plan.noop_n:
+                print(f"run {run + 1}/{plan.runs} --once n={plan.once_n} …", flush=True)
+                onces.append(once(plan, root))
+    return results, noops, onces
 
 
 def slow_stop(plan: Plan, root: Path) -> slowstop.SlowStopResult:
@@ -178,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     classes = [c for c in ALL if not only or c.name in only]
     results: Results = {}
     noops: Noops = []
+    onces: Onces = []
     slow: slowstop.SlowStopResult | None = None
     flood: list[logflood.FloodResult] = []
     metrics: metricscost.MetricsResult | None = None
@@ -191,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = Path(tmp)
         try:
             if args.scenario in ("all", "compare"):
-                results, noops = compare(plan, classes, root)
+                results, noops, onces = compare(plan, classes, root)
             if args.scenario in ("all", "slow-stop") and Reconciler in classes:
                 slow = slow_stop(plan, root)
             if args.scenario in ("all", "log-flood") and Reconciler in classes:
@@ -227,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if cli else "no reconciler")
         output = args.output
     else:
-        text = report.render(results, noops, plan, command.strip(), elapsed,
+        text = report.render(results, noops, onces, plan, command.strip(), elapsed,
                              {c.name: c.version() for c in classes}, slow, flood,
                              (metrics, plan.metrics) if metrics else None,
                              (sampling, plan.sampling) if sampling else None,
@@ -238,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(output).write_text(text + report.kept_notes(Path(output)))
     raw = {"plan": asdict(plan), "results": {k: {n: [asdict(r) for r in v] for n, v in d.items()}
                                              for k, d in results.items()},
-           "noop": noops, "slow_stop": asdict(slow) if slow else None,
+           "noop": noops, "once": onces, "slow_stop": asdict(slow) if slow else None,
            "log_flood": [{k: v for k, v in asdict(r).items() if k != "live_series"}
                          for r in flood],
            "metrics": asdict(metrics) if metrics else None,

@@ -111,18 +111,24 @@ def poll_cost(tracker: procfs.ChildTracker, rounds: int = 200) -> float:
     return statistics.median(laps) * 1000
 
 
+def once_from_nothing(sup: Reconciler) -> float | None:
+    """Wall seconds of `reconcile --once` starting N actions with no daemon and no state, as
+    a user runs it (a whole process); None if it did not converge."""
+    sup.write_config()
+    env = {**os.environ, "BENCH_RUN": sup.marker, "PYTHONPATH": os.fspath(REPO)}
+    start = time.perf_counter()
+    done = subprocess.run(sup.once_argv(), env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, check=False)
+    return time.perf_counter() - start if done.returncode == 0 else None
+
+
 def noop_pass(sup: Reconciler, passes: int) -> tuple[float | None, list[float]]:
     """Converge N actions with `reconcile --once` (no daemon), then time in-process passes
     that find nothing to do. Returns (--once wall seconds, pass seconds)."""
     from reconciler.controller import Reconciler as Controller
     from reconciler.settings import resolve
 
-    sup.write_config()
-    env = {**os.environ, "BENCH_RUN": sup.marker, "PYTHONPATH": os.fspath(REPO)}
-    start = time.perf_counter()
-    done = subprocess.run(sup.once_argv(), env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, check=False)
-    once = time.perf_counter() - start if done.returncode == 0 else None
+    once = once_from_nothing(sup)
     times: list[float] = []
     with Controller(resolve(sup.specs, sup.state)) as controller:
         for _ in range(passes):
