@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,14 @@ from reconciler import cli
 from reconciler.anomalies import Rules, evaluate, quiet_now
 from reconciler.host import procfs
 from reconciler.host.identity import identity_of
-from reconciler.host.sampling import SampleClock, Sampler
+from reconciler.host.sampling import (
+    FD_BUDGET,
+    MAX_OPEN_STATS,
+    MIN_OPEN_STATS,
+    SampleClock,
+    Sampler,
+    open_stats_allowed,
+)
 from reconciler.resources import RECOVER_ROUNDS, ROUNDS_KEPT, ResourceMonitor
 from reconciler.settings import Settings
 from reconciler.state.reader import open_reader
@@ -183,6 +191,21 @@ def test_a_members_stat_fd_is_kept_between_rounds_and_closed_when_it_ends(
     sampler.sample([job_of(other)])
     sampler.close()
     assert _stat_fds_on(other.pid) == 0
+
+
+def test_the_stat_fds_kept_are_what_the_jobs_pidfds_leave_of_the_fd_budget() -> None:
+    """Every start copies the daemon's fd table: the jobs' pidfds come first, the sampler
+    keeps what they leave of FD_BUDGET, between MIN_OPEN_STATS and MAX_OPEN_STATS."""
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+    def capped(n: int) -> int:
+        return min(n, nofile // 4)
+
+    assert open_stats_allowed(200) == capped(MAX_OPEN_STATS)
+    assert open_stats_allowed(1000) == capped(min(MAX_OPEN_STATS, FD_BUDGET - 1000))
+    assert open_stats_allowed(1500) == capped(FD_BUDGET - 1500)
+    assert open_stats_allowed(2000) == capped(MIN_OPEN_STATS)
+    assert open_stats_allowed(50_000) == capped(MIN_OPEN_STATS)
 
 
 def test_the_kept_stat_fds_are_closed_when_no_job_runs_any_more(foreign: Foreign) -> None:

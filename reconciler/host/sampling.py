@@ -52,23 +52,27 @@ SLOW_ROUNDS = 12
 # /proc/<pid>/limits every round would be a third of a round's cost.
 FD_LIMIT_ROUNDS = 60
 
-# At most this many stat fds are kept open between rounds, and never more than a quarter
-# of our own fd soft limit: a kept fd spares two syscalls of the three of each look (a
-# pread instead of open, read, close, ~4 µs), but the controller's descriptors are for its
-# pidfds and children first, and every open fd makes every start slower: the vfork child
-# copies the fd table and closes it before its exec (~0.4 ms per 1000 fds here, measured
-# in the daemon; docs/benchmarks.md, "Respawn at N=2000, second round"). 256 kept fds
-# cost a start ~0.1 ms; each fd not kept costs a round (every 5 s by default) ~4 µs, so
-# at 2000 jobs the rounds pay ~7 ms more than with all kept, 0.15% of one core, while a
-# respawn pays 0.4–0.8 ms less than with 1024 or 2000 kept (docs/benchmarks.md, "Respawn at
-# N=2000, third round").
-MAX_OPEN_STATS = 256
+# Stat fds kept open between rounds: a kept fd spares two syscalls of the three of each look
+# (a pread instead of open, read, close; ~12-22 µs a process in the daemon), but the
+# controller's descriptors are for its pidfds and children first, and every open fd makes
+# every start slower: the vfork child copies the fd table and closes it before its exec
+# (docs/benchmarks.md, "Respawn at N=2000", second and third rounds). So the daemon's fds
+# have a budget, one pidfd per job first: the sampler keeps what the jobs leave of
+# FD_BUDGET (at most MAX_OPEN_STATS, at least MIN_OPEN_STATS, never more than a quarter of
+# our fd soft limit). At 1000 jobs every stat fd is kept (a round at 1000 costs 23 ms, not
+# 40); at 2000, 256 are (a respawn's spawn copies ~2300 fds, not ~3000: p50 8.9 against
+# ~10 ms, for ~12 ms more a round, 0.2% of one core).
+FD_BUDGET = 2048
+MAX_OPEN_STATS = 1024
+MIN_OPEN_STATS = 256
 
 Key = tuple[int, int]  # (pid, start time): a recycled pid is another process
 
 
-def open_stats_allowed() -> int:
-    return min(MAX_OPEN_STATS, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
+def open_stats_allowed(jobs: int) -> int:
+    """How many stat fds a round may keep while `jobs` jobs run (see FD_BUDGET)."""
+    wanted = min(MAX_OPEN_STATS, max(MIN_OPEN_STATS, FD_BUDGET - jobs))
+    return min(wanted, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
 
 
 class Sampler:
@@ -82,7 +86,8 @@ class Sampler:
         self._fd_limits_now: dict[Key, int | None] = {}
         self._oom_scores_now: dict[Key, int | None] = {}
         self._rounds = 0
-        self._walk = SessionWalk(open_stats_allowed)
+        self._running = 0  # jobs running in the current round: they get their pidfds first
+        self._walk = SessionWalk(lambda: open_stats_allowed(self._running))
         self._sessions: set[int] = set()  # the jobs' sessions other than their main pids
 
     def sample(self, jobs: Iterable[JobRecord]) -> list[Sample]:
@@ -91,6 +96,7 @@ class Sampler:
         if not running:
             self._walk.close()  # the last members' stat fds: no round reads them now
             return []
+        self._running = len(running)
         by_session = self._walk.sessions({j.pid for j in running if j.pid} | self._sessions)
         at = self.clock.now()
         self._rounds += 1
