@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
@@ -16,6 +17,23 @@ from reconciler.identity import Identity
 from reconciler.observed import ProcInfo, SocketState
 
 T = TypeVar("T")
+
+
+class ExitCalls:
+    """An `ExitWatcher`'s `on_exit`: records each identity reported, from the watcher's
+    thread, for the test's thread to ask about."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seen: list[Identity] = []
+
+    def __call__(self, identity: Identity) -> None:
+        with self._lock:
+            self.seen.append(identity)
+
+    def has(self, identity: Identity) -> bool:
+        with self._lock:
+            return identity in self.seen
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,

@@ -20,30 +20,16 @@ from reconciler.host.identity import identity_of
 from reconciler.host.pidfd import Pidfds
 from reconciler.identity import Identity
 from tests.conftest import Foreign
-from tests.helpers import wait_for
-
-
-class Calls:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.seen: list[Identity] = []
-
-    def __call__(self, identity: Identity) -> None:
-        with self._lock:
-            self.seen.append(identity)
-
-    def has(self, identity: Identity) -> bool:
-        with self._lock:
-            return identity in self.seen
+from tests.helpers import ExitCalls, wait_for
 
 
 @pytest.fixture
-def calls() -> Calls:
-    return Calls()
+def calls() -> ExitCalls:
+    return ExitCalls()
 
 
 @pytest.fixture
-def watcher(calls: Calls) -> Iterator[ExitWatcher]:
+def watcher(calls: ExitCalls) -> Iterator[ExitWatcher]:
     w = ExitWatcher(calls, poll_interval=0.05)
     w.start()
     yield w
@@ -57,7 +43,7 @@ def _sleeper(foreign: Foreign) -> tuple[subprocess.Popen[bytes], Identity]:
     return proc, identity
 
 
-def _reported(calls: Calls, identity: Identity) -> None:
+def _reported(calls: ExitCalls, identity: Identity) -> None:
     wait_for(lambda: calls.has(identity), message=f"on_exit({identity})")
 
 
@@ -66,7 +52,7 @@ def _is_zombie(pid: int) -> bool:
     return stat is not None and stat.zombie
 
 
-def test_own_child_killed_is_reported_and_not_reaped(foreign: Foreign, calls: Calls,
+def test_own_child_killed_is_reported_and_not_reaped(foreign: Foreign, calls: ExitCalls,
                                                      watcher: ExitWatcher) -> None:
     proc, identity = _sleeper(foreign)
     watcher.sync([identity])
@@ -128,7 +114,7 @@ def _pidfd_kill(identity: Identity) -> None:
 
 @pytest.mark.parametrize("orphan", [False, True], ids=["child-of-shell", "orphan"])
 def test_process_that_is_not_our_child(not_our_child: Callable[[bool], Identity],
-                                       calls: Calls, watcher: ExitWatcher,
+                                       calls: ExitCalls, watcher: ExitWatcher,
                                        orphan: bool) -> None:
     identity = not_our_child(orphan)
     watcher.sync([identity])
@@ -138,7 +124,7 @@ def test_process_that_is_not_our_child(not_our_child: Callable[[bool], Identity]
     assert calls.seen == [identity]
 
 
-def test_already_dead_is_reported_promptly(foreign: Foreign, calls: Calls,
+def test_already_dead_is_reported_promptly(foreign: Foreign, calls: ExitCalls,
                                            watcher: ExitWatcher) -> None:
     proc, identity = _sleeper(foreign)
     proc.kill()
@@ -148,7 +134,7 @@ def test_already_dead_is_reported_promptly(foreign: Foreign, calls: Calls,
     _reported(calls, identity)
 
 
-def test_zombie_is_reported_promptly(foreign: Foreign, calls: Calls,
+def test_zombie_is_reported_promptly(foreign: Foreign, calls: ExitCalls,
                                      watcher: ExitWatcher) -> None:
     proc, identity = _sleeper(foreign)
     proc.kill()
@@ -158,7 +144,7 @@ def test_zombie_is_reported_promptly(foreign: Foreign, calls: Calls,
     _reported(calls, identity)
 
 
-def test_dead_identity_reported_once_while_still_synced(foreign: Foreign, calls: Calls,
+def test_dead_identity_reported_once_while_still_synced(foreign: Foreign, calls: ExitCalls,
                                                         watcher: ExitWatcher) -> None:
     dead_proc, dead = _sleeper(foreign)
     dead_proc.kill()
@@ -173,7 +159,7 @@ def test_dead_identity_reported_once_while_still_synced(foreign: Foreign, calls:
     assert calls.seen == [dead, alive]
 
 
-def test_sync_dropping_an_identity_stops_watching_it(foreign: Foreign, calls: Calls,
+def test_sync_dropping_an_identity_stops_watching_it(foreign: Foreign, calls: ExitCalls,
                                                      watcher: ExitWatcher) -> None:
     dropped_proc, dropped = _sleeper(foreign)
     kept_proc, kept = _sleeper(foreign)
@@ -188,7 +174,7 @@ def test_sync_dropping_an_identity_stops_watching_it(foreign: Foreign, calls: Ca
 
 
 def test_update_swaps_a_few_identities_as_a_sync_of_the_whole_set_would(
-        foreign: Foreign, calls: Calls, watcher: ExitWatcher) -> None:
+        foreign: Foreign, calls: ExitCalls, watcher: ExitWatcher) -> None:
     """A keyed pass respawned one job: the dead identity leaves (also from what was already
     reported), the new one is watched, the others stay watched untouched."""
     old_proc, old = _sleeper(foreign)
@@ -208,7 +194,7 @@ def test_update_swaps_a_few_identities_as_a_sync_of_the_whole_set_would(
     assert calls.seen == [old, old, new, kept]
 
 
-def test_recycled_identity_is_reported_and_never_watched(foreign: Foreign, calls: Calls,
+def test_recycled_identity_is_reported_and_never_watched(foreign: Foreign, calls: ExitCalls,
                                                          watcher: ExitWatcher) -> None:
     _proc, real = _sleeper(foreign)
     older = real._replace(starttime_ticks=real.starttime_ticks - 1)  # same pid, other process
@@ -246,7 +232,7 @@ def _no_pidfds(_pid: int) -> int:
     raise OSError(errno.ENOSYS, "pidfd_open not implemented")
 
 
-def test_polling_fallback_without_pidfds(foreign: Foreign, calls: Calls) -> None:
+def test_polling_fallback_without_pidfds(foreign: Foreign, calls: ExitCalls) -> None:
     w = ExitWatcher(calls, poll_interval=0.05, pidfds=Pidfds(_no_pidfds))
     w.start()
     try:
@@ -266,7 +252,7 @@ def _open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-def test_stop_is_prompt_and_closes_every_fd(foreign: Foreign, calls: Calls) -> None:
+def test_stop_is_prompt_and_closes_every_fd(foreign: Foreign, calls: ExitCalls) -> None:
     procs = [_sleeper(foreign) for _ in range(3)]
     _dropped_proc, dropped = _sleeper(foreign)
     before = _open_fds()
@@ -285,7 +271,7 @@ def test_stop_is_prompt_and_closes_every_fd(foreign: Foreign, calls: Calls) -> N
     assert calls.seen == []
 
 
-def test_stop_without_start_closes_fds(foreign: Foreign, calls: Calls) -> None:
+def test_stop_without_start_closes_fds(foreign: Foreign, calls: ExitCalls) -> None:
     _proc, identity = _sleeper(foreign)
     before = _open_fds()
     w = ExitWatcher(calls)

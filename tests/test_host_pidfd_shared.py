@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from reconciler.host.proccache import ProcCache
 from reconciler.host.spawn import Children
 from reconciler.identity import Identity
 from tests.conftest import Foreign
-from tests.helpers import service_env, wait_for
+from tests.helpers import ExitCalls, service_env, wait_for
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
 
@@ -43,20 +42,6 @@ def _sleeper(foreign: Foreign) -> Identity:
     identity = identity_of(pid)
     assert identity is not None
     return identity
-
-
-class Exits:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.seen: list[Identity] = []
-
-    def __call__(self, identity: Identity) -> None:
-        with self._lock:
-            self.seen.append(identity)
-
-    def has(self, identity: Identity) -> bool:
-        with self._lock:
-            return identity in self.seen
 
 
 def test_holders_of_one_identity_share_one_fd_closed_by_the_last(foreign: Foreign) -> None:
@@ -112,7 +97,7 @@ def children() -> Iterator[Children]:
 def test_a_child_costs_one_pidfd_for_the_registry_the_watcher_and_the_cache(
         children: Children, tmp_path: Path) -> None:
     """Before: three pidfds per job (one per holder)."""
-    exits = Exits()
+    exits = ExitCalls()
     watcher = ExitWatcher(exits)
     cache = ProcCache()
     watcher.start()
@@ -141,7 +126,7 @@ def test_a_watch_dropped_and_added_back_before_the_watcher_ran_still_reports_the
     """The same shared fd is released (the drop) and held again (the add) in one round: the
     watcher must release first and register after, or it would lose the registration."""
     pidfds = Pidfds()
-    exits = Exits()
+    exits = ExitCalls()
     watcher = ExitWatcher(exits, pidfds=pidfds)
     identity = _sleeper(foreign)
     keeper = pidfds.acquire(identity)  # another holder, so the fd number stays the same
@@ -162,7 +147,7 @@ def test_a_watch_dropped_and_added_back_before_the_watcher_ran_still_reports_the
 def test_a_watch_added_and_dropped_before_the_watcher_ran_is_released_unwatched(
         foreign: Foreign) -> None:
     pidfds = Pidfds()
-    exits = Exits()
+    exits = ExitCalls()
     watcher = ExitWatcher(exits, pidfds=pidfds)
     gone, kept = _sleeper(foreign), _sleeper(foreign)
     watcher.sync([gone, kept])
