@@ -273,6 +273,17 @@ OLD_JOB_ROW = {
 }
 
 
+def write_old_database(db_path: Path) -> bytes:
+    """A database as the version before migration m002 left it, holding OLD_JOB_ROW; its
+    bytes, so a reader can show it wrote nothing."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    old = Database(db_path)
+    MIGRATIONS.apply(old, stop_before="m002_job_failure_class_ready")
+    old.table("jobs").insert(OLD_JOB_ROW)
+    old.close()
+    return db_path.read_bytes()
+
+
 def test_old_database_opens_without_loss(db_path: Path) -> None:
     db_path.parent.mkdir()
     old = Database(db_path)
@@ -407,12 +418,7 @@ def test_a_reader_of_a_missing_database_finds_nothing_and_creates_nothing(db_pat
 
 
 def test_a_reader_reads_an_old_database_without_migrating_it(db_path: Path) -> None:
-    db_path.parent.mkdir()
-    old = Database(db_path)
-    MIGRATIONS.apply(old, stop_before="m002_job_failure_class_ready")
-    old.table("jobs").insert(OLD_JOB_ROW)
-    old.close()
-    before = db_path.read_bytes()
+    before = write_old_database(db_path)
     with Store.open_readonly(db_path) as reader:
         job = reader.job("old-1")
         assert job is not None and (job.restart_count, job.ready, job.failure_class) == (

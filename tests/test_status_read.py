@@ -8,14 +8,13 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
-from sqlite_utils import Database
 
 from reconciler.cli import render
 from reconciler.state import reader
 from reconciler.state.basic import Anomaly
 from reconciler.state.records import JobRecord
-from reconciler.state.store import MIGRATIONS, Store
-from tests.test_state_store import OLD_JOB_ROW, full_job
+from reconciler.state.store import Store
+from tests.test_state_store import full_job, write_old_database
 
 NOW = 5000.0
 
@@ -63,12 +62,7 @@ def test_status_shows_the_same_jobs_from_views_as_from_records(state_dir: Path) 
 
 def test_views_of_an_old_database_read_its_missing_columns_as_defaults(state_dir: Path) -> None:
     db_path = state_dir / "state.db"
-    state_dir.mkdir(parents=True, exist_ok=True)
-    old = Database(db_path)
-    MIGRATIONS.apply(old, stop_before="m002_job_failure_class_ready")
-    old.table("jobs").insert(OLD_JOB_ROW)
-    old.close()
-    before = db_path.read_bytes()
+    before = write_old_database(db_path)
     with Store.open_readonly(db_path) as store:
         (record,) = store.jobs()
     (view,) = views_of(db_path)
