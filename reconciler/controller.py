@@ -482,7 +482,8 @@ class Reconciler:
 
     def _execute(self, planned: Plan) -> Outcome:
         outcome = self.executor.run(planned.steps)
-        self.enrollments.refresh(outcome.enrollments)  # written or removed by the steps
+        # written or removed by the steps; those written whole need no reading back
+        self.enrollments.refresh(outcome.enrollments, outcome.enrolled)
         return outcome
 
     def converge(self, wait: float) -> PassResult:

@@ -63,6 +63,9 @@ class Outcome:
     # the jobs whose enrollment file these steps wrote or removed (or tried to): only those
     # need reading again (most steps of a pass, e.g. marking a job ready, touch none)
     enrollments: set[str] = field(default_factory=set)
+    # of those, the files written whole and not removed since, as written: what reading them
+    # back would give (a thousand reads after a thousand starts)
+    enrolled: dict[str, Enrollment] = field(default_factory=dict)
 
     def job(self, job: JobRecord, kind: str, reason: str, **detail: object) -> None:
         """A job's new record, and the event that says why."""
@@ -91,11 +94,13 @@ class Executor:
         self.clock = clock
         self._members: dict[str, tuple[ProcInfo, ...]] = {}  # of the jobs this batch stops
         self._enrollments: set[str] = set()  # see Outcome.enrollments
+        self._enrolled: dict[str, Enrollment] = {}  # see Outcome.enrolled
 
     def run(self, steps: Sequence[Step]) -> Outcome:
         outcome = Outcome()
         self._members = self._members_of_killed_jobs(steps)
-        self._enrollments = outcome.enrollments  # filled by _enroll/_unenroll, also on threads
+        # filled by _enroll/_unenroll, also on threads
+        self._enrollments, self._enrolled = outcome.enrollments, outcome.enrolled
         for batch in _batches(steps):
             if isinstance(batch, tuple):
                 self._spawn_all(batch, outcome)
@@ -240,10 +245,13 @@ class Executor:
 
     def _enroll(self, record: Enrollment) -> None:
         self._enrollments.add(record.job_id)  # first: a failed write is read back too
+        self._enrolled.pop(record.job_id, None)
         enrollment.enroll(self.run_dir, record)
+        self._enrolled[record.job_id] = record
 
     def _unenroll(self, job_id: str) -> None:
         self._enrollments.add(job_id)
+        self._enrolled.pop(job_id, None)
         enrollment.unenroll(self.run_dir, job_id)
 
     def _record_start(self, step: Spawn, now: float,

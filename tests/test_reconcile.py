@@ -24,7 +24,7 @@ from reconciler.host.identity import identity_of, proc_info
 from reconciler.host.spawn import Children
 from reconciler.plan import Spawn, UpdateJob
 from reconciler.settings import Settings
-from reconciler.state.enrollment import enroll
+from reconciler.state.enrollment import enroll, read_enrollments
 from reconciler.state.lock import StateLock
 from reconciler.state.records import Enrollment
 from tests.conftest import Foreign
@@ -598,6 +598,8 @@ def test_many_starts_in_one_pass_are_each_recorded_in_plan_order(
         assert (settings.run_dir / f"{name}.main.pid").read_text() == f"{row['pid']}\n"
         assert (settings.logs_dir / name / "main.log").is_file()
     assert len(reconciler.enrollments.current()) == len(names) - 1
+    # taken from what the starts wrote, not read back: the same as reading the files
+    assert reconciler.enrollments.current() == read_enrollments(settings.run_dir)
 
 
 def test_no_collection_stops_a_batch_of_starts(settings: Settings,
@@ -650,6 +652,7 @@ def test_only_the_enrollments_a_step_wrote_or_removed_are_read_again(
     assert ready.enrollments == set()
     gone = reconciler.executor.run([UpdateJob(started.with_identity(None), "stopped", "x")])
     assert gone.enrollments == {started.id}
+    assert gone.enrolled == {}  # removed: read again (found missing), never taken as written
     assert not (settings.run_dir / f"{started.id}.enroll.json").exists()
 
 

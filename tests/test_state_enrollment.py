@@ -154,3 +154,16 @@ def test_refresh_before_the_first_read_reads_nothing(run_dir: Path) -> None:
     enroll(run_dir, make("a"))
     book.refresh(["a"])
     assert book.current() == {"a": make("a")}
+
+
+def test_refresh_takes_what_was_written_whole_without_reading_it_back(run_dir: Path) -> None:
+    enroll(run_dir, make("a"))
+    enroll(run_dir, make("b"))
+    book = Enrollments(run_dir)
+    assert set(book.current()) == {"a", "b"}
+    enroll(run_dir, make("a", pid=7))
+    unenroll(run_dir, "b")
+    # what the writer says it wrote is taken as is (here it differs from the file: the proof
+    # that nothing was read); the jobs it does not vouch for are read from disk as before
+    book.refresh(["a", "b"], {"a": make("a", pid=8)})
+    assert book.current() == {"a": make("a", pid=8)}

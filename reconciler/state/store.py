@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import MISSING, fields
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -336,6 +337,21 @@ def job_to_row(job: JobRecord) -> dict[str, Any]:
     return row
 
 
+# A pass that starts or marks ready a thousand jobs saves a thousand rows: one executemany of
+# the rows' tuples costs a fifth of sqlite-utils' upsert_all, which inspects and converts every
+# value of every row (docs/benchmarks.md, "--once, fourth round"). The migrations made every
+# column; `job_to_row` stays the one place that knows how a record looks as a row.
+_JOB_COLUMNS = tuple(f.name for f in _JOB_FIELDS)
+_UPSERT_JOB = (f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) "
+               f"VALUES ({', '.join('?' for _ in _JOB_COLUMNS)}) ON CONFLICT(id) DO UPDATE SET "
+               + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS if c != "id"))
+_EVENT_COLUMNS = ("at", "job_id", "service", "action", "kind", "reason", "detail", "revision")
+_INSERT_EVENT = (f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' for _ in _EVENT_COLUMNS)})")
+_JOB_VALUES = itemgetter(*_JOB_COLUMNS)  # a row dict → its values, in the statement's order
+_EVENT_VALUES = itemgetter(*_EVENT_COLUMNS)
+
+
 def job_from_row(row: dict[str, Any]) -> JobRecord:
     """Tolerant on purpose: columns from a newer version are ignored, NULLs (from a database of
     unknown age) fall back to the field's default, bad JSON degrades to empty with a warning."""
@@ -643,7 +659,7 @@ class Store:
         jobs = list(jobs)
         if jobs:
             with self.atomic():
-                _table(self.db, "jobs").upsert_all([job_to_row(job) for job in jobs], pk="id")
+                self.db.conn.executemany(_UPSERT_JOB, map(_JOB_VALUES, map(job_to_row, jobs)))
                 if self._jobs is not None:
                     for job in jobs:
                         self._jobs.put(job)
@@ -651,10 +667,10 @@ class Store:
     # events
 
     def append_events(self, events: Iterable[Event]) -> None:
-        rows = [event_to_row(event) for event in events]
+        rows = [_EVENT_VALUES(event_to_row(event)) for event in events]
         if rows:
             with self.atomic():
-                _table(self.db, "events").insert_all(rows)
+                self.db.conn.executemany(_INSERT_EVENT, rows)
 
     def events(self, *, service: str | None = None, action: str | None = None,
                kinds: Iterable[str] = (), since: float | None = None,
