@@ -134,13 +134,20 @@ def test_file_format_is_plain_json(run_dir: Path) -> None:
 # --- Enrollments: read once, then kept current by the lock holder ----------------------------
 
 
-def test_enrollments_are_read_once_then_refreshed_per_job(run_dir: Path) -> None:
+def _book_read_before_a_rewrite_of_a_and_a_removal_of_b(run_dir: Path) -> Enrollments:
+    """Enrollments that read "a" and "b", then the files changed under it: "a" rewritten
+    (pid 7), "b" removed."""
     enroll(run_dir, make("a"))
     enroll(run_dir, make("b"))
     book = Enrollments(run_dir)
     assert set(book.current()) == {"a", "b"}
     enroll(run_dir, make("a", pid=7))
     unenroll(run_dir, "b")
+    return book
+
+
+def test_enrollments_are_read_once_then_refreshed_per_job(run_dir: Path) -> None:
+    book = _book_read_before_a_rewrite_of_a_and_a_removal_of_b(run_dir)
     enroll(run_dir, make("c"))
     assert book.current()["a"].identity.pid == 4242  # nothing re-read without being told
     book.refresh(["a", "b"])
@@ -157,12 +164,7 @@ def test_refresh_before_the_first_read_reads_nothing(run_dir: Path) -> None:
 
 
 def test_refresh_takes_what_was_written_whole_without_reading_it_back(run_dir: Path) -> None:
-    enroll(run_dir, make("a"))
-    enroll(run_dir, make("b"))
-    book = Enrollments(run_dir)
-    assert set(book.current()) == {"a", "b"}
-    enroll(run_dir, make("a", pid=7))
-    unenroll(run_dir, "b")
+    book = _book_read_before_a_rewrite_of_a_and_a_removal_of_b(run_dir)
     # what the writer says it wrote is taken as is (here it differs from the file: the proof
     # that nothing was read); the jobs it does not vouch for are read from disk as before
     book.refresh(["a", "b"], {"a": make("a", pid=8)})
