@@ -101,9 +101,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
     return args, plan
 
 
+def fresh_dir(root: Path, label: str) -> Path:
+    """A work dir no earlier run has used: a reused state dir would turn run 2's "from
+    nothing" into the recovery of run 1's dead jobs (it did, until stop 21)."""
+    return root / f"{label}-{uuid.uuid4().hex[:6]}"
+
+
 def session(cls: type[Supervisor], n: int, plan: Plan, root: Path) -> measure.SessionResult:
     """Start one supervisor with N sleepers, measure, and always kill everything."""
-    sup = cls(root / f"{cls.name}-{n}-{uuid.uuid4().hex[:6]}", n, uuid.uuid4().hex)
+    sup = cls(fresh_dir(root, f"{cls.name}-{n}"), n, uuid.uuid4().hex)
     out = measure.SessionResult()
     try:
         tracker, out.converge_s = measure.converge(sup, plan.converge_timeout)
@@ -122,7 +128,7 @@ def session(cls: type[Supervisor], n: int, plan: Plan, root: Path) -> measure.Se
 
 
 def noop(plan: Plan, root: Path) -> tuple[float | None, list[float]]:
-    sup = Reconciler(root / f"noop-{plan.noop_n}", plan.noop_n, uuid.uuid4().hex)
+    sup = Reconciler(fresh_dir(root, f"noop-{plan.noop_n}"), plan.noop_n, uuid.uuid4().hex)
     try:
         return measure.noop_pass(sup, plan.noop_passes)
     finally:
@@ -131,7 +137,7 @@ def noop(plan: Plan, root: Path) -> tuple[float | None, list[float]]:
 
 def once(plan: Plan, root: Path) -> float | None:
     """`reconcile --once` from nothing at `once_n` (None if it failed)."""
-    sup = Reconciler(root / f"once-{plan.once_n}", plan.once_n, uuid.uuid4().hex)
+    sup = Reconciler(fresh_dir(root, f"once-{plan.once_n}"), plan.once_n, uuid.uuid4().hex)
     try:
         return measure.once_from_nothing(sup)
     finally:

@@ -114,6 +114,8 @@ def poll_cost(tracker: procfs.ChildTracker, rounds: int = 200) -> float:
 def once_from_nothing(sup: Reconciler) -> float | None:
     """Wall seconds of `reconcile --once` starting N actions with no daemon and no state, as
     a user runs it (a whole process); None if it did not converge."""
+    if sup.state.exists():
+        raise RuntimeError(f"{sup.state} exists: --once would not start from nothing")
     sup.write_config()
     env = {**os.environ, "BENCH_RUN": sup.marker, "PYTHONPATH": os.fspath(REPO)}
     start = time.perf_counter()
