@@ -223,3 +223,44 @@ def test_only_a_plain_status_run_as_the_program_skips_the_collector(
         done = subprocess.run([sys.executable, "-c", probe, *argv], env=env, cwd=REPO,
                               capture_output=True, text=True, timeout=60)
         assert done.stderr.rsplit("ENABLED ", 1)[1] == enabled, argv
+
+
+def test_once_as_the_program_freezes_the_controller_before_its_first_pass(
+        specs_dir: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--once` (and the daemon) run as the program load the controller's modules with the
+    collector off and freeze them before the first pass, which runs with the collector on
+    (cli/__init__.py, `_load_the_controller`). `main(argv)` in a test's process freezes
+    nothing."""
+    import gc
+
+    from reconciler.cli import main
+
+    (specs_dir / "one.yaml").write_text('name: one\nactions:\n  - {name: hi, cmd: ["true"]}\n')
+    flags = ["--specs", str(specs_dir), "--state-dir", str(state_dir), "--once", "--wait", "30s"]
+    probe = ("import gc, sys\n"
+             "from reconciler.controller import Reconciler\n"
+             "reconcile = Reconciler.reconcile\n"
+             "def seen(self, *args, **kwargs):\n"
+             "    sys.stderr.write(f'PASS {gc.get_freeze_count()} {gc.isenabled()}\\n')\n"
+             "    return reconcile(self, *args, **kwargs)\n"
+             "Reconciler.reconcile = seen\n"
+             "from reconciler.cli import main\n"
+             "sys.exit(main())\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", probe, *flags], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    frozen, enabled = done.stderr.split("PASS ", 1)[1].split()[:2]
+    assert int(frozen) > 10_000 and enabled == "True"
+
+    seen: list[tuple[int, bool]] = []
+    reconcile = Reconciler.reconcile
+
+    def spy(self: Reconciler, *args: object, **kwargs: object) -> object:
+        seen.append((gc.get_freeze_count(), gc.isenabled()))
+        return reconcile(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Reconciler, "reconcile", spy)
+    before = gc.get_freeze_count()
+    assert main(flags) == 0
+    assert seen and all(count == before for count, _ in seen)
