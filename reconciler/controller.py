@@ -32,6 +32,7 @@ from reconciler.plan import (
     KILL_GRACE_SECONDS,
     STOP_POLL_SECONDS,
     Plan,
+    Spawn,
     Step,
     plan,
     plan_down,
@@ -57,6 +58,8 @@ from reconciler.timing import HOUSEKEEPING_SECONDS
 
 log = logging.getLogger(__name__)
 SETTLED_PHASES = ("succeeded", "stopped")
+# How long what a `--once` pass started runs before the next pass looks (see `_nap`)
+FIRST_LOOK_SECONDS = 0.05
 EVENTS_KEPT = 10_000  # the newest events kept: a crash loop must not grow the database forever
 HealthResults = Mapping[str, "health.HealthState"]
 OverLimit = Mapping[str, tuple[Identity, str]]  # job id -> (process over a limit, why)
@@ -503,8 +506,19 @@ class Reconciler:
             readiness = probe_readiness(result.desired, result.jobs, deadline)
 
     def _nap(self, result: PassResult, remaining: float) -> float:
-        """How long to wait for a child to exit before the next pass."""
-        nap = 0.05 if result.plan.changes else 0.25
+        """How long to wait for a child to exit before the next pass. After a pass that
+        changed the host, FIRST_LOOK_SECONDS: what it stopped gets that long to go, and what
+        it started that long to fail before the next pass may call it ready (a process
+        without a health check is ready once a later pass sees it alive). When the pass
+        only started processes, counted from the youngest start: a pass that started a
+        thousand, and saved them, is past it already (docs/benchmarks.md, "--once, sixth
+        round")."""
+        changes = result.plan.changes
+        nap = FIRST_LOOK_SECONDS if changes else 0.25
+        if changes and all(isinstance(step, Spawn) for step in changes):
+            youngest = max((j.started_at for j in result.jobs if j.started_at), default=None)
+            if youngest is not None:
+                nap = min(nap, max(youngest + FIRST_LOOK_SECONDS - self.clock(), 0.0))
         due = result.next_due()
         if due is not None:
             nap = min(nap, max(due - self.clock(), 0.0)) if due > self.clock() else 0.0

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import cli
-from reconciler.controller import Reconciler
+from reconciler.controller import FIRST_LOOK_SECONDS, Reconciler
 from reconciler.host.identity import identity_of, proc_info
 from reconciler.host.spawn import Children
 from reconciler.plan import Spawn, UpdateJob
@@ -722,6 +722,33 @@ def test_a_start_that_fails_is_not_counted_as_a_restart(settings: Settings) -> N
         reconciler.reconcile()
         [again] = reconciler.store.jobs()
         assert again.pid not in (None, job.pid) and again.restart_count == 1
+    finally:
+        reconciler.down(wait=10)
+        reconciler.close()
+
+
+def test_once_naps_between_passes_until_its_youngest_start_is_old_enough(
+        settings: Settings) -> None:
+    """`converge` waits FIRST_LOOK_SECONDS after a pass that changed the host, so what it
+    started has that long to fail before the next pass may call it ready; when the pass only
+    started processes, counted from the youngest start (a pass that started many is past it
+    when it ends). A pass that changed nothing waits longer."""
+    write_sleeper(settings.specs_dir, "a")
+    now = [time.time()]  # the controller's clock, moved by hand
+    reconciler = Reconciler(settings, clock=lambda: now[0])
+    try:
+        started = reconciler.reconcile()
+        assert [type(s) for s in started.plan.changes] == [Spawn]
+        [job] = started.jobs
+        assert job.started_at == now[0]
+        now[0] += 0.01
+        assert reconciler._nap(started, 10.0) == pytest.approx(FIRST_LOOK_SECONDS - 0.01)
+        assert reconciler._nap(started, 0.005) == 0.005  # never past the wait
+        now[0] += 1.0
+        assert reconciler._nap(started, 10.0) == 0.0
+        ready = reconciler.reconcile()
+        assert not ready.plan.changes and ready.converged
+        assert reconciler._nap(ready, 10.0) == 0.25
     finally:
         reconciler.down(wait=10)
         reconciler.close()

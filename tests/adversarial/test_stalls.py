@@ -20,13 +20,21 @@ from reconciler.settings import Settings
 from tests.helpers import wait_for
 from tests.test_reconcile import PY, job, write_sleeper, write_spec
 
-# Ignores SIGTERM; writes a flag once it got one (so the test knows the stop has begun).
+# Ignores SIGTERM; writes `<flag>.armed` once its handler is in place (a job without a
+# health check is ready when a pass sees it alive, which may be before Python got that
+# far) and the flag once it got a SIGTERM (so the test knows the stop has begun).
 TERM_IGNORER = (
     "import signal,sys,time,pathlib\n"
     "flag = pathlib.Path(sys.argv[1])\n"
     "signal.signal(signal.SIGTERM, lambda *_: flag.write_text('term'))\n"
+    "pathlib.Path(sys.argv[1] + '.armed').touch()\n"
     "while True: time.sleep(3600)\n"
 )
+
+
+def wait_armed(flag: Path) -> None:
+    """Until the term ignorer's handler is in place: a SIGTERM before it would kill it."""
+    wait_for(Path(f"{flag}.armed").exists, message="the SIGTERM handler installed")
 
 
 def write_term_ignorer(specs_dir: Path, flag: Path, timeout: str = "1h") -> Path:
@@ -47,6 +55,7 @@ def test_a_slow_stop_does_not_delay_healing_of_another_job(
     slow_spec = write_term_ignorer(settings.specs_dir, flag)
     write_sleeper(settings.specs_dir, "other")
     assert reconciler.converge(wait=20).converged
+    wait_armed(flag)
     slow = identity_of(int(job(settings, capsys, "slow.main")["pid"]))  # type: ignore[arg-type]
     other = job(settings, capsys, "other.main")
     slow_spec.unlink()
@@ -72,6 +81,7 @@ def test_a_stop_in_progress_survives_a_restart_of_the_controller(
     write_sleeper(settings.specs_dir, "other")  # an emptied specs dir would prune nothing
     with Reconciler(settings) as first:
         assert first.converge(wait=20).converged
+        wait_armed(flag)
         slow = identity_of(int(job(settings, capsys, "slow.main")["pid"]))  # type: ignore[arg-type]
         slow_spec.unlink()
         first.reconcile()
@@ -149,6 +159,7 @@ def test_a_restart_issued_while_a_down_is_still_stopping_starts_the_job_again(
     flag = tmp_path / "got-term"
     write_term_ignorer(settings.specs_dir, flag, timeout="300ms")
     assert reconciler.converge(wait=20).converged
+    wait_armed(flag)
     old = job(settings, capsys, "slow.main")
     reconciler.down(wait=0.0)  # signalled, still stopping (the CLI interrupted)
     assert job(settings, capsys, "slow.main")["phase"] == "stopping"
