@@ -88,15 +88,16 @@ def _main(argv: "Sequence[str] | None") -> int:
 
 
 def _load_the_controller(*, daemon: bool) -> None:
-    """Load the controller's modules with the cycle collector off, then freeze what they
-    built. They make ~56k objects that live as long as the process (modules, pydantic's
-    schemas, the spec models): loading them ran the collector ~80 times to find next to
-    nothing, and afterwards every full collection of the passes walked them all again. Off
-    and frozen: ~20 ms less before the first pass, and a `--once` of a thousand services
-    spends ~30 ms less in collections (docs/benchmarks.md, "--once, sixth round"). The
-    collector is on again before the first pass: the daemon runs for months, and a
-    `--once` may pass for minutes. As the program only: frozen, a test process's garbage
-    would never be collected."""
+    """Load the controller's modules with the cycle collector off. They make ~56k objects
+    that live as long as the process (modules, pydantic's schemas, the spec models): loading
+    them ran the collector ~80 times to find next to nothing (~20 ms before the first pass).
+    `--once` then freezes them, so the full collections of its passes no longer walk them
+    (~30 ms of a `--once` of a thousand services: docs/benchmarks.md, "--once, sixth
+    round"); whatever garbage the imports left stays, for a process that ends soon. The
+    daemon freezes after its first pass, after one collection (daemon.py): frozen here, the
+    imports' garbage (~0.7 MiB) would outlive that collection and stay for months. Either
+    way the collector is on again before the first pass. As the program only: frozen, a
+    test process's garbage would never be collected."""
     import gc
 
     gc.disable()
@@ -105,7 +106,9 @@ def _load_the_controller(*, daemon: bool) -> None:
         if daemon:
             import reconciler.daemon  # noqa: F401
     finally:
-        gc.freeze()
+        gc.freeze()  # into the oldest generation: young collections no longer walk them
+        if daemon:
+            gc.unfreeze()
         gc.enable()
 
 
