@@ -14,8 +14,11 @@ NO_PIDFD_POLL_SECONDS = 0.02
 EXIT_WATCH_POLL_SECONDS = 0.5
 # How long stop() waits for a watcher thread to end before it gives up (and logs it).
 THREAD_JOIN_SECONDS = 5.0
-# The spec watcher's step (watchfiles): a shorter one costs idle CPU (docs/benchmarks.md).
-SPEC_WATCH_STEP_MS = 50
+# The spec watcher's step (watchfiles): its thread wakes this often, and a change is reported
+# one to two steps after it. 100 ms: the watcher was 0.2 % of a core at 50 ms, 0.12 % now;
+# what it adds to a save is hidden in the settle window (`--settle`, 200 ms), which a
+# change waits out anyway (docs/benchmarks.md, "--once, sixth round").
+SPEC_WATCH_STEP_MS = 100
 # The daemon loop wakes at least this often without a trigger, to see that it must stop.
 DAEMON_WAKE_SECONDS = 1.0
 # Every live log is checked this often, whatever inotify says (missed events, new dirs).
