@@ -94,8 +94,8 @@ def _load_the_controller(*, daemon: bool) -> None:
     `--once` then freezes them, so the full collections of its passes no longer walk them
     (~30 ms of a `--once` of a thousand services: docs/benchmarks.md, "--once, sixth
     round"); whatever garbage the imports left stays, for a process that ends soon. The
-    daemon freezes after its first pass, after one collection (daemon.py): frozen here, the
-    imports' garbage (~0.7 MiB) would outlive that collection and stay for months. Either
+    daemon freezes after its first pass, after one collection (daemon.py): frozen here, whatever
+    garbage the imports left would outlive that collection and stay for months. Either
     way the collector is on again before the first pass. As the program only: frozen, a
     test process's garbage would never be collected."""
     import gc
