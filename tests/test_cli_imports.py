@@ -227,10 +227,10 @@ def test_only_a_plain_status_run_as_the_program_skips_the_collector(
 
 def test_once_as_the_program_freezes_the_controller_before_its_first_pass(
         specs_dir: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`--once` (and the daemon) run as the program load the controller's modules with the
-    collector off and freeze them before the first pass, which runs with the collector on
-    (cli/__init__.py, `_load_the_controller`). `main(argv)` in a test's process freezes
-    nothing."""
+    """`--once` run as the program loads the controller's modules with the collector off and
+    freezes them before the first pass, which runs with the collector on (cli/__init__.py,
+    `_load_the_controller`; the daemon freezes after its first pass instead). `main(argv)`
+    in a test's process freezes nothing."""
     import gc
 
     from reconciler.cli import main
