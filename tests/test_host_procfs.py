@@ -7,6 +7,7 @@ import os
 import resource
 import shutil
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -208,8 +209,26 @@ def test_read_environ_var_of_gone_zombie_and_kernel_thread() -> None:
         wait_for(is_zombie, message="the child to be a zombie")
         assert procfs.read_environ_var(zombie, "PATH") is None
         assert procfs.read_process_environ(zombie, "PATH") is not None  # stat still there
+        assert procfs.read_environ_var(zombie, "PATH", blank="-") is None  # not even read
     finally:
         os.waitpid(zombie, 0)
+
+
+def test_an_empty_environment_is_told_apart_from_an_unset_variable_when_asked() -> None:
+    """What a process caught inside exec() reads like (host/markers.py reads it again). It
+    carries no marker, so it is killed here, also on failure."""
+    proc = subprocess.Popen(["/bin/sleep", "600"], env={}, start_new_session=True)
+    try:
+        wait_for(lambda: cmdline(proc.pid)[:1] == ("/bin/sleep",), message="the exec")
+        assert procfs.read_environ_var(proc.pid, "PATH") is None
+        assert procfs.read_environ_var(proc.pid, "PATH", blank="-") == "-"
+        snapshot = procfs.read_process_environ(proc.pid, "PATH", blank="-")
+        assert snapshot is not None and snapshot[2] == "-"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert procfs.read_environ_var(os.getpid(), "NO_SUCH_VAR_HERE", blank="-") is None
+    assert procfs.read_environ_var(unused_pid(), "PATH", blank="-") is None  # gone
 
 
 def test_read_process_environ_is_one_snapshot() -> None:

@@ -19,7 +19,10 @@ Why a remembered answer stays true while the process lives:
   session is asked again (getsid) only where S is one the sweep looks into: a session named
   by its own pid is looked into only if it is a job's live main process (a recycled pid's
   old session is refused by `procs.session_still_ours`), never listed as a member.
-* Its job id: the marker sits in the initial environment, which changes only by exec. A
+* Its job id: the marker sits in the initial environment, which changes only by exec. An
+  environment that reads empty is read once more at the next sweep before it counts as
+  "no job id": a process caught inside exec reads empty for a moment (procfs.read_environ_var),
+  and one wrong answer would be kept for its life. A
   process that execs with another environment escapes by design (members.py); one that was
   seen without a wanted job id and later execs WITH one is not found either, as a forgery
   would not be. (The one process given a job id at exec is a job's main process, spawned by
@@ -43,6 +46,7 @@ from reconciler.host import procfs
 from reconciler.host.spawn import JOB_ID_VAR
 
 UNREAD = "\0"  # a marker not read yet: no environment value can hold a NUL
+AGAIN = "\0\0"  # read once and found empty (caught inside exec?): read at the next sweep
 RELIST_SECONDS = 10.0  # /proc is listed at least this often (see `HostMarkers._refresh`)
 RELIST_SPAN = 64  # at least this many new pids since the last sweep are looked up alone
 UNSEEN_SECONDS = 1.0  # how long a pid handed out but not in /proc yet is looked for
@@ -55,7 +59,7 @@ class HostMarkers:
     """Sessions and job ids of the processes on the host, by pid, for one controller.
     `reads`: environments read by the last sweep; `new`: processes it saw first. A process's
     environment is read once, at the first sweep that sees it, and again only as a
-    candidate."""
+    candidate (and once more if it read empty)."""
 
     def __init__(self, relist_every: float = RELIST_SECONDS, relist_span: int = RELIST_SPAN,
                  clock: Callable[[], float] = time.monotonic,
@@ -123,7 +127,8 @@ class HostMarkers:
                       found: dict[int, Candidate]) -> None:
         """Read the job id of every process of session `sid` whose job id is UNREAD."""
         for pid in list(self._unread[sid]):
-            marker = procfs.read_environ_var(pid, JOB_ID_VAR)
+            marker = _settled(self._facts[pid][1],
+                              procfs.read_environ_var(pid, JOB_ID_VAR, blank=AGAIN))
             self.reads += 1
             self._set(pid, sid, marker)
             if marker in wanted and sid not in skipped:
@@ -135,7 +140,7 @@ class HostMarkers:
             self._unindex(pid, old)
         self._facts[pid] = (sid, marker)
         self._by_session.setdefault(sid, set()).add(pid)
-        if marker == UNREAD:
+        if marker in (UNREAD, AGAIN):
             self._unread.setdefault(sid, set()).add(pid)
         elif marker is not None:
             self._by_marker.setdefault(marker, set()).add(pid)
@@ -148,7 +153,7 @@ class HostMarkers:
     def _unindex(self, pid: int, fact: tuple[int, str | None]) -> None:
         sid, marker = fact
         _discard(self._by_session, sid, pid)
-        if marker == UNREAD:
+        if marker in (UNREAD, AGAIN):
             _discard(self._unread, sid, pid)
         elif marker is not None:
             _discard(self._by_marker, marker, pid)
@@ -228,18 +233,28 @@ class HostMarkers:
         """stat and cmdline of `pid` if it is live and its environment carries `job_id`,
         read through one dir fd (the pid may have been recycled since the walk). What it
         reads is remembered: a candidate that exec'd with a clean environment is no
-        candidate at the next sweep."""
-        snapshot = procfs.read_process_environ(pid, JOB_ID_VAR)
+        candidate at the next sweep (one that reads empty, after the next sweep read it
+        again)."""
+        snapshot = procfs.read_process_environ(pid, JOB_ID_VAR, blank=AGAIN)
         self.reads += 1
         if snapshot is None:
             return None
         stat, cmdline, value = snapshot
         known = self._facts.get(pid)
         if known is not None:
-            self._set(pid, known[0], value)
+            self._set(pid, known[0], _settled(known[1], value))
         if stat.zombie or value != job_id:
             return None
         return stat, cmdline
+
+
+def _settled(known: str | None, read: str | None) -> str | None:
+    """What a process's job id is taken to be after a read (`read` is AGAIN when it found
+    nothing): an empty read is taken for "none" only when the read before was empty too,
+    so what is read again is bounded by what is new."""
+    if read == AGAIN and known == AGAIN:
+        return None
+    return read
 
 
 def _getsid(pid: int) -> int:

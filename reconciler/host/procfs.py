@@ -471,11 +471,18 @@ def _read_bounded(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_environ_var(pid: int, name: str) -> str | None:
+def read_environ_var(pid: int, name: str, *, blank: str | None = None) -> str | None:
     """One variable of another process's initial environment (what it was exec'd with, not
     later setenv()s), or None when it is unset, the process is gone or a zombie, or not ours
     to read (EACCES as non-root). At most ENVIRON_MAX bytes are read. Evidence only: a
-    process can exec itself with any environment, so verify identity before acting."""
+    process can exec itself with any environment, so verify identity before acting.
+
+    `blank` is returned instead when the read found nothing at all. Besides a zombie and a
+    kernel thread, that is a process caught inside execve(): once the new image replaced the
+    old one, and before the kernel has copied the new environment in, environ reads empty.
+    The parent of a vfork()ed child, as `subprocess.Popen`, runs again already then (about
+    one read in 40 right after Popen returned, on this project's 2-core VM), so a caller
+    that remembers the answer must not take such a read for "unset"."""
     try:
         fd = os.open(f"{PROC}/{int(pid)}/environ", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -488,12 +495,14 @@ def read_environ_var(pid: int, name: str) -> str | None:
         return None
     finally:
         os.close(fd)
-    return parse_environ_var(raw, os.fsencode(name))
+    return parse_environ_var(raw, os.fsencode(name)) if raw else blank
 
 
-def read_process_environ(pid: int, name: str) -> tuple[Stat, tuple[str, ...], str | None] | None:
+def read_process_environ(pid: int, name: str, *, blank: str | None = None,
+                         ) -> tuple[Stat, tuple[str, ...], str | None] | None:
     """stat, cmdline and one environ variable of the SAME process (one dir fd), or None if
-    it is gone: what a membership check needs to act on a consistent snapshot."""
+    it is gone: what a membership check needs to act on a consistent snapshot. `blank`: as
+    for `read_environ_var`, the variable's value when the read found nothing at all."""
     with _ProcDir(pid) as dir_fd:
         process = None if dir_fd is None else _process_at(dir_fd)
         if dir_fd is None or process is None:
@@ -509,7 +518,7 @@ def read_process_environ(pid: int, name: str) -> tuple[Stat, tuple[str, ...], st
             raw = b""
         finally:
             os.close(fd)
-        return stat, cmdline, parse_environ_var(raw, os.fsencode(name))
+        return stat, cmdline, parse_environ_var(raw, os.fsencode(name)) if raw else blank
 
 
 # --- /proc/<pid>/fd --------------------------------------------------------------------------
