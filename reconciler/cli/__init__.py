@@ -88,28 +88,18 @@ def _main(argv: "Sequence[str] | None") -> int:
 
 
 def _load_the_controller(*, daemon: bool) -> None:
-    """Load the controller's modules with the cycle collector off. They make ~56k objects
-    that live as long as the process (modules, pydantic's schemas, the spec models): loading
-    them ran the collector ~80 times to find next to nothing (~20 ms before the first pass).
-    `--once` then freezes them, so the full collections of its passes no longer walk them
-    (~30 ms of a `--once` of a thousand services: docs/benchmarks.md, "--once, sixth
-    round"); whatever garbage the imports left stays, for a process that ends soon. The
-    daemon freezes after its first pass, after one collection (daemon.py): frozen here, whatever
-    garbage the imports left would outlive that collection and stay for months. Either
-    way the collector is on again before the first pass. As the program only: frozen, a
-    test process's garbage would never be collected."""
-    import gc
+    """Load the controller's modules with the cycle collector paused (cli/collector.py:
+    ~56k objects that live as long as the process). `--once` freezes them for good, so the
+    full collections of its passes no longer walk them (~30 ms of a `--once` of a thousand
+    services: docs/benchmarks.md, "--once, sixth round"). The daemon does not: it freezes
+    after its first pass, after one collection (daemon.py), and whatever garbage the imports
+    left must still be collectable then, or it would stay for months."""
+    from reconciler.cli.collector import collector_paused
 
-    gc.disable()
-    try:
+    with collector_paused(freeze=not daemon):
         import reconciler.controller
         if daemon:
             import reconciler.daemon  # noqa: F401
-    finally:
-        gc.freeze()  # into the oldest generation: young collections no longer walk them
-        if daemon:
-            gc.unfreeze()
-        gc.enable()
 
 
 def _command_of(args: "argparse.Namespace") -> "Callable[[argparse.Namespace], int]":
