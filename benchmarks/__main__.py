@@ -135,18 +135,18 @@ def noop(plan: Plan, root: Path) -> tuple[float | None, list[float]]:
         sup.stop()
 
 
-def once(plan: Plan, root: Path) -> float | None:
-    """`reconcile --once` from nothing at `once_n` (None if it failed)."""
+def once(plan: Plan, root: Path) -> tuple[float | None, float]:
+    """`reconcile --once` from nothing at `once_n` (None if it failed), and its system CPU."""
     sup = Reconciler(fresh_dir(root, f"once-{plan.once_n}"), plan.once_n, uuid.uuid4().hex)
     try:
-        return measure.once_from_nothing(sup)
+        return measure.once_with_system_cpu(sup)
     finally:
         sup.stop()
 
 
 Results = dict[str, dict[int, list[measure.SessionResult]]]
 Noops = list[tuple[float | None, list[float]]]
-Onces = list[float | None]
+Onces = list[tuple[float | None, float]]  # wall seconds (None: failed), system CPU
 
 
 def compare(plan: Plan, classes: list[type[Supervisor]],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import signal
 import statistics
 import subprocess
@@ -114,14 +115,26 @@ def poll_cost(tracker: procfs.ChildTracker, rounds: int = 200) -> float:
 def once_from_nothing(sup: Reconciler) -> float | None:
     """Wall seconds of `reconcile --once` starting N actions with no daemon and no state, as
     a user runs it (a whole process); None if it did not converge."""
+    return once_with_system_cpu(sup)[0]
+
+
+def once_with_system_cpu(sup: Reconciler) -> tuple[float | None, float]:
+    """`once_from_nothing`, and the kernel CPU seconds its process used. Reported beside the
+    wall time because that is what swings: on a journal-less ext4 (this VM's) each new file
+    right after thousands were deleted makes the kernel skip the recently deleted inodes
+    one by one, and the same `--once` went from 0.4 s of system CPU to 2.5 s
+    (docs/benchmarks.md, "--once, seventh round")."""
     if sup.state.exists():
         raise RuntimeError(f"{sup.state} exists: --once would not start from nothing")
     sup.write_config()
     env = {**os.environ, "BENCH_RUN": sup.marker, "PYTHONPATH": os.fspath(REPO)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
     start = time.perf_counter()
     done = subprocess.run(sup.once_argv(), env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, check=False)
-    return time.perf_counter() - start if done.returncode == 0 else None
+    wall = time.perf_counter() - start
+    system = resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime - before
+    return (wall if done.returncode == 0 else None), system
 
 
 def noop_pass(sup: Reconciler, passes: int) -> tuple[float | None, list[float]]:
