@@ -264,15 +264,24 @@ class _Follower:
             return self._flush_pending(), True
         data = os.pread(self._fd(), self._READ, self.offset)
         if data:
-            self.offset += len(data)
-            *complete, self.pending = (self.pending + data).split(b"\n")
-            return [_decode(line) for line in complete], True
+            return self._take(data), True
         if self._replaced():
+            # Read the old file once more: what its writer wrote between our read and the
+            # new file's appearance (its last words before a respawn) is there, not in the new.
+            data = os.pread(self._fd(), self._READ, self.offset)
+            if data:
+                return self._take(data), True
             lines = self._flush_pending()  # the old file is drained: its unfinished last line
             self.close()
             self._open()
             return lines, True
         return [], False
+
+    def _take(self, data: bytes) -> list[str]:
+        """The complete lines of `data` (read at our offset), the rest kept for later."""
+        self.offset += len(data)
+        *complete, self.pending = (self.pending + data).split(b"\n")
+        return [_decode(line) for line in complete]
 
     def _replaced(self) -> bool:
         try:

@@ -306,6 +306,33 @@ def test_follow_survives_rotation(log: Path, following: Callable[[Path], Followe
     follower.sees("run 2", "run 2 more")
 
 
+def test_follow_keeps_last_words_written_between_its_read_and_the_rotation(log: Path) -> None:
+    """The old writer's last line can land after the follower found the old file drained and
+    before it saw the new one: it must still be read from the old file, not dropped. The
+    interleaving is forced (the writer acts inside the follower's replacement check), on
+    real files; it happened on its own under load (test_follow_survives_rotation, stop 23)."""
+    log.write_text("before the follower\n")  # not empty, so rotate renames it
+
+    class WriterBetweenReadAndCheck(logs._Follower):
+        def _replaced(self) -> bool:
+            if not logpaths.previous_path(log, 1).exists():
+                with log.open("a") as old_writer:
+                    logs.rotate(log, keep=2)
+                    old_writer.write("last words\n")
+                append(log, "new run\n")
+            return super()._replaced()
+
+    reader = WriterBetweenReadAndCheck(log)
+    try:
+        seen: list[str] = []
+        for _ in range(4):
+            seen += reader.step()[0]
+        assert seen == ["last words", "new run"]
+        assert logpaths.previous_path(log, 1).read_text() == "before the follower\nlast words\n"
+    finally:
+        reader.close()
+
+
 def test_follow_survives_truncation(log: Path, following: Callable[[Path], Follower]) -> None:
     log.write_text("")
     follower = following(log)
